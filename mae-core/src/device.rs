@@ -1,0 +1,148 @@
+//! The devices MAE runs on, and the kernels we supply ourselves where dfdx's own fall short.
+//!
+//! [`MaeDevice`] is dfdx's `Device<f32>` plus our ops. Today that is exact (erf) GELU: dfdx 0.13's
+//! `accurate_gelu` computes the right forward value but its backward multiplies the Gaussian term
+//! by `2/sqrt(pi)` instead of `sqrt(2/pi)`, a gradient wrong by up to a factor sqrt(2) (see
+//! `NOTES.md`). PyTorch counterpart: `nn.GELU()` (approximate='none').
+//!
+//! The CPU device has a fused kernel; other devices get an exact composition of dfdx ops
+//! (forward value computed on the host, gradient through `(x − x₀)·gelu'(x₀) + gelu(x₀)`).
+
+use dfdx::prelude::*;
+
+use crate::error::MaeError;
+use crate::layers::dev_err;
+
+/// `gelu(x) = x·Φ(x) = 0.5·x·(1 + erf(x/√2))`.
+#[inline]
+pub fn gelu_value(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+}
+
+/// `gelu'(x) = Φ(x) + x·φ(x)`.
+#[inline]
+pub fn gelu_derivative(x: f32) -> f32 {
+    let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+    let pdf = (-0.5 * x * x).exp() * (0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
+    cdf + x * pdf
+}
+
+/// A dfdx device the MAE model runs on.
+pub trait MaeDevice: Device<f32> {
+    /// Exact erf GELU with a correct gradient.
+    fn gelu<S: Shape, T: Tape<f32, Self>>(
+        x: Tensor<S, f32, Self, T>,
+    ) -> Result<Tensor<S, f32, Self, T>, MaeError> {
+        gelu_composed(x)
+    }
+}
+
+/// GELU through dfdx ops on any device: the values of `gelu(x)` and `gelu'(x)` are computed on the
+/// host and `y = (x − x₀)·gelu'(x₀) + gelu(x₀)` with `x₀` a detached copy of `x`, which is exactly
+/// `gelu(x)` forward (`x − x₀ = 0`) and has gradient `gelu'(x)`.
+pub fn gelu_composed<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
+    x: Tensor<S, f32, D, T>,
+) -> Result<Tensor<S, f32, D, T>, MaeError> {
+    let shape = *x.shape();
+    let values = x.as_vec();
+    let dev = x.device().clone();
+    let value: Vec<f32> = values.iter().map(|&v| gelu_value(v)).collect();
+    let value = dev.try_tensor_from_vec(value, shape).map_err(dev_err)?;
+    if !T::OWNS_TAPE {
+        return Ok(value.put_tape(x.split_tape().1));
+    }
+    let slope: Vec<f32> = values.iter().map(|&v| gelu_derivative(v)).collect();
+    let slope = dev.try_tensor_from_vec(slope, shape).map_err(dev_err)?;
+    let detached = dev.try_tensor_from_vec(values, shape).map_err(dev_err)?;
+    x.try_sub(detached)
+        .and_then(|t| t.try_mul(slope))
+        .and_then(|t| t.try_add(value))
+        .map_err(dev_err)
+}
+
+impl MaeDevice for Cpu {
+    fn gelu<S: Shape, T: Tape<f32, Self>>(
+        x: Tensor<S, f32, Self, T>,
+    ) -> Result<Tensor<S, f32, Self, T>, MaeError> {
+        let x = x.try_contiguous().map_err(dev_err)?;
+        let (x, mut tape) = x.split_tape();
+        let input = x.as_vec();
+        let value: Vec<f32> = input.iter().map(|&v| gelu_value(v)).collect();
+        let out = x
+            .device()
+            .try_tensor_from_vec(value, *x.shape())
+            .map_err(dev_err)?;
+        if T::OWNS_TAPE {
+            let out_id = out.clone();
+            tape.add_backward_op(move |grads| {
+                grads.try_alloc_for(&out_id)?;
+                let grad_out = grads.get(&out_id).as_vec();
+                let grad_in = grads.get_or_alloc_mut(&x)?;
+                for ((g, &v), &go) in grad_in.iter_mut().zip(&input).zip(&grad_out) {
+                    *g += gelu_derivative(v) * go;
+                }
+                Ok(())
+            });
+        }
+        Ok(out.put_tape(tape))
+    }
+}
+
+#[cfg(feature = "cuda")]
+impl MaeDevice for Cuda {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn values_and_derivative_match_the_formula() {
+        // reference values of 0.5·x·(1 + erf(x/√2)) in f64
+        let cases = [
+            (-3.0f64, -0.0040496),
+            (-1.0, -0.15865525),
+            (0.0, 0.0),
+            (0.5, 0.34573123),
+            (2.0, 1.95449974),
+        ];
+        for (x, y) in cases {
+            assert!((gelu_value(x as f32) as f64 - y).abs() < 1e-6, "gelu({x})");
+        }
+        // derivative against central differences in f64
+        for x in [-3.0f32, -1.2, -0.1, 0.0, 0.7, 2.5] {
+            let h = 1e-3f64;
+            let f = |v: f64| 0.5 * v * (1.0 + libm::erf(v / std::f64::consts::SQRT_2));
+            let fd = (f(x as f64 + h) - f(x as f64 - h)) / (2.0 * h);
+            assert!((gelu_derivative(x) as f64 - fd).abs() < 1e-5, "gelu'({x})");
+        }
+    }
+
+    #[test]
+    fn fused_and_composed_gelu_agree_in_value_and_gradient() {
+        let dev: Cpu = Default::default();
+        let data: Vec<f32> = (0..24).map(|i| i as f32 * 0.37 - 4.0).collect();
+        let x: Tensor<(usize, Const<4>), f32, Cpu> =
+            dev.tensor_from_vec(data.clone(), (6, Const::<4>));
+        let weights: Tensor<(usize, Const<4>), f32, Cpu> =
+            dev.tensor_from_vec((0..24).map(|i| (i % 5) as f32 - 2.0).collect(), (6, Const));
+
+        let run = |fused: bool| {
+            let y = if fused {
+                Cpu::gelu(x.leaky_trace())
+            } else {
+                gelu_composed(x.leaky_trace())
+            }
+            .expect("gelu");
+            let value = y.as_vec();
+            let grads = (y * weights.clone()).sum::<Rank0, _>().backward();
+            (value, grads.get(&x).as_vec())
+        };
+        let (v1, g1) = run(true);
+        let (v2, g2) = run(false);
+        assert_eq!(v1, v2);
+        for ((a, b), (&xv, w)) in g1.iter().zip(&g2).zip(data.iter().zip(weights.as_vec())) {
+            assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{a} vs {b}");
+            assert!((a - gelu_derivative(xv) * w).abs() <= 1e-6 * a.abs().max(1.0));
+        }
+    }
+}

@@ -1,0 +1,337 @@
+//! The building blocks of the ViT encoder and the MAE decoder: Linear, LayerNorm, attention,
+//! MLP and the pre-norm transformer block.
+//!
+//! PyTorch counterparts: `nn.Linear`, `nn.LayerNorm(eps=1e-6)`, and timm's
+//! `vision_transformer.Block` / `Attention` / `Mlp` with `qkv_bias=True`, exact (erf) GELU and
+//! `x = x + attn(norm1(x)); x = x + mlp(norm2(x))`.
+//!
+//! Field names are the reference's state_dict names, so a [`TensorCollection`] walk yields the
+//! official parameter paths (`blocks.3.attn.qkv.weight`). Weights are stored as PyTorch stores
+//! them: `[out, in]`.
+//!
+//! Activations are `[batch, tokens, width]` with `usize` batch and token dims and the width a
+//! const dim of the preset.
+
+use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions};
+use dfdx::prelude::*;
+use rand_distr::Uniform;
+
+use crate::device::MaeDevice;
+use crate::error::MaeError;
+use crate::preset::TransformerDims;
+
+/// The LayerNorm epsilon of every norm in MAE.
+pub const LAYER_NORM_EPS: f64 = 1e-6;
+
+/// A `[batch, tokens, W]` activation.
+pub type Act<W, D, T> = Tensor<(usize, usize, W), f32, D, T>;
+
+pub(crate) fn dev_err<E: std::fmt::Debug>(e: E) -> MaeError {
+    MaeError::device(e)
+}
+
+/// `y = x·Wᵀ + b` with `W: [O, I]` (PyTorch's layout) and `b: [O]`.
+///
+/// Initialized as MAE initializes every Linear: xavier-uniform weight, zero bias.
+#[derive(Debug, Clone)]
+pub struct Linear<I: ConstDim, O: ConstDim, E: Dtype, D: Storage<E>> {
+    /// `[out, in]`.
+    pub weight: Tensor<(O, I), E, D>,
+    /// `[out]`.
+    pub bias: Tensor<(O,), E, D>,
+}
+
+/// Fills a `[out, in]` weight with xavier-uniform values, `U(±sqrt(6 / (in + out)))`.
+pub fn xavier_uniform<O: ConstDim, I: ConstDim, D: Device<f32>>(
+    t: &mut Tensor<(O, I), f32, D>,
+) -> Result<(), D::Err> {
+    let (o, i) = *t.shape();
+    let bound = (6.0 / (i.size() + o.size()) as f64).sqrt() as f32;
+    t.try_fill_with_distr(Uniform::new(-bound, bound))
+}
+
+impl<I: ConstDim, O: ConstDim, D: Device<f32>> TensorCollection<f32, D> for Linear<I, O, f32, D> {
+    type To<E2: Dtype, D2: Device<E2>> = Linear<I, O, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::tensor(
+                    "weight",
+                    |s| &s.weight,
+                    |s| &mut s.weight,
+                    TensorOptions::reset_with(xavier_uniform),
+                ),
+                Self::tensor(
+                    "bias",
+                    |s| &s.bias,
+                    |s| &mut s.bias,
+                    TensorOptions::reset_to_zeros(),
+                ),
+            ),
+            |(weight, bias)| Linear { weight, bias },
+        )
+    }
+}
+
+impl<I: ConstDim, O: ConstDim, D: MaeDevice> Linear<I, O, f32, D> {
+    /// Applies the layer to `[batch, tokens, I]`, as one `[batch·tokens, I]` matmul.
+    pub fn forward<T: Tape<f32, D>>(&self, x: Act<I, D, T>) -> Result<Act<O, D, T>, MaeError> {
+        let (b, s, i) = *x.shape();
+        let o = self.weight.shape().0;
+        let x2 = x.try_reshape_like(&(b * s, i)).map_err(dev_err)?;
+        let y = x2
+            .try_matmul(self.weight.retaped::<T>().try_permute().map_err(dev_err)?)
+            .map_err(dev_err)?;
+        let y = y
+            .try_add(self.bias.retaped::<T>().try_broadcast_like(&(b * s, o)).map_err(dev_err)?)
+            .map_err(dev_err)?;
+        y.try_reshape_like(&(b, s, o)).map_err(dev_err)
+    }
+}
+
+/// LayerNorm over the last axis with eps 1e-6: `(x − mean) / sqrt(var + eps) · weight + bias`.
+#[derive(Debug, Clone)]
+pub struct LayerNorm<M: ConstDim, E: Dtype, D: Storage<E>> {
+    /// Scale (γ), initialized to 1.
+    pub weight: Tensor<(M,), E, D>,
+    /// Shift (β), initialized to 0.
+    pub bias: Tensor<(M,), E, D>,
+}
+
+impl<M: ConstDim, D: Device<f32>> TensorCollection<f32, D> for LayerNorm<M, f32, D> {
+    type To<E2: Dtype, D2: Device<E2>> = LayerNorm<M, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::tensor(
+                    "weight",
+                    |s| &s.weight,
+                    |s| &mut s.weight,
+                    TensorOptions::reset_to_ones(),
+                ),
+                Self::tensor(
+                    "bias",
+                    |s| &s.bias,
+                    |s| &mut s.bias,
+                    TensorOptions::reset_to_zeros(),
+                ),
+            ),
+            |(weight, bias)| LayerNorm { weight, bias },
+        )
+    }
+}
+
+impl<M: ConstDim, D: MaeDevice> LayerNorm<M, f32, D> {
+    /// Normalizes each token of `[batch, tokens, M]`.
+    pub fn forward<T: Tape<f32, D>>(&self, x: Act<M, D, T>) -> Result<Act<M, D, T>, MaeError> {
+        let shape = *x.shape();
+        let x = x
+            .try_normalize::<Axis<2>>(LAYER_NORM_EPS)
+            .map_err(dev_err)?;
+        let x = x
+            .try_mul(self.weight.retaped::<T>().try_broadcast_like(&shape).map_err(dev_err)?)
+            .map_err(dev_err)?;
+        x.try_add(self.bias.retaped::<T>().try_broadcast_like(&shape).map_err(dev_err)?)
+            .map_err(dev_err)
+    }
+}
+
+/// Multi-head self-attention with a fused `qkv` projection (q, k, v stacked in that order along
+/// the output axis, as timm's `Attention`) and an output projection `proj`.
+#[derive(Debug, Clone)]
+pub struct Attention<Tr: TransformerDims, E: Dtype, D: Storage<E>> {
+    /// `[3·D, D]` and `[3·D]`.
+    pub qkv: Linear<Tr::Model, Tr::Qkv, E, D>,
+    /// `[D, D]` and `[D]`.
+    pub proj: Linear<Tr::Model, Tr::Model, E, D>,
+}
+
+impl<Tr: TransformerDims, D: Device<f32>> TensorCollection<f32, D> for Attention<Tr, f32, D> {
+    type To<E2: Dtype, D2: Device<E2>> = Attention<Tr, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::module("qkv", |s| &s.qkv, |s| &mut s.qkv),
+                Self::module("proj", |s| &s.proj, |s| &mut s.proj),
+            ),
+            |(qkv, proj)| Attention { qkv, proj },
+        )
+    }
+}
+
+impl<Tr: TransformerDims, D: MaeDevice> Attention<Tr, f32, D> {
+    /// `softmax(q·kᵀ / sqrt(head_dim))·v` per head, heads concatenated, then `proj`.
+    pub fn forward<T: Tape<f32, D>>(
+        &self,
+        x: Act<Tr::Model, D, T>,
+    ) -> Result<Act<Tr::Model, D, T>, MaeError> {
+        let (b, s, m) = *x.shape();
+        let (h, dh) = (Tr::NUM_HEADS, Tr::HEAD_DIM);
+        let qkv = self.qkv.forward(x)?;
+        let width = m.size();
+        let split = |t: Act<Tr::Qkv, D, T>, part: usize| {
+            t.try_slice((.., .., part * width..(part + 1) * width))
+                .and_then(|t| t.try_reshape_like(&(b, s, h, dh)))
+                .and_then(|t| t.try_permute::<_, Axes4<0, 2, 1, 3>>())
+                .map_err(dev_err)
+        };
+        let q = split(qkv.with_empty_tape(), 0)?;
+        let k = split(qkv.with_empty_tape(), 1)?;
+        let v = split(qkv, 2)?;
+        let scale = 1.0 / (dh as f64).sqrt();
+        let scores = q
+            .try_matmul(k.try_permute::<_, Axes4<0, 1, 3, 2>>().map_err(dev_err)?)
+            .map_err(dev_err)?
+            .try_mul(scale as f32)
+            .map_err(dev_err)?;
+        let attn = scores.try_softmax::<Axis<3>>().map_err(dev_err)?;
+        let out = attn
+            .try_matmul(v)
+            .and_then(|t| t.try_permute::<_, Axes4<0, 2, 1, 3>>())
+            .and_then(|t| t.try_reshape_like(&(b, s, m)))
+            .map_err(dev_err)?;
+        self.proj.forward(out)
+    }
+}
+
+/// The transformer MLP: `fc2(gelu(fc1(x)))` with exact erf GELU.
+#[derive(Debug, Clone)]
+pub struct Mlp<Tr: TransformerDims, E: Dtype, D: Storage<E>> {
+    /// `[4·D, D]` and `[4·D]`.
+    pub fc1: Linear<Tr::Model, Tr::Mlp, E, D>,
+    /// `[D, 4·D]` and `[D]`.
+    pub fc2: Linear<Tr::Mlp, Tr::Model, E, D>,
+}
+
+impl<Tr: TransformerDims, D: Device<f32>> TensorCollection<f32, D> for Mlp<Tr, f32, D> {
+    type To<E2: Dtype, D2: Device<E2>> = Mlp<Tr, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::module("fc1", |s| &s.fc1, |s| &mut s.fc1),
+                Self::module("fc2", |s| &s.fc2, |s| &mut s.fc2),
+            ),
+            |(fc1, fc2)| Mlp { fc1, fc2 },
+        )
+    }
+}
+
+impl<Tr: TransformerDims, D: MaeDevice> Mlp<Tr, f32, D> {
+    /// `fc2(gelu(fc1(x)))`.
+    pub fn forward<T: Tape<f32, D>>(
+        &self,
+        x: Act<Tr::Model, D, T>,
+    ) -> Result<Act<Tr::Model, D, T>, MaeError> {
+        let hidden = self.fc1.forward(x)?;
+        let hidden = D::gelu(hidden)?;
+        self.fc2.forward(hidden)
+    }
+}
+
+/// A pre-norm transformer block: `x + attn(norm1(x))`, then `x + mlp(norm2(x))`.
+#[derive(Debug, Clone)]
+pub struct Block<Tr: TransformerDims, E: Dtype, D: Storage<E>> {
+    /// Norm before attention.
+    pub norm1: LayerNorm<Tr::Model, E, D>,
+    /// Self-attention.
+    pub attn: Attention<Tr, E, D>,
+    /// Norm before the MLP.
+    pub norm2: LayerNorm<Tr::Model, E, D>,
+    /// The MLP.
+    pub mlp: Mlp<Tr, E, D>,
+}
+
+impl<Tr: TransformerDims, D: Device<f32>> TensorCollection<f32, D> for Block<Tr, f32, D> {
+    type To<E2: Dtype, D2: Device<E2>> = Block<Tr, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::module("norm1", |s| &s.norm1, |s| &mut s.norm1),
+                Self::module("attn", |s| &s.attn, |s| &mut s.attn),
+                Self::module("norm2", |s| &s.norm2, |s| &mut s.norm2),
+                Self::module("mlp", |s| &s.mlp, |s| &mut s.mlp),
+            ),
+            |(norm1, attn, norm2, mlp)| Block {
+                norm1,
+                attn,
+                norm2,
+                mlp,
+            },
+        )
+    }
+}
+
+impl<Tr: TransformerDims, D: MaeDevice> Block<Tr, f32, D> {
+    /// One pre-norm block.
+    pub fn forward<T: Tape<f32, D>>(
+        &self,
+        x: Act<Tr::Model, D, T>,
+    ) -> Result<Act<Tr::Model, D, T>, MaeError> {
+        let residual = x.with_empty_tape();
+        let x = self
+            .attn
+            .forward(self.norm1.forward(x)?)?
+            .try_add(residual)
+            .map_err(dev_err)?;
+        let residual = x.with_empty_tape();
+        self.mlp
+            .forward(self.norm2.forward(x)?)?
+            .try_add(residual)
+            .map_err(dev_err)
+    }
+}
+
+/// `Tr::DEPTH` blocks applied in order, named `0`, `1`, … under their parent's field.
+#[derive(Debug, Clone)]
+pub struct Blocks<Tr: TransformerDims, E: Dtype, D: Storage<E>> {
+    /// The blocks.
+    pub blocks: Vec<Block<Tr, E, D>>,
+}
+
+impl<Tr: TransformerDims, D: Device<f32>> TensorCollection<f32, D> for Blocks<Tr, f32, D> {
+    type To<E2: Dtype, D2: Device<E2>> = Blocks<Tr, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        let names: Vec<String> = (0..Tr::DEPTH).map(|i| i.to_string()).collect();
+        visitor.visit_fields(
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, name)| {
+                    Self::module(name, move |s| &s.blocks[i], move |s| &mut s.blocks[i])
+                })
+                .collect::<Vec<_>>(),
+            |blocks| Blocks { blocks },
+        )
+    }
+}
+
+impl<Tr: TransformerDims, D: MaeDevice> Blocks<Tr, f32, D> {
+    /// All blocks in order.
+    pub fn forward<T: Tape<f32, D>>(
+        &self,
+        mut x: Act<Tr::Model, D, T>,
+    ) -> Result<Act<Tr::Model, D, T>, MaeError> {
+        for block in &self.blocks {
+            x = block.forward(x)?;
+        }
+        Ok(x)
+    }
+}

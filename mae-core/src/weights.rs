@@ -1,0 +1,476 @@
+//! Weights in safetensors under the official `models_mae.py` state_dict names.
+//!
+//! PyTorch counterpart: `model.state_dict()` / `load_state_dict(strict=True)` of
+//! `MaskedAutoencoderViT`, and the encoder-only `mae_pretrain_vit_*.pth` files (the same names
+//! without the decoder).
+//!
+//! The parameter paths come from the models' [`TensorCollection`] walk, whose field names are
+//! the official names. [`official_shape`] is the one table of where our storage shape differs
+//! from the official one (same values, same order, another shape): the conv-shaped patch
+//! projection, the `[1, 1, D]` tokens and the `[1, 1 + L, D]` position embeddings. Nothing else in
+//! the workspace spells checkpoint key names.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use dfdx::nn::tensor_collection::{
+    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut,
+    ViewTensorName, ViewTensorRef,
+};
+use dfdx::prelude::*;
+use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
+
+use crate::error::MaeError;
+use crate::model::{Encoder, Mae};
+use crate::patch::PatchGeometry;
+use crate::preset::{MaePreset, Preset};
+
+/// Where an official tensor's shape differs from how we store it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum OfficialShape {
+    /// Stored `[D, C·p·p]`, official conv weight `[D, C, p, p]`.
+    ConvWeight,
+    /// Stored `[D]`, official `[1, 1, D]`.
+    Token,
+    /// Stored `[1 + L, D]`, official `[1, 1 + L, D]`.
+    PosEmbed,
+}
+
+/// The table: official names whose shape differs from ours.
+const SHAPE_TABLE: &[(&str, OfficialShape)] = &[
+    ("patch_embed.proj.weight", OfficialShape::ConvWeight),
+    ("cls_token", OfficialShape::Token),
+    ("mask_token", OfficialShape::Token),
+    ("pos_embed", OfficialShape::PosEmbed),
+    ("decoder_pos_embed", OfficialShape::PosEmbed),
+];
+
+/// Decoder parameter names (and prefixes) of the official MAE: what an encoder-only load skips.
+const DECODER_NAMES: &[&str] = &[
+    "decoder_embed.",
+    "mask_token",
+    "decoder_pos_embed",
+    "decoder_blocks.",
+    "decoder_norm.",
+    "decoder_pred.",
+];
+
+/// The official shape of the tensor we store under `name` with shape `ours`.
+pub fn official_shape(name: &str, ours: &[usize], geometry: &PatchGeometry) -> Vec<usize> {
+    match SHAPE_TABLE.iter().find(|(n, _)| *n == name).map(|e| e.1) {
+        Some(OfficialShape::ConvWeight) => vec![
+            ours[0],
+            geometry.in_chans,
+            geometry.patch_size,
+            geometry.patch_size,
+        ],
+        Some(OfficialShape::Token) => [&[1, 1][..], ours].concat(),
+        Some(OfficialShape::PosEmbed) => [&[1][..], ours].concat(),
+        None => ours.to_vec(),
+    }
+}
+
+/// True for names that belong to the MAE decoder.
+pub fn is_decoder_name(name: &str) -> bool {
+    DECODER_NAMES.iter().any(|p| name.starts_with(p))
+}
+
+/// One named tensor in official layout, on the host.
+#[derive(Debug, Clone, PartialEq)]
+pub struct NamedTensor {
+    /// The official name.
+    pub name: String,
+    /// The official shape.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub data: Vec<f32>,
+    /// Whether the optimizer updates it (false for the fixed position embeddings).
+    pub trainable: bool,
+}
+
+struct Collect<'g, D: Storage<f32>> {
+    geometry: PatchGeometry,
+    grads: Option<&'g Gradients<f32, D>>,
+    out: Vec<NamedTensor>,
+}
+
+impl<D: Device<f32>> TensorVisitor<f32, D> for Collect<'_, D> {
+    type Viewer = (ViewTensorRef, ViewTensorName);
+    type Err = D::Err;
+    type E2 = f32;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, f32, D>,
+        (t, name): (&Tensor<S, f32, D>, String),
+    ) -> Result<Option<Tensor<S, f32, D>>, Self::Err> {
+        let data = match self.grads {
+            None => t.as_vec(),
+            Some(_) if !opts.do_gradient_update => return Ok(None),
+            Some(grads) => grads.get(t).as_vec(),
+        };
+        self.out.push(NamedTensor {
+            shape: official_shape(&name, t.shape().concrete().as_ref(), &self.geometry),
+            name,
+            data,
+            trainable: opts.do_gradient_update,
+        });
+        Ok(None)
+    }
+}
+
+fn collect<M: TensorCollection<f32, D>, D: Device<f32>>(
+    module: &M,
+    geometry: PatchGeometry,
+    grads: Option<&Gradients<f32, D>>,
+) -> Result<Vec<NamedTensor>, MaeError> {
+    let mut visitor = Collect {
+        geometry,
+        grads,
+        out: Vec::new(),
+    };
+    M::iter_tensors(&mut RecursiveWalker {
+        m: (module, String::new()),
+        f: &mut visitor,
+    })
+    .map_err(MaeError::device)?;
+    Ok(visitor.out)
+}
+
+/// Every tensor of the model (parameters and fixed buffers), official names and shapes.
+pub fn named_tensors<P: MaePreset, D: Device<f32>>(
+    model: &Mae<P, f32, D>,
+) -> Result<Vec<NamedTensor>, MaeError> {
+    collect(model, PatchGeometry::of::<P>(), None)
+}
+
+/// The gradient of every trainable parameter, official names and shapes. Every trainable
+/// parameter must have a gradient in `grads` (as after a backward from `model.alloc_grads()`).
+pub fn named_gradients<P: MaePreset, D: Device<f32>>(
+    model: &Mae<P, f32, D>,
+    grads: &Gradients<f32, D>,
+) -> Result<Vec<NamedTensor>, MaeError> {
+    collect(model, PatchGeometry::of::<P>(), Some(grads))
+}
+
+/// Reads a whole safetensors file: `(name → (shape, f32 values))` plus its metadata.
+pub struct TensorFile {
+    path: PathBuf,
+    bytes: Vec<u8>,
+}
+
+impl TensorFile {
+    /// Reads `path` into memory.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self, MaeError> {
+        let path = path.as_ref().to_path_buf();
+        let bytes = fs::read(&path).map_err(|e| MaeError::io(&path, e))?;
+        let file = TensorFile { path, bytes };
+        file.parse()?;
+        Ok(file)
+    }
+
+    /// The file's path.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    fn parse(&self) -> Result<SafeTensors<'_>, MaeError> {
+        SafeTensors::deserialize(&self.bytes).map_err(|e| MaeError::Format {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })
+    }
+
+    /// The `__metadata__` map of the header.
+    pub fn metadata(&self) -> Result<HashMap<String, String>, MaeError> {
+        let (_, meta) = SafeTensors::read_metadata(&self.bytes).map_err(|e| MaeError::Format {
+            path: self.path.clone(),
+            message: e.to_string(),
+        })?;
+        Ok(meta.metadata().clone().unwrap_or_default())
+    }
+
+    /// Names of all tensors.
+    pub fn names(&self) -> Result<Vec<String>, MaeError> {
+        let mut names: Vec<String> = self.parse()?.names().into_iter().cloned().collect();
+        names.sort();
+        Ok(names)
+    }
+
+    /// The shape of `name`, if present.
+    pub fn shape(&self, name: &str) -> Result<Option<Vec<usize>>, MaeError> {
+        Ok(self.parse()?.tensor(name).ok().map(|t| t.shape().to_vec()))
+    }
+
+    /// The values of `name` converted to f32 (F32, F16, BF16, F64 are read; I64/I32 too, for index
+    /// tensors in fixtures), with its shape.
+    pub fn read(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, MaeError> {
+        let st = self.parse()?;
+        let Ok(view) = st.tensor(name) else {
+            return Ok(None);
+        };
+        let data = to_f32(&view).ok_or_else(|| MaeError::Dtype {
+            path: self.path.clone(),
+            key: name.to_string(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
+        Ok(Some((view.shape().to_vec(), data)))
+    }
+}
+
+fn to_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
+    let b = view.data();
+    let out = match view.dtype() {
+        StDtype::F32 => b
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect(),
+        StDtype::F64 => b
+            .chunks_exact(8)
+            .map(|c| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(c);
+                f64::from_le_bytes(a) as f32
+            })
+            .collect(),
+        StDtype::F16 => b
+            .chunks_exact(2)
+            .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        StDtype::BF16 => b
+            .chunks_exact(2)
+            .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
+            .collect(),
+        StDtype::I64 => b
+            .chunks_exact(8)
+            .map(|c| {
+                let mut a = [0u8; 8];
+                a.copy_from_slice(c);
+                i64::from_le_bytes(a) as f32
+            })
+            .collect(),
+        StDtype::I32 => b
+            .chunks_exact(4)
+            .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f32)
+            .collect(),
+        _ => return None,
+    };
+    Some(out)
+}
+
+/// What to do with tensors of the file that the module does not have.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Extra {
+    /// Any extra tensor is an error (strict, as `load_state_dict(strict=True)`).
+    Error,
+    /// The decoder's tensors are skipped (encoder from a full MAE file); others are an error.
+    SkipDecoder,
+}
+
+struct Load<'f> {
+    file: &'f TensorFile,
+    prefix: &'f str,
+    geometry: PatchGeometry,
+    preset: Preset,
+    used: HashSet<String>,
+    /// False: only check keys, shapes and values; true: copy them into the module.
+    write: bool,
+}
+
+impl<D: Device<f32>> TensorVisitor<f32, D> for Load<'_> {
+    type Viewer = (ViewTensorMut, ViewTensorName);
+    type Err = MaeError;
+    type E2 = f32;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        _opts: TensorOptions<S, f32, D>,
+        (t, name): (&mut Tensor<S, f32, D>, String),
+    ) -> Result<Option<Tensor<S, f32, D>>, MaeError> {
+        let key = format!("{}{name}", self.prefix);
+        let path = self.file.path().to_path_buf();
+        let expected = official_shape(&name, t.shape().concrete().as_ref(), &self.geometry);
+        let Some((shape, data)) = self.file.read(&key)? else {
+            return Err(MaeError::MissingKey {
+                path,
+                key,
+                expected,
+            });
+        };
+        if shape != expected {
+            return Err(MaeError::ShapeMismatch {
+                path,
+                key,
+                expected,
+                got: shape,
+                preset: self.preset,
+            });
+        }
+        if data.iter().any(|v| !v.is_finite()) {
+            return Err(MaeError::NonFinite { path, key });
+        }
+        if self.write {
+            t.copy_from(&data);
+        }
+        self.used.insert(key);
+        Ok(None)
+    }
+}
+
+fn load_into<M: TensorCollection<f32, D>, D: Device<f32>>(
+    module: &mut M,
+    file: &TensorFile,
+    prefix: &str,
+    geometry: PatchGeometry,
+    preset: Preset,
+    extra: Extra,
+) -> Result<(), MaeError> {
+    // Check every key, shape and value first, then copy: a failed load leaves the module
+    // untouched.
+    let mut visitor = Load {
+        file,
+        prefix,
+        geometry,
+        preset,
+        used: HashSet::new(),
+        write: false,
+    };
+    M::iter_tensors(&mut RecursiveWalker {
+        m: (&mut *module, String::new()),
+        f: &mut visitor,
+    })?;
+    for key in file.names()? {
+        let Some(name) = key.strip_prefix(prefix) else {
+            continue;
+        };
+        if visitor.used.contains(&key) || (extra == Extra::SkipDecoder && is_decoder_name(name)) {
+            continue;
+        }
+        return Err(MaeError::UnexpectedKey {
+            path: file.path().to_path_buf(),
+            shape: file.shape(&key)?.unwrap_or_default(),
+            key,
+            preset,
+        });
+    }
+    visitor.write = true;
+    M::iter_tensors(&mut RecursiveWalker {
+        m: (module, String::new()),
+        f: &mut visitor,
+    })?;
+    Ok(())
+}
+
+impl<P: MaePreset, D: Device<f32>> Mae<P, f32, D> {
+    /// Loads every tensor of the model from `file` under the official names, each prefixed by
+    /// `prefix` (`""` for our own files, `"model."` for the parity fixtures). Strict: a missing
+    /// key, an extra key under the prefix, a shape that does not fit preset `P`, an unreadable
+    /// dtype or a non-finite value is an error, and then the model is left as it was.
+    pub fn load_from(&mut self, file: &TensorFile, prefix: &str) -> Result<(), MaeError> {
+        load_into(
+            self,
+            file,
+            prefix,
+            PatchGeometry::of::<P>(),
+            P::PRESET,
+            Extra::Error,
+        )
+    }
+
+    /// [`Mae::load_from`] a safetensors file by path, without prefix.
+    pub fn load_safetensors(&mut self, path: impl AsRef<Path>) -> Result<(), MaeError> {
+        self.load_from(&TensorFile::open(path)?, "")
+    }
+
+    /// Writes every tensor (official names and shapes, f32) to `path` with `metadata` plus
+    /// `preset`. The file is written to a temporary name, synced, then renamed into place: a crash
+    /// never leaves a half-written file under `path`.
+    pub fn save_safetensors(
+        &self,
+        path: impl AsRef<Path>,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), MaeError> {
+        let mut meta = metadata.clone();
+        meta.insert("preset".into(), P::PRESET.to_string());
+        write_safetensors(path.as_ref(), &named_tensors(self)?, &meta)
+    }
+}
+
+impl<P: MaePreset, D: Device<f32>> Encoder<P, f32, D> {
+    /// Loads the encoder from an encoder-only file (the official `mae_pretrain_vit_*` kind,
+    /// converted to safetensors) or from a full MAE file, whose decoder tensors are skipped.
+    /// Otherwise as strict as [`Mae::load_from`].
+    pub fn load_from(&mut self, file: &TensorFile, prefix: &str) -> Result<(), MaeError> {
+        load_into(
+            self,
+            file,
+            prefix,
+            PatchGeometry::of::<P>(),
+            P::PRESET,
+            Extra::SkipDecoder,
+        )
+    }
+}
+
+/// Writes named f32 tensors as a safetensors file, atomically (temporary file, fsync, rename).
+pub fn write_safetensors(
+    path: &Path,
+    tensors: &[NamedTensor],
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), MaeError> {
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|t| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| {
+            TensorView::new(StDtype::F32, t.shape.clone(), b)
+                .map(|v| (t.name.clone(), v))
+                .map_err(|e| MaeError::Format {
+                    path: path.to_path_buf(),
+                    message: format!("tensor `{}`: {e}", t.name),
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    let buf = safetensors::serialize(views, &Some(meta)).map_err(|e| MaeError::Format {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    write_atomic(path, &buf)
+}
+
+/// Writes `bytes` to `path` through a synced temporary file in the same directory.
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MaeError> {
+    let file_name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "weights".into());
+    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
+    let tmp = dir
+        .map(|d| d.join(format!(".{file_name}.tmp")))
+        .unwrap_or_else(|| PathBuf::from(format!(".{file_name}.tmp")));
+    let result = (|| {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        if let Some(d) = dir {
+            // make the rename durable; not all platforms can open directories
+            if let Ok(d) = fs::File::open(d) {
+                let _ = d.sync_all();
+            }
+        }
+        Ok(())
+    })();
+    result.map_err(|e| {
+        let _ = fs::remove_file(&tmp);
+        MaeError::io(path, e)
+    })
+}

@@ -1,0 +1,11 @@
+#!/usr/bin/env bash
+# Regenerates the parity fixtures in mae-core/tests/fixtures with the PyTorch reference.
+# Needs: pip install torch timm safetensors numpy
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+ref="$root/tools/reference/torch_mae.py"
+out="$root/mae-core/tests/fixtures"
+python "$ref" fixture "$out/mae-parity-a.safetensors" --seed 1 --config parity
+python "$ref" fixture "$out/mae-parity-b.safetensors" --seed 5 --batch 4 --mask-ratio 0.6 --config parity
+python "$ref" fixture "$out/mae-parity-c.safetensors" --seed 9 --batch 2 --mask-ratio 0.9 --config parity
+python "$ref" fixture "$out/mae-tiny-a.safetensors" --seed 9 --batch 2 --mask-ratio 0.6 --config tiny --no-grads
