@@ -1,0 +1,248 @@
+//! Weights I/O: save → load round trip is exact, official names and shapes are used, encoder-only
+//! files load into the encoder, and a bad file is an error naming the file, the key and both
+//! shapes, leaving the model untouched.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use mae_core::dfdx::prelude::*;
+use mae_core::presets::{Parity, Tiny};
+use mae_core::weights::{named_tensors, write_safetensors, NamedTensor};
+use mae_core::{Mae, MaeError, TensorFile};
+
+type Model = Mae<Parity, f32, Cpu>;
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mae-core-weights-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir.join(name)
+}
+
+fn model(seed: u64) -> Model {
+    Model::new(&Cpu::seed_from_u64(seed)).unwrap()
+}
+
+fn tensors(m: &Model) -> Vec<NamedTensor> {
+    named_tensors(m).unwrap()
+}
+
+fn save(m: &Model, name: &str) -> PathBuf {
+    let path = tmp(name);
+    m.save_safetensors(&path, &BTreeMap::new()).unwrap();
+    path
+}
+
+/// Writes `tensors` after `edit`, and returns the path.
+fn write_edited(name: &str, edit: impl FnOnce(&mut Vec<NamedTensor>)) -> PathBuf {
+    let mut t = tensors(&model(1));
+    edit(&mut t);
+    let path = tmp(name);
+    write_safetensors(&path, &t, &BTreeMap::new()).unwrap();
+    path
+}
+
+fn load_err(path: &Path) -> MaeError {
+    let mut m = model(2);
+    let before = tensors(&m);
+    let err = m.load_safetensors(path).unwrap_err();
+    assert_eq!(tensors(&m), before, "a failed load must leave the model untouched");
+    err
+}
+
+#[test]
+fn save_then_load_is_exact() {
+    let a = model(1);
+    let path = save(&a, "roundtrip.safetensors");
+    let mut b = model(2);
+    assert_ne!(tensors(&a), tensors(&b));
+    b.load_safetensors(&path).unwrap();
+    assert_eq!(tensors(&a), tensors(&b));
+    let meta = TensorFile::open(&path).unwrap().metadata().unwrap();
+    assert_eq!(meta.get("preset").map(String::as_str), Some("parity"));
+}
+
+#[test]
+fn files_use_the_official_names_and_shapes() {
+    let path = save(&model(1), "names.safetensors");
+    let file = TensorFile::open(&path).unwrap();
+    let shape = |n: &str| file.shape(n).unwrap().unwrap_or_else(|| panic!("{n} missing"));
+    assert_eq!(shape("patch_embed.proj.weight"), vec![48, 3, 4, 4]);
+    assert_eq!(shape("patch_embed.proj.bias"), vec![48]);
+    assert_eq!(shape("cls_token"), vec![1, 1, 48]);
+    assert_eq!(shape("pos_embed"), vec![1, 65, 48]);
+    assert_eq!(shape("blocks.1.attn.qkv.weight"), vec![144, 48]);
+    assert_eq!(shape("blocks.0.mlp.fc1.weight"), vec![192, 48]);
+    assert_eq!(shape("norm.weight"), vec![48]);
+    assert_eq!(shape("mask_token"), vec![1, 1, 32]);
+    assert_eq!(shape("decoder_pos_embed"), vec![1, 65, 32]);
+    assert_eq!(shape("decoder_blocks.0.norm1.bias"), vec![32]);
+    assert_eq!(shape("decoder_pred.weight"), vec![48, 32]);
+    // encoder: patch_embed 2, cls + pos 2, 2 blocks × 12, norm 2;
+    // decoder: embed 2, mask token + pos 2, 1 block × 12, norm 2, pred 2
+    assert_eq!(file.names().unwrap().len(), (2 + 2 + 2 * 12 + 2) + (2 + 2 + 12 + 2 + 2));
+}
+
+#[test]
+fn initialization_follows_the_recipe() {
+    let m = model(3);
+    let t = tensors(&m);
+    let get = |n: &str| t.iter().find(|x| x.name == n).unwrap().data.clone();
+    // xavier-uniform bound for qkv [144, 48]: sqrt(6 / 192)
+    let bound = (6.0f32 / 192.0).sqrt();
+    let qkv = get("blocks.0.attn.qkv.weight");
+    assert!(qkv.iter().all(|v| v.abs() <= bound));
+    assert!(qkv.iter().any(|v| v.abs() > 0.8 * bound));
+    assert!(get("blocks.0.attn.qkv.bias").iter().all(|&v| v == 0.0));
+    assert!(get("norm.weight").iter().all(|&v| v == 1.0));
+    let cls = get("cls_token");
+    let std = (cls.iter().map(|v| v * v).sum::<f32>() / cls.len() as f32).sqrt();
+    assert!(std > 0.01 && std < 0.04, "cls_token std {std}");
+    assert_eq!(get("pos_embed")[..48], [0.0; 48]);
+    // fixed embeddings are not trainable
+    assert!(!t.iter().find(|x| x.name == "pos_embed").unwrap().trainable);
+    assert!(t.iter().find(|x| x.name == "cls_token").unwrap().trainable);
+}
+
+#[test]
+fn a_missing_key_is_named() {
+    let path = write_edited("missing.safetensors", |t| t.retain(|x| x.name != "blocks.1.norm2.bias"));
+    let err = load_err(&path);
+    let msg = err.to_string();
+    assert!(matches!(err, MaeError::MissingKey { .. }), "{msg}");
+    assert!(msg.contains("blocks.1.norm2.bias") && msg.contains("missing.safetensors"), "{msg}");
+}
+
+#[test]
+fn an_extra_key_is_named() {
+    let path = write_edited("extra.safetensors", |t| {
+        t.push(NamedTensor {
+            name: "blocks.2.norm1.weight".into(),
+            shape: vec![48],
+            data: vec![1.0; 48],
+            trainable: true,
+        })
+    });
+    let msg = load_err(&path).to_string();
+    assert!(msg.contains("unexpected tensor `blocks.2.norm1.weight`"), "{msg}");
+}
+
+#[test]
+fn a_wrong_shape_names_the_key_and_both_shapes() {
+    let path = write_edited("shape.safetensors", |t| {
+        let w = t.iter_mut().find(|x| x.name == "patch_embed.proj.weight").unwrap();
+        w.shape = vec![48, 48];
+    });
+    let msg = load_err(&path).to_string();
+    assert!(
+        msg.contains("patch_embed.proj.weight") && msg.contains("[48, 48]") && msg.contains("[48, 3, 4, 4]"),
+        "{msg}"
+    );
+}
+
+#[test]
+fn a_file_of_another_preset_is_refused() {
+    let other = Mae::<Tiny, f32, Cpu>::new(&Cpu::seed_from_u64(0)).unwrap();
+    let path = tmp("tiny.safetensors");
+    other.save_safetensors(&path, &BTreeMap::new()).unwrap();
+    let msg = load_err(&path).to_string();
+    assert!(msg.contains("preset parity"), "{msg}");
+}
+
+#[test]
+fn non_finite_values_and_broken_files_are_errors() {
+    let path = write_edited("nan.safetensors", |t| {
+        t.iter_mut().find(|x| x.name == "norm.bias").unwrap().data[3] = f32::NAN;
+    });
+    assert!(matches!(load_err(&path), MaeError::NonFinite { key, .. } if key == "norm.bias"));
+
+    let good = save(&model(1), "good.safetensors");
+    let bytes = std::fs::read(&good).unwrap();
+    let truncated = tmp("truncated.safetensors");
+    std::fs::write(&truncated, &bytes[..bytes.len() / 2]).unwrap();
+    let err = load_err(&truncated);
+    assert!(matches!(err, MaeError::Format { .. }), "{err}");
+    assert!(err.to_string().contains("truncated.safetensors"));
+
+    let garbage = tmp("garbage.safetensors");
+    std::fs::write(&garbage, b"\xff\xff\xff\xff\xff\xff\xff\x7fnot a header").unwrap();
+    assert!(matches!(load_err(&garbage), MaeError::Format { .. }));
+
+    let err = load_err(&tmp("does-not-exist.safetensors"));
+    assert!(matches!(err, MaeError::Io { .. }) && err.to_string().contains("does-not-exist"));
+}
+
+#[test]
+fn half_precision_files_load() {
+    // Write an f16 copy of the model by hand and check it loads within f16 rounding.
+    let a = model(1);
+    let t = tensors(&a);
+    let bytes: Vec<Vec<u8>> = t
+        .iter()
+        .map(|x| x.data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect())
+        .collect();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = t
+        .iter()
+        .zip(&bytes)
+        .map(|(x, b)| {
+            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, x.shape.clone(), b).unwrap();
+            (x.name.clone(), v)
+        })
+        .collect();
+    let path = tmp("half.safetensors");
+    safetensors::serialize_to_file(views, &None, &path).unwrap();
+    let mut b = model(2);
+    b.load_safetensors(&path).unwrap();
+    for (x, y) in t.iter().zip(tensors(&b)) {
+        for (u, v) in x.data.iter().zip(&y.data) {
+            assert!((u - v).abs() <= 1e-3 * u.abs().max(1e-2), "{}: {u} vs {v}", x.name);
+        }
+    }
+}
+
+#[test]
+fn encoder_only_files_load_into_the_encoder() {
+    let a = model(1);
+    let encoder_only: Vec<NamedTensor> = tensors(&a)
+        .into_iter()
+        .filter(|t| !mae_core::weights::is_decoder_name(&t.name))
+        .collect();
+    assert_eq!(encoder_only.len(), 2 * 12 + 4 + 2);
+    let path = tmp("encoder.safetensors");
+    write_safetensors(&path, &encoder_only, &BTreeMap::new()).unwrap();
+    let file = TensorFile::open(&path).unwrap();
+
+    let mut b = model(2);
+    b.encoder.load_from(&file, "").unwrap();
+    let loaded = tensors(&b);
+    for t in &encoder_only {
+        assert_eq!(&loaded.iter().find(|x| x.name == t.name).unwrap().data, &t.data);
+    }
+    // the full model is strict: the decoder is missing
+    assert!(matches!(b.load_from(&file, ""), Err(MaeError::MissingKey { .. })));
+    // and the encoder also loads from a full file, skipping the decoder
+    let full = save(&a, "full-for-encoder.safetensors");
+    let mut c = model(3);
+    c.encoder.load_from(&TensorFile::open(&full).unwrap(), "").unwrap();
+}
+
+#[test]
+fn saving_replaces_atomically() {
+    let path = save(&model(1), "atomic.safetensors");
+    model(2).save_safetensors(&path, &BTreeMap::new()).unwrap();
+    let dir = path.parent().unwrap();
+    let leftovers: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty());
+    let mut m = model(3);
+    m.load_safetensors(&path).unwrap();
+    assert_eq!(tensors(&m), tensors(&model(2)));
+    // a directory that does not exist is an I/O error naming the file
+    let err = model(1)
+        .save_safetensors(dir.join("no/such/dir/x.safetensors"), &BTreeMap::new())
+        .unwrap_err();
+    assert!(err.to_string().contains("x.safetensors"), "{err}");
+}
