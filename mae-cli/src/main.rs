@@ -1,1 +1,175 @@
-fn main() {}
+//! The `mae` command: the front end of mae-rs. Thin: every subcommand parses its arguments and
+//! calls library code in `mae-core` / `mae-train`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use mae_core::dfdx::prelude::*;
+use mae_core::{Mae, MaePreset, Preset, PresetVisitor, TensorFile};
+use mae_train::bench::{time_train_step, StepBench};
+
+#[derive(Parser)]
+#[command(name = "mae", version, about = "Masked Autoencoders (He et al. 2021) in Rust")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// List the model presets and their dimensions.
+    Presets,
+    /// Write a freshly initialized model of a preset as safetensors (official names).
+    Init {
+        /// Preset name (see `mae presets`).
+        #[arg(long)]
+        preset: Preset,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+        /// Seed of the initialization.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Check that a weights file loads into a preset (strict: names, shapes, values).
+    Check {
+        /// Preset name.
+        #[arg(long)]
+        preset: Preset,
+        /// Weights file (safetensors, official `models_mae.py` names).
+        file: PathBuf,
+        /// Load only the encoder (encoder-only files such as `mae_pretrain_vit_*`).
+        #[arg(long)]
+        encoder_only: bool,
+        /// Prefix of the tensor names in the file (e.g. `model.`).
+        #[arg(long, default_value = "")]
+        prefix: String,
+    },
+    /// Time training steps (forward, backward, AdamW update) and print one JSON line.
+    Bench {
+        /// Preset name.
+        #[arg(long, default_value = "tiny")]
+        preset: Preset,
+        /// Images per step.
+        #[arg(long, default_value_t = 64)]
+        batch: usize,
+        /// Timed steps after one warm-up step.
+        #[arg(long, default_value_t = 5)]
+        steps: usize,
+        /// Mask ratio.
+        #[arg(long, default_value_t = 0.75)]
+        mask_ratio: f64,
+    },
+}
+
+struct InitModel {
+    out: PathBuf,
+    seed: u64,
+}
+
+impl PresetVisitor for InitModel {
+    type Output = Result<()>;
+    fn visit<P: MaePreset>(self) -> Result<()> {
+        let dev = Cpu::seed_from_u64(self.seed);
+        let model = Mae::<P, f32, Cpu>::new(&dev)?;
+        let meta = BTreeMap::from([("seed".to_string(), self.seed.to_string())]);
+        model.save_safetensors(&self.out, &meta)?;
+        Ok(())
+    }
+}
+
+struct CheckFile {
+    file: TensorFile,
+    encoder_only: bool,
+    prefix: String,
+}
+
+impl PresetVisitor for CheckFile {
+    type Output = Result<usize>;
+    fn visit<P: MaePreset>(self) -> Result<usize> {
+        let dev = Cpu::default();
+        let mut model = Mae::<P, f32, Cpu>::new(&dev)?;
+        if self.encoder_only {
+            model.encoder.load_from(&self.file, &self.prefix)?;
+            Ok(model.encoder.num_trainable_params())
+        } else {
+            model.load_from(&self.file, &self.prefix)?;
+            Ok(model.num_trainable_params())
+        }
+    }
+}
+
+fn main() -> std::process::ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Presets => {
+            println!("preset    image chans patch | encoder dim/depth/heads | decoder dim/depth/heads");
+            for &p in Preset::ALL {
+                let d = p.dims();
+                println!(
+                    "{:<9} {:>5} {:>5} {:>5} | {:>4}/{:>2}/{:>2}               | {:>4}/{:>2}/{:>2}",
+                    p.name(),
+                    d.img_size,
+                    d.in_chans,
+                    d.patch_size,
+                    d.embed_dim,
+                    d.depth,
+                    d.num_heads,
+                    d.decoder_embed_dim,
+                    d.decoder_depth,
+                    d.decoder_num_heads
+                );
+            }
+        }
+        Command::Init { preset, out, seed } => {
+            preset.visit(InitModel { out: out.clone(), seed })?;
+            println!("wrote {} (preset {preset}, seed {seed})", out.display());
+        }
+        Command::Check {
+            preset,
+            file,
+            encoder_only,
+            prefix,
+        } => {
+            let file = TensorFile::open(&file)?;
+            let path = file.path().display().to_string();
+            let params = preset.visit(CheckFile {
+                file,
+                encoder_only,
+                prefix,
+            })?;
+            println!("{path}: loads into preset {preset} ({params} trainable parameters)");
+        }
+        Command::Bench {
+            preset,
+            batch,
+            steps,
+            mask_ratio,
+        } => {
+            if batch == 0 || steps == 0 {
+                bail!("--batch and --steps must be at least 1");
+            }
+            let timing = time_train_step(&StepBench {
+                preset,
+                batch,
+                steps,
+                mask_ratio,
+                cache: true,
+            })
+            .context("benchmark failed")?;
+            println!("{}", serde_json::to_string(&timing)?);
+        }
+    }
+    Ok(())
+}

@@ -1,27 +1,4 @@
-//! # mae-core
-//!
-//! Masked Autoencoders (He et al., "Masked Autoencoders Are Scalable Vision Learners",
-//! arXiv 2111.06377) as typed [dfdx](https://docs.rs/dfdx) models: the ViT encoder, the MAE
-//! decoder, random masking, the (optionally per-patch normalized) reconstruction loss, model
-//! presets, and weights I/O in safetensors under the official `models_mae.py` names.
-//!
-//! It matches the official PyTorch code numerically: the parity tests compare the loss,
-//! prediction, latent, masking and every parameter gradient against fixtures made by the
-//! reference implementation.
-//!
-//! ```
-//! use dfdx::prelude::*;
-//! use mae_core::{presets::Parity, Mae, MaePreset, Masking};
-//!
-//! let dev: Cpu = Cpu::seed_from_u64(0);
-//! let model = Mae::<Parity, f32, Cpu>::new(&dev).unwrap();
-//! let imgs = vec![0.1f32; 2 * Parity::image_numel()]; // NCHW
-//! let noise: Vec<f32> = (0..2 * Parity::num_patches()).map(|i| (i * 37 % 101) as f32).collect();
-//! let masking = Masking::from_noise(&noise, 2, Parity::num_patches(), 0.75).unwrap();
-//! let out = model.forward(&imgs, &masking, false, NoneTape).unwrap();
-//! assert_eq!(out.latent.shape().1, 1 + 16);
-//! assert!(out.loss.array().is_finite());
-//! ```
+#![doc = include_str!("../README.md")]
 //!
 //! Layout: [`preset`] (preset types and [`MaeConfig`]), [`layers`] (Linear, LayerNorm, attention,
 //! pre-norm block), [`model`] (encoder, decoder, loss), [`masking`], [`patch`]

@@ -1,6 +1,5 @@
-//! # mae-train
+#![doc = include_str!("../README.md")]
 //!
-//! Pretraining, fine-tuning and linear-probe loops for MAE: optimizers, schedules, checkpoints.
-//!
-//! Not built yet: this crate is filled in by the training issue. Today it only fixes its place in
-//! the workspace.
+//! It owns time (steps, epochs); models come from `mae-core`, batches from `mae-data`.
+
+pub mod bench;

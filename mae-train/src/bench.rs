@@ -1,0 +1,143 @@
+//! Timing of one MAE pretraining step (forward, backward, AdamW update) on the CPU.
+//!
+//! PyTorch counterpart: `bench` in `tools/reference/torch_mae.py`, which times the same step with
+//! `torch.optim.AdamW(lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)`, `norm_pix_loss=True`,
+//! fixed random images and fresh masking noise per step, and reports the median of `steps` timed
+//! steps after one warm-up step. [`time_train_step`] does the same, so the two print comparable
+//! JSON lines.
+//!
+//! The update here is dfdx's Adam with decoupled weight decay on every parameter (the cost of the
+//! recipe's optimizer, which decays weights only; that optimizer comes with the training loop).
+
+use std::time::Instant;
+
+use mae_core::dfdx::optim::{Adam, AdamConfig, Optimizer, WeightDecay};
+use mae_core::dfdx::prelude::*;
+use mae_core::{tape_from, Mae, MaeError, MaePreset, Masking, Preset, PresetVisitor};
+use rand::{Rng, SeedableRng};
+use rand_distr::StandardNormal;
+use serde::Serialize;
+
+/// What to time.
+#[derive(Debug, Clone, Copy)]
+pub struct StepBench {
+    /// Model preset.
+    pub preset: Preset,
+    /// Images per step.
+    pub batch: usize,
+    /// Timed steps (after one warm-up step).
+    pub steps: usize,
+    /// Mask ratio.
+    pub mask_ratio: f64,
+    /// Reuse freed buffers between steps (`Cpu::enable_cache`).
+    pub cache: bool,
+}
+
+impl Default for StepBench {
+    fn default() -> Self {
+        StepBench {
+            preset: Preset::Tiny,
+            batch: 64,
+            steps: 5,
+            mask_ratio: 0.75,
+            cache: true,
+        }
+    }
+}
+
+/// The result, in the same keys as the PyTorch reference's JSON line.
+#[derive(Debug, Clone, Serialize)]
+pub struct StepTiming {
+    /// Always `"mae-rs"`.
+    pub r#impl: &'static str,
+    /// Preset name.
+    pub config: String,
+    /// Images per step.
+    pub batch: usize,
+    /// Mask ratio.
+    pub mask_ratio: f64,
+    /// Median seconds per step.
+    pub step_s: f64,
+    /// Images per second at the median.
+    pub img_per_s: f64,
+    /// Every timed step, seconds.
+    pub all_s: Vec<f64>,
+}
+
+struct Run(StepBench);
+
+impl PresetVisitor for Run {
+    type Output = Result<StepTiming, MaeError>;
+    fn visit<P: MaePreset>(self) -> Self::Output {
+        let cfg = self.0;
+        let dev = Cpu::seed_from_u64(0);
+        if cfg.cache {
+            dev.enable_cache();
+        }
+        let mut model = Mae::<P, f32, Cpu>::new(&dev)?;
+        let mut opt = Adam::new(
+            &model,
+            AdamConfig {
+                lr: 1.5e-4,
+                betas: [0.9, 0.95],
+                eps: 1e-8,
+                weight_decay: Some(WeightDecay::Decoupled(0.05)),
+            },
+        );
+        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+        let imgs: Vec<f32> = (0..cfg.batch * P::image_numel())
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect();
+        let mut times = Vec::with_capacity(cfg.steps);
+        for step in 0..=cfg.steps {
+            let masking = Masking::random(&mut rng, cfg.batch, P::num_patches(), cfg.mask_ratio)?;
+            let start = Instant::now();
+            let out = model.forward(&imgs, &masking, true, tape_from(&dev, model.alloc_grads()))?;
+            let grads = out.loss.backward();
+            opt.update(&mut model, &grads)
+                .map_err(|e| MaeError::Device(format!("optimizer: {e:?}")))?;
+            if step > 0 {
+                times.push(start.elapsed().as_secs_f64());
+            }
+        }
+        let mut sorted = times.clone();
+        sorted.sort_by(f64::total_cmp);
+        let step_s = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+        Ok(StepTiming {
+            r#impl: "mae-rs",
+            config: P::PRESET.to_string(),
+            batch: cfg.batch,
+            mask_ratio: cfg.mask_ratio,
+            step_s,
+            img_per_s: cfg.batch as f64 / step_s,
+            all_s: times,
+        })
+    }
+}
+
+/// Times `steps` training steps of `preset` at `batch` images (after one warm-up step) and
+/// returns the median.
+pub fn time_train_step(cfg: &StepBench) -> Result<StepTiming, MaeError> {
+    if cfg.batch == 0 || cfg.steps == 0 {
+        return Err(MaeError::InputShape {
+            what: "benchmark",
+            expected: "batch ≥ 1 and steps ≥ 1".into(),
+            got: format!("batch {}, steps {}", cfg.batch, cfg.steps),
+        });
+    }
+    cfg.preset.visit(Run(*cfg))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn zero_steps_or_batch_is_an_error() {
+        let bad = StepBench {
+            steps: 0,
+            ..StepBench::default()
+        };
+        assert!(time_train_step(&bad).is_err());
+    }
+}
