@@ -11,7 +11,11 @@ use mae_core::{Mae, MaePreset, Preset, PresetVisitor, TensorFile};
 use mae_train::bench::{time_train_step, StepBench};
 
 #[derive(Parser)]
-#[command(name = "mae", version, about = "Masked Autoencoders (He et al. 2021) in Rust")]
+#[command(
+    name = "mae",
+    version,
+    about = "Masked Autoencoders (He et al. 2021) in Rust"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -114,7 +118,9 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Presets => {
-            println!("preset    image chans patch | encoder dim/depth/heads | decoder dim/depth/heads");
+            println!(
+                "preset    image chans patch | encoder dim/depth/heads | decoder dim/depth/heads"
+            );
             for &p in Preset::ALL {
                 let d = p.dims();
                 println!(
@@ -133,7 +139,10 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Init { preset, out, seed } => {
-            preset.visit(InitModel { out: out.clone(), seed })?;
+            preset.visit(InitModel {
+                out: out.clone(),
+                seed,
+            })?;
             println!("wrote {} (preset {preset}, seed {seed})", out.display());
         }
         Command::Check {

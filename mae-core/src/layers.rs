@@ -86,7 +86,12 @@ impl<I: ConstDim, O: ConstDim, D: MaeDevice> Linear<I, O, f32, D> {
             .try_matmul(self.weight.retaped::<T>().try_permute().map_err(dev_err)?)
             .map_err(dev_err)?;
         let y = y
-            .try_add(self.bias.retaped::<T>().try_broadcast_like(&(b * s, o)).map_err(dev_err)?)
+            .try_add(
+                self.bias
+                    .retaped::<T>()
+                    .try_broadcast_like(&(b * s, o))
+                    .map_err(dev_err)?,
+            )
             .map_err(dev_err)?;
         y.try_reshape_like(&(b, s, o)).map_err(dev_err)
     }
@@ -135,10 +140,20 @@ impl<M: ConstDim, D: MaeDevice> LayerNorm<M, f32, D> {
             .try_normalize::<Axis<2>>(LAYER_NORM_EPS)
             .map_err(dev_err)?;
         let x = x
-            .try_mul(self.weight.retaped::<T>().try_broadcast_like(&shape).map_err(dev_err)?)
+            .try_mul(
+                self.weight
+                    .retaped::<T>()
+                    .try_broadcast_like(&shape)
+                    .map_err(dev_err)?,
+            )
             .map_err(dev_err)?;
-        x.try_add(self.bias.retaped::<T>().try_broadcast_like(&shape).map_err(dev_err)?)
-            .map_err(dev_err)
+        x.try_add(
+            self.bias
+                .retaped::<T>()
+                .try_broadcast_like(&shape)
+                .map_err(dev_err)?,
+        )
+        .map_err(dev_err)
     }
 }
 

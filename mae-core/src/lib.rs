@@ -20,7 +20,7 @@ pub use masking::Masking;
 pub use model::{tape_from, Decoder, Encoder, Mae, MaeOutput};
 pub use patch::PatchGeometry;
 pub use preset::{presets, MaeConfig, MaePreset, Preset, PresetVisitor, TransformerDims};
-pub use weights::{NamedTensor, TensorFile};
+pub use weights::{HostTensor, NamedTensor, TensorFile};
 
 /// dfdx, re-exported so that users name the same version.
 pub use dfdx;

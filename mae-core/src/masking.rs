@@ -163,7 +163,10 @@ mod tests {
         assert_eq!(m.mask, vec![1.0, 0.0, 1.0, 0.0]);
         assert!(matches!(
             Masking::from_noise(&[0.1, f32::NAN], 1, 2, 0.5),
-            Err(MaeError::NonFiniteNoise { sample: 0, patch: 1 })
+            Err(MaeError::NonFiniteNoise {
+                sample: 0,
+                patch: 1
+            })
         ));
         assert!(Masking::from_noise(&noise, 2, 4, 0.5).is_err());
     }

@@ -195,7 +195,14 @@ impl<P: MaePreset, D: Device<f32>> TensorCollection<f32, D> for Decoder<P, f32, 
                 Self::module("decoder_norm", |s| &s.decoder_norm, |s| &mut s.decoder_norm),
                 Self::module("decoder_pred", |s| &s.decoder_pred, |s| &mut s.decoder_pred),
             ),
-            |(decoder_embed, mask_token, decoder_pos_embed, decoder_blocks, decoder_norm, decoder_pred)| {
+            |(
+                decoder_embed,
+                mask_token,
+                decoder_pos_embed,
+                decoder_blocks,
+                decoder_norm,
+                decoder_pred,
+            )| {
                 Decoder {
                     decoder_embed,
                     mask_token,
@@ -346,7 +353,10 @@ impl<P: MaePreset, D: MaeDevice> Encoder<P, f32, D> {
             return Err(MaeError::InputShape {
                 what: "masking",
                 expected: format!("{batch} samples × {l} patches"),
-                got: format!("{} samples × {} patches", masking.batch, masking.num_patches),
+                got: format!(
+                    "{} samples × {} patches",
+                    masking.batch, masking.num_patches
+                ),
             });
         }
         let ids_keep = index_tensor(x.device(), &masking.ids_keep, batch, masking.len_keep)?;

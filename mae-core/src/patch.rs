@@ -118,7 +118,11 @@ pub fn normalize_patches(target: &mut [f32], patch_dim: usize) {
     for patch in target.chunks_exact_mut(patch_dim) {
         let n = patch_dim as f64;
         let mean = patch.iter().map(|&v| v as f64).sum::<f64>() / n;
-        let var = patch.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        let var = patch
+            .iter()
+            .map(|&v| (v as f64 - mean).powi(2))
+            .sum::<f64>()
+            / (n - 1.0);
         let inv = 1.0 / (var + 1e-6).sqrt();
         for v in patch.iter_mut() {
             *v = ((*v as f64 - mean) * inv) as f32;
@@ -158,7 +162,10 @@ mod tests {
         let imgs: Vec<f32> = (0..g.image_numel()).map(|v| v as f32).collect();
         let p = g.patch_embed_input(&imgs).expect("whole images");
         let patch = &p[g.patch_dim()..][..g.patch_dim()];
-        assert_eq!(patch, &[2.0, 3.0, 6.0, 7.0, 18.0, 19.0, 22.0, 23.0, 34.0, 35.0, 38.0, 39.0]);
+        assert_eq!(
+            patch,
+            &[2.0, 3.0, 6.0, 7.0, 18.0, 19.0, 22.0, 23.0, 34.0, 35.0, 38.0, 39.0]
+        );
     }
 
     #[test]

@@ -10,7 +10,10 @@
 ///
 /// `dim` must be a multiple of 4.
 pub fn pos_embed_2d_sincos(dim: usize, grid: usize) -> Vec<f32> {
-    assert!(dim % 4 == 0, "sin-cos position embedding needs dim divisible by 4, got {dim}");
+    assert!(
+        dim % 4 == 0,
+        "sin-cos position embedding needs dim divisible by 4, got {dim}"
+    );
     let half = dim / 2;
     let quarter = half / 2;
     let omega: Vec<f64> = (0..quarter)

@@ -41,8 +41,8 @@ pub trait TransformerDims: 'static + Send + Sync + Copy + Default + fmt::Debug {
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Dims<const D: usize, const M: usize, const Q: usize, const H: usize, const N: usize>;
 
-impl<const D: usize, const M: usize, const Q: usize, const H: usize, const N: usize>
-    TransformerDims for Dims<D, M, Q, H, N>
+impl<const D: usize, const M: usize, const Q: usize, const H: usize, const N: usize> TransformerDims
+    for Dims<D, M, Q, H, N>
 {
     type Model = Const<D>;
     type Mlp = Const<M>;
@@ -215,7 +215,11 @@ impl FromStr for Preset {
             .find(|p| p.name() == s)
             .ok_or_else(|| MaeError::UnknownPreset {
                 name: s.to_string(),
-                known: Preset::ALL.iter().map(|p| p.name()).collect::<Vec<_>>().join(", "),
+                known: Preset::ALL
+                    .iter()
+                    .map(|p| p.name())
+                    .collect::<Vec<_>>()
+                    .join(", "),
             })
     }
 }
@@ -301,7 +305,11 @@ mod tests {
     impl PresetVisitor for NumPatches {
         type Output = (usize, usize, usize);
         fn visit<P: MaePreset>(self) -> Self::Output {
-            (P::num_patches(), P::patch_dim(), <P::Encoder as TransformerDims>::HEAD_DIM)
+            (
+                P::num_patches(),
+                P::patch_dim(),
+                <P::Encoder as TransformerDims>::HEAD_DIM,
+            )
         }
     }
 

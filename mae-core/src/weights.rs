@@ -16,8 +16,8 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut,
-    ViewTensorName, ViewTensorRef,
+    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
+    ViewTensorRef,
 };
 use dfdx::prelude::*;
 use safetensors::tensor::{Dtype as StDtype, SafeTensors, TensorView};
@@ -156,6 +156,15 @@ pub fn named_gradients<P: MaePreset, D: Device<f32>>(
     collect(model, PatchGeometry::of::<P>(), Some(grads))
 }
 
+/// A tensor read from a file: shape and f32 values, row-major.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HostTensor {
+    /// The shape in the file.
+    pub shape: Vec<usize>,
+    /// The values.
+    pub data: Vec<f32>,
+}
+
 /// Reads a whole safetensors file: `(name → (shape, f32 values))` plus its metadata.
 pub struct TensorFile {
     path: PathBuf,
@@ -207,7 +216,7 @@ impl TensorFile {
 
     /// The values of `name` converted to f32 (F32, F16, BF16, F64 are read; I64/I32 too, for index
     /// tensors in fixtures), with its shape.
-    pub fn read(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<f32>)>, MaeError> {
+    pub fn read(&self, name: &str) -> Result<Option<HostTensor>, MaeError> {
         let st = self.parse()?;
         let Ok(view) = st.tensor(name) else {
             return Ok(None);
@@ -217,7 +226,10 @@ impl TensorFile {
             key: name.to_string(),
             dtype: format!("{:?}", view.dtype()),
         })?;
-        Ok(Some((view.shape().to_vec(), data)))
+        Ok(Some(HostTensor {
+            shape: view.shape().to_vec(),
+            data,
+        }))
     }
 }
 
@@ -294,7 +306,7 @@ impl<D: Device<f32>> TensorVisitor<f32, D> for Load<'_> {
         let key = format!("{}{name}", self.prefix);
         let path = self.file.path().to_path_buf();
         let expected = official_shape(&name, t.shape().concrete().as_ref(), &self.geometry);
-        let Some((shape, data)) = self.file.read(&key)? else {
+        let Some(HostTensor { shape, data }) = self.file.read(&key)? else {
             return Err(MaeError::MissingKey {
                 path,
                 key,

@@ -38,7 +38,11 @@ fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
         .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
         .sum::<f64>()
         .sqrt();
-    let norm: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = reference
+        .iter()
+        .map(|b| (*b as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
     if norm == 0.0 {
         diff
     } else {
@@ -58,16 +62,20 @@ impl Report {
     fn compare(&mut self, what: &str, ours: &[f32], reference: &[f32]) {
         self.checked += 1;
         if ours.len() != reference.len() {
-            self.failures
-                .push(format!("{what}: {} values, reference has {}", ours.len(), reference.len()));
+            self.failures.push(format!(
+                "{what}: {} values, reference has {}",
+                ours.len(),
+                reference.len()
+            ));
             return;
         }
         let e = rel_err(ours, reference);
         if e > self.worst.0 || self.worst.1.is_empty() {
             self.worst = (e, what.to_string());
         }
-        if !(e <= TOLERANCE) {
-            self.failures.push(format!("{what}: relative error {e:.3e} > {TOLERANCE:e}"));
+        if e.is_nan() || e > TOLERANCE {
+            self.failures
+                .push(format!("{what}: relative error {e:.3e} > {TOLERANCE:e}"));
         }
     }
 }
@@ -109,7 +117,12 @@ impl PresetVisitor for Check<'_> {
         let mut model = Mae::<P, f32, Cpu>::new(&dev).unwrap();
         model.load_from(file, "model.").unwrap();
 
-        let read = |name: &str| file.read(name).unwrap().unwrap_or_else(|| panic!("{name}")).1;
+        let read = |name: &str| {
+            file.read(name)
+                .unwrap()
+                .unwrap_or_else(|| panic!("{name}"))
+                .data
+        };
         let imgs = read("input.imgs");
         let noise = read("input.noise");
         let batch = imgs.len() / P::image_numel();
@@ -134,8 +147,16 @@ impl PresetVisitor for Check<'_> {
             let out = model
                 .forward(&imgs, &masking, norm_pix, tape_from(&dev, grads))
                 .unwrap();
-            report.compare(&format!("{tag}.loss"), &[out.loss.array()], &read(&format!("expect.{tag}.loss")));
-            report.compare(&format!("{tag}.pred"), &out.pred.as_vec(), &read(&format!("expect.{tag}.pred")));
+            report.compare(
+                &format!("{tag}.loss"),
+                &[out.loss.array()],
+                &read(&format!("expect.{tag}.loss")),
+            );
+            report.compare(
+                &format!("{tag}.pred"),
+                &out.pred.as_vec(),
+                &read(&format!("expect.{tag}.pred")),
+            );
             if !norm_pix {
                 report.compare("latent", &out.latent.as_vec(), &read("expect.latent"));
             }
@@ -158,10 +179,15 @@ impl PresetVisitor for Check<'_> {
             expected_sorted.sort();
             let mut names = param_names.clone();
             names.sort();
-            assert_eq!(names, expected_sorted, "{}: trainable parameters vs fixture gradients", report.file);
+            assert_eq!(
+                names, expected_sorted,
+                "{}: trainable parameters vs fixture gradients",
+                report.file
+            );
             for name in expected {
                 let g = &ours[&name];
-                let (shape, reference) = file.read(&format!("{prefix}{name}")).unwrap().unwrap();
+                let expected = file.read(&format!("{prefix}{name}")).unwrap().unwrap();
+                let (shape, reference) = (expected.shape, expected.data);
                 assert_eq!(g.shape, shape, "{}: shape of grad {name}", report.file);
                 report.compare(&format!("{tag}.grad.{name}"), &g.data, &reference);
             }
@@ -177,7 +203,10 @@ fn parity_with_the_reference_implementation() {
     for path in files {
         let name = path.file_name().unwrap().to_string_lossy().into_owned();
         let file = TensorFile::open(&path).unwrap_or_else(|e| panic!("{e}"));
-        let preset_name = meta(&file)["preset"].as_str().unwrap_or("<missing>").to_string();
+        let preset_name = meta(&file)["preset"]
+            .as_str()
+            .unwrap_or("<missing>")
+            .to_string();
         let preset: Preset = match preset_name.parse() {
             Ok(p) => p,
             Err(e) => panic!("{name}: fixture preset is unknown: {e}"),
@@ -198,5 +227,9 @@ fn parity_with_the_reference_implementation() {
         );
         failures.extend(report.failures.iter().map(|f| format!("{name}: {f}")));
     }
-    assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "parity failures:\n{}",
+        failures.join("\n")
+    );
 }

@@ -46,7 +46,11 @@ fn load_err(path: &Path) -> MaeError {
     let mut m = model(2);
     let before = tensors(&m);
     let err = m.load_safetensors(path).unwrap_err();
-    assert_eq!(tensors(&m), before, "a failed load must leave the model untouched");
+    assert_eq!(
+        tensors(&m),
+        before,
+        "a failed load must leave the model untouched"
+    );
     err
 }
 
@@ -66,7 +70,11 @@ fn save_then_load_is_exact() {
 fn files_use_the_official_names_and_shapes() {
     let path = save(&model(1), "names.safetensors");
     let file = TensorFile::open(&path).unwrap();
-    let shape = |n: &str| file.shape(n).unwrap().unwrap_or_else(|| panic!("{n} missing"));
+    let shape = |n: &str| {
+        file.shape(n)
+            .unwrap()
+            .unwrap_or_else(|| panic!("{n} missing"))
+    };
     assert_eq!(shape("patch_embed.proj.weight"), vec![48, 3, 4, 4]);
     assert_eq!(shape("patch_embed.proj.bias"), vec![48]);
     assert_eq!(shape("cls_token"), vec![1, 1, 48]);
@@ -80,7 +88,10 @@ fn files_use_the_official_names_and_shapes() {
     assert_eq!(shape("decoder_pred.weight"), vec![48, 32]);
     // encoder: patch_embed 2, cls + pos 2, 2 blocks × 12, norm 2;
     // decoder: embed 2, mask token + pos 2, 1 block × 12, norm 2, pred 2
-    assert_eq!(file.names().unwrap().len(), (2 + 2 + 2 * 12 + 2) + (2 + 2 + 12 + 2 + 2));
+    assert_eq!(
+        file.names().unwrap().len(),
+        (2 + 2 + 2 * 12 + 2) + (2 + 2 + 12 + 2 + 2)
+    );
 }
 
 #[test]
@@ -106,11 +117,16 @@ fn initialization_follows_the_recipe() {
 
 #[test]
 fn a_missing_key_is_named() {
-    let path = write_edited("missing.safetensors", |t| t.retain(|x| x.name != "blocks.1.norm2.bias"));
+    let path = write_edited("missing.safetensors", |t| {
+        t.retain(|x| x.name != "blocks.1.norm2.bias")
+    });
     let err = load_err(&path);
     let msg = err.to_string();
     assert!(matches!(err, MaeError::MissingKey { .. }), "{msg}");
-    assert!(msg.contains("blocks.1.norm2.bias") && msg.contains("missing.safetensors"), "{msg}");
+    assert!(
+        msg.contains("blocks.1.norm2.bias") && msg.contains("missing.safetensors"),
+        "{msg}"
+    );
 }
 
 #[test]
@@ -124,18 +140,26 @@ fn an_extra_key_is_named() {
         })
     });
     let msg = load_err(&path).to_string();
-    assert!(msg.contains("unexpected tensor `blocks.2.norm1.weight`"), "{msg}");
+    assert!(
+        msg.contains("unexpected tensor `blocks.2.norm1.weight`"),
+        "{msg}"
+    );
 }
 
 #[test]
 fn a_wrong_shape_names_the_key_and_both_shapes() {
     let path = write_edited("shape.safetensors", |t| {
-        let w = t.iter_mut().find(|x| x.name == "patch_embed.proj.weight").unwrap();
+        let w = t
+            .iter_mut()
+            .find(|x| x.name == "patch_embed.proj.weight")
+            .unwrap();
         w.shape = vec![48, 48];
     });
     let msg = load_err(&path).to_string();
     assert!(
-        msg.contains("patch_embed.proj.weight") && msg.contains("[48, 48]") && msg.contains("[48, 3, 4, 4]"),
+        msg.contains("patch_embed.proj.weight")
+            && msg.contains("[48, 48]")
+            && msg.contains("[48, 3, 4, 4]"),
         "{msg}"
     );
 }
@@ -179,13 +203,20 @@ fn half_precision_files_load() {
     let t = tensors(&a);
     let bytes: Vec<Vec<u8>> = t
         .iter()
-        .map(|x| x.data.iter().flat_map(|v| half::f16::from_f32(*v).to_le_bytes()).collect())
+        .map(|x| {
+            x.data
+                .iter()
+                .flat_map(|v| half::f16::from_f32(*v).to_le_bytes())
+                .collect()
+        })
         .collect();
     let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = t
         .iter()
         .zip(&bytes)
         .map(|(x, b)| {
-            let v = safetensors::tensor::TensorView::new(safetensors::Dtype::F16, x.shape.clone(), b).unwrap();
+            let v =
+                safetensors::tensor::TensorView::new(safetensors::Dtype::F16, x.shape.clone(), b)
+                    .unwrap();
             (x.name.clone(), v)
         })
         .collect();
@@ -195,7 +226,11 @@ fn half_precision_files_load() {
     b.load_safetensors(&path).unwrap();
     for (x, y) in t.iter().zip(tensors(&b)) {
         for (u, v) in x.data.iter().zip(&y.data) {
-            assert!((u - v).abs() <= 1e-3 * u.abs().max(1e-2), "{}: {u} vs {v}", x.name);
+            assert!(
+                (u - v).abs() <= 1e-3 * u.abs().max(1e-2),
+                "{}: {u} vs {v}",
+                x.name
+            );
         }
     }
 }
@@ -216,14 +251,22 @@ fn encoder_only_files_load_into_the_encoder() {
     b.encoder.load_from(&file, "").unwrap();
     let loaded = tensors(&b);
     for t in &encoder_only {
-        assert_eq!(&loaded.iter().find(|x| x.name == t.name).unwrap().data, &t.data);
+        assert_eq!(
+            &loaded.iter().find(|x| x.name == t.name).unwrap().data,
+            &t.data
+        );
     }
     // the full model is strict: the decoder is missing
-    assert!(matches!(b.load_from(&file, ""), Err(MaeError::MissingKey { .. })));
+    assert!(matches!(
+        b.load_from(&file, ""),
+        Err(MaeError::MissingKey { .. })
+    ));
     // and the encoder also loads from a full file, skipping the decoder
     let full = save(&a, "full-for-encoder.safetensors");
     let mut c = model(3);
-    c.encoder.load_from(&TensorFile::open(&full).unwrap(), "").unwrap();
+    c.encoder
+        .load_from(&TensorFile::open(&full).unwrap(), "")
+        .unwrap();
 }
 
 #[test]
