@@ -10,6 +10,8 @@ use mae_core::dfdx::prelude::*;
 use mae_core::{Mae, MaePreset, Preset, PresetVisitor, TensorFile};
 use mae_train::bench::{time_train_step, StepBench};
 
+mod data;
+
 #[derive(Parser)]
 #[command(
     name = "mae",
@@ -23,6 +25,9 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Datasets: prepare, info, verify, show.
+    #[command(subcommand)]
+    Data(data::DataCommand),
     /// List the model presets and their dimensions.
     Presets,
     /// Write a freshly initialized model of a preset as safetensors (official names).
@@ -117,6 +122,7 @@ fn main() -> std::process::ExitCode {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Data(command) => data::run(command)?,
         Command::Presets => {
             println!(
                 "preset    image chans patch | encoder dim/depth/heads | decoder dim/depth/heads"

@@ -1,0 +1,164 @@
+//! `mae data ...`: prepare, inspect, verify and look at datasets (library: `mae-data`).
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use anyhow::{bail, Result};
+use clap::{Args, Subcommand};
+use mae_data::{prepare, Dataset, PrepareOptions, SourceKind, SplitName, Verify};
+
+/// Dataset commands.
+#[derive(Subcommand)]
+pub enum DataCommand {
+    /// Prepare an image folder, idx files or CIFAR-10 into checksummed shards.
+    Prepare(PrepareArgs),
+    /// Print a dataset's manifest summary.
+    Info {
+        /// Dataset directory.
+        dir: PathBuf,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Re-check every shard's checksum; non-zero exit naming the shard on a mismatch.
+    Verify {
+        /// Dataset directory.
+        dir: PathBuf,
+    },
+    /// Write a grid of samples with their class names as a PNG.
+    Show {
+        /// Dataset directory.
+        dir: PathBuf,
+        /// Output PNG.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of samples.
+        #[arg(long, default_value_t = 32)]
+        count: usize,
+        /// Samples per row.
+        #[arg(long, default_value_t = 8)]
+        cols: usize,
+        /// Show the validation split instead of train.
+        #[arg(long)]
+        val: bool,
+    },
+}
+
+/// `mae data prepare` arguments.
+#[derive(Args)]
+pub struct PrepareArgs {
+    /// Source kind and directory: `imagefolder DIR`, `idx DIR` or `cifar10 DIR`.
+    #[arg(long, num_args = 2, value_names = ["KIND", "DIR"], required = true)]
+    from: Vec<String>,
+    /// Output dataset directory.
+    #[arg(long)]
+    out: PathBuf,
+    /// Image side (default 256 for image folders, native for idx and cifar10).
+    #[arg(long)]
+    size: Option<usize>,
+    /// Channels, 1 or 3 (default 3, or 1 for idx).
+    #[arg(long)]
+    channels: Option<usize>,
+    /// Fraction carved out as validation from single-split sources (stratified by class).
+    #[arg(long, default_value_t = 0.1)]
+    val_fraction: f64,
+    /// Seed of that split.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Replace an existing output directory.
+    #[arg(long)]
+    force: bool,
+    /// Fail if any file is skipped.
+    #[arg(long)]
+    strict: bool,
+    /// Skip images with more pixels than this (decompression bombs).
+    #[arg(long, default_value_t = mae_data::prepare::DEFAULT_MAX_PIXELS)]
+    max_pixels: u64,
+    /// Class names, one per line (for idx files without `classes.txt`).
+    #[arg(long)]
+    class_names: Option<PathBuf>,
+    /// Samples per shard (default: shards of at most 256 MiB).
+    #[arg(long)]
+    shard_samples: Option<usize>,
+}
+
+/// Runs one data command.
+pub fn run(command: DataCommand) -> Result<()> {
+    match command {
+        DataCommand::Prepare(a) => {
+            let [kind, dir] = <[String; 2]>::try_from(a.from)
+                .map_err(|_| anyhow::anyhow!("--from takes a kind and a directory"))?;
+            let kind: SourceKind = kind.parse()?;
+            let mut opts = PrepareOptions::new(kind, dir, &a.out);
+            opts.size = a.size;
+            opts.channels = a.channels;
+            opts.val_fraction = a.val_fraction;
+            opts.seed = a.seed;
+            opts.force = a.force;
+            opts.strict = a.strict;
+            opts.max_pixels = a.max_pixels;
+            opts.class_names = a.class_names;
+            opts.shard_samples = a.shard_samples;
+            opts.progress = true;
+            let summary = prepare(&opts)?;
+            println!("{}: {summary}", a.out.display());
+        }
+        DataCommand::Info { dir, json } => {
+            let ds = Dataset::open_with(&dir, Verify::Structure)?;
+            let m = ds.manifest();
+            if json {
+                let shards: Vec<_> = m.train.shards.iter().chain(&m.val.shards).collect();
+                let obj = serde_json::json!({
+                    "dir": dir,
+                    "count": m.count,
+                    "train": m.train.count,
+                    "val": m.val.count,
+                    "classes": m.classes,
+                    "image_size": m.image_size,
+                    "channels": m.channels,
+                    "mean": m.mean,
+                    "std": m.std,
+                    "source": m.source,
+                    "shards": shards,
+                    "skipped": m.skipped,
+                });
+                println!("{obj}");
+            } else {
+                println!("{}", dir.display());
+                println!("  {} images: {} train, {} val", m.count, m.train.count, m.val.count);
+                println!("  {}×{}×{}", m.image_size, m.image_size, m.channels);
+                println!("  {} classes: {}", m.classes.len(), m.classes.join(", "));
+                println!("  mean {:?}, std {:?}", m.mean, m.std);
+                println!(
+                    "  {} shards, from {}",
+                    m.train.shards.len() + m.val.shards.len(),
+                    m.source
+                );
+                println!("  {} skipped", m.skipped.len());
+                for s in &m.skipped {
+                    println!("    {}: {}", s.path, s.reason);
+                }
+            }
+        }
+        DataCommand::Verify { dir } => {
+            let n = mae_data::dataset::verify(&dir)?;
+            println!("{}: {n} shards, all checksums match", dir.display());
+        }
+        DataCommand::Show {
+            dir,
+            out,
+            count,
+            cols,
+            val,
+        } => {
+            if cols == 0 {
+                bail!("--cols must be at least 1");
+            }
+            let ds = Arc::new(Dataset::open(&dir)?);
+            let split = if val { SplitName::Val } else { SplitName::Train };
+            let n = mae_data::preview::write_grid(&ds, split, count, cols, &out)?;
+            println!("wrote {} ({n} samples)", out.display());
+        }
+    }
+    Ok(())
+}

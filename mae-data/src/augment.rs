@@ -1,0 +1,318 @@
+//! The paper's image transforms, from a `u8` HWC shard sample to a normalized `f32` CHW image.
+//!
+//! PyTorch counterpart (`main_pretrain.py`): `RandomResizedCrop(input_size, scale=(0.2, 1.0),
+//! interpolation=BICUBIC)`, `RandomHorizontalFlip()`, `ToTensor()`, `Normalize(mean, std)`; for
+//! evaluation (`util/datasets.py`) `Resize(int(input_size / 0.875), BICUBIC)` + `CenterCrop`.
+//!
+//! The crop and flip of a sample depend only on `(seed, epoch, index)`, never on the thread or the
+//! batch that processes it.
+
+use fast_image_resize::Resizer;
+use rand::{Rng, SeedableRng};
+
+use crate::error::DataError;
+use crate::resize::{resize_crop_into, CropBox, Interpolation};
+
+/// ImageNet per-channel mean (RGB), the recipe's normalization.
+pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
+/// ImageNet per-channel standard deviation (RGB).
+pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
+
+/// Which transform.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Transform {
+    /// RandomResizedCrop + random horizontal flip.
+    Pretrain {
+        /// Range of the crop's area as a fraction of the image (0.2–1.0 in the paper).
+        scale: (f64, f64),
+        /// Range of the crop's aspect ratio (3/4–4/3).
+        ratio: (f64, f64),
+        /// Flip with probability 1/2.
+        hflip: bool,
+    },
+    /// Resize so that a centred crop of `crop_pct` of the view is taken (0.875 in the official
+    /// evaluation), no randomness.
+    Eval {
+        /// Fraction of the resized image kept by the centre crop.
+        crop_pct: f64,
+    },
+}
+
+impl Transform {
+    /// The paper's pretraining augmentation.
+    pub fn pretrain() -> Self {
+        Transform::Pretrain {
+            scale: (0.2, 1.0),
+            ratio: (3.0 / 4.0, 4.0 / 3.0),
+            hflip: true,
+        }
+    }
+}
+
+/// A transform with its output size, interpolation, normalization and seed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Augment {
+    /// The transform.
+    pub transform: Transform,
+    /// Output side.
+    pub out_size: usize,
+    /// Resampling filter.
+    pub interpolation: Interpolation,
+    /// Per-channel mean subtracted (in `[0, 1]` units).
+    pub mean: Vec<f32>,
+    /// Per-channel standard deviation divided by.
+    pub std: Vec<f32>,
+    /// Seed of the random crops and flips.
+    pub seed: u64,
+}
+
+/// What the random transform chose for one sample.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct CropParams {
+    /// The region of the source image.
+    pub crop: CropBox,
+    /// Whether the output is mirrored.
+    pub flip: bool,
+}
+
+/// SplitMix64 finalizer: mixes `(seed, epoch, index)` into one RNG seed.
+fn mix(mut x: u64) -> u64 {
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    x = (x ^ (x >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    x = (x ^ (x >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    x ^ (x >> 31)
+}
+
+impl Augment {
+    /// `transform` to `out_size`, normalized with `mean`/`std` (one value per channel).
+    pub fn new(
+        transform: Transform,
+        out_size: usize,
+        mean: &[f64],
+        std: &[f64],
+        seed: u64,
+    ) -> Result<Self, DataError> {
+        if out_size == 0 {
+            return Err(DataError::Option("output size must be at least 1".into()));
+        }
+        if mean.len() != std.len() || mean.is_empty() || std.iter().any(|&s| s <= 0.0 || !s.is_finite()) {
+            return Err(DataError::Option(format!(
+                "normalization needs one mean and one positive std per channel (got {mean:?} / {std:?})"
+            )));
+        }
+        if let Transform::Pretrain { scale, ratio, .. } = transform {
+            if !(0.0 < scale.0 && scale.0 <= scale.1 && scale.1 <= 1.0) {
+                return Err(DataError::Option(format!("crop scale {scale:?} must satisfy 0 < min ≤ max ≤ 1")));
+            }
+            if !(0.0 < ratio.0 && ratio.0 <= ratio.1) {
+                return Err(DataError::Option(format!("crop ratio {ratio:?} must satisfy 0 < min ≤ max")));
+            }
+        }
+        if let Transform::Eval { crop_pct } = transform {
+            if !(0.0 < crop_pct && crop_pct <= 1.0) {
+                return Err(DataError::Option(format!("crop_pct {crop_pct} must be in (0, 1]")));
+            }
+        }
+        Ok(Augment {
+            transform,
+            out_size,
+            interpolation: Interpolation::Bicubic,
+            mean: mean.iter().map(|&v| v as f32).collect(),
+            std: std.iter().map(|&v| v as f32).collect(),
+            seed,
+        })
+    }
+
+    /// Channels this augmentation normalizes.
+    pub fn channels(&self) -> usize {
+        self.mean.len()
+    }
+
+    /// The crop and flip for sample `index` of `epoch`, for a `size × size` source. Follows
+    /// torchvision's `RandomResizedCrop.get_params`: ten tries of a random area and log-uniform
+    /// aspect ratio, else a centre crop clamped to the ratio range.
+    pub fn params(&self, size: usize, epoch: u64, index: u64) -> CropParams {
+        let s = size as f64;
+        match self.transform {
+            Transform::Eval { crop_pct } => {
+                let resized = (self.out_size as f64 / crop_pct).round();
+                let side = (self.out_size as f64 * s / resized).min(s);
+                CropParams {
+                    crop: CropBox {
+                        left: (s - side) / 2.0,
+                        top: (s - side) / 2.0,
+                        width: side,
+                        height: side,
+                    },
+                    flip: false,
+                }
+            }
+            Transform::Pretrain { scale, ratio, hflip } => {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(
+                    mix(self.seed) ^ mix(epoch.wrapping_add(0x1234_5678)) ^ index,
+                ));
+                let area = s * s;
+                let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
+                let mut chosen = None;
+                for _ in 0..10 {
+                    let target = area * rng.gen_range(scale.0..=scale.1);
+                    let aspect = (lr0 + (lr1 - lr0) * rng.gen::<f64>()).exp();
+                    let w = (target * aspect).sqrt().round() as usize;
+                    let h = (target / aspect).sqrt().round() as usize;
+                    if 0 < w && w <= size && 0 < h && h <= size {
+                        let top = rng.gen_range(0..=size - h);
+                        let left = rng.gen_range(0..=size - w);
+                        chosen = Some((left, top, w, h));
+                        break;
+                    }
+                }
+                let (left, top, w, h) = chosen.unwrap_or_else(|| {
+                    // square source: the ratio 1 is always within a range around 1; otherwise clamp
+                    let (w, h) = if 1.0 < ratio.0 {
+                        (size, ((s / ratio.0).round() as usize).max(1))
+                    } else if 1.0 > ratio.1 {
+                        (((s * ratio.1).round() as usize).max(1), size)
+                    } else {
+                        (size, size)
+                    };
+                    ((size - w) / 2, (size - h) / 2, w, h)
+                });
+                let flip = hflip && rng.gen::<bool>();
+                CropParams {
+                    crop: CropBox {
+                        left: left as f64,
+                        top: top as f64,
+                        width: w as f64,
+                        height: h as f64,
+                    },
+                    flip,
+                }
+            }
+        }
+    }
+
+    /// Transforms one `size × size × C` HWC sample into `out` (`C × out_size × out_size`, CHW,
+    /// normalized). `scratch` is reused between calls.
+    #[allow(clippy::too_many_arguments)]
+    pub fn apply(
+        &self,
+        resizer: &mut Resizer,
+        scratch: &mut Vec<u8>,
+        pixels: &[u8],
+        size: usize,
+        epoch: u64,
+        index: u64,
+        out: &mut [f32],
+    ) -> Result<CropParams, DataError> {
+        let c = self.channels();
+        let o = self.out_size;
+        if pixels.len() != size * size * c || out.len() != c * o * o {
+            return Err(DataError::Option(format!(
+                "augment: sample of {} bytes / output of {} values do not fit {size}×{size}×{c} → {c}×{o}×{o}",
+                pixels.len(),
+                out.len()
+            )));
+        }
+        let params = self.params(size, epoch, index);
+        scratch.resize(o * o * c, 0);
+        resize_crop_into(resizer, pixels, size, size, c, params.crop, scratch, o, o, self.interpolation)?;
+        for ch in 0..c {
+            let scale = 1.0 / (255.0 * self.std[ch]);
+            let shift = self.mean[ch] / self.std[ch];
+            let plane = &mut out[ch * o * o..(ch + 1) * o * o];
+            for y in 0..o {
+                let row = &scratch[y * o * c..(y + 1) * o * c];
+                let dst = &mut plane[y * o..(y + 1) * o];
+                if params.flip {
+                    for (x, d) in dst.iter_mut().enumerate() {
+                        *d = row[(o - 1 - x) * c + ch] as f32 * scale - shift;
+                    }
+                } else {
+                    for (x, d) in dst.iter_mut().enumerate() {
+                        *d = row[x * c + ch] as f32 * scale - shift;
+                    }
+                }
+            }
+        }
+        Ok(params)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pretrain() -> Augment {
+        Augment::new(Transform::pretrain(), 16, &[0.5], &[0.25], 7).expect("valid")
+    }
+
+    #[test]
+    fn crops_are_deterministic_and_within_the_scale_bounds() {
+        let a = pretrain();
+        let mut flips = 0;
+        for index in 0..2000u64 {
+            let p = a.params(64, 3, index);
+            assert_eq!(p, a.params(64, 3, index));
+            let area = p.crop.width * p.crop.height / (64.0 * 64.0);
+            // rounding of w and h moves the area a little past the bounds
+            assert!((0.2 - 0.02..=1.0).contains(&area), "area {area}");
+            let r = p.crop.width / p.crop.height;
+            assert!(r > 0.7 && r < 1.4, "ratio {r}");
+            assert!(p.crop.left + p.crop.width <= 64.0 && p.crop.top + p.crop.height <= 64.0);
+            flips += p.flip as usize;
+        }
+        assert!((900..1100).contains(&flips), "{flips} flips of 2000");
+        // another epoch or seed gives other crops
+        assert_ne!(a.params(64, 3, 5), a.params(64, 4, 5));
+    }
+
+    #[test]
+    fn eval_is_a_centre_crop_and_normalizes() {
+        let a = Augment::new(Transform::Eval { crop_pct: 0.875 }, 224, &[0.0; 3], &[1.0; 3], 0).expect("valid");
+        let p = a.params(256, 0, 0);
+        assert_eq!(p.crop, CropBox { left: 16.0, top: 16.0, width: 224.0, height: 224.0 });
+        let a = Augment::new(Transform::Eval { crop_pct: 1.0 }, 4, &[0.5], &[0.5], 0).expect("valid");
+        let pixels: Vec<u8> = (0..16).map(|v| (v * 17) as u8).collect();
+        let mut out = vec![0f32; 16];
+        let mut r = Resizer::new();
+        a.apply(&mut r, &mut Vec::new(), &pixels, 4, 0, 0, &mut out).expect("fits");
+        for (o, p) in out.iter().zip(&pixels) {
+            assert!((o - ((*p as f32 / 255.0 - 0.5) / 0.5)).abs() < 1e-6);
+        }
+    }
+
+    #[test]
+    fn flip_mirrors_rows() {
+        let a = Augment::new(
+            Transform::Pretrain { scale: (1.0, 1.0), ratio: (1.0, 1.0), hflip: true },
+            4,
+            &[0.0],
+            &[1.0],
+            1,
+        )
+        .expect("valid");
+        let pixels: Vec<u8> = (0..16).map(|v| v as u8).collect();
+        let mut r = Resizer::new();
+        let (mut seen_flip, mut seen_plain) = (false, false);
+        for index in 0..20 {
+            let mut out = vec![0f32; 16];
+            let p = a.apply(&mut r, &mut Vec::new(), &pixels, 4, 0, index, &mut out).expect("fits");
+            let first_row: Vec<u8> = out[..4].iter().map(|v| (v * 255.0).round() as u8).collect();
+            if p.flip {
+                seen_flip = true;
+                assert_eq!(first_row, vec![3, 2, 1, 0]);
+            } else {
+                seen_plain = true;
+                assert_eq!(first_row, vec![0, 1, 2, 3]);
+            }
+        }
+        assert!(seen_flip && seen_plain);
+    }
+
+    #[test]
+    fn bad_settings_are_errors() {
+        assert!(Augment::new(Transform::pretrain(), 0, &[0.5], &[0.5], 0).is_err());
+        assert!(Augment::new(Transform::pretrain(), 8, &[0.5], &[0.0], 0).is_err());
+        assert!(Augment::new(Transform::Eval { crop_pct: 1.5 }, 8, &[0.5], &[0.5], 0).is_err());
+    }
+}
