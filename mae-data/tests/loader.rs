@@ -1,0 +1,127 @@
+//! The loader: every index exactly once per epoch across ranks, augmentation independent of thread
+//! count and batch size, resuming mid-epoch without replay.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use mae_data::augment::{Augment, Transform};
+use mae_data::loader::{Loader, LoaderConfig};
+use mae_data::{prepare, Dataset, PrepareOptions, SourceKind, SplitName};
+
+fn dataset() -> Arc<Dataset> {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    let dir = DIR.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("mae-data-loader-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
+        let mut opts = PrepareOptions::new(SourceKind::Idx, src, dir.join("ds"));
+        opts.shard_samples = Some(4000);
+        prepare(&opts).unwrap();
+        dir.join("ds")
+    });
+    Arc::new(Dataset::open(dir).unwrap())
+}
+
+fn augment() -> Augment {
+    Augment::new(Transform::pretrain(), 24, &[0.286], &[0.353], 11).unwrap()
+}
+
+fn loader(config: LoaderConfig) -> Loader {
+    Loader::new(dataset(), SplitName::Train, augment(), config).unwrap()
+}
+
+#[test]
+fn every_index_once_per_epoch_across_ranks() {
+    let world = 3;
+    let mut seen = vec![0usize; 9000];
+    for rank in 0..world {
+        let l = loader(LoaderConfig {
+            batch_size: 64,
+            rank,
+            world_size: world,
+            drop_last: false,
+            workers: 2,
+            ..LoaderConfig::default()
+        });
+        let mut steps = 0;
+        for batch in l.epoch(2, 0) {
+            let batch = batch.unwrap();
+            assert_eq!(batch.images.len(), batch.len() * 24 * 24);
+            assert_eq!(batch.step, steps);
+            for &i in &batch.indices {
+                seen[i] += 1;
+            }
+            steps += 1;
+        }
+        assert_eq!(steps, l.steps_per_epoch());
+    }
+    assert!(seen.iter().all(|&n| n == 1));
+
+    // with drop_last every rank runs the same number of full batches
+    let counts: Vec<usize> = (0..world)
+        .map(|rank| {
+            let l = loader(LoaderConfig { batch_size: 64, rank, world_size: world, ..LoaderConfig::default() });
+            l.epoch(0, 0).map(|b| assert_eq!(b.unwrap().len(), 64)).count()
+        })
+        .collect();
+    assert_eq!(counts, vec![9000 / 3 / 64; 3]);
+    // another epoch is another order
+    let l = loader(LoaderConfig::default());
+    assert_ne!(l.epoch_indices(0), l.epoch_indices(1));
+}
+
+#[test]
+fn augmentation_does_not_depend_on_threads_or_batch_size() {
+    let collect = |batch_size: usize, workers: usize| {
+        let l = loader(LoaderConfig { batch_size, workers, drop_last: false, ..LoaderConfig::default() });
+        let mut by_index = HashMap::new();
+        for (n, batch) in l.epoch(5, 0).enumerate() {
+            let batch = batch.unwrap();
+            for (k, &i) in batch.indices.iter().enumerate() {
+                by_index.insert(i, batch.images[k * 576..(k + 1) * 576].to_vec());
+            }
+            if n > 20 {
+                break;
+            }
+        }
+        by_index
+    };
+    let a = collect(7, 1);
+    let b = collect(32, 3);
+    let common: Vec<&usize> = a.keys().filter(|k| b.contains_key(k)).collect();
+    assert!(common.len() > 100);
+    for i in common {
+        assert_eq!(a[i], b[i], "sample {i}");
+    }
+}
+
+#[test]
+fn resuming_mid_epoch_gives_the_remaining_batches() {
+    let config = LoaderConfig { batch_size: 50, workers: 2, ..LoaderConfig::default() };
+    let full: Vec<_> = loader(config).epoch(1, 0).take(12).map(|b| b.unwrap()).collect();
+    let resumed: Vec<_> = loader(config).epoch(1, 9).take(3).map(|b| b.unwrap()).collect();
+    for (a, b) in full[9..].iter().zip(&resumed) {
+        assert_eq!((a.step, &a.indices, &a.images), (b.step, &b.indices, &b.images));
+    }
+    // recycled buffers are reused without changing the results
+    let l = loader(config);
+    let mut it = l.epoch(1, 0);
+    let first = it.next().unwrap().unwrap();
+    assert_eq!(first.indices, full[0].indices);
+    it.recycle(first);
+    for (n, b) in it.take(4).enumerate() {
+        assert_eq!(b.unwrap().images, full[n + 1].images);
+    }
+}
+
+#[test]
+fn bad_configurations_are_errors() {
+    let ds = dataset();
+    let bad = |config: LoaderConfig| Loader::new(Arc::clone(&ds), SplitName::Train, augment(), config).is_err();
+    assert!(bad(LoaderConfig { batch_size: 0, ..LoaderConfig::default() }));
+    assert!(bad(LoaderConfig { rank: 2, world_size: 2, ..LoaderConfig::default() }));
+    let rgb = Augment::new(Transform::pretrain(), 24, &[0.5; 3], &[0.5; 3], 0).unwrap();
+    assert!(Loader::new(ds, SplitName::Train, rgb, LoaderConfig::default()).is_err());
+}

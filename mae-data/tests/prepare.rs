@@ -1,0 +1,312 @@
+//! Preparing datasets: the bundled idx files, generated image folders with odd sizes, modes and
+//! broken files, CIFAR-10 records; and what happens when shards are damaged.
+#![allow(clippy::unwrap_used)]
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use image::{DynamicImage, GrayImage, ImageBuffer, Luma, Rgb, RgbImage, Rgba, RgbaImage};
+use mae_data::{prepare, DataError, Dataset, PrepareOptions, SourceKind, SplitName, Verify};
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join(format!("mae-data-tests-{}", std::process::id()))
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+fn bundled() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist")
+}
+
+fn read_gz(path: &Path) -> Vec<u8> {
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(std::fs::File::open(path).unwrap())
+        .read_to_end(&mut out)
+        .unwrap();
+    out
+}
+
+#[test]
+fn bundled_fashion_mnist_prepares_exactly() {
+    let out = tmp("fmnist-all").join("ds");
+    let mut opts = PrepareOptions::new(SourceKind::Idx, bundled(), &out);
+    opts.val_fraction = 0.0;
+    opts.shard_samples = Some(3000); // several shards, to exercise the index lookup
+    let summary = prepare(&opts).unwrap();
+    assert_eq!(summary.manifest.count, 10_000);
+    assert_eq!(summary.manifest.train.shards.len(), 4);
+    assert_eq!(summary.manifest.classes[0], "T-shirt/top");
+
+    let images = read_gz(&bundled().join("t10k-images-idx3-ubyte.gz"));
+    let labels = read_gz(&bundled().join("t10k-labels-idx1-ubyte.gz"));
+    let ds = Dataset::open(&out).unwrap();
+    let train = ds.train();
+    assert_eq!(train.len(), 10_000);
+    let mut per_class = [0usize; 10];
+    for i in 0..10_000 {
+        let s = train.get(i).unwrap();
+        assert_eq!(s.pixels, &images[16 + i * 784..16 + (i + 1) * 784], "sample {i}");
+        assert_eq!(s.label, labels[8 + i] as i32);
+        per_class[s.label as usize] += 1;
+    }
+    assert_eq!(per_class, [1000; 10]);
+    assert!(train.get(10_000).is_none());
+}
+
+#[test]
+fn single_split_sources_get_a_stratified_validation_split() {
+    let out = tmp("fmnist-split").join("ds");
+    let mut opts = PrepareOptions::new(SourceKind::Idx, bundled(), &out);
+    opts.seed = 3;
+    prepare(&opts).unwrap();
+    let ds = Dataset::open(&out).unwrap();
+    assert_eq!((ds.train().len(), ds.val().len()), (9000, 1000));
+    let mut val_per_class = [0usize; 10];
+    for i in 0..1000 {
+        val_per_class[ds.val().get(i).unwrap().label as usize] += 1;
+    }
+    assert_eq!(val_per_class, [100; 10]);
+    // the same seed gives the same split; the statistics are of the train split
+    let again = tmp("fmnist-split-2").join("ds");
+    let mut opts2 = PrepareOptions::new(SourceKind::Idx, bundled(), &again);
+    opts2.seed = 3;
+    prepare(&opts2).unwrap();
+    let ds2 = Dataset::open(&again).unwrap();
+    assert_eq!(ds.val().get(17).unwrap().pixels, ds2.val().get(17).unwrap().pixels);
+    let m = ds.manifest();
+    assert!(m.mean[0] > 0.2 && m.mean[0] < 0.4 && m.std[0] > 0.2, "{:?} {:?}", m.mean, m.std);
+}
+
+/// A JPEG with an EXIF orientation tag: the APP1 segment is inserted after SOI.
+fn jpeg_with_orientation(img: &RgbImage, orientation: u16) -> Vec<u8> {
+    let mut jpeg = Vec::new();
+    DynamicImage::ImageRgb8(img.clone())
+        .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .unwrap();
+    let mut tiff = b"II*\0\x08\0\0\0".to_vec(); // little-endian TIFF, IFD at 8
+    tiff.extend_from_slice(&1u16.to_le_bytes()); // one entry
+    tiff.extend_from_slice(&0x0112u16.to_le_bytes()); // Orientation
+    tiff.extend_from_slice(&3u16.to_le_bytes()); // SHORT
+    tiff.extend_from_slice(&1u32.to_le_bytes()); // count
+    tiff.extend_from_slice(&orientation.to_le_bytes());
+    tiff.extend_from_slice(&[0, 0]);
+    tiff.extend_from_slice(&0u32.to_le_bytes()); // no next IFD
+    let mut app1 = b"Exif\0\0".to_vec();
+    app1.extend_from_slice(&tiff);
+    let mut out = jpeg[..2].to_vec();
+    out.extend_from_slice(&[0xFF, 0xE1]);
+    out.extend_from_slice(&((app1.len() + 2) as u16).to_be_bytes());
+    out.extend_from_slice(&app1);
+    out.extend_from_slice(&jpeg[2..]);
+    out
+}
+
+fn save(img: DynamicImage, path: &Path) {
+    img.save(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+}
+
+#[test]
+fn image_folders_of_odd_files_prepare_and_report_what_they_skip() {
+    let src = tmp("folder");
+    let (cats, dogs) = (src.join("cats"), src.join("dogs"));
+    std::fs::create_dir_all(&cats).unwrap();
+    std::fs::create_dir_all(dogs.join("nested")).unwrap();
+    // an image already at the target size reads back exactly
+    let exact = RgbImage::from_fn(16, 16, |x, y| Rgb([(x * 16) as u8, (y * 16) as u8, 77]));
+    save(DynamicImage::ImageRgb8(exact.clone()), &cats.join("a_exact.png"));
+    // odd sizes and modes
+    save(DynamicImage::ImageRgb8(RgbImage::from_pixel(40, 30, Rgb([200, 10, 10]))), &cats.join("b_wide.bmp"));
+    let gray16: ImageBuffer<Luma<u16>, Vec<u16>> = ImageBuffer::from_pixel(17, 33, Luma([40000]));
+    save(DynamicImage::ImageLuma16(gray16), &cats.join("c_gray16.png"));
+    save(DynamicImage::ImageRgba8(RgbaImage::from_pixel(20, 20, Rgba([0, 255, 0, 128]))), &dogs.join("d_alpha.png"));
+    save(DynamicImage::ImageRgb8(RgbImage::from_pixel(9, 12, Rgb([0, 0, 250]))), &dogs.join("e.tiff"));
+    save(DynamicImage::ImageLuma8(GrayImage::from_pixel(21, 21, Luma([99]))), &dogs.join("nested/f.pgm"));
+    save(DynamicImage::ImageRgb8(RgbImage::from_pixel(12, 12, Rgb([9, 9, 9]))), &dogs.join("g.gif"));
+    save(DynamicImage::ImageRgb8(RgbImage::from_pixel(12, 12, Rgb([1, 2, 3]))), &dogs.join("h.webp"));
+    // EXIF orientation 6 (rotate 90° clockwise): the left half (black) ends up on top
+    let halves = RgbImage::from_fn(40, 20, |x, _| if x < 20 { Rgb([0, 0, 0]) } else { Rgb([255, 255, 255]) });
+    std::fs::write(dogs.join("i_exif.jpg"), jpeg_with_orientation(&halves, 6)).unwrap();
+    // broken and irrelevant files
+    std::fs::write(cats.join("empty.png"), b"").unwrap();
+    let mut png = Vec::new();
+    DynamicImage::ImageRgb8(exact.clone())
+        .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
+        .unwrap();
+    std::fs::write(cats.join("truncated.png"), &png[..png.len() / 2]).unwrap();
+    std::fs::write(dogs.join("garbage.jpg"), b"this is not a jpeg at all, just text").unwrap();
+    std::fs::write(dogs.join("README.txt"), b"notes").unwrap();
+    save(DynamicImage::ImageRgb8(RgbImage::from_pixel(300, 300, Rgb([5, 5, 5]))), &dogs.join("j_big.png"));
+
+    let out = tmp("folder-out").join("ds");
+    let mut opts = PrepareOptions::new(SourceKind::ImageFolder, &src, &out);
+    opts.size = Some(16);
+    opts.val_fraction = 0.0;
+    opts.max_pixels = 200 * 200;
+    let summary = prepare(&opts).unwrap();
+    let m = &summary.manifest;
+    assert_eq!(m.classes, vec!["cats", "dogs"]);
+    assert_eq!(m.count, 9, "{summary}");
+    let mut skipped: Vec<(String, String)> = m.skipped.iter().map(|s| (s.path.clone(), s.reason.clone())).collect();
+    skipped.sort();
+    let names: Vec<&str> = skipped.iter().map(|s| s.0.as_str()).collect();
+    assert_eq!(names, vec!["cats/empty.png", "cats/truncated.png", "dogs/garbage.jpg", "dogs/j_big.png"], "{summary}");
+    assert!(skipped[0].1.contains("empty"));
+    assert!(skipped[3].1.contains("exceeds the limit"), "{}", skipped[3].1);
+    assert!(summary.to_string().contains("4 skipped"));
+
+    let ds = Dataset::open(&out).unwrap();
+    let get = |i: usize| ds.train().get(i).unwrap();
+    assert_eq!(get(0).pixels, exact.as_raw().as_slice());
+    assert_eq!(get(0).label, 0);
+    // 40×30 red: centre square resized, still red
+    assert!(get(1).pixels.chunks(3).all(|p| p[0] > 190 && p[1] < 20));
+    // 16-bit gray 40000/65535 → about 155 in every channel
+    assert!(get(2).pixels.iter().all(|&v| (150..=160).contains(&v)), "{:?}", &get(2).pixels[..6]);
+    // labels follow the class folders; the nested image comes last
+    assert_eq!(get(3).label, 1);
+    assert!(get(8).pixels.iter().all(|&v| v == 99));
+    // EXIF: after rotation the top rows are dark and the bottom rows light
+    let exif = get(7).pixels; // sorted: d, e, g, h, i_exif, then nested/f
+    let row_mean = |y: usize| exif[y * 48..(y + 1) * 48].iter().map(|&v| v as f64).sum::<f64>() / 48.0;
+    assert!(row_mean(1) < 60.0 && row_mean(14) > 190.0, "{} {}", row_mean(1), row_mean(14));
+
+    // strict mode fails on the skipped files; an existing output needs --force
+    opts.strict = true;
+    opts.force = true;
+    assert!(matches!(prepare(&opts), Err(DataError::Strict { skipped: 4, .. })));
+    opts.strict = false;
+    opts.force = false;
+    assert!(matches!(prepare(&opts), Err(DataError::OutputExists { .. })));
+    opts.force = true;
+    prepare(&opts).unwrap();
+    // nothing left behind next to the output
+    let leftovers: Vec<_> = std::fs::read_dir(out.parent().unwrap())
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name() != "ds")
+        .collect();
+    assert!(leftovers.is_empty(), "{leftovers:?}");
+}
+
+#[test]
+fn a_folder_of_only_broken_files_is_an_error_and_writes_nothing() {
+    let src = tmp("broken");
+    std::fs::write(src.join("a.png"), b"").unwrap();
+    std::fs::write(src.join("b.jpg"), b"nope").unwrap();
+    let out = tmp("broken-out").join("ds");
+    let err = prepare(&PrepareOptions::new(SourceKind::ImageFolder, &src, &out)).unwrap_err();
+    assert!(matches!(err, DataError::NothingRead { skipped: 2, .. }), "{err}");
+    assert!(!out.exists());
+}
+
+#[test]
+fn loose_images_give_an_unlabeled_dataset() {
+    let src = tmp("loose");
+    for i in 0..5 {
+        save(DynamicImage::ImageRgb8(RgbImage::from_pixel(10, 10, Rgb([i * 40, 0, 0]))), &src.join(format!("{i}.png")));
+    }
+    let out = tmp("loose-out").join("ds");
+    let mut opts = PrepareOptions::new(SourceKind::ImageFolder, &src, &out);
+    opts.size = Some(8);
+    opts.val_fraction = 0.2;
+    let m = prepare(&opts).unwrap().manifest;
+    assert!(m.classes.is_empty());
+    assert_eq!((m.train.count, m.val.count), (4, 1));
+    let ds = Dataset::open(&out).unwrap();
+    assert_eq!(ds.train().get(0).unwrap().label, -1);
+}
+
+#[test]
+fn cifar10_records_become_hwc_images() {
+    let src = tmp("cifar");
+    let record = |label: u8, r: u8, g: u8, b: u8| {
+        let mut rec = vec![label];
+        rec.extend(std::iter::repeat_n(r, 1024));
+        rec.extend(std::iter::repeat_n(g, 1024));
+        rec.extend(std::iter::repeat_n(b, 1024));
+        rec
+    };
+    for i in 1..=5 {
+        let mut bytes = record(i as u8, 10, 20, 30);
+        bytes.extend(record(0, 1, 2, 3));
+        std::fs::write(src.join(format!("data_batch_{i}.bin")), bytes).unwrap();
+    }
+    std::fs::write(src.join("test_batch.bin"), record(9, 7, 8, 9)).unwrap();
+    let out = tmp("cifar-out").join("ds");
+    let m = prepare(&PrepareOptions::new(SourceKind::Cifar10, &src, &out)).unwrap().manifest;
+    assert_eq!((m.train.count, m.val.count, m.image_size, m.channels), (10, 1, 32, 3));
+    assert_eq!(m.classes[9], "truck");
+    let ds = Dataset::open(&out).unwrap();
+    let s = ds.train().get(0).unwrap();
+    assert_eq!((s.label, &s.pixels[..6]), (1, &[10, 20, 30, 10, 20, 30][..]));
+    assert_eq!(ds.val().get(0).unwrap().label, 9);
+    // a truncated batch is an error naming the file
+    std::fs::write(src.join("test_batch.bin"), &record(9, 7, 8, 9)[..100]).unwrap();
+    let err = prepare(&PrepareOptions::new(SourceKind::Cifar10, &src, tmp("cifar-bad").join("ds"))).unwrap_err();
+    assert!(err.to_string().contains("test_batch.bin"), "{err}");
+}
+
+fn prepared(name: &str) -> PathBuf {
+    let out = tmp(name).join("ds");
+    let mut opts = PrepareOptions::new(SourceKind::Idx, bundled(), &out);
+    opts.shard_samples = Some(5000);
+    prepare(&opts).unwrap();
+    out
+}
+
+#[test]
+fn a_flipped_byte_fails_verify_and_reading_naming_the_shard() {
+    let out = prepared("flip");
+    assert_eq!(mae_data::dataset::verify(&out).unwrap(), 3);
+    let shard = out.join("train-00001.shard");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    bytes[1000] ^= 0x01;
+    std::fs::write(&shard, bytes).unwrap();
+    let err = mae_data::dataset::verify(&out).unwrap_err();
+    assert!(matches!(err, DataError::Checksum { .. }));
+    assert!(err.to_string().contains("train-00001.shard"), "{err}");
+    let err = Dataset::open(&out).unwrap_err();
+    assert!(err.to_string().contains("train-00001.shard"), "{err}");
+    // the structure alone is still sound
+    assert!(Dataset::open_with(&out, Verify::Structure).is_ok());
+}
+
+#[test]
+fn truncated_shards_and_inconsistent_manifests_are_errors() {
+    let out = prepared("truncate");
+    let shard = out.join("val-00000.shard");
+    let bytes = std::fs::read(&shard).unwrap();
+    std::fs::write(&shard, &bytes[..bytes.len() - 10]).unwrap();
+    let err = Dataset::open_with(&out, Verify::Structure).unwrap_err();
+    assert!(err.to_string().contains("val-00000.shard") && err.to_string().contains("truncated"), "{err}");
+    std::fs::write(&shard, &bytes[..30]).unwrap();
+    assert!(Dataset::open_with(&out, Verify::Structure).is_err());
+    std::fs::write(&shard, &bytes).unwrap();
+    assert!(Dataset::open(&out).is_ok());
+
+    let manifest = out.join("manifest.json");
+    let text = std::fs::read_to_string(&manifest).unwrap();
+    std::fs::write(&manifest, text.replace("\"count\": 10000", "\"count\": 10001")).unwrap();
+    let err = Dataset::open(&out).unwrap_err();
+    assert!(err.to_string().contains("manifest.json"), "{err}");
+    std::fs::write(&manifest, text.replace("train-00000.shard", "../etc/passwd")).unwrap();
+    assert!(Dataset::open(&out).is_err());
+    std::fs::write(&manifest, "{ not json").unwrap();
+    assert!(matches!(Dataset::open(&out), Err(DataError::Manifest { .. })));
+    std::fs::remove_file(&manifest).unwrap();
+    assert!(matches!(Dataset::open(&out), Err(DataError::Io { .. })));
+}
+
+#[test]
+fn a_split_lookup_is_consistent_across_shards() {
+    let out = prepared("lookup");
+    let ds = Dataset::open(&out).unwrap();
+    assert_eq!(ds.manifest().train.shards.len(), 2);
+    // samples on both sides of the shard boundary are distinct records
+    let a = ds.split(SplitName::Train).get(4999).unwrap();
+    let b = ds.split(SplitName::Train).get(5000).unwrap();
+    assert_ne!(a.pixels, b.pixels);
+}
