@@ -125,7 +125,10 @@ pub fn run(command: DataCommand) -> Result<()> {
                 println!("{obj}");
             } else {
                 println!("{}", dir.display());
-                println!("  {} images: {} train, {} val", m.count, m.train.count, m.val.count);
+                println!(
+                    "  {} images: {} train, {} val",
+                    m.count, m.train.count, m.val.count
+                );
                 println!("  {}×{}×{}", m.image_size, m.image_size, m.channels);
                 println!("  {} classes: {}", m.classes.len(), m.classes.join(", "));
                 println!("  mean {:?}, std {:?}", m.mean, m.std);
@@ -155,7 +158,11 @@ pub fn run(command: DataCommand) -> Result<()> {
                 bail!("--cols must be at least 1");
             }
             let ds = Arc::new(Dataset::open(&dir)?);
-            let split = if val { SplitName::Val } else { SplitName::Train };
+            let split = if val {
+                SplitName::Val
+            } else {
+                SplitName::Train
+            };
             let n = mae_data::preview::write_grid(&ds, split, count, cols, &out)?;
             println!("wrote {} ({n} samples)", out.display());
         }

@@ -95,22 +95,31 @@ impl Augment {
         if out_size == 0 {
             return Err(DataError::Option("output size must be at least 1".into()));
         }
-        if mean.len() != std.len() || mean.is_empty() || std.iter().any(|&s| s <= 0.0 || !s.is_finite()) {
+        if mean.len() != std.len()
+            || mean.is_empty()
+            || std.iter().any(|&s| s <= 0.0 || !s.is_finite())
+        {
             return Err(DataError::Option(format!(
                 "normalization needs one mean and one positive std per channel (got {mean:?} / {std:?})"
             )));
         }
         if let Transform::Pretrain { scale, ratio, .. } = transform {
             if !(0.0 < scale.0 && scale.0 <= scale.1 && scale.1 <= 1.0) {
-                return Err(DataError::Option(format!("crop scale {scale:?} must satisfy 0 < min ≤ max ≤ 1")));
+                return Err(DataError::Option(format!(
+                    "crop scale {scale:?} must satisfy 0 < min ≤ max ≤ 1"
+                )));
             }
             if !(0.0 < ratio.0 && ratio.0 <= ratio.1) {
-                return Err(DataError::Option(format!("crop ratio {ratio:?} must satisfy 0 < min ≤ max")));
+                return Err(DataError::Option(format!(
+                    "crop ratio {ratio:?} must satisfy 0 < min ≤ max"
+                )));
             }
         }
         if let Transform::Eval { crop_pct } = transform {
             if !(0.0 < crop_pct && crop_pct <= 1.0) {
-                return Err(DataError::Option(format!("crop_pct {crop_pct} must be in (0, 1]")));
+                return Err(DataError::Option(format!(
+                    "crop_pct {crop_pct} must be in (0, 1]"
+                )));
             }
         }
         Ok(Augment {
@@ -147,10 +156,14 @@ impl Augment {
                     flip: false,
                 }
             }
-            Transform::Pretrain { scale, ratio, hflip } => {
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(
-                    mix(self.seed) ^ mix(epoch.wrapping_add(0x1234_5678)) ^ index,
-                ));
+            Transform::Pretrain {
+                scale,
+                ratio,
+                hflip,
+            } => {
+                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(mix(self.seed)
+                    ^ mix(epoch.wrapping_add(0x1234_5678))
+                    ^ index));
                 let area = s * s;
                 let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
                 let mut chosen = None;
@@ -215,7 +228,18 @@ impl Augment {
         }
         let params = self.params(size, epoch, index);
         scratch.resize(o * o * c, 0);
-        resize_crop_into(resizer, pixels, size, size, c, params.crop, scratch, o, o, self.interpolation)?;
+        resize_crop_into(
+            resizer,
+            pixels,
+            size,
+            size,
+            c,
+            params.crop,
+            scratch,
+            o,
+            o,
+            self.interpolation,
+        )?;
         for ch in 0..c {
             let scale = 1.0 / (255.0 * self.std[ch]);
             let shift = self.mean[ch] / self.std[ch];
@@ -268,14 +292,31 @@ mod tests {
 
     #[test]
     fn eval_is_a_centre_crop_and_normalizes() {
-        let a = Augment::new(Transform::Eval { crop_pct: 0.875 }, 224, &[0.0; 3], &[1.0; 3], 0).expect("valid");
+        let a = Augment::new(
+            Transform::Eval { crop_pct: 0.875 },
+            224,
+            &[0.0; 3],
+            &[1.0; 3],
+            0,
+        )
+        .expect("valid");
         let p = a.params(256, 0, 0);
-        assert_eq!(p.crop, CropBox { left: 16.0, top: 16.0, width: 224.0, height: 224.0 });
-        let a = Augment::new(Transform::Eval { crop_pct: 1.0 }, 4, &[0.5], &[0.5], 0).expect("valid");
+        assert_eq!(
+            p.crop,
+            CropBox {
+                left: 16.0,
+                top: 16.0,
+                width: 224.0,
+                height: 224.0
+            }
+        );
+        let a =
+            Augment::new(Transform::Eval { crop_pct: 1.0 }, 4, &[0.5], &[0.5], 0).expect("valid");
         let pixels: Vec<u8> = (0..16).map(|v| (v * 17) as u8).collect();
         let mut out = vec![0f32; 16];
         let mut r = Resizer::new();
-        a.apply(&mut r, &mut Vec::new(), &pixels, 4, 0, 0, &mut out).expect("fits");
+        a.apply(&mut r, &mut Vec::new(), &pixels, 4, 0, 0, &mut out)
+            .expect("fits");
         for (o, p) in out.iter().zip(&pixels) {
             assert!((o - ((*p as f32 / 255.0 - 0.5) / 0.5)).abs() < 1e-6);
         }
@@ -284,7 +325,11 @@ mod tests {
     #[test]
     fn flip_mirrors_rows() {
         let a = Augment::new(
-            Transform::Pretrain { scale: (1.0, 1.0), ratio: (1.0, 1.0), hflip: true },
+            Transform::Pretrain {
+                scale: (1.0, 1.0),
+                ratio: (1.0, 1.0),
+                hflip: true,
+            },
             4,
             &[0.0],
             &[1.0],
@@ -296,7 +341,9 @@ mod tests {
         let (mut seen_flip, mut seen_plain) = (false, false);
         for index in 0..20 {
             let mut out = vec![0f32; 16];
-            let p = a.apply(&mut r, &mut Vec::new(), &pixels, 4, 0, index, &mut out).expect("fits");
+            let p = a
+                .apply(&mut r, &mut Vec::new(), &pixels, 4, 0, index, &mut out)
+                .expect("fits");
             let first_row: Vec<u8> = out[..4].iter().map(|v| (v * 255.0).round() as u8).collect();
             if p.flip {
                 seen_flip = true;

@@ -169,7 +169,11 @@ impl Loader {
     pub fn epoch(&self, epoch: u64, start_step: usize) -> EpochIter {
         let indices = Arc::new(self.epoch_indices(epoch));
         let steps = self.steps_per_epoch();
-        let workers = self.config.workers.min(steps.saturating_sub(start_step)).max(1);
+        let workers = self
+            .config
+            .workers
+            .min(steps.saturating_sub(start_step))
+            .max(1);
         let mut receivers = Vec::with_capacity(workers);
         let mut recyclers = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);

@@ -162,8 +162,18 @@ impl std::fmt::Display for PrepareSummary {
 
 /// An image to be written: a file to decode, or pixels already in memory.
 enum Item {
-    File { path: PathBuf, rel: String, label: i32 },
-    Raw { pixels: Vec<u8>, width: usize, height: usize, channels: usize, label: i32 },
+    File {
+        path: PathBuf,
+        rel: String,
+        label: i32,
+    },
+    Raw {
+        pixels: Vec<u8>,
+        width: usize,
+        height: usize,
+        channels: usize,
+        label: i32,
+    },
 }
 
 impl Item {
@@ -443,7 +453,12 @@ fn list_image_folder(dir: &Path) -> Result<Listing, DataError> {
     };
     let subdirs: Vec<PathBuf> = read_dir_sorted(dir)?
         .into_iter()
-        .filter(|p| p.is_dir() && !p.file_name().is_some_and(|n| n.to_string_lossy().starts_with('.')))
+        .filter(|p| {
+            p.is_dir()
+                && !p
+                    .file_name()
+                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
+        })
         .collect();
     let names: Vec<String> = subdirs
         .iter()

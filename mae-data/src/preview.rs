@@ -13,7 +13,9 @@ const GLYPH: u32 = 8;
 fn draw_text(img: &mut RgbImage, x0: u32, y0: u32, text: &str, max_chars: usize) {
     use font8x8::UnicodeFonts;
     for (i, ch) in text.chars().take(max_chars).enumerate() {
-        let glyph = font8x8::BASIC_FONTS.get(ch).or_else(|| font8x8::BASIC_FONTS.get('?'));
+        let glyph = font8x8::BASIC_FONTS
+            .get(ch)
+            .or_else(|| font8x8::BASIC_FONTS.get('?'));
         let Some(rows) = glyph else { continue };
         for (dy, row) in rows.iter().enumerate() {
             for dx in 0..8u32 {
@@ -52,7 +54,10 @@ pub fn write_grid(
     let classes = &dataset.manifest().classes;
     for i in 0..n {
         let Some(sample) = data.get(i) else { break };
-        let (cx, cy) = ((i % cols) as u32 * (cell + 4), (i / cols) as u32 * (cell + caption + 4));
+        let (cx, cy) = (
+            (i % cols) as u32 * (cell + 4),
+            (i / cols) as u32 * (cell + caption + 4),
+        );
         for y in 0..cell {
             for x in 0..cell {
                 let p = ((y as usize / zoom) * s + x as usize / zoom) * c;

@@ -91,9 +91,10 @@ pub fn resize_crop_into(
     }
     let pt = pixel_type(channels)?;
     let bad = |e: String| DataError::Option(format!("resize: {e}"));
-    let src = ImageRef::new(width as u32, height as u32, src, pt).map_err(|e| bad(e.to_string()))?;
-    let mut out =
-        Image::from_slice_u8(out_w as u32, out_h as u32, dst, pt).map_err(|e| bad(e.to_string()))?;
+    let src =
+        ImageRef::new(width as u32, height as u32, src, pt).map_err(|e| bad(e.to_string()))?;
+    let mut out = Image::from_slice_u8(out_w as u32, out_h as u32, dst, pt)
+        .map_err(|e| bad(e.to_string()))?;
     let filter = match interpolation {
         Interpolation::Bilinear => FilterType::Bilinear,
         Interpolation::Bicubic => FilterType::CatmullRom,
@@ -115,7 +116,19 @@ mod tests {
         let mut r = Resizer::new();
         let src = vec![77u8; 40 * 30 * 3];
         let mut dst = vec![0u8; 16 * 16 * 3];
-        resize_crop_into(&mut r, &src, 40, 30, 3, CropBox::center_square(40, 30), &mut dst, 16, 16, Interpolation::Bicubic).expect("resize");
+        resize_crop_into(
+            &mut r,
+            &src,
+            40,
+            30,
+            3,
+            CropBox::center_square(40, 30),
+            &mut dst,
+            16,
+            16,
+            Interpolation::Bicubic,
+        )
+        .expect("resize");
         assert!(dst.iter().all(|&v| v == 77));
         // left half black, right half white: a crop of the right half is white
         let mut src = vec![0u8; 20 * 10];
@@ -125,8 +138,25 @@ mod tests {
             }
         }
         let mut dst = vec![0u8; 5 * 5];
-        let crop = CropBox { left: 12.0, top: 0.0, width: 8.0, height: 10.0 };
-        resize_crop_into(&mut r, &src, 20, 10, 1, crop, &mut dst, 5, 5, Interpolation::Bilinear).expect("resize");
+        let crop = CropBox {
+            left: 12.0,
+            top: 0.0,
+            width: 8.0,
+            height: 10.0,
+        };
+        resize_crop_into(
+            &mut r,
+            &src,
+            20,
+            10,
+            1,
+            crop,
+            &mut dst,
+            5,
+            5,
+            Interpolation::Bilinear,
+        )
+        .expect("resize");
         assert!(dst.iter().all(|&v| v == 255), "{dst:?}");
     }
 }

@@ -74,7 +74,9 @@ impl DatasetWriter {
         let name = out
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| DataError::Option(format!("{} is not a directory name", out.display())))?;
+            .ok_or_else(|| {
+                DataError::Option(format!("{} is not a directory name", out.display()))
+            })?;
         let parent = out
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
@@ -141,8 +143,12 @@ impl DatasetWriter {
             sum[i % c] += v;
             sum_sq[i % c] += v * v;
         }
-        let (tmp, image_size, channels, shard_samples) =
-            (&self.tmp, self.image_size, self.channels, self.shard_samples);
+        let (tmp, image_size, channels, shard_samples) = (
+            &self.tmp,
+            self.image_size,
+            self.channels,
+            self.shard_samples,
+        );
         let writer = match split {
             SplitName::Train => &mut self.train,
             SplitName::Val => &mut self.val,
@@ -195,7 +201,11 @@ impl DatasetWriter {
         // statistics of the train split (of val when there is no train data)
         let pixels_per_channel = |n: usize| (n * self.image_size * self.image_size) as f64;
         let (sum, sum_sq, n) = if self.train.count > 0 {
-            (&self.sum, &self.sum_sq, pixels_per_channel(self.train.count))
+            (
+                &self.sum,
+                &self.sum_sq,
+                pixels_per_channel(self.train.count),
+            )
         } else {
             (
                 &self.val_sum,
@@ -207,7 +217,11 @@ impl DatasetWriter {
         let std: Vec<f64> = sum_sq
             .iter()
             .zip(&mean)
-            .map(|(sq, m)| ((sq / n.max(1.0) / (255.0 * 255.0)) - m * m).max(0.0).sqrt())
+            .map(|(sq, m)| {
+                ((sq / n.max(1.0) / (255.0 * 255.0)) - m * m)
+                    .max(0.0)
+                    .sqrt()
+            })
             .collect();
         let manifest = Manifest {
             format: FORMAT_NAME.into(),

@@ -62,8 +62,15 @@ fn every_index_once_per_epoch_across_ranks() {
     // with drop_last every rank runs the same number of full batches
     let counts: Vec<usize> = (0..world)
         .map(|rank| {
-            let l = loader(LoaderConfig { batch_size: 64, rank, world_size: world, ..LoaderConfig::default() });
-            l.epoch(0, 0).map(|b| assert_eq!(b.unwrap().len(), 64)).count()
+            let l = loader(LoaderConfig {
+                batch_size: 64,
+                rank,
+                world_size: world,
+                ..LoaderConfig::default()
+            });
+            l.epoch(0, 0)
+                .map(|b| assert_eq!(b.unwrap().len(), 64))
+                .count()
         })
         .collect();
     assert_eq!(counts, vec![9000 / 3 / 64; 3]);
@@ -75,7 +82,12 @@ fn every_index_once_per_epoch_across_ranks() {
 #[test]
 fn augmentation_does_not_depend_on_threads_or_batch_size() {
     let collect = |batch_size: usize, workers: usize| {
-        let l = loader(LoaderConfig { batch_size, workers, drop_last: false, ..LoaderConfig::default() });
+        let l = loader(LoaderConfig {
+            batch_size,
+            workers,
+            drop_last: false,
+            ..LoaderConfig::default()
+        });
         let mut by_index = HashMap::new();
         for (n, batch) in l.epoch(5, 0).enumerate() {
             let batch = batch.unwrap();
@@ -99,11 +111,26 @@ fn augmentation_does_not_depend_on_threads_or_batch_size() {
 
 #[test]
 fn resuming_mid_epoch_gives_the_remaining_batches() {
-    let config = LoaderConfig { batch_size: 50, workers: 2, ..LoaderConfig::default() };
-    let full: Vec<_> = loader(config).epoch(1, 0).take(12).map(|b| b.unwrap()).collect();
-    let resumed: Vec<_> = loader(config).epoch(1, 9).take(3).map(|b| b.unwrap()).collect();
+    let config = LoaderConfig {
+        batch_size: 50,
+        workers: 2,
+        ..LoaderConfig::default()
+    };
+    let full: Vec<_> = loader(config)
+        .epoch(1, 0)
+        .take(12)
+        .map(|b| b.unwrap())
+        .collect();
+    let resumed: Vec<_> = loader(config)
+        .epoch(1, 9)
+        .take(3)
+        .map(|b| b.unwrap())
+        .collect();
     for (a, b) in full[9..].iter().zip(&resumed) {
-        assert_eq!((a.step, &a.indices, &a.images), (b.step, &b.indices, &b.images));
+        assert_eq!(
+            (a.step, &a.indices, &a.images),
+            (b.step, &b.indices, &b.images)
+        );
     }
     // recycled buffers are reused without changing the results
     let l = loader(config);
@@ -119,9 +146,18 @@ fn resuming_mid_epoch_gives_the_remaining_batches() {
 #[test]
 fn bad_configurations_are_errors() {
     let ds = dataset();
-    let bad = |config: LoaderConfig| Loader::new(Arc::clone(&ds), SplitName::Train, augment(), config).is_err();
-    assert!(bad(LoaderConfig { batch_size: 0, ..LoaderConfig::default() }));
-    assert!(bad(LoaderConfig { rank: 2, world_size: 2, ..LoaderConfig::default() }));
+    let bad = |config: LoaderConfig| {
+        Loader::new(Arc::clone(&ds), SplitName::Train, augment(), config).is_err()
+    };
+    assert!(bad(LoaderConfig {
+        batch_size: 0,
+        ..LoaderConfig::default()
+    }));
+    assert!(bad(LoaderConfig {
+        rank: 2,
+        world_size: 2,
+        ..LoaderConfig::default()
+    }));
     let rgb = Augment::new(Transform::pretrain(), 24, &[0.5; 3], &[0.5; 3], 0).unwrap();
     assert!(Loader::new(ds, SplitName::Train, rgb, LoaderConfig::default()).is_err());
 }

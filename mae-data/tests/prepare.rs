@@ -48,7 +48,11 @@ fn bundled_fashion_mnist_prepares_exactly() {
     let mut per_class = [0usize; 10];
     for i in 0..10_000 {
         let s = train.get(i).unwrap();
-        assert_eq!(s.pixels, &images[16 + i * 784..16 + (i + 1) * 784], "sample {i}");
+        assert_eq!(
+            s.pixels,
+            &images[16 + i * 784..16 + (i + 1) * 784],
+            "sample {i}"
+        );
         assert_eq!(s.label, labels[8 + i] as i32);
         per_class[s.label as usize] += 1;
     }
@@ -75,16 +79,27 @@ fn single_split_sources_get_a_stratified_validation_split() {
     opts2.seed = 3;
     prepare(&opts2).unwrap();
     let ds2 = Dataset::open(&again).unwrap();
-    assert_eq!(ds.val().get(17).unwrap().pixels, ds2.val().get(17).unwrap().pixels);
+    assert_eq!(
+        ds.val().get(17).unwrap().pixels,
+        ds2.val().get(17).unwrap().pixels
+    );
     let m = ds.manifest();
-    assert!(m.mean[0] > 0.2 && m.mean[0] < 0.4 && m.std[0] > 0.2, "{:?} {:?}", m.mean, m.std);
+    assert!(
+        m.mean[0] > 0.2 && m.mean[0] < 0.4 && m.std[0] > 0.2,
+        "{:?} {:?}",
+        m.mean,
+        m.std
+    );
 }
 
 /// A JPEG with an EXIF orientation tag: the APP1 segment is inserted after SOI.
 fn jpeg_with_orientation(img: &RgbImage, orientation: u16) -> Vec<u8> {
     let mut jpeg = Vec::new();
     DynamicImage::ImageRgb8(img.clone())
-        .write_to(&mut std::io::Cursor::new(&mut jpeg), image::ImageFormat::Jpeg)
+        .write_to(
+            &mut std::io::Cursor::new(&mut jpeg),
+            image::ImageFormat::Jpeg,
+        )
         .unwrap();
     let mut tiff = b"II*\0\x08\0\0\0".to_vec(); // little-endian TIFF, IFD at 8
     tiff.extend_from_slice(&1u16.to_le_bytes()); // one entry
@@ -105,7 +120,8 @@ fn jpeg_with_orientation(img: &RgbImage, orientation: u16) -> Vec<u8> {
 }
 
 fn save(img: DynamicImage, path: &Path) {
-    img.save(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    img.save(path)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
 }
 
 #[test]
@@ -116,18 +132,48 @@ fn image_folders_of_odd_files_prepare_and_report_what_they_skip() {
     std::fs::create_dir_all(dogs.join("nested")).unwrap();
     // an image already at the target size reads back exactly
     let exact = RgbImage::from_fn(16, 16, |x, y| Rgb([(x * 16) as u8, (y * 16) as u8, 77]));
-    save(DynamicImage::ImageRgb8(exact.clone()), &cats.join("a_exact.png"));
+    save(
+        DynamicImage::ImageRgb8(exact.clone()),
+        &cats.join("a_exact.png"),
+    );
     // odd sizes and modes
-    save(DynamicImage::ImageRgb8(RgbImage::from_pixel(40, 30, Rgb([200, 10, 10]))), &cats.join("b_wide.bmp"));
+    save(
+        DynamicImage::ImageRgb8(RgbImage::from_pixel(40, 30, Rgb([200, 10, 10]))),
+        &cats.join("b_wide.bmp"),
+    );
     let gray16: ImageBuffer<Luma<u16>, Vec<u16>> = ImageBuffer::from_pixel(17, 33, Luma([40000]));
-    save(DynamicImage::ImageLuma16(gray16), &cats.join("c_gray16.png"));
-    save(DynamicImage::ImageRgba8(RgbaImage::from_pixel(20, 20, Rgba([0, 255, 0, 128]))), &dogs.join("d_alpha.png"));
-    save(DynamicImage::ImageRgb8(RgbImage::from_pixel(9, 12, Rgb([0, 0, 250]))), &dogs.join("e.tiff"));
-    save(DynamicImage::ImageLuma8(GrayImage::from_pixel(21, 21, Luma([99]))), &dogs.join("nested/f.pgm"));
-    save(DynamicImage::ImageRgb8(RgbImage::from_pixel(12, 12, Rgb([9, 9, 9]))), &dogs.join("g.gif"));
-    save(DynamicImage::ImageRgb8(RgbImage::from_pixel(12, 12, Rgb([1, 2, 3]))), &dogs.join("h.webp"));
+    save(
+        DynamicImage::ImageLuma16(gray16),
+        &cats.join("c_gray16.png"),
+    );
+    save(
+        DynamicImage::ImageRgba8(RgbaImage::from_pixel(20, 20, Rgba([0, 255, 0, 128]))),
+        &dogs.join("d_alpha.png"),
+    );
+    save(
+        DynamicImage::ImageRgb8(RgbImage::from_pixel(9, 12, Rgb([0, 0, 250]))),
+        &dogs.join("e.tiff"),
+    );
+    save(
+        DynamicImage::ImageLuma8(GrayImage::from_pixel(21, 21, Luma([99]))),
+        &dogs.join("nested/f.pgm"),
+    );
+    save(
+        DynamicImage::ImageRgb8(RgbImage::from_pixel(12, 12, Rgb([9, 9, 9]))),
+        &dogs.join("g.gif"),
+    );
+    save(
+        DynamicImage::ImageRgb8(RgbImage::from_pixel(12, 12, Rgb([1, 2, 3]))),
+        &dogs.join("h.webp"),
+    );
     // EXIF orientation 6 (rotate 90° clockwise): the left half (black) ends up on top
-    let halves = RgbImage::from_fn(40, 20, |x, _| if x < 20 { Rgb([0, 0, 0]) } else { Rgb([255, 255, 255]) });
+    let halves = RgbImage::from_fn(40, 20, |x, _| {
+        if x < 20 {
+            Rgb([0, 0, 0])
+        } else {
+            Rgb([255, 255, 255])
+        }
+    });
     std::fs::write(dogs.join("i_exif.jpg"), jpeg_with_orientation(&halves, 6)).unwrap();
     // broken and irrelevant files
     std::fs::write(cats.join("empty.png"), b"").unwrap();
@@ -136,9 +182,16 @@ fn image_folders_of_odd_files_prepare_and_report_what_they_skip() {
         .write_to(&mut std::io::Cursor::new(&mut png), image::ImageFormat::Png)
         .unwrap();
     std::fs::write(cats.join("truncated.png"), &png[..png.len() / 2]).unwrap();
-    std::fs::write(dogs.join("garbage.jpg"), b"this is not a jpeg at all, just text").unwrap();
+    std::fs::write(
+        dogs.join("garbage.jpg"),
+        b"this is not a jpeg at all, just text",
+    )
+    .unwrap();
     std::fs::write(dogs.join("README.txt"), b"notes").unwrap();
-    save(DynamicImage::ImageRgb8(RgbImage::from_pixel(300, 300, Rgb([5, 5, 5]))), &dogs.join("j_big.png"));
+    save(
+        DynamicImage::ImageRgb8(RgbImage::from_pixel(300, 300, Rgb([5, 5, 5]))),
+        &dogs.join("j_big.png"),
+    );
 
     let out = tmp("folder-out").join("ds");
     let mut opts = PrepareOptions::new(SourceKind::ImageFolder, &src, &out);
@@ -149,12 +202,29 @@ fn image_folders_of_odd_files_prepare_and_report_what_they_skip() {
     let m = &summary.manifest;
     assert_eq!(m.classes, vec!["cats", "dogs"]);
     assert_eq!(m.count, 9, "{summary}");
-    let mut skipped: Vec<(String, String)> = m.skipped.iter().map(|s| (s.path.clone(), s.reason.clone())).collect();
+    let mut skipped: Vec<(String, String)> = m
+        .skipped
+        .iter()
+        .map(|s| (s.path.clone(), s.reason.clone()))
+        .collect();
     skipped.sort();
     let names: Vec<&str> = skipped.iter().map(|s| s.0.as_str()).collect();
-    assert_eq!(names, vec!["cats/empty.png", "cats/truncated.png", "dogs/garbage.jpg", "dogs/j_big.png"], "{summary}");
+    assert_eq!(
+        names,
+        vec![
+            "cats/empty.png",
+            "cats/truncated.png",
+            "dogs/garbage.jpg",
+            "dogs/j_big.png"
+        ],
+        "{summary}"
+    );
     assert!(skipped[0].1.contains("empty"));
-    assert!(skipped[3].1.contains("exceeds the limit"), "{}", skipped[3].1);
+    assert!(
+        skipped[3].1.contains("exceeds the limit"),
+        "{}",
+        skipped[3].1
+    );
     assert!(summary.to_string().contains("4 skipped"));
 
     let ds = Dataset::open(&out).unwrap();
@@ -164,22 +234,43 @@ fn image_folders_of_odd_files_prepare_and_report_what_they_skip() {
     // 40×30 red: centre square resized, still red
     assert!(get(1).pixels.chunks(3).all(|p| p[0] > 190 && p[1] < 20));
     // 16-bit gray 40000/65535 → about 155 in every channel
-    assert!(get(2).pixels.iter().all(|&v| (150..=160).contains(&v)), "{:?}", &get(2).pixels[..6]);
+    assert!(
+        get(2).pixels.iter().all(|&v| (150..=160).contains(&v)),
+        "{:?}",
+        &get(2).pixels[..6]
+    );
     // labels follow the class folders; the nested image comes last
     assert_eq!(get(3).label, 1);
     assert!(get(8).pixels.iter().all(|&v| v == 99));
     // EXIF: after rotation the top rows are dark and the bottom rows light
     let exif = get(7).pixels; // sorted: d, e, g, h, i_exif, then nested/f
-    let row_mean = |y: usize| exif[y * 48..(y + 1) * 48].iter().map(|&v| v as f64).sum::<f64>() / 48.0;
-    assert!(row_mean(1) < 60.0 && row_mean(14) > 190.0, "{} {}", row_mean(1), row_mean(14));
+    let row_mean = |y: usize| {
+        exif[y * 48..(y + 1) * 48]
+            .iter()
+            .map(|&v| v as f64)
+            .sum::<f64>()
+            / 48.0
+    };
+    assert!(
+        row_mean(1) < 60.0 && row_mean(14) > 190.0,
+        "{} {}",
+        row_mean(1),
+        row_mean(14)
+    );
 
     // strict mode fails on the skipped files; an existing output needs --force
     opts.strict = true;
     opts.force = true;
-    assert!(matches!(prepare(&opts), Err(DataError::Strict { skipped: 4, .. })));
+    assert!(matches!(
+        prepare(&opts),
+        Err(DataError::Strict { skipped: 4, .. })
+    ));
     opts.strict = false;
     opts.force = false;
-    assert!(matches!(prepare(&opts), Err(DataError::OutputExists { .. })));
+    assert!(matches!(
+        prepare(&opts),
+        Err(DataError::OutputExists { .. })
+    ));
     opts.force = true;
     prepare(&opts).unwrap();
     // nothing left behind next to the output
@@ -198,7 +289,10 @@ fn a_folder_of_only_broken_files_is_an_error_and_writes_nothing() {
     std::fs::write(src.join("b.jpg"), b"nope").unwrap();
     let out = tmp("broken-out").join("ds");
     let err = prepare(&PrepareOptions::new(SourceKind::ImageFolder, &src, &out)).unwrap_err();
-    assert!(matches!(err, DataError::NothingRead { skipped: 2, .. }), "{err}");
+    assert!(
+        matches!(err, DataError::NothingRead { skipped: 2, .. }),
+        "{err}"
+    );
     assert!(!out.exists());
 }
 
@@ -206,7 +300,10 @@ fn a_folder_of_only_broken_files_is_an_error_and_writes_nothing() {
 fn loose_images_give_an_unlabeled_dataset() {
     let src = tmp("loose");
     for i in 0..5 {
-        save(DynamicImage::ImageRgb8(RgbImage::from_pixel(10, 10, Rgb([i * 40, 0, 0]))), &src.join(format!("{i}.png")));
+        save(
+            DynamicImage::ImageRgb8(RgbImage::from_pixel(10, 10, Rgb([i * 40, 0, 0]))),
+            &src.join(format!("{i}.png")),
+        );
     }
     let out = tmp("loose-out").join("ds");
     let mut opts = PrepareOptions::new(SourceKind::ImageFolder, &src, &out);
@@ -236,16 +333,29 @@ fn cifar10_records_become_hwc_images() {
     }
     std::fs::write(src.join("test_batch.bin"), record(9, 7, 8, 9)).unwrap();
     let out = tmp("cifar-out").join("ds");
-    let m = prepare(&PrepareOptions::new(SourceKind::Cifar10, &src, &out)).unwrap().manifest;
-    assert_eq!((m.train.count, m.val.count, m.image_size, m.channels), (10, 1, 32, 3));
+    let m = prepare(&PrepareOptions::new(SourceKind::Cifar10, &src, &out))
+        .unwrap()
+        .manifest;
+    assert_eq!(
+        (m.train.count, m.val.count, m.image_size, m.channels),
+        (10, 1, 32, 3)
+    );
     assert_eq!(m.classes[9], "truck");
     let ds = Dataset::open(&out).unwrap();
     let s = ds.train().get(0).unwrap();
-    assert_eq!((s.label, &s.pixels[..6]), (1, &[10, 20, 30, 10, 20, 30][..]));
+    assert_eq!(
+        (s.label, &s.pixels[..6]),
+        (1, &[10, 20, 30, 10, 20, 30][..])
+    );
     assert_eq!(ds.val().get(0).unwrap().label, 9);
     // a truncated batch is an error naming the file
     std::fs::write(src.join("test_batch.bin"), &record(9, 7, 8, 9)[..100]).unwrap();
-    let err = prepare(&PrepareOptions::new(SourceKind::Cifar10, &src, tmp("cifar-bad").join("ds"))).unwrap_err();
+    let err = prepare(&PrepareOptions::new(
+        SourceKind::Cifar10,
+        &src,
+        tmp("cifar-bad").join("ds"),
+    ))
+    .unwrap_err();
     assert!(err.to_string().contains("test_batch.bin"), "{err}");
 }
 
@@ -281,7 +391,10 @@ fn truncated_shards_and_inconsistent_manifests_are_errors() {
     let bytes = std::fs::read(&shard).unwrap();
     std::fs::write(&shard, &bytes[..bytes.len() - 10]).unwrap();
     let err = Dataset::open_with(&out, Verify::Structure).unwrap_err();
-    assert!(err.to_string().contains("val-00000.shard") && err.to_string().contains("truncated"), "{err}");
+    assert!(
+        err.to_string().contains("val-00000.shard") && err.to_string().contains("truncated"),
+        "{err}"
+    );
     std::fs::write(&shard, &bytes[..30]).unwrap();
     assert!(Dataset::open_with(&out, Verify::Structure).is_err());
     std::fs::write(&shard, &bytes).unwrap();
@@ -289,13 +402,24 @@ fn truncated_shards_and_inconsistent_manifests_are_errors() {
 
     let manifest = out.join("manifest.json");
     let text = std::fs::read_to_string(&manifest).unwrap();
-    std::fs::write(&manifest, text.replace("\"count\": 10000", "\"count\": 10001")).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("\"count\": 10000", "\"count\": 10001"),
+    )
+    .unwrap();
     let err = Dataset::open(&out).unwrap_err();
     assert!(err.to_string().contains("manifest.json"), "{err}");
-    std::fs::write(&manifest, text.replace("train-00000.shard", "../etc/passwd")).unwrap();
+    std::fs::write(
+        &manifest,
+        text.replace("train-00000.shard", "../etc/passwd"),
+    )
+    .unwrap();
     assert!(Dataset::open(&out).is_err());
     std::fs::write(&manifest, "{ not json").unwrap();
-    assert!(matches!(Dataset::open(&out), Err(DataError::Manifest { .. })));
+    assert!(matches!(
+        Dataset::open(&out),
+        Err(DataError::Manifest { .. })
+    ));
     std::fs::remove_file(&manifest).unwrap();
     assert!(matches!(Dataset::open(&out), Err(DataError::Io { .. })));
 }
