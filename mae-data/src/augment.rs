@@ -11,12 +11,26 @@ use fast_image_resize::Resizer;
 use rand::{Rng, SeedableRng};
 
 use crate::error::DataError;
+use crate::format::Manifest;
 use crate::resize::{resize_crop_into, CropBox, Interpolation};
 
 /// ImageNet per-channel mean (RGB), the recipe's normalization.
 pub const IMAGENET_MEAN: [f64; 3] = [0.485, 0.456, 0.406];
 /// ImageNet per-channel standard deviation (RGB).
 pub const IMAGENET_STD: [f64; 3] = [0.229, 0.224, 0.225];
+
+/// The normalization for a dataset: ImageNet's mean/std for RGB data (the recipe's), unless
+/// `dataset_stats` asks for the manifest's own; grayscale data always uses its own statistics.
+pub fn normalization(manifest: &Manifest, dataset_stats: bool) -> (Vec<f64>, Vec<f64>) {
+    if manifest.channels == 3 && !dataset_stats {
+        (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec())
+    } else {
+        (
+            manifest.mean.clone(),
+            manifest.std.iter().map(|s| s.max(1e-3)).collect(),
+        )
+    }
+}
 
 /// Which transform.
 #[derive(Debug, Clone, Copy, PartialEq)]
