@@ -11,6 +11,7 @@ use mae_core::{Mae, MaePreset, Preset, PresetVisitor, TensorFile};
 use mae_train::bench::{time_train_step, StepBench};
 
 mod data;
+mod train;
 
 #[derive(Parser)]
 #[command(
@@ -25,6 +26,8 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Pretrain an MAE on a prepared dataset (resumable; SIGINT/SIGTERM save and stop).
+    Pretrain(train::PretrainArgs),
     /// Datasets: prepare, info, verify, show.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -123,6 +126,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(command) => data::run(command)?,
+        Command::Pretrain(args) => train::pretrain(args)?,
         Command::Presets => {
             println!(
                 "preset    image chans patch | encoder dim/depth/heads | decoder dim/depth/heads"

@@ -3,3 +3,13 @@
 //! It owns time (steps, epochs); models come from `mae-core`, batches from `mae-data`.
 
 pub mod bench;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod optim;
+pub mod pretrain;
+pub mod schedule;
+
+pub use config::{PretrainConfig, PretrainOverrides};
+pub use error::TrainError;
+pub use pretrain::{pretrain, Outcome, Resume, RunSummary};

@@ -1,0 +1,248 @@
+//! Checkpoints: the mechanism (write, list, load, prune), separate from the policy of when to save
+//! (the training loop's `--save-every`).
+//!
+//! PyTorch counterpart: `util/misc.save_model` / `load_model` (`checkpoint-{epoch}.pth` holding
+//! `model`, `optimizer`, `epoch`, `scaler`, `args`).
+//!
+//! A checkpoint at optimizer step `s` is two safetensors files in the run directory:
+//! - `checkpoint-s.safetensors`: the model under the official `models_mae.py` names, with metadata
+//!   `preset`, `config` (JSON), `step`, `epoch`;
+//! - `checkpoint-s.state.safetensors`: the training state: `exp_avg.<name>` and
+//!   `exp_avg_sq.<name>` for every parameter, and metadata `train_state` (JSON: step, epoch,
+//!   position in the epoch, seed) and `optimizer` (JSON: betas, eps, weight decay, step).
+//!
+//! Each is written to a temporary file, synced and renamed; the state first, so a model file
+//! never exists without its state. Masking noise and augmentation are functions of
+//! `(seed, epoch, position)`, so no RNG stream needs saving.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+
+use mae_core::dfdx::prelude::*;
+use mae_core::weights::{named_tensors, write_safetensors, NamedTensor};
+use mae_core::{Mae, MaePreset, Preset, TensorFile};
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+use crate::optim::{AdamW, Moments};
+
+/// Where training stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TrainState {
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Epoch being run (or to run next).
+    pub epoch: u64,
+    /// Micro-batches of `epoch` already consumed.
+    pub micro_step: usize,
+    /// The run's seed.
+    pub seed: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct OptimizerMeta {
+    betas: (f64, f64),
+    eps: f64,
+    weight_decay: f64,
+    step: u64,
+    decayed: BTreeSet<String>,
+}
+
+/// The model file of the checkpoint at `step`.
+pub fn checkpoint_path(run_dir: &Path, step: u64) -> PathBuf {
+    run_dir.join(format!("checkpoint-{step}.safetensors"))
+}
+
+/// The training-state file that belongs to a model checkpoint file.
+pub fn state_path(model_path: &Path) -> PathBuf {
+    let name = model_path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let stem = name.strip_suffix(".safetensors").unwrap_or(&name);
+    model_path.with_file_name(format!("{stem}.state.safetensors"))
+}
+
+/// The model checkpoints in `run_dir`, newest (highest step) first.
+pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
+    let mut found = Vec::new();
+    let entries = match std::fs::read_dir(run_dir) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(found),
+        Err(e) => return Err(TrainError::io(run_dir, e)),
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let step = name
+            .strip_prefix("checkpoint-")
+            .and_then(|r| r.strip_suffix(".safetensors"))
+            .and_then(|n| n.parse::<u64>().ok());
+        if let Some(step) = step {
+            found.push((step, entry.path()));
+        }
+    }
+    found.sort_by(|a, b| b.0.cmp(&a.0));
+    Ok(found)
+}
+
+/// Writes the checkpoint of `state` and keeps only the newest `keep_last`.
+pub fn save<P: MaePreset, D: Device<f32>>(
+    run_dir: &Path,
+    model: &Mae<P, f32, D>,
+    opt: &AdamW,
+    state: &TrainState,
+    config_json: &str,
+    keep_last: usize,
+) -> Result<PathBuf, TrainError> {
+    let model_path = checkpoint_path(run_dir, state.step);
+    // training state first
+    let mut tensors = Vec::with_capacity(2 * opt.state.len());
+    for (name, m) in &opt.state {
+        for (kind, data) in [("exp_avg", &m.exp_avg), ("exp_avg_sq", &m.exp_avg_sq)] {
+            tensors.push(NamedTensor {
+                name: format!("{kind}.{name}"),
+                shape: vec![data.len()],
+                data: data.clone(),
+                trainable: false,
+            });
+        }
+    }
+    let optimizer = OptimizerMeta {
+        betas: opt.betas,
+        eps: opt.eps,
+        weight_decay: opt.weight_decay,
+        step: opt.step,
+        decayed: opt.decayed.clone(),
+    };
+    let to_json = |r: serde_json::Result<String>| {
+        r.map_err(|e| TrainError::checkpoint(&model_path, format!("metadata: {e}")))
+    };
+    let meta = BTreeMap::from([
+        (
+            "train_state".to_string(),
+            to_json(serde_json::to_string(state))?,
+        ),
+        (
+            "optimizer".to_string(),
+            to_json(serde_json::to_string(&optimizer))?,
+        ),
+    ]);
+    write_safetensors(&state_path(&model_path), &tensors, &meta)?;
+    let meta = BTreeMap::from([
+        ("config".to_string(), config_json.to_string()),
+        ("step".to_string(), state.step.to_string()),
+        ("epoch".to_string(), state.epoch.to_string()),
+    ]);
+    model.save_safetensors(&model_path, &meta)?;
+    prune(run_dir, keep_last)?;
+    Ok(model_path)
+}
+
+/// Deletes all but the newest `keep_last` checkpoints (model and state files).
+pub fn prune(run_dir: &Path, keep_last: usize) -> Result<(), TrainError> {
+    for (_, path) in list_checkpoints(run_dir)?.into_iter().skip(keep_last) {
+        for p in [state_path(&path), path] {
+            match std::fs::remove_file(&p) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                Err(e) => return Err(TrainError::io(&p, e)),
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The preset a model file was saved with (its `preset` metadata).
+pub fn preset_of(path: &Path) -> Result<Preset, TrainError> {
+    let file = TensorFile::open(path)?;
+    let meta = file.metadata()?;
+    let name = meta.get("preset").ok_or_else(|| {
+        TrainError::checkpoint(path, "no `preset` in the metadata; give --preset")
+    })?;
+    Ok(name.parse()?)
+}
+
+/// Loads a checkpoint (model file + its state file) into `model` and `opt`; returns the state.
+/// Nothing is changed when it fails.
+pub fn load<P: MaePreset, D: Device<f32>>(
+    model_path: &Path,
+    model: &mut Mae<P, f32, D>,
+    opt: &mut AdamW,
+) -> Result<TrainState, TrainError> {
+    let state_file_path = state_path(model_path);
+    let file = TensorFile::open(&state_file_path)?;
+    let meta = file.metadata()?;
+    let bad = |m: String| TrainError::checkpoint(&state_file_path, m);
+    let state: TrainState = serde_json::from_str(
+        meta.get("train_state")
+            .ok_or_else(|| bad("no train_state metadata".into()))?,
+    )
+    .map_err(|e| bad(format!("train_state: {e}")))?;
+    let optimizer: OptimizerMeta = serde_json::from_str(
+        meta.get("optimizer")
+            .ok_or_else(|| bad("no optimizer metadata".into()))?,
+    )
+    .map_err(|e| bad(format!("optimizer: {e}")))?;
+    // check the moments against the model's parameters before touching anything
+    let params: Vec<NamedTensor> = named_tensors(model)?
+        .into_iter()
+        .filter(|t| t.trainable)
+        .collect();
+    let mut moments = BTreeMap::new();
+    if optimizer.step > 0 {
+        for p in &params {
+            let read = |kind: &str| -> Result<Vec<f32>, TrainError> {
+                let key = format!("{kind}.{}", p.name);
+                let t = file
+                    .read(&key)?
+                    .ok_or_else(|| bad(format!("missing tensor `{key}`")))?;
+                if t.data.len() != p.data.len() || t.data.iter().any(|v| !v.is_finite()) {
+                    return Err(bad(format!(
+                        "tensor `{key}` has {} values (or non-finite ones), the model needs {}",
+                        t.data.len(),
+                        p.data.len()
+                    )));
+                }
+                Ok(t.data)
+            };
+            let m = Moments {
+                exp_avg: read("exp_avg")?,
+                exp_avg_sq: read("exp_avg_sq")?,
+            };
+            moments.insert(p.name.clone(), m);
+        }
+    }
+    let weights = TensorFile::open(model_path)?;
+    model.load_from(&weights, "")?;
+    opt.betas = optimizer.betas;
+    opt.eps = optimizer.eps;
+    opt.weight_decay = optimizer.weight_decay;
+    opt.step = optimizer.step;
+    opt.decayed = optimizer.decayed;
+    opt.state = moments;
+    Ok(state)
+}
+
+/// `--resume auto`: the newest checkpoint of `run_dir` that loads. Returns its path and state,
+/// and one line for each newer checkpoint that failed to load.
+pub fn resume_latest<P: MaePreset, D: Device<f32>>(
+    run_dir: &Path,
+    model: &mut Mae<P, f32, D>,
+    opt: &mut AdamW,
+) -> Result<Option<(PathBuf, TrainState, Vec<String>)>, TrainError> {
+    let mut failures = Vec::new();
+    let candidates = list_checkpoints(run_dir)?;
+    if candidates.is_empty() {
+        return Ok(None);
+    }
+    for (_, path) in candidates {
+        match load(&path, model, opt) {
+            Ok(state) => return Ok(Some((path, state, failures))),
+            Err(e) => failures.push(e.to_string()),
+        }
+    }
+    Err(TrainError::NoCheckpoint {
+        dir: run_dir.to_path_buf(),
+        tried: failures,
+    })
+}

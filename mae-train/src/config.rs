@@ -1,0 +1,232 @@
+//! The pretraining configuration: defaults, a TOML file, and command-line flags over it.
+//!
+//! PyTorch counterpart: the `argparse` options of `main_pretrain.py` (`--epochs`, `--batch_size`,
+//! `--accum_iter`, `--blr`, `--lr`, `--min_lr`, `--warmup_epochs`, `--weight_decay`,
+//! `--mask_ratio`, `--norm_pix_loss`, `--seed`, `--resume`), with the paper's values as
+//! defaults where the two differ (blr 1.5e-4).
+
+use std::path::{Path, PathBuf};
+
+use mae_core::{MaeConfig, Preset};
+use serde::{Deserialize, Serialize};
+
+use crate::error::TrainError;
+
+/// Settings as given (a TOML file or flags): every field optional. With the `clap` feature it is
+/// also the `mae pretrain` argument list.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[serde(deny_unknown_fields)]
+pub struct PretrainOverrides {
+    /// Prepared dataset directory (trains on its train split).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub data: Option<PathBuf>,
+    /// Model preset (`tiny`, `vit-b16`, ...).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub preset: Option<Preset>,
+    /// Run directory: checkpoints, metrics.jsonl, config.json.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub out: Option<PathBuf>,
+    /// Epochs (the schedule's length).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub epochs: Option<usize>,
+    /// Stop after this many optimizer steps.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub max_steps: Option<u64>,
+    /// Images per micro-batch.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub accum_iter: Option<usize>,
+    /// Base learning rate: lr = blr · batch · accum / 256.
+    #[cfg_attr(feature = "clap", arg(long, conflicts_with = "lr"))]
+    pub blr: Option<f64>,
+    /// Absolute learning rate (overrides --blr).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub lr: Option<f64>,
+    /// Floor of the cosine schedule.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub min_lr: Option<f64>,
+    /// Linear warmup, in epochs.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub warmup_epochs: Option<f64>,
+    /// AdamW weight decay (weights only).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub weight_decay: Option<f64>,
+    /// Fraction of patches removed.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub mask_ratio: Option<f64>,
+    /// Reconstruct per-patch normalized pixels.
+    #[cfg_attr(feature = "clap", arg(long, num_args = 0..=1, default_missing_value = "true"))]
+    pub norm_pix_loss: Option<bool>,
+    /// Seed of initialization, data order, augmentation and masking.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub seed: Option<u64>,
+    /// Write a checkpoint every this many optimizer steps.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub save_every: Option<u64>,
+    /// Keep only the newest K checkpoints.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub keep_last: Option<usize>,
+    /// Loader worker threads (default: the number of cores).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub workers: Option<usize>,
+    /// Write a metrics line every this many optimizer steps.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub log_every: Option<u64>,
+    /// Image side; must be the preset's.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub input_size: Option<usize>,
+}
+
+impl PretrainOverrides {
+    /// Reads a TOML file of these settings.
+    pub fn from_toml_file(path: &Path) -> Result<Self, TrainError> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        toml::from_str(&text).map_err(|e| TrainError::ConfigFile {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })
+    }
+
+    /// `self` with every field that `over` sets replaced.
+    pub fn merged(self, over: PretrainOverrides) -> Self {
+        macro_rules! pick {
+            ($($f:ident),*) => { PretrainOverrides { $($f: over.$f.or(self.$f)),* } };
+        }
+        pick!(
+            data,
+            preset,
+            out,
+            epochs,
+            max_steps,
+            batch_size,
+            accum_iter,
+            blr,
+            lr,
+            min_lr,
+            warmup_epochs,
+            weight_decay,
+            mask_ratio,
+            norm_pix_loss,
+            seed,
+            save_every,
+            keep_last,
+            workers,
+            log_every,
+            input_size
+        )
+    }
+}
+
+/// The effective configuration of a run (written to `RUN_DIR/config.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PretrainConfig {
+    /// Dataset directory.
+    pub data: PathBuf,
+    /// Run directory.
+    pub out: PathBuf,
+    /// The model.
+    pub model: MaeConfig,
+    /// Epochs.
+    pub epochs: usize,
+    /// Optional cap on optimizer steps.
+    pub max_steps: Option<u64>,
+    /// Micro-batch size.
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub accum_iter: usize,
+    /// Base learning rate.
+    pub blr: f64,
+    /// Absolute learning rate (`blr · batch · accum / 256` unless given).
+    pub lr: f64,
+    /// Cosine floor.
+    pub min_lr: f64,
+    /// Warmup epochs.
+    pub warmup_epochs: f64,
+    /// Weight decay.
+    pub weight_decay: f64,
+    /// Seed.
+    pub seed: u64,
+    /// Checkpoint interval in optimizer steps.
+    pub save_every: u64,
+    /// Checkpoints kept.
+    pub keep_last: usize,
+    /// Loader workers.
+    pub workers: usize,
+    /// Metrics interval in optimizer steps.
+    pub log_every: u64,
+}
+
+impl PretrainConfig {
+    /// Fills defaults and checks ranges. `data`, `preset` and `out` are required.
+    pub fn resolve(given: PretrainOverrides) -> Result<Self, TrainError> {
+        let missing = |what: &str| TrainError::Config(format!("--{what} is required"));
+        let preset = given.preset.ok_or_else(|| missing("preset"))?;
+        let mut model = MaeConfig::new(preset);
+        if let Some(size) = given.input_size {
+            model.image_size = size;
+        }
+        model.mask_ratio = given.mask_ratio.unwrap_or(0.75);
+        model.norm_pix_loss = given.norm_pix_loss.unwrap_or(false);
+        model.validate()?;
+        let batch_size = given.batch_size.unwrap_or(64);
+        let accum_iter = given.accum_iter.unwrap_or(1);
+        let epochs = given.epochs.unwrap_or(400);
+        let blr = given.blr.unwrap_or(1.5e-4);
+        let config = PretrainConfig {
+            data: given.data.ok_or_else(|| missing("data"))?,
+            out: given.out.ok_or_else(|| missing("out"))?,
+            model,
+            epochs,
+            max_steps: given.max_steps,
+            batch_size,
+            accum_iter,
+            blr,
+            lr: given
+                .lr
+                .unwrap_or_else(|| crate::schedule::absolute_lr(blr, batch_size, accum_iter, 1)),
+            min_lr: given.min_lr.unwrap_or(0.0),
+            warmup_epochs: given.warmup_epochs.unwrap_or(40.0),
+            weight_decay: given.weight_decay.unwrap_or(0.05),
+            seed: given.seed.unwrap_or(0),
+            save_every: given.save_every.unwrap_or(1000),
+            keep_last: given.keep_last.unwrap_or(3),
+            workers: given
+                .workers
+                .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+            log_every: given.log_every.unwrap_or(10),
+        };
+        let bad = |m: String| Err(TrainError::Config(m));
+        if config.batch_size == 0 || config.accum_iter == 0 || config.epochs == 0 {
+            return bad("--batch-size, --accum-iter and --epochs must be at least 1".into());
+        }
+        if config.save_every == 0
+            || config.keep_last == 0
+            || config.log_every == 0
+            || config.workers == 0
+        {
+            return bad(
+                "--save-every, --keep-last, --log-every and --workers must be at least 1".into(),
+            );
+        }
+        if config.max_steps == Some(0) {
+            return bad("--max-steps must be at least 1".into());
+        }
+        for (name, v) in [
+            ("lr", config.lr),
+            ("blr", config.blr),
+            ("min-lr", config.min_lr),
+            ("weight-decay", config.weight_decay),
+            ("warmup-epochs", config.warmup_epochs),
+        ] {
+            if !v.is_finite() || v < 0.0 {
+                return bad(format!(
+                    "--{name} {v} must be a finite, non-negative number"
+                ));
+            }
+        }
+        Ok(config)
+    }
+}

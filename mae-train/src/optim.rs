@@ -1,0 +1,142 @@
+//! AdamW with the official parameter groups: weight decay on weights, none on biases and 1-D
+//! parameters.
+//!
+//! PyTorch counterpart: `torch.optim.AdamW(param_groups_weight_decay(model, wd), lr, betas=(0.9,
+//! 0.95))` in `main_pretrain.py` (timm's `param_groups_weight_decay`: no decay where
+//! `param.ndim <= 1 or name.endswith(".bias")`, judged on the official shapes, so `cls_token`
+//! `[1, 1, D]` and `mask_token` are decayed). dfdx's `Adam` applies one decay to every parameter
+//! and keeps its moments private (so they could not be checkpointed); this one keeps them by name.
+//!
+//! The step, per parameter, as PyTorch's single-tensor AdamW computes it:
+//! `p ← p·(1 − lr·wd)`; `m ← β₁m + (1−β₁)g`; `v ← β₂v + (1−β₂)g²`;
+//! `p ← p − (lr / (1−β₁ᵗ)) · m / (sqrt(v) / sqrt(1−β₂ᵗ) + ε)`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use mae_core::dfdx::nn::tensor_collection::{
+    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
+};
+use mae_core::dfdx::prelude::*;
+
+use crate::error::TrainError;
+
+/// The first and second moments of one parameter.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Moments {
+    /// `exp_avg`.
+    pub exp_avg: Vec<f32>,
+    /// `exp_avg_sq`.
+    pub exp_avg_sq: Vec<f32>,
+}
+
+/// AdamW state and hyper-parameters (the learning rate is given per step).
+#[derive(Debug, Clone, PartialEq)]
+pub struct AdamW {
+    /// β₁, β₂.
+    pub betas: (f64, f64),
+    /// ε.
+    pub eps: f64,
+    /// Decoupled weight decay of the decayed group.
+    pub weight_decay: f64,
+    /// Optimizer steps taken.
+    pub step: u64,
+    /// Names of the parameters that get weight decay.
+    pub decayed: BTreeSet<String>,
+    /// Moments by parameter name.
+    pub state: BTreeMap<String, Moments>,
+}
+
+impl AdamW {
+    /// The recipe's AdamW (β 0.9/0.95, ε 1e-8) with `weight_decay` on the parameters named in
+    /// `decayed`.
+    pub fn new(weight_decay: f64, decayed: BTreeSet<String>) -> Self {
+        AdamW {
+            betas: (0.9, 0.95),
+            eps: 1e-8,
+            weight_decay,
+            step: 0,
+            decayed,
+            state: BTreeMap::new(),
+        }
+    }
+
+    /// One step with learning rate `lr` over every trainable tensor of `model`, reading its
+    /// gradient from `grads` (which must hold one for each, as `model.alloc_grads()` makes).
+    pub fn update<M: TensorCollection<f32, D>, D: Device<f32>>(
+        &mut self,
+        model: &mut M,
+        grads: &Gradients<f32, D>,
+        lr: f64,
+    ) -> Result<(), TrainError> {
+        if !lr.is_finite() || lr < 0.0 {
+            return Err(TrainError::Config(format!(
+                "learning rate {lr} is not valid"
+            )));
+        }
+        self.step += 1;
+        let mut visitor = Step {
+            opt: self,
+            grads,
+            lr,
+        };
+        M::iter_tensors(&mut RecursiveWalker {
+            m: (model, String::new()),
+            f: &mut visitor,
+        })
+        .map_err(|e| TrainError::Device(format!("{e:?}")))?;
+        Ok(())
+    }
+}
+
+struct Step<'a, D: Storage<f32>> {
+    opt: &'a mut AdamW,
+    grads: &'a Gradients<f32, D>,
+    lr: f64,
+}
+
+impl<D: Device<f32>> TensorVisitor<f32, D> for Step<'_, D> {
+    type Viewer = (ViewTensorMut, ViewTensorName);
+    type Err = D::Err;
+    type E2 = f32;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, f32, D>,
+        (param, name): (&mut Tensor<S, f32, D>, String),
+    ) -> Result<Option<Tensor<S, f32, D>>, Self::Err> {
+        if !opts.do_gradient_update {
+            return Ok(None);
+        }
+        let grad = self.grads.get(param).as_vec();
+        let mut p = param.as_vec();
+        let opt = &mut *self.opt;
+        let (b1, b2) = opt.betas;
+        let t = opt.step as i32;
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2 = 1.0 - b2.powi(t);
+        let step_size = (self.lr / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        let eps = opt.eps as f32;
+        let decay = if opt.decayed.contains(&name) {
+            (1.0 - self.lr * opt.weight_decay) as f32
+        } else {
+            1.0
+        };
+        let m = opt.state.entry(name).or_insert_with(|| Moments {
+            exp_avg: vec![0.0; p.len()],
+            exp_avg_sq: vec![0.0; p.len()],
+        });
+        let (b1f, b2f) = (b1 as f32, b2 as f32);
+        for i in 0..p.len() {
+            let g = grad[i];
+            p[i] *= decay;
+            m.exp_avg[i] = m.exp_avg[i] * b1f + g * (1.0 - b1f);
+            m.exp_avg_sq[i] = m.exp_avg_sq[i] * b2f + g * g * (1.0 - b2f);
+            let denom = m.exp_avg_sq[i].sqrt() / bc2_sqrt + eps;
+            p[i] -= step_size * m.exp_avg[i] / denom;
+        }
+        param.copy_from(&p);
+        Ok(None)
+    }
+}

@@ -1,0 +1,370 @@
+//! The pretraining loop.
+//!
+//! PyTorch counterpart: `main_pretrain.py` + `engine_pretrain.train_one_epoch`: per micro-batch,
+//! the learning rate is set at the start of each accumulation group from the fractional epoch,
+//! the loss is divided by `accum_iter`, gradients accumulate, and every `accum_iter` micro-batches
+//! the optimizer steps and gradients are zeroed. A non-finite loss stops the run.
+
+use std::fs::OpenOptions;
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+use mae_core::dfdx::prelude::*;
+use mae_core::weights::named_tensors;
+use mae_core::{tape_from, Mae, MaePreset, Masking, PresetVisitor};
+use mae_data::augment::{normalization, Augment, Transform};
+use mae_data::loader::{Loader, LoaderConfig};
+use mae_data::{Dataset, SplitName};
+use rand::SeedableRng;
+use serde::Serialize;
+
+use crate::checkpoint::{self, TrainState};
+use crate::config::PretrainConfig;
+use crate::error::TrainError;
+use crate::optim::AdamW;
+use crate::schedule::lr_at;
+
+/// How a run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    /// All epochs done.
+    Finished,
+    /// `--max-steps` reached.
+    MaxSteps,
+    /// Asked to stop (SIGINT/SIGTERM); a checkpoint was written.
+    Interrupted,
+}
+
+/// What [`pretrain`] reports.
+#[derive(Debug, Clone)]
+pub struct RunSummary {
+    /// How it ended.
+    pub outcome: Outcome,
+    /// Optimizer steps done in total.
+    pub step: u64,
+    /// The last checkpoint written.
+    pub checkpoint: Option<PathBuf>,
+    /// Checkpoint resumed from, if any, and the newer ones that failed to load.
+    pub resumed_from: Option<(PathBuf, Vec<String>)>,
+    /// Loss of the last optimizer step.
+    pub last_loss: Option<f32>,
+}
+
+/// Where to resume from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Resume {
+    /// Start fresh.
+    No,
+    /// The newest loadable checkpoint of the run directory, if any.
+    Auto,
+    /// This checkpoint.
+    Path(PathBuf),
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct MetricsLine {
+    /// Optimizer step.
+    pub step: u64,
+    /// Fractional epoch.
+    pub epoch: f64,
+    /// Mean training loss of the step's micro-batches.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Throughput since the previous line.
+    pub images_per_s: f64,
+    /// Seconds since the run (or resume) started.
+    pub elapsed_s: f64,
+}
+
+/// Runs pretraining as configured. `stop` is polled after every optimizer step (set it from a
+/// signal handler): the run then writes a checkpoint and returns [`Outcome::Interrupted`].
+pub fn pretrain(
+    config: &PretrainConfig,
+    resume: &Resume,
+    stop: Arc<AtomicBool>,
+) -> Result<RunSummary, TrainError> {
+    config.model.preset.visit(Run {
+        config,
+        resume,
+        stop,
+    })
+}
+
+struct Run<'a> {
+    config: &'a PretrainConfig,
+    resume: &'a Resume,
+    stop: Arc<AtomicBool>,
+}
+
+/// The parameters that get weight decay: official shape of 2 or more dims, not a bias.
+pub fn decayed_names<P: MaePreset, D: Device<f32>>(
+    model: &Mae<P, f32, D>,
+) -> Result<std::collections::BTreeSet<String>, TrainError> {
+    Ok(named_tensors(model)?
+        .into_iter()
+        .filter(|t| t.trainable && t.shape.len() > 1 && !t.name.ends_with(".bias"))
+        .map(|t| t.name)
+        .collect())
+}
+
+/// The noise RNG of one micro-batch: a function of the seed and the position, so resuming needs
+/// no RNG state.
+fn masking_rng(seed: u64, epoch: u64, micro_step: usize) -> rand_chacha::ChaCha8Rng {
+    let mut s = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6d61_652d_6d61_736b);
+    s.set_stream(epoch.wrapping_mul(1 << 32) ^ micro_step as u64);
+    s
+}
+
+impl PresetVisitor for Run<'_> {
+    type Output = Result<RunSummary, TrainError>;
+
+    fn visit<P: MaePreset>(self) -> Self::Output {
+        let cfg = self.config;
+        let data = Arc::new(Dataset::open(&cfg.data)?);
+        let m = data.manifest();
+        if m.channels != P::IN_CHANS {
+            return Err(TrainError::Config(format!(
+                "{}: the data has {} channel(s), preset {} takes {} (prepare it with --channels {})",
+                cfg.data.display(),
+                m.channels,
+                P::PRESET,
+                P::IN_CHANS,
+                P::IN_CHANS
+            )));
+        }
+        if data.train().is_empty() {
+            return Err(TrainError::Config(format!(
+                "{}: the train split is empty",
+                cfg.data.display()
+            )));
+        }
+        std::fs::create_dir_all(&cfg.out).map_err(|e| TrainError::io(&cfg.out, e))?;
+        let config_json =
+            serde_json::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
+        let config_path = cfg.out.join("config.json");
+        mae_core::weights::write_atomic(&config_path, config_json.as_bytes())?;
+
+        let dev = Cpu::seed_from_u64(cfg.seed);
+        dev.enable_cache();
+        let mut model = Mae::<P, f32, Cpu>::new(&dev)?;
+        let mut opt = AdamW::new(cfg.weight_decay, decayed_names(&model)?);
+        let mut state = TrainState {
+            step: 0,
+            epoch: 0,
+            micro_step: 0,
+            seed: cfg.seed,
+        };
+        let resumed_from = match self.resume {
+            Resume::No => None,
+            Resume::Auto => checkpoint::resume_latest(&cfg.out, &mut model, &mut opt)?.map(
+                |(path, s, failures)| {
+                    state = s;
+                    (path, failures)
+                },
+            ),
+            Resume::Path(path) => {
+                state = checkpoint::load(path, &mut model, &mut opt)?;
+                Some((path.clone(), Vec::new()))
+            }
+        };
+        if state.seed != cfg.seed {
+            return Err(TrainError::Config(format!(
+                "the checkpoint was trained with seed {}, the configuration says {}",
+                state.seed, cfg.seed
+            )));
+        }
+
+        let (mean, std) = normalization(m, false);
+        let augment = Augment::new(Transform::pretrain(), P::IMG_SIZE, &mean, &std, cfg.seed)?;
+        let loader = Loader::new(
+            Arc::clone(&data),
+            SplitName::Train,
+            augment,
+            LoaderConfig {
+                batch_size: cfg.batch_size,
+                seed: cfg.seed,
+                workers: cfg.workers,
+                ..LoaderConfig::default()
+            },
+        )?;
+        let micro_per_epoch = loader.steps_per_epoch();
+        if micro_per_epoch < cfg.accum_iter {
+            return Err(TrainError::Config(format!(
+                "{}: {} training images make {micro_per_epoch} batches of {}, fewer than --accum-iter {}",
+                cfg.data.display(),
+                data.train().len(),
+                cfg.batch_size,
+                cfg.accum_iter
+            )));
+        }
+        // official: the last incomplete accumulation group of an epoch is dropped too
+        let usable_micro = micro_per_epoch - micro_per_epoch % cfg.accum_iter;
+        let steps_per_epoch = (usable_micro / cfg.accum_iter) as u64;
+        let total_steps =
+            (cfg.epochs as u64 * steps_per_epoch).min(cfg.max_steps.unwrap_or(u64::MAX));
+
+        let mut metrics = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(cfg.out.join("metrics.jsonl"))
+            .map_err(|e| TrainError::io(cfg.out.join("metrics.jsonl"), e))?;
+        let interactive = std::io::stdout().is_terminal();
+        let bar = if interactive {
+            let bar = indicatif::ProgressBar::new(total_steps);
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}")
+            {
+                bar.set_style(style);
+            }
+            bar.set_position(state.step);
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+
+        let start = Instant::now();
+        let mut window = (Instant::now(), 0usize);
+        let mut grads = model.alloc_grads();
+        let mut last_checkpoint = None;
+        let mut last_loss = None;
+        let mut group_loss = 0.0f64;
+        let mut lr = 0.0;
+        let save = |model: &Mae<P, f32, Cpu>, opt: &AdamW, state: &TrainState| {
+            checkpoint::save(&cfg.out, model, opt, state, &config_json, cfg.keep_last)
+        };
+
+        let mut outcome = Outcome::Finished;
+        'epochs: while (state.epoch as usize) < cfg.epochs {
+            if state.step >= total_steps {
+                outcome = if total_steps < cfg.epochs as u64 * steps_per_epoch {
+                    Outcome::MaxSteps
+                } else {
+                    Outcome::Finished
+                };
+                break;
+            }
+            let epoch = state.epoch;
+            for batch in loader.epoch(epoch, state.micro_step) {
+                let batch = batch?;
+                let k = batch.step;
+                if k >= usable_micro {
+                    break;
+                }
+                if k % cfg.accum_iter == 0 {
+                    let frac_epoch = k as f64 / micro_per_epoch as f64 + epoch as f64;
+                    lr = lr_at(
+                        frac_epoch,
+                        cfg.lr,
+                        cfg.min_lr,
+                        cfg.warmup_epochs,
+                        cfg.epochs as f64,
+                    );
+                    group_loss = 0.0;
+                }
+                let mut rng = masking_rng(cfg.seed, epoch, k);
+                let masking = Masking::random(
+                    &mut rng,
+                    batch.len(),
+                    P::num_patches(),
+                    cfg.model.mask_ratio,
+                )?;
+                let out = model.forward(
+                    &batch.images,
+                    &masking,
+                    cfg.model.norm_pix_loss,
+                    tape_from(&dev, grads),
+                )?;
+                let loss_value = out.loss.array();
+                if !loss_value.is_finite() {
+                    return Err(TrainError::NonFiniteLoss {
+                        step: state.step + 1,
+                        epoch,
+                        loss: loss_value,
+                    });
+                }
+                group_loss += loss_value as f64 / cfg.accum_iter as f64;
+                grads = (out.loss / cfg.accum_iter as f32).backward();
+                window.1 += batch.len();
+                state.micro_step = k + 1;
+                if (k + 1) % cfg.accum_iter != 0 {
+                    continue;
+                }
+                opt.update(&mut model, &grads, lr)?;
+                model.zero_grads(&mut grads);
+                state.step += 1;
+                last_loss = Some(group_loss as f32);
+                if state.micro_step >= usable_micro {
+                    state.epoch += 1;
+                    state.micro_step = 0;
+                }
+                let done = state.step >= total_steps;
+                if state.step % cfg.log_every == 0 || done {
+                    let secs = window.0.elapsed().as_secs_f64();
+                    let line = MetricsLine {
+                        step: state.step,
+                        epoch: epoch as f64 + k as f64 / micro_per_epoch as f64,
+                        loss: group_loss,
+                        lr,
+                        images_per_s: window.1 as f64 / secs.max(1e-9),
+                        elapsed_s: start.elapsed().as_secs_f64(),
+                    };
+                    window = (Instant::now(), 0);
+                    let text = serde_json::to_string(&line)
+                        .map_err(|e| TrainError::Config(e.to_string()))?;
+                    writeln!(metrics, "{text}")
+                        .map_err(|e| TrainError::io(cfg.out.join("metrics.jsonl"), e))?;
+                    if interactive {
+                        bar.set_message(format!(
+                            "loss {:.4} lr {:.2e} {:.0} img/s",
+                            line.loss, line.lr, line.images_per_s
+                        ));
+                    } else {
+                        println!(
+                            "step {}/{total_steps} epoch {:.2} loss {:.4} lr {:.3e} {:.1} img/s",
+                            line.step, line.epoch, line.loss, line.lr, line.images_per_s
+                        );
+                    }
+                }
+                bar.set_position(state.step);
+                let stop = self.stop.load(Ordering::SeqCst);
+                if state.step % cfg.save_every == 0 || done || stop {
+                    last_checkpoint = Some(save(&model, &opt, &state)?);
+                }
+                if stop {
+                    outcome = Outcome::Interrupted;
+                    break 'epochs;
+                }
+                if done {
+                    outcome = if state.step < cfg.epochs as u64 * steps_per_epoch {
+                        Outcome::MaxSteps
+                    } else {
+                        Outcome::Finished
+                    };
+                    break 'epochs;
+                }
+            }
+            if state.epoch == epoch {
+                // the epoch ended without a full last group (cannot happen with usable_micro, but
+                // keep the position consistent)
+                state.epoch += 1;
+                state.micro_step = 0;
+            }
+        }
+        bar.finish_and_clear();
+        if last_checkpoint.is_none() && state.step > 0 {
+            last_checkpoint = Some(save(&model, &opt, &state)?);
+        }
+        Ok(RunSummary {
+            outcome,
+            step: state.step,
+            checkpoint: last_checkpoint,
+            resumed_from,
+            last_loss,
+        })
+    }
+}
