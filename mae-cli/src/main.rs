@@ -11,6 +11,7 @@ use mae_core::{Mae, MaePreset, Preset, PresetVisitor, TensorFile};
 use mae_train::bench::{time_train_step, StepBench};
 
 mod data;
+mod model_cmds;
 mod train;
 
 #[derive(Parser)]
@@ -28,6 +29,33 @@ struct Cli {
 enum Command {
     /// Pretrain an MAE on a prepared dataset (resumable; SIGINT/SIGTERM save and stop).
     Pretrain(train::PretrainArgs),
+    /// The paper's Figure 2 for a checkpoint: original | masked | reconstruction | + visible.
+    Reconstruct(model_cmds::ReconstructArgs),
+    /// Draw a run's loss and learning-rate curves (from metrics.jsonl) to a PNG.
+    Plot {
+        /// Run directory.
+        run_dir: PathBuf,
+        /// Output PNG (default RUN_DIR/loss.png).
+        #[arg(long)]
+        out: Option<PathBuf>,
+    },
+    /// Show a checkpoint's preset, parameter counts, step and configuration.
+    Info {
+        /// Model checkpoint or weights file.
+        checkpoint: PathBuf,
+    },
+    /// Convert weights in official/timm or Hugging Face ViTMAE names into a checkpoint.
+    Import {
+        /// Source safetensors file.
+        #[arg(long)]
+        from: PathBuf,
+        /// Preset the weights are for.
+        #[arg(long)]
+        preset: Preset,
+        /// Output file.
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Datasets: prepare, info, verify, show.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -127,6 +155,14 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(command) => data::run(command)?,
         Command::Pretrain(args) => train::pretrain(args)?,
+        Command::Reconstruct(args) => model_cmds::run_reconstruct(args)?,
+        Command::Plot { run_dir, out } => {
+            let out = out.unwrap_or_else(|| run_dir.join("loss.png"));
+            let n = mae_train::plot::plot_run(&run_dir, &out)?;
+            println!("wrote {} ({n} points)", out.display());
+        }
+        Command::Info { checkpoint } => model_cmds::run_info(checkpoint)?,
+        Command::Import { from, preset, out } => model_cmds::run_import(from, preset, out)?,
         Command::Presets => {
             println!(
                 "preset    image chans patch | encoder dim/depth/heads | decoder dim/depth/heads"

@@ -486,3 +486,136 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MaeError> {
         MaeError::io(path, e)
     })
 }
+
+/// Per-block parts: Hugging Face ViTMAE name → official name (after `layer.{i}.` /
+/// `blocks.{i}.`). The fused `qkv` is built from `query`, `key`, `value` separately.
+const HF_BLOCK_TABLE: &[(&str, &str)] = &[
+    ("layernorm_before.weight", "norm1.weight"),
+    ("layernorm_before.bias", "norm1.bias"),
+    ("attention.output.dense.weight", "attn.proj.weight"),
+    ("attention.output.dense.bias", "attn.proj.bias"),
+    ("layernorm_after.weight", "norm2.weight"),
+    ("layernorm_after.bias", "norm2.bias"),
+    ("intermediate.dense.weight", "mlp.fc1.weight"),
+    ("intermediate.dense.bias", "mlp.fc1.bias"),
+    ("output.dense.weight", "mlp.fc2.weight"),
+    ("output.dense.bias", "mlp.fc2.bias"),
+];
+
+/// Whole-model parts: Hugging Face name (without the optional `vit.` prefix) → official name.
+const HF_TABLE: &[(&str, &str)] = &[
+    ("embeddings.cls_token", "cls_token"),
+    ("embeddings.position_embeddings", "pos_embed"),
+    (
+        "embeddings.patch_embeddings.projection.weight",
+        "patch_embed.proj.weight",
+    ),
+    (
+        "embeddings.patch_embeddings.projection.bias",
+        "patch_embed.proj.bias",
+    ),
+    ("layernorm.weight", "norm.weight"),
+    ("layernorm.bias", "norm.bias"),
+    ("decoder.mask_token", "mask_token"),
+    ("decoder.decoder_pos_embed", "decoder_pos_embed"),
+    ("decoder.decoder_embed.weight", "decoder_embed.weight"),
+    ("decoder.decoder_embed.bias", "decoder_embed.bias"),
+    ("decoder.decoder_norm.weight", "decoder_norm.weight"),
+    ("decoder.decoder_norm.bias", "decoder_norm.bias"),
+    ("decoder.decoder_pred.weight", "decoder_pred.weight"),
+    ("decoder.decoder_pred.bias", "decoder_pred.bias"),
+];
+
+/// True when `file` uses Hugging Face ViTMAE names.
+pub fn is_hugging_face(file: &TensorFile) -> Result<bool, MaeError> {
+    Ok(file
+        .names()?
+        .iter()
+        .any(|n| n.ends_with("embeddings.cls_token") || n.contains("attention.attention.query")))
+}
+
+/// Converts a Hugging Face ViTMAE file (`ViTMAEForPreTraining` or `ViTMAEModel`) to official
+/// names: the tables above, plus `query`/`key`/`value` stacked into `qkv` in that order. A tensor
+/// the tables do not know is an error naming it.
+pub fn hugging_face_to_official(file: &TensorFile) -> Result<Vec<NamedTensor>, MaeError> {
+    let path = file.path().to_path_buf();
+    let mut out: Vec<NamedTensor> = Vec::new();
+    let mut qkv: BTreeMap<String, [Option<HostTensorData>; 3]> = BTreeMap::new();
+    for key in file.names()? {
+        let name = key.strip_prefix("vit.").unwrap_or(&key);
+        let t = file.read(&key)?.ok_or_else(|| MaeError::MissingKey {
+            path: path.clone(),
+            key: key.clone(),
+            expected: Vec::new(),
+        })?;
+        if let Some((_, official)) = HF_TABLE.iter().find(|(hf, _)| *hf == name) {
+            out.push(NamedTensor {
+                name: official.to_string(),
+                shape: t.shape,
+                data: t.data,
+                trainable: true,
+            });
+            continue;
+        }
+        // encoder.layer.{i}.… or decoder.decoder_layers.{i}.…
+        let (rest, prefix) = if let Some(r) = name.strip_prefix("encoder.layer.") {
+            (r, "blocks")
+        } else if let Some(r) = name.strip_prefix("decoder.decoder_layers.") {
+            (r, "decoder_blocks")
+        } else {
+            return Err(unknown_hf(path, &key));
+        };
+        let (index, part) = rest.split_once('.').unwrap_or((rest, ""));
+        if let Some((_, official)) = HF_BLOCK_TABLE.iter().find(|(hf, _)| *hf == part) {
+            out.push(NamedTensor {
+                name: format!("{prefix}.{index}.{official}"),
+                shape: t.shape,
+                data: t.data,
+                trainable: true,
+            });
+        } else if let Some(qkv_part) = part.strip_prefix("attention.attention.") {
+            let (which, kind) = qkv_part.split_once('.').unwrap_or((qkv_part, ""));
+            let slot = match which {
+                "query" => 0,
+                "key" => 1,
+                "value" => 2,
+                _ => usize::MAX,
+            };
+            if slot == usize::MAX || !(kind == "weight" || kind == "bias") {
+                return Err(unknown_hf(path, &key));
+            }
+            qkv.entry(format!("{prefix}.{index}.attn.qkv.{kind}"))
+                .or_default()[slot] = Some((t.shape, t.data));
+        } else {
+            return Err(unknown_hf(path, &key));
+        }
+    }
+    for (name, parts) in qkv {
+        let [Some(q), Some(k), Some(v)] = parts else {
+            return Err(MaeError::MissingKey {
+                path: path.clone(),
+                key: format!("query/key/value of {name}"),
+                expected: Vec::new(),
+            });
+        };
+        let mut shape = q.0.clone();
+        shape[0] *= 3;
+        out.push(NamedTensor {
+            name,
+            shape,
+            data: [q.1, k.1, v.1].concat(),
+            trainable: true,
+        });
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
+type HostTensorData = (Vec<usize>, Vec<f32>);
+
+fn unknown_hf(path: PathBuf, key: &str) -> MaeError {
+    MaeError::Format {
+        path,
+        message: format!("tensor `{key}` is not a Hugging Face ViTMAE name this converter knows"),
+    }
+}

@@ -285,3 +285,100 @@ fn saving_replaces_atomically() {
         .unwrap_err();
     assert!(err.to_string().contains("x.safetensors"), "{err}");
 }
+
+/// Renames official tensors to Hugging Face ViTMAE names (splitting qkv), as a test input.
+fn to_hugging_face(tensors: &[NamedTensor]) -> Vec<NamedTensor> {
+    let mut out = Vec::new();
+    for t in tensors {
+        let renamed = |name: String| NamedTensor { name, ..t.clone() };
+        let n = t.name.as_str();
+        let simple = [
+            ("cls_token", "vit.embeddings.cls_token"),
+            ("pos_embed", "vit.embeddings.position_embeddings"),
+            (
+                "patch_embed.proj.weight",
+                "vit.embeddings.patch_embeddings.projection.weight",
+            ),
+            (
+                "patch_embed.proj.bias",
+                "vit.embeddings.patch_embeddings.projection.bias",
+            ),
+            ("norm.weight", "vit.layernorm.weight"),
+            ("norm.bias", "vit.layernorm.bias"),
+        ];
+        if let Some((_, hf)) = simple.iter().find(|(o, _)| *o == n) {
+            out.push(renamed(hf.to_string()));
+            continue;
+        }
+        if !n.starts_with("blocks.") && !n.starts_with("decoder_blocks.") {
+            out.push(renamed(format!("decoder.{n}")));
+            continue;
+        }
+        let (prefix, rest) = if let Some(r) = n.strip_prefix("blocks.") {
+            ("vit.encoder.layer", r)
+        } else {
+            (
+                "decoder.decoder_layers",
+                n.strip_prefix("decoder_blocks.").unwrap(),
+            )
+        };
+        let (i, part) = rest.split_once('.').unwrap();
+        if let Some(kind) = part.strip_prefix("attn.qkv.") {
+            let third = t.data.len() / 3;
+            for (k, which) in ["query", "key", "value"].iter().enumerate() {
+                let mut shape = t.shape.clone();
+                shape[0] /= 3;
+                out.push(NamedTensor {
+                    name: format!("{prefix}.{i}.attention.attention.{which}.{kind}"),
+                    shape,
+                    data: t.data[k * third..(k + 1) * third].to_vec(),
+                    trainable: true,
+                });
+            }
+            continue;
+        }
+        let hf = match part {
+            "norm1.weight" => "layernorm_before.weight",
+            "norm1.bias" => "layernorm_before.bias",
+            "norm2.weight" => "layernorm_after.weight",
+            "norm2.bias" => "layernorm_after.bias",
+            "attn.proj.weight" => "attention.output.dense.weight",
+            "attn.proj.bias" => "attention.output.dense.bias",
+            "mlp.fc1.weight" => "intermediate.dense.weight",
+            "mlp.fc1.bias" => "intermediate.dense.bias",
+            "mlp.fc2.weight" => "output.dense.weight",
+            "mlp.fc2.bias" => "output.dense.bias",
+            other => panic!("{other}"),
+        };
+        out.push(renamed(format!("{prefix}.{i}.{hf}")));
+    }
+    out
+}
+
+#[test]
+fn hugging_face_names_convert_to_the_official_ones() {
+    let a = model(1);
+    let official = tensors(&a);
+    let path = tmp("hf.safetensors");
+    write_safetensors(&path, &to_hugging_face(&official), &BTreeMap::new()).unwrap();
+    let file = TensorFile::open(&path).unwrap();
+    assert!(mae_core::weights::is_hugging_face(&file).unwrap());
+    let converted = mae_core::weights::hugging_face_to_official(&file).unwrap();
+    let back = tmp("hf-back.safetensors");
+    write_safetensors(&back, &converted, &BTreeMap::new()).unwrap();
+    let mut b = model(2);
+    b.load_safetensors(&back).unwrap();
+    assert_eq!(tensors(&b), official);
+    // an unknown Hugging Face tensor is named
+    let mut extra = to_hugging_face(&official);
+    extra.push(NamedTensor {
+        name: "vit.pooler.dense.weight".into(),
+        shape: vec![1],
+        data: vec![0.0],
+        trainable: true,
+    });
+    write_safetensors(&path, &extra, &BTreeMap::new()).unwrap();
+    let err =
+        mae_core::weights::hugging_face_to_official(&TensorFile::open(&path).unwrap()).unwrap_err();
+    assert!(err.to_string().contains("vit.pooler.dense.weight"), "{err}");
+}

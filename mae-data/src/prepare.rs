@@ -409,6 +409,30 @@ impl Convert {
     }
 }
 
+/// Decodes one image file (EXIF orientation applied), converts it to `channels` and resizes its
+/// shorter side to `size` with a centre crop: the pixels `prepare` would store, `size × size ×
+/// channels` HWC. For tools that take image files directly (`mae reconstruct --image`).
+pub fn load_image(path: &Path, size: usize, channels: usize) -> Result<Vec<u8>, DataError> {
+    if size == 0 || !(channels == 1 || channels == 3) {
+        return Err(DataError::Option(format!(
+            "cannot load images at size {size} with {channels} channels"
+        )));
+    }
+    let convert = Convert {
+        size,
+        channels,
+        max_pixels: DEFAULT_MAX_PIXELS,
+    };
+    let item = Item::File {
+        path: path.to_path_buf(),
+        rel: path.display().to_string(),
+        label: UNLABELED,
+    };
+    convert
+        .item(&mut Resizer::new(), &item)
+        .map_err(|reason| DataError::source(path, reason))
+}
+
 fn is_image_file(path: &Path) -> bool {
     let hidden = path
         .file_name()

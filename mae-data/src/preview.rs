@@ -8,9 +8,12 @@ use image::{Rgb, RgbImage};
 use crate::dataset::{Dataset, SplitName};
 use crate::error::DataError;
 
-const GLYPH: u32 = 8;
+/// Width and height of one glyph of [`draw_text`].
+pub const GLYPH: u32 = 8;
 
-fn draw_text(img: &mut RgbImage, x0: u32, y0: u32, text: &str, max_chars: usize) {
+/// Draws `text` (at most `max_chars` characters, 8×8 bitmap font, yellow) with its top-left
+/// corner at `(x0, y0)`; pixels outside the image are skipped.
+pub fn draw_text(img: &mut RgbImage, x0: u32, y0: u32, text: &str, max_chars: usize) {
     use font8x8::UnicodeFonts;
     for (i, ch) in text.chars().take(max_chars).enumerate() {
         let glyph = font8x8::BASIC_FONTS

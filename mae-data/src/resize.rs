@@ -4,7 +4,10 @@
 //! `CenterCrop` and `RandomResizedCrop` use it (bilinear / bicubic).
 
 use fast_image_resize::images::{Image, ImageRef};
-use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions, Resizer};
+use fast_image_resize::{FilterType, PixelType, ResizeAlg, ResizeOptions};
+
+/// The resizer whose buffers are reused between calls (one per thread).
+pub use fast_image_resize::Resizer;
 
 use crate::error::DataError;
 

@@ -7,7 +7,9 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod optim;
+pub mod plot;
 pub mod pretrain;
+pub mod reconstruct;
 pub mod schedule;
 
 pub use config::{PretrainConfig, PretrainOverrides};

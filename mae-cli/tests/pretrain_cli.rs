@@ -1,0 +1,381 @@
+//! `mae pretrain` as a person runs it: exact resume (after a clean stop, after SIGKILL), SIGINT,
+//! a corrupt newest checkpoint, and clear errors for bad input. Also `reconstruct`, `plot`, `info`.
+#![allow(clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+fn mae(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mae"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn tmp(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir()
+        .join(format!("mae-cli-pretrain-{}", std::process::id()))
+        .join(name);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// The bundled Fashion-MNIST, prepared once per test process.
+fn data() -> &'static str {
+    static DIR: OnceLock<String> = OnceLock::new();
+    DIR.get_or_init(|| {
+        let out = std::env::temp_dir()
+            .join(format!("mae-cli-pretrain-{}", std::process::id()))
+            .join("fmnist");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
+        let r = mae(&[
+            "data",
+            "prepare",
+            "--from",
+            "idx",
+            src.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+            "--force",
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        out.to_str().unwrap().to_string()
+    })
+}
+
+fn train_args<'a>(out: &'a str, max_steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "pretrain",
+        "--data",
+        data(),
+        "--preset",
+        "tiny",
+        "--out",
+        out,
+        "--batch-size",
+        "16",
+        "--epochs",
+        "2",
+        "--warmup-epochs",
+        "0.05",
+        "--blr",
+        "1e-3",
+        "--norm-pix-loss",
+        "--save-every",
+        "2",
+        "--keep-last",
+        "2",
+        "--log-every",
+        "1",
+        "--workers",
+        "2",
+        "--max-steps",
+        max_steps,
+    ]
+}
+
+fn run_ok(args: &[&str]) -> String {
+    let r = mae(args);
+    assert!(
+        r.status.success(),
+        "mae {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8_lossy(&r.stdout).into_owned()
+}
+
+fn weights(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+/// Compares the tensor bytes of two checkpoints (the metadata may differ only in nothing).
+fn assert_same_checkpoint(a: &Path, b: &Path) {
+    assert_eq!(weights(a), weights(b), "{} vs {}", a.display(), b.display());
+    let (sa, sb) = (
+        mae_train::checkpoint::state_path(a),
+        mae_train::checkpoint::state_path(b),
+    );
+    assert_eq!(weights(&sa), weights(&sb), "training state differs");
+}
+
+#[test]
+fn resume_is_exact_after_a_stop_and_after_sigkill() {
+    // straight: 6 steps
+    let straight = tmp("straight");
+    let s = straight.to_str().unwrap();
+    let stdout = run_ok(&train_args(s, "6"));
+    assert!(stdout.contains("reached --max-steps at step 6"), "{stdout}");
+    let metrics = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 6);
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(straight.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["batch_size"], 16);
+    // keep-last 2: only steps 4 and 6 remain
+    assert!(!straight.join("checkpoint-2.safetensors").exists());
+    assert!(straight.join("checkpoint-4.safetensors").exists());
+
+    // 3 steps, stop, resume to 6
+    let split = tmp("split");
+    let p = split.to_str().unwrap();
+    run_ok(&train_args(p, "3"));
+    let mut args = train_args(p, "6");
+    args.extend(["--resume", "auto"]);
+    let stdout = run_ok(&args);
+    assert!(
+        stdout.contains("resumed from") && stdout.contains("checkpoint-3"),
+        "{stdout}"
+    );
+    assert_same_checkpoint(
+        &straight.join("checkpoint-6.safetensors"),
+        &split.join("checkpoint-6.safetensors"),
+    );
+
+    // SIGKILL between saves: kill once checkpoint-2 exists, then resume to 6
+    let killed = tmp("killed");
+    let k = killed.to_str().unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_mae"))
+        .args(train_args(k, "6"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !killed.join("checkpoint-2.safetensors").exists() {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.kill().unwrap(); // SIGKILL
+    child.wait().unwrap();
+    let mut args = train_args(k, "6");
+    args.extend(["--resume", "auto"]);
+    run_ok(&args);
+    assert_same_checkpoint(
+        &straight.join("checkpoint-6.safetensors"),
+        &killed.join("checkpoint-6.safetensors"),
+    );
+}
+
+#[test]
+fn a_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used() {
+    let run = tmp("corrupt");
+    let r = run.to_str().unwrap();
+    run_ok(&train_args(r, "4"));
+    let newest = run.join("checkpoint-4.safetensors");
+    let mut bytes = weights(&newest);
+    bytes.truncate(bytes.len() / 3);
+    std::fs::write(&newest, bytes).unwrap();
+    let mut args = train_args(r, "5");
+    args.extend(["--resume", "auto"]);
+    let out = mae(&args);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("skipped checkpoint") && stderr.contains("checkpoint-4.safetensors"),
+        "{stderr}"
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("resumed from"));
+    assert!(run.join("checkpoint-5.safetensors").exists());
+}
+
+#[test]
+fn sigint_finishes_the_step_saves_and_exits_zero() {
+    let run = tmp("sigint");
+    let r = run.to_str().unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mae"))
+        .args(train_args(r, "100000"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = Instant::now();
+    while !run.join("metrics.jsonl").exists()
+        || std::fs::read_to_string(run.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .count()
+            < 1
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(120),
+            "training did not start"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let status = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("--resume auto"), "{stdout}");
+    assert!(!mae_train::checkpoint::list_checkpoints(&run)
+        .unwrap()
+        .is_empty());
+}
+
+#[test]
+fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
+    let out = tmp("errors");
+    let o = out.to_str().unwrap();
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec![
+                "pretrain",
+                "--data",
+                "/no/such/dir",
+                "--preset",
+                "tiny",
+                "--out",
+                o,
+            ],
+            "/no/such/dir",
+        ),
+        (
+            vec![
+                "pretrain",
+                "--data",
+                data(),
+                "--preset",
+                "vit-x",
+                "--out",
+                o,
+            ],
+            "unknown preset",
+        ),
+        (
+            vec![
+                "pretrain",
+                "--data",
+                data(),
+                "--preset",
+                "tiny",
+                "--out",
+                o,
+                "--input-size",
+                "30",
+            ],
+            "28×28",
+        ),
+        (
+            vec![
+                "pretrain",
+                "--data",
+                data(),
+                "--preset",
+                "tiny",
+                "--out",
+                o,
+                "--mask-ratio",
+                "1.2",
+            ],
+            "mask ratio",
+        ),
+        (
+            vec![
+                "pretrain",
+                "--data",
+                data(),
+                "--preset",
+                "small32",
+                "--out",
+                o,
+            ],
+            "channel",
+        ),
+        (
+            vec![
+                "pretrain",
+                "--data",
+                data(),
+                "--preset",
+                "tiny",
+                "--out",
+                o,
+                "--batch-size",
+                "0",
+            ],
+            "batch-size",
+        ),
+    ];
+    for (args, expect) in cases {
+        let r = mae(&args);
+        let stderr = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "{args:?} succeeded");
+        assert!(stderr.contains(expect), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
+fn reconstruct_plot_info_import() {
+    let run = tmp("look");
+    let r = run.to_str().unwrap();
+    run_ok(&train_args(r, "2"));
+    let ckpt = run.join("checkpoint-2.safetensors");
+    let c = ckpt.to_str().unwrap();
+    let grid = run.join("grid.png");
+    let stdout = run_ok(&[
+        "reconstruct",
+        "--checkpoint",
+        c,
+        "--data",
+        data(),
+        "--out",
+        grid.to_str().unwrap(),
+        "--count",
+        "3",
+    ]);
+    assert!(
+        stdout.contains("3 images") && stdout.contains("un-normalized"),
+        "{stdout}"
+    );
+    let img = image::open(&grid).unwrap();
+    assert!(img.width() > 4 * 112 && img.height() > 3 * 112);
+    let plot = run.join("plot.png");
+    assert!(run_ok(&["plot", r, "--out", plot.to_str().unwrap()]).contains("2 points"));
+    assert!(plot.exists());
+    let info = run_ok(&["info", c]);
+    assert!(
+        info.contains("preset tiny") && info.contains("step 2") && info.contains("total 3096720"),
+        "{info}"
+    );
+    let imported = run.join("imported.safetensors");
+    let stdout = run_ok(&[
+        "import",
+        "--from",
+        c,
+        "--preset",
+        "tiny",
+        "--out",
+        imported.to_str().unwrap(),
+    ]);
+    assert!(stdout.contains("official/timm names"), "{stdout}");
+    let r = mae(&[
+        "import",
+        "--from",
+        c,
+        "--preset",
+        "parity",
+        "--out",
+        imported.to_str().unwrap(),
+    ]);
+    assert!(!r.status.success());
+}

@@ -1,0 +1,199 @@
+//! The optimizer against a hand computation, its parameter groups, and gradient accumulation.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+
+use mae_core::dfdx::prelude::*;
+use mae_core::presets::Parity;
+use mae_core::weights::{named_gradients, named_tensors};
+use mae_core::{tape_from, Mae, MaePreset, Masking};
+use mae_train::optim::AdamW;
+use mae_train::pretrain::decayed_names;
+use rand::{Rng, SeedableRng};
+
+type Model = Mae<Parity, f32, Cpu>;
+
+fn by_name(model: &Model) -> BTreeMap<String, Vec<f32>> {
+    named_tensors(model)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.name, t.data))
+        .collect()
+}
+
+fn images(n: usize, seed: u64) -> Vec<f32> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n * Parity::image_numel())
+        .map(|_| rng.gen::<f32>() - 0.5)
+        .collect()
+}
+
+#[test]
+fn parameter_groups_follow_the_official_rule() {
+    let model = Model::new(&Cpu::seed_from_u64(0)).unwrap();
+    let decayed = decayed_names(&model).unwrap();
+    for name in [
+        "blocks.0.attn.qkv.weight",
+        "patch_embed.proj.weight",
+        "cls_token",
+        "mask_token",
+        "decoder_pred.weight",
+    ] {
+        assert!(decayed.contains(name), "{name} should decay");
+    }
+    for name in [
+        "blocks.0.attn.qkv.bias",
+        "norm.weight",
+        "blocks.1.norm1.weight",
+        "decoder_norm.bias",
+        "pos_embed",
+    ] {
+        assert!(!decayed.contains(name), "{name} should not decay");
+    }
+}
+
+/// Two AdamW steps, checked element by element against the formula computed here in f64.
+#[test]
+fn two_steps_match_a_hand_computation() {
+    let dev = Cpu::seed_from_u64(1);
+    let mut model = Model::new(&dev).unwrap();
+    let mut opt = AdamW::new(0.05, decayed_names(&model).unwrap());
+    let imgs = images(2, 3);
+    let masking = Masking::random(&mut rand::rngs::StdRng::seed_from_u64(4), 2, 64, 0.75).unwrap();
+
+    let (b1, b2, eps, wd) = (0.9f64, 0.95f64, 1e-8f64, 0.05f64);
+    let mut m: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    let mut v: BTreeMap<String, Vec<f64>> = BTreeMap::new();
+    for (t, lr) in [(1, 1e-3f64), (2, 5e-4)] {
+        let before = by_name(&model);
+        let out = model
+            .forward(&imgs, &masking, true, tape_from(&dev, model.alloc_grads()))
+            .unwrap();
+        let grads = out.loss.backward();
+        let g: BTreeMap<String, Vec<f32>> = named_gradients(&model, &grads)
+            .unwrap()
+            .into_iter()
+            .map(|t| (t.name, t.data))
+            .collect();
+        opt.update(&mut model, &grads, lr).unwrap();
+        let after = by_name(&model);
+        for name in [
+            "blocks.0.mlp.fc1.weight",
+            "blocks.0.mlp.fc1.bias",
+            "cls_token",
+            "norm.weight",
+        ] {
+            let decay = if opt.decayed.contains(name) { wd } else { 0.0 };
+            let gs = &g[name];
+            let mm = m.entry(name.into()).or_insert(vec![0.0; gs.len()]);
+            let vv = v.entry(name.into()).or_insert(vec![0.0; gs.len()]);
+            for i in 0..gs.len() {
+                let gi = gs[i] as f64;
+                mm[i] = b1 * mm[i] + (1.0 - b1) * gi;
+                vv[i] = b2 * vv[i] + (1.0 - b2) * gi * gi;
+                let m_hat = mm[i] / (1.0 - b1.powi(t));
+                let v_hat = vv[i] / (1.0 - b2.powi(t));
+                let p =
+                    before[name][i] as f64 * (1.0 - lr * decay) - lr * m_hat / (v_hat.sqrt() + eps);
+                let got = after[name][i] as f64;
+                assert!(
+                    (got - p).abs() <= 1e-6 * p.abs().max(1e-3),
+                    "{name}[{i}] step {t}: {got} vs {p}"
+                );
+            }
+        }
+        // the fixed position embedding never moves
+        assert_eq!(before["pos_embed"], after["pos_embed"]);
+    }
+    assert_eq!(opt.step, 2);
+}
+
+/// K micro-batches with the loss divided by K give the same update as one batch K times larger
+/// (every image masks the same number of patches, so the batch loss is the mean of the halves').
+#[test]
+fn gradient_accumulation_equals_a_larger_batch() {
+    let dev = Cpu::seed_from_u64(2);
+    let base = Model::new(&dev).unwrap();
+    let imgs = images(4, 5);
+    let noise: Vec<f32> = {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(6);
+        (0..4 * 64).map(|_| rng.gen()).collect()
+    };
+    let full_mask = Masking::from_noise(&noise, 4, 64, 0.75).unwrap();
+    let half = |i: usize| Masking::from_noise(&noise[i * 128..(i + 1) * 128], 2, 64, 0.75).unwrap();
+    let per_image = Parity::image_numel();
+
+    // one batch of 4
+    let mut big = base.clone();
+    let mut opt_big = AdamW::new(0.05, decayed_names(&big).unwrap());
+    let out = big
+        .forward(&imgs, &full_mask, false, tape_from(&dev, big.alloc_grads()))
+        .unwrap();
+    let grads = out.loss.backward();
+    let big_grads: BTreeMap<String, Vec<f32>> = named_gradients(&big, &grads)
+        .unwrap()
+        .into_iter()
+        .map(|t| (t.name, t.data))
+        .collect();
+    // dfdx's clone shares storage: copy the starting weights before updating
+    let start = by_name(&base);
+    opt_big.update(&mut big, &grads, 1e-3).unwrap();
+    let after_big = by_name(&big);
+
+    // two micro-batches of 2, accumulated
+    let mut acc = Model::new(&dev).unwrap();
+    let start_tensors = named_tensors(&base).unwrap();
+    let file = std::env::temp_dir().join(format!("mae-accum-{}.safetensors", std::process::id()));
+    mae_core::weights::write_safetensors(&file, &start_tensors, &Default::default()).unwrap();
+    acc.load_safetensors(&file).unwrap();
+    assert_eq!(by_name(&acc), start);
+    let mut opt_acc = AdamW::new(0.05, decayed_names(&acc).unwrap());
+    let mut grads = acc.alloc_grads();
+    for i in 0..2 {
+        let out = acc
+            .forward(
+                &imgs[i * 2 * per_image..(i + 1) * 2 * per_image],
+                &half(i),
+                false,
+                tape_from(&dev, grads),
+            )
+            .unwrap();
+        grads = (out.loss / 2.0).backward();
+    }
+    // the accumulated gradient is the big batch's (Adam alone would hide a scale error)
+    for g in named_gradients(&acc, &grads).unwrap() {
+        let reference = &big_grads[&g.name];
+        let diff: f64 = g
+            .data
+            .iter()
+            .zip(reference)
+            .map(|(a, b)| ((a - b) as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        let norm: f64 = reference
+            .iter()
+            .map(|b| (*b as f64).powi(2))
+            .sum::<f64>()
+            .sqrt();
+        assert!(
+            diff <= 1e-5 * norm + 1e-12,
+            "{}: gradient differs ({diff} vs norm {norm})",
+            g.name
+        );
+    }
+    opt_acc.update(&mut acc, &grads, 1e-3).unwrap();
+    let after_acc = by_name(&acc);
+    for (name, a) in &after_big {
+        let b = &after_acc[name];
+        let moved: f64 = a
+            .iter()
+            .zip(&start[name])
+            .map(|(x, y)| ((x - y) as f64).abs())
+            .sum();
+        let diff: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).abs()).sum();
+        assert!(
+            diff <= 1e-4 * moved.max(1e-9) + 1e-9,
+            "{name}: diff {diff} vs update {moved}"
+        );
+    }
+}
