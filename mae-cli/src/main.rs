@@ -28,7 +28,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Pretrain an MAE on a prepared dataset (resumable; SIGINT/SIGTERM save and stop).
-    Pretrain(train::PretrainArgs),
+    Pretrain(Box<train::PretrainArgs>),
     /// The paper's Figure 2 for a checkpoint: original | masked | reconstruction | + visible.
     Reconstruct(model_cmds::ReconstructArgs),
     /// Draw a run's loss and learning-rate curves (from metrics.jsonl) to a PNG.
@@ -154,7 +154,7 @@ fn main() -> std::process::ExitCode {
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(command) => data::run(command)?,
-        Command::Pretrain(args) => train::pretrain(args)?,
+        Command::Pretrain(args) => train::pretrain(*args)?,
         Command::Reconstruct(args) => model_cmds::run_reconstruct(args)?,
         Command::Plot { run_dir, out } => {
             let out = out.unwrap_or_else(|| run_dir.join("loss.png"));

@@ -92,14 +92,40 @@ fn weights(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
-/// Compares the tensor bytes of two checkpoints (the metadata may differ only in nothing).
+use mae_core::TensorFile;
+
+/// Compares every tensor of two checkpoints (model and training state) bit for bit. The metadata
+/// differs (the run directory is part of the configuration).
 fn assert_same_checkpoint(a: &Path, b: &Path) {
-    assert_eq!(weights(a), weights(b), "{} vs {}", a.display(), b.display());
-    let (sa, sb) = (
-        mae_train::checkpoint::state_path(a),
-        mae_train::checkpoint::state_path(b),
-    );
-    assert_eq!(weights(&sa), weights(&sb), "training state differs");
+    for (x, y) in [
+        (a.to_path_buf(), b.to_path_buf()),
+        (
+            mae_train::checkpoint::state_path(a),
+            mae_train::checkpoint::state_path(b),
+        ),
+    ] {
+        let (fx, fy) = (TensorFile::open(&x).unwrap(), TensorFile::open(&y).unwrap());
+        let names = fx.names().unwrap();
+        assert_eq!(names, fy.names().unwrap());
+        for name in names {
+            let (tx, ty) = (
+                fx.read(&name).unwrap().unwrap(),
+                fy.read(&name).unwrap().unwrap(),
+            );
+            let same = tx.shape == ty.shape
+                && tx
+                    .data
+                    .iter()
+                    .zip(&ty.data)
+                    .all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(
+                same,
+                "{name} differs between {} and {}",
+                x.display(),
+                y.display()
+            );
+        }
+    }
 }
 
 #[test]
@@ -322,6 +348,24 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
         assert!(stderr.contains(expect), "{args:?}: {stderr}");
         assert!(!stderr.contains("panicked"), "{args:?}: {stderr}");
     }
+}
+
+#[test]
+fn a_non_finite_loss_stops_the_run_naming_the_step() {
+    let run = tmp("nan");
+    let r = run.to_str().unwrap();
+    let mut args = train_args(r, "40");
+    let at = args.iter().position(|a| *a == "--blr").unwrap();
+    args[at] = "--lr";
+    args[at + 1] = "1e30";
+    let out = mae(&args);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("at step") && stderr.contains("last good checkpoint"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
 }
 
 #[test]

@@ -243,10 +243,10 @@ fn write_grid(
                 for x in 0..cell {
                     let (py, px) = (y as usize / zoom, x as usize / zoom);
                     let mut rgb = [0u8; 3];
-                    for ch in 0..3 {
+                    for (ch, out) in rgb.iter_mut().enumerate() {
                         let cc = ch.min(c - 1);
                         let v = data[((i * c + cc) * s + py) * s + px] as f64 * std[cc] + mean[cc];
-                        rgb[ch] = (v * 255.0).round().clamp(0.0, 255.0) as u8;
+                        *out = (v * 255.0).round().clamp(0.0, 255.0) as u8;
                     }
                     img.put_pixel(x0 + x, y0 + y, Rgb(rgb));
                 }
