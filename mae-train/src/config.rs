@@ -230,3 +230,44 @@ impl PretrainConfig {
         Ok(config)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_then_flags_then_defaults() {
+        let dir = std::env::temp_dir().join(format!("mae-train-config-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let path = dir.join("run.toml");
+        std::fs::write(
+            &path,
+            "data = \"runs/fmnist\"\npreset = \"tiny\"\nout = \"runs/x\"\nbatch_size = 32\naccum_iter = 4\nnorm_pix_loss = true\n",
+        )
+        .expect("write");
+        let file = PretrainOverrides::from_toml_file(&path).expect("parses");
+        let flags = PretrainOverrides {
+            batch_size: Some(16),
+            blr: Some(1e-3),
+            ..Default::default()
+        };
+        let c = PretrainConfig::resolve(file.merged(flags)).expect("valid");
+        assert_eq!((c.batch_size, c.accum_iter), (16, 4));
+        assert!(c.model.norm_pix_loss);
+        assert_eq!(c.model.preset, Preset::Tiny);
+        assert!((c.lr - 1e-3 * 64.0 / 256.0).abs() < 1e-15);
+        assert_eq!(
+            (c.epochs, c.warmup_epochs, c.weight_decay),
+            (400, 40.0, 0.05)
+        );
+
+        std::fs::write(&path, "batch_sise = 3\n").expect("write");
+        let err = PretrainOverrides::from_toml_file(&path).expect_err("unknown key");
+        assert!(
+            err.to_string().contains("run.toml") && err.to_string().contains("batch_sise"),
+            "{err}"
+        );
+        let missing = PretrainConfig::resolve(PretrainOverrides::default()).expect_err("no preset");
+        assert!(missing.to_string().contains("--preset"));
+    }
+}
