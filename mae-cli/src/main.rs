@@ -39,6 +39,45 @@ enum Command {
         #[arg(long)]
         out: Option<PathBuf>,
     },
+    /// Weighted kNN (k=20, T=0.07, as DINO) of the encoder's features: val against train.
+    Knn {
+        /// Model checkpoint (full or encoder-only).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Prepared dataset.
+        #[arg(long)]
+        data: PathBuf,
+        /// Neighbours.
+        #[arg(long, default_value_t = 20)]
+        k: usize,
+        /// Softmax temperature of the votes.
+        #[arg(long, default_value_t = 0.07)]
+        temperature: f32,
+        /// `cls` or `avg` (mean of the patch tokens).
+        #[arg(long, default_value = "cls")]
+        feature: String,
+        /// Images per encoder forward.
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Write the encoder's features (cls and mean-pooled) with labels for both splits to safetensors.
+    Embed {
+        /// Model checkpoint (full or encoder-only).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Prepared dataset.
+        #[arg(long)]
+        data: PathBuf,
+        /// Output `.safetensors` file (`train.cls`, `train.avg`, `train.labels`, `val.*`).
+        #[arg(long)]
+        out: PathBuf,
+        /// Images per encoder forward.
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+    },
     /// Show a checkpoint's preset, parameter counts, step and configuration.
     Info {
         /// Model checkpoint or weights file.
@@ -162,6 +201,54 @@ fn run(cli: Cli) -> Result<()> {
             println!("wrote {} ({n} points)", out.display());
         }
         Command::Info { checkpoint } => model_cmds::run_info(checkpoint)?,
+        Command::Knn {
+            checkpoint,
+            data,
+            k,
+            temperature,
+            feature,
+            batch_size,
+            json,
+        } => {
+            let input = mae_train::features::EvalInput {
+                checkpoint,
+                data,
+                batch: batch_size,
+            };
+            let acc = mae_train::features::knn_eval(&input, k, temperature, feature.parse()?)?;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"top1": acc.top1, "top5": acc.top5, "k": k, "feature": feature})
+                );
+            } else {
+                println!(
+                    "kNN (k={k}, T={temperature}, {feature}): top-1 {:.2}%, top-5 {:.2}%",
+                    acc.top1, acc.top5
+                );
+            }
+        }
+        Command::Embed {
+            checkpoint,
+            data,
+            out,
+            batch_size,
+        } => {
+            let input = mae_train::features::EvalInput {
+                checkpoint,
+                data,
+                batch: batch_size,
+            };
+            let (train, val, _) = mae_train::features::extract_dataset(&input)?;
+            mae_train::features::write_features(&out, &[("train", &train), ("val", &val)])?;
+            println!(
+                "wrote {} ({} train + {} val, {}-d)",
+                out.display(),
+                train.len(),
+                val.len(),
+                train.dim
+            );
+        }
         Command::Import { from, preset, out } => model_cmds::run_import(from, preset, out)?,
         Command::Presets => {
             println!(

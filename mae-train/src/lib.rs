@@ -6,6 +6,7 @@ pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod error;
+pub mod features;
 pub mod optim;
 pub mod plot;
 pub mod pretrain;

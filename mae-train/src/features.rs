@@ -1,0 +1,316 @@
+//! Encoder features of a dataset and the weighted k-nearest-neighbour classifier on them.
+//!
+//! PyTorch counterparts: the frozen-encoder forward of `main_linprobe.py` (all patches, no
+//! masking; cls token after the final norm, or the mean of the patch tokens), and DINO's
+//! `knn_classifier` (`eval_knn.py`): L2-normalized features, cosine similarity, the `k` nearest
+//! training samples vote with weight `exp(sim / T)`, T = 0.07.
+
+use std::path::Path;
+
+use mae_core::dfdx::prelude::*;
+use mae_core::{Encoder, MaePreset};
+use mae_data::augment::{normalization, Augment, Transform};
+use mae_data::resize::Resizer;
+use mae_data::Split;
+
+use crate::error::TrainError;
+
+/// Features of one split: `[n, dim]` row-major, with labels.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Features {
+    /// Feature width.
+    pub dim: usize,
+    /// cls token after the final norm, `[n, dim]`.
+    pub cls: Vec<f32>,
+    /// Mean of the patch tokens after the final norm, `[n, dim]`.
+    pub avg: Vec<f32>,
+    /// Labels (−1 when unlabeled).
+    pub labels: Vec<i64>,
+}
+
+impl Features {
+    /// Number of samples.
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+    /// True when empty.
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+}
+
+/// Runs the encoder over every image of `split` (resized to the preset's size, normalized as in
+/// training, no masking), `batch` images at a time.
+pub fn extract<P: MaePreset>(
+    encoder: &Encoder<P, f32, Cpu>,
+    split: &Split,
+    manifest: &mae_data::Manifest,
+    batch: usize,
+) -> Result<Features, TrainError> {
+    let (c, s) = (P::IN_CHANS, P::IMG_SIZE);
+    if manifest.channels != c {
+        return Err(TrainError::Config(format!(
+            "the data has {} channel(s), preset {} takes {c}",
+            manifest.channels,
+            P::PRESET
+        )));
+    }
+    let (mean, std) = normalization(manifest, false);
+    let eval = Augment::new(Transform::Eval { crop_pct: 1.0 }, s, &mean, &std, 0)?;
+    let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
+    let mut out = Features {
+        dim,
+        cls: Vec::with_capacity(split.len() * dim),
+        avg: Vec::with_capacity(split.len() * dim),
+        labels: Vec::with_capacity(split.len()),
+    };
+    let mut resizer = Resizer::new();
+    let mut scratch = Vec::new();
+    let per = c * s * s;
+    let mut images = Vec::new();
+    for start in (0..split.len()).step_by(batch.max(1)) {
+        let end = (start + batch.max(1)).min(split.len());
+        images.resize((end - start) * per, 0.0);
+        for i in start..end {
+            let sample = split
+                .get(i)
+                .ok_or_else(|| TrainError::Config(format!("sample {i} missing")))?;
+            eval.apply(
+                &mut resizer,
+                &mut scratch,
+                sample.pixels,
+                manifest.image_size,
+                0,
+                i as u64,
+                &mut images[(i - start) * per..(i - start + 1) * per],
+            )?;
+            out.labels.push(sample.label as i64);
+        }
+        let tokens = encoder.forward_features(&images, NoneTape)?.as_vec();
+        let t = tokens.len() / ((end - start) * dim);
+        for row in tokens.chunks_exact(t * dim) {
+            out.cls.extend_from_slice(&row[..dim]);
+            let mut avg = vec![0f32; dim];
+            for token in row[dim..].chunks_exact(dim) {
+                for (a, v) in avg.iter_mut().zip(token) {
+                    *a += v;
+                }
+            }
+            let n = (t - 1).max(1) as f32;
+            out.avg.extend(avg.into_iter().map(|a| a / n));
+        }
+    }
+    Ok(out)
+}
+
+/// Top-1 and top-5 accuracy of a classifier, in percent.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize)]
+pub struct Accuracy {
+    /// Top-1, %.
+    pub top1: f64,
+    /// Top-5, %.
+    pub top5: f64,
+}
+
+fn l2_normalize(rows: &[f32], dim: usize) -> Vec<f32> {
+    let mut out = rows.to_vec();
+    for row in out.chunks_exact_mut(dim) {
+        let norm = row.iter().map(|v| v * v).sum::<f32>().sqrt().max(1e-12);
+        row.iter_mut().for_each(|v| *v /= norm);
+    }
+    out
+}
+
+/// DINO's weighted kNN: each test row's `k` most cosine-similar training rows vote for their label
+/// with weight `exp(sim / temperature)`. Labels must be in `0..num_classes`.
+#[allow(clippy::too_many_arguments)]
+pub fn knn_classify(
+    train: &[f32],
+    train_labels: &[i64],
+    test: &[f32],
+    test_labels: &[i64],
+    dim: usize,
+    k: usize,
+    temperature: f32,
+    num_classes: usize,
+) -> Result<Accuracy, TrainError> {
+    if dim == 0 || train.len() != train_labels.len() * dim || test.len() != test_labels.len() * dim
+    {
+        return Err(TrainError::Config(
+            "kNN: features and labels do not match".into(),
+        ));
+    }
+    if train_labels.is_empty() || test_labels.is_empty() || k == 0 || num_classes == 0 {
+        return Err(TrainError::Config(
+            "kNN needs labeled train and test samples and k ≥ 1".into(),
+        ));
+    }
+    if let Some(bad) = train_labels
+        .iter()
+        .chain(test_labels)
+        .find(|&&l| l < 0 || l as usize >= num_classes)
+    {
+        return Err(TrainError::Config(format!(
+            "kNN: label {bad} outside 0..{num_classes} (unlabeled data cannot be scored)"
+        )));
+    }
+    let train = l2_normalize(train, dim);
+    let test = l2_normalize(test, dim);
+    let k = k.min(train_labels.len());
+    let (mut top1, mut top5) = (0usize, 0usize);
+    let mut sims: Vec<(f32, usize)> = Vec::with_capacity(train_labels.len());
+    for (q, &label) in test.chunks_exact(dim).zip(test_labels) {
+        sims.clear();
+        sims.extend(
+            train
+                .chunks_exact(dim)
+                .enumerate()
+                .map(|(j, t)| (q.iter().zip(t).map(|(a, b)| a * b).sum::<f32>(), j)),
+        );
+        sims.select_nth_unstable_by(k - 1, |a, b| b.0.total_cmp(&a.0));
+        let mut votes = vec![0f64; num_classes];
+        for &(sim, j) in &sims[..k] {
+            votes[train_labels[j] as usize] += ((sim / temperature) as f64).exp();
+        }
+        let mut order: Vec<usize> = (0..num_classes).collect();
+        order.sort_by(|&a, &b| votes[b].total_cmp(&votes[a]).then(a.cmp(&b)));
+        let label = label as usize;
+        top1 += (order[0] == label) as usize;
+        top5 += order[..5.min(num_classes)].contains(&label) as usize;
+    }
+    let n = test_labels.len() as f64;
+    Ok(Accuracy {
+        top1: 100.0 * top1 as f64 / n,
+        top5: 100.0 * top5 as f64 / n,
+    })
+}
+
+/// Writes train and val features with labels as safetensors: `{split}.cls`, `{split}.avg`
+/// (`[n, dim]` f32) and `{split}.labels` (`[n]`, f32 holding the integer labels).
+pub fn write_features(path: &Path, splits: &[(&str, &Features)]) -> Result<(), TrainError> {
+    let mut tensors = Vec::new();
+    for (name, f) in splits {
+        let n = f.len();
+        for (kind, data) in [("cls", &f.cls), ("avg", &f.avg)] {
+            tensors.push(mae_core::NamedTensor {
+                name: format!("{name}.{kind}"),
+                shape: vec![n, f.dim],
+                data: data.clone(),
+                trainable: false,
+            });
+        }
+        tensors.push(mae_core::NamedTensor {
+            name: format!("{name}.labels"),
+            shape: vec![n],
+            data: f.labels.iter().map(|&l| l as f32).collect(),
+            trainable: false,
+        });
+    }
+    mae_core::weights::write_safetensors(path, &tensors, &Default::default())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn knn_on_a_case_with_a_known_answer() {
+        // two clusters on the unit circle; the test points sit next to one each
+        let train = [
+            1.0, 0.0, 0.9, 0.1, 0.95, -0.05, 0.0, 1.0, 0.1, 0.9, -0.1, 0.95,
+        ];
+        let train_labels = [0, 0, 0, 1, 1, 1];
+        let test = [0.8, 0.05, 0.05, 2.0, 3.0, 0.2];
+        let test_labels = [0, 1, 1];
+        let acc = knn_classify(&train, &train_labels, &test, &test_labels, 2, 3, 0.07, 2)
+            .expect("valid input");
+        // the third point (3.0, 0.2) is near class 0: one of three wrong
+        assert!((acc.top1 - 200.0 / 3.0).abs() < 1e-9, "{acc:?}");
+        assert_eq!(acc.top5, 100.0);
+        // k = 1 with a misleading neighbour: the nearest one decides
+        let acc =
+            knn_classify(&train, &train_labels, &[0.0, 1.0], &[1], 2, 1, 0.07, 2).expect("valid");
+        assert_eq!(acc.top1, 100.0);
+        assert!(knn_classify(&train, &train_labels, &test, &[0, 1, 7], 2, 3, 0.07, 2).is_err());
+    }
+}
+
+/// Which feature a classifier uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum FeatureKind {
+    /// The cls token.
+    #[default]
+    Cls,
+    /// The mean of the patch tokens.
+    Avg,
+}
+
+impl std::str::FromStr for FeatureKind {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cls" => Ok(FeatureKind::Cls),
+            "avg" => Ok(FeatureKind::Avg),
+            _ => Err(TrainError::Config(format!("feature `{s}`: cls or avg"))),
+        }
+    }
+}
+
+/// What to evaluate: the encoder of `checkpoint` on the dataset `data`.
+#[derive(Debug, Clone)]
+pub struct EvalInput {
+    /// Model checkpoint (full or encoder-only; preset from its metadata).
+    pub checkpoint: std::path::PathBuf,
+    /// Prepared dataset (train split = the memory bank, val split = the queries).
+    pub data: std::path::PathBuf,
+    /// Images per encoder forward.
+    pub batch: usize,
+}
+
+struct Extract<'a>(&'a EvalInput);
+
+impl mae_core::PresetVisitor for Extract<'_> {
+    type Output = Result<(Features, Features, usize), TrainError>;
+    fn visit<P: MaePreset>(self) -> Self::Output {
+        let input = self.0;
+        let mut model = mae_core::Mae::<P, f32, Cpu>::new(&Cpu::default())?;
+        model
+            .encoder
+            .load_from(&mae_core::TensorFile::open(&input.checkpoint)?, "")?;
+        let data = mae_data::Dataset::open(&input.data)?;
+        let m = data.manifest();
+        let train = extract(&model.encoder, data.train(), m, input.batch)?;
+        let val = extract(&model.encoder, data.val(), m, input.batch)?;
+        Ok((train, val, m.classes.len()))
+    }
+}
+
+/// Features of both splits, and the number of classes.
+pub fn extract_dataset(input: &EvalInput) -> Result<(Features, Features, usize), TrainError> {
+    crate::checkpoint::preset_of(&input.checkpoint)?.visit(Extract(input))
+}
+
+/// `mae knn`: weighted kNN of the val split against the train split.
+pub fn knn_eval(
+    input: &EvalInput,
+    k: usize,
+    temperature: f32,
+    feature: FeatureKind,
+) -> Result<Accuracy, TrainError> {
+    let (train, val, classes) = extract_dataset(input)?;
+    let pick = |f: &Features| match feature {
+        FeatureKind::Cls => f.cls.clone(),
+        FeatureKind::Avg => f.avg.clone(),
+    };
+    knn_classify(
+        &pick(&train),
+        &train.labels,
+        &pick(&val),
+        &val.labels,
+        train.dim,
+        k,
+        temperature,
+        classes,
+    )
+}
