@@ -63,6 +63,33 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Linear probe (BatchNorm without affine + Linear, LARS) on the frozen encoder's features.
+    Linprobe {
+        /// Model checkpoint (full or encoder-only).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        /// Prepared dataset (trains on train, reports on val).
+        #[arg(long)]
+        data: PathBuf,
+        /// `cls` or `avg` (mean of the patch tokens).
+        #[arg(long, default_value = "cls")]
+        feature: String,
+        /// Epochs over the cached features.
+        #[arg(long, default_value_t = 90)]
+        epochs: usize,
+        /// Batch size.
+        #[arg(long, default_value_t = 256)]
+        batch_size: usize,
+        /// Base learning rate (lr = blr · batch / 256).
+        #[arg(long, default_value_t = 0.1)]
+        blr: f64,
+        /// Warmup epochs.
+        #[arg(long, default_value_t = 10.0)]
+        warmup_epochs: f64,
+        /// One JSON object instead of text.
+        #[arg(long)]
+        json: bool,
+    },
     /// Write the encoder's features (cls and mean-pooled) with labels for both splits to safetensors.
     Embed {
         /// Model checkpoint (full or encoder-only).
@@ -225,6 +252,42 @@ fn run(cli: Cli) -> Result<()> {
                 println!(
                     "kNN (k={k}, T={temperature}, {feature}): top-1 {:.2}%, top-5 {:.2}%",
                     acc.top1, acc.top5
+                );
+            }
+        }
+        Command::Linprobe {
+            checkpoint,
+            data,
+            feature,
+            epochs,
+            batch_size,
+            blr,
+            warmup_epochs,
+            json,
+        } => {
+            let input = mae_train::features::EvalInput {
+                checkpoint: checkpoint.clone(),
+                data,
+                batch: 256,
+            };
+            let cfg = mae_train::linprobe::ProbeConfig {
+                epochs,
+                batch_size,
+                blr,
+                warmup_epochs,
+                ..Default::default()
+            };
+            let result = mae_train::linprobe::linprobe(&input, feature.parse()?, &cfg)?;
+            let text = serde_json::to_string(&result)?;
+            let beside = checkpoint.with_extension(format!("linprobe-{feature}.json"));
+            std::fs::write(&beside, &text)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", beside.display()))?;
+            if json {
+                println!("{text}");
+            } else {
+                println!(
+                    "linear probe ({feature}, {epochs} epochs): top-1 {:.2}%, top-5 {:.2}% on {} val images; written to {}",
+                    result.top1, result.top5, result.val, beside.display()
                 );
             }
         }

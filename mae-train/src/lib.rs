@@ -7,6 +7,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod features;
+pub mod linprobe;
 pub mod optim;
 pub mod plot;
 pub mod pretrain;

@@ -59,6 +59,20 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
     let acc = knn_eval(&input, 5, 0.07, FeatureKind::Cls).unwrap();
     assert_eq!(acc.top1, 100.0, "{acc:?}");
 
+    let cfg = mae_train::linprobe::ProbeConfig {
+        epochs: 30,
+        batch_size: 8,
+        blr: 40.0,
+        warmup_epochs: 3.0,
+        ..Default::default()
+    };
+    let probe = mae_train::linprobe::linprobe(&input, FeatureKind::Avg, &cfg).unwrap();
+    assert_eq!(
+        (probe.top1, probe.train, probe.val),
+        (100.0, 30, 10),
+        "{probe:?}"
+    );
+
     let out = dir.join("features.safetensors");
     write_features(&out, &[("train", &train), ("val", &val)]).unwrap();
     let file = mae_core::TensorFile::open(&out).unwrap();

@@ -1,0 +1,440 @@
+//! Linear probing on cached encoder features: `BatchNorm1d(affine=False, eps=1e-6)` + Linear,
+//! trained with LARS.
+//!
+//! PyTorch counterpart: `main_linprobe.py` (head = `Sequential(BatchNorm1d(D, affine=False,
+//! eps=1e-6), Linear(D, classes))`, head weight `trunc_normal_(std=0.01)`, bias 0; LARS from
+//! `util/lars.py` with momentum 0.9, trust coefficient 0.001, no decay and no trust scaling on 1-D
+//! parameters; `lr = blr · batch / 256`, per-iteration warmup then half-cycle cosine). The encoder
+//! is frozen, so its features are computed once (`--no-aug`, the official recipe minus the crop
+//! augmentation) and the head trains on them in plain Rust.
+
+use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
+use serde::Serialize;
+
+use crate::error::TrainError;
+use crate::features::Accuracy;
+use crate::schedule::lr_at;
+
+/// LARS as `util/lars.py`: for parameters of 2 or more dims the update `g + wd·p` is scaled by
+/// `trust · ‖p‖ / ‖update‖` (when both norms are positive); then heavy-ball momentum.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Lars {
+    /// Momentum.
+    pub momentum: f32,
+    /// Trust coefficient.
+    pub trust_coefficient: f32,
+    /// Weight decay (on ≥ 2-D parameters).
+    pub weight_decay: f32,
+}
+
+impl Default for Lars {
+    fn default() -> Self {
+        Lars {
+            momentum: 0.9,
+            trust_coefficient: 0.001,
+            weight_decay: 0.0,
+        }
+    }
+}
+
+impl Lars {
+    /// One step on a parameter `p` with gradient `g` and momentum buffer `mu`; `matrix` says
+    /// whether the parameter has 2 or more dims.
+    pub fn step(&self, p: &mut [f32], g: &[f32], mu: &mut [f32], lr: f32, matrix: bool) {
+        let mut dp: Vec<f32> = g.to_vec();
+        if matrix {
+            for (d, &w) in dp.iter_mut().zip(p.iter()) {
+                *d += self.weight_decay * w;
+            }
+            let norm = |v: &[f32]| v.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().sqrt();
+            let (pn, un) = (norm(p), norm(&dp));
+            let q = if pn > 0.0 && un > 0.0 {
+                (self.trust_coefficient as f64 * pn / un) as f32
+            } else {
+                1.0
+            };
+            dp.iter_mut().for_each(|d| *d *= q);
+        }
+        for ((w, m), d) in p.iter_mut().zip(mu.iter_mut()).zip(&dp) {
+            *m = *m * self.momentum + d;
+            *w -= lr * *m;
+        }
+    }
+}
+
+/// `BatchNorm1d(affine=False, eps=1e-6, momentum=0.1)`: batch statistics in training, running
+/// statistics (updated with the unbiased batch variance) in evaluation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BatchNorm {
+    /// Running mean.
+    pub running_mean: Vec<f32>,
+    /// Running variance.
+    pub running_var: Vec<f32>,
+    /// ε.
+    pub eps: f32,
+    /// Running-statistics momentum.
+    pub momentum: f32,
+}
+
+impl BatchNorm {
+    /// Fresh statistics (mean 0, variance 1) for `dim` features.
+    pub fn new(dim: usize) -> Self {
+        BatchNorm {
+            running_mean: vec![0.0; dim],
+            running_var: vec![1.0; dim],
+            eps: 1e-6,
+            momentum: 0.1,
+        }
+    }
+
+    /// Normalizes `x` (`[n, dim]`) in place: with the batch's statistics (biased variance) when
+    /// `train`, updating the running ones; with the running ones otherwise.
+    pub fn forward(&mut self, x: &mut [f32], train: bool) {
+        let dim = self.running_mean.len();
+        let n = x.len() / dim.max(1);
+        if n == 0 {
+            return;
+        }
+        let (mean, var) = if train {
+            let mut mean = vec![0f64; dim];
+            let mut sq = vec![0f64; dim];
+            for row in x.chunks_exact(dim) {
+                for (j, &v) in row.iter().enumerate() {
+                    mean[j] += v as f64;
+                    sq[j] += (v as f64) * (v as f64);
+                }
+            }
+            let mut var = vec![0f32; dim];
+            let mut m32 = vec![0f32; dim];
+            for j in 0..dim {
+                let m = mean[j] / n as f64;
+                let biased = (sq[j] / n as f64 - m * m).max(0.0);
+                let unbiased = if n > 1 {
+                    biased * n as f64 / (n as f64 - 1.0)
+                } else {
+                    biased
+                };
+                self.running_mean[j] =
+                    (1.0 - self.momentum) * self.running_mean[j] + self.momentum * m as f32;
+                self.running_var[j] =
+                    (1.0 - self.momentum) * self.running_var[j] + self.momentum * unbiased as f32;
+                m32[j] = m as f32;
+                var[j] = biased as f32;
+            }
+            (m32, var)
+        } else {
+            (self.running_mean.clone(), self.running_var.clone())
+        };
+        for row in x.chunks_exact_mut(dim) {
+            for j in 0..dim {
+                row[j] = (row[j] - mean[j]) / (var[j] + self.eps).sqrt();
+            }
+        }
+    }
+}
+
+/// Probe settings.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+pub struct ProbeConfig {
+    /// Epochs over the cached features.
+    pub epochs: usize,
+    /// Batch size.
+    pub batch_size: usize,
+    /// Base learning rate (`lr = blr · batch / 256`).
+    pub blr: f64,
+    /// Warmup epochs.
+    pub warmup_epochs: f64,
+    /// LARS weight decay.
+    pub weight_decay: f32,
+    /// Seed of the head's initialization and the batch order.
+    pub seed: u64,
+}
+
+impl Default for ProbeConfig {
+    fn default() -> Self {
+        // main_linprobe.py: 90 epochs, 10 warmup, blr 0.1, wd 0
+        ProbeConfig {
+            epochs: 90,
+            batch_size: 256,
+            blr: 0.1,
+            warmup_epochs: 10.0,
+            weight_decay: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+/// A trained probe: BN statistics and the linear head.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LinearProbe {
+    /// The BN without affine parameters.
+    pub bn: BatchNorm,
+    /// `[classes, dim]`.
+    pub weight: Vec<f32>,
+    /// `[classes]`.
+    pub bias: Vec<f32>,
+    /// Feature width.
+    pub dim: usize,
+    /// Number of classes.
+    pub classes: usize,
+}
+
+fn trunc_normal(rng: &mut impl Rng, std: f32) -> f32 {
+    // timm's trunc_normal_ cuts at ±2 (absolute), far outside ±std for std 0.01
+    loop {
+        let u1: f32 = rng.gen::<f32>().max(f32::MIN_POSITIVE);
+        let u2: f32 = rng.gen();
+        let z = (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos() * std;
+        if z.abs() <= 2.0 {
+            return z;
+        }
+    }
+}
+
+impl LinearProbe {
+    /// Logits of normalized features `x` (`[n, dim]`) into `out` (`[n, classes]`).
+    fn logits(&self, x: &[f32], out: &mut Vec<f32>) {
+        out.clear();
+        for row in x.chunks_exact(self.dim) {
+            for c in 0..self.classes {
+                let w = &self.weight[c * self.dim..(c + 1) * self.dim];
+                out.push(self.bias[c] + w.iter().zip(row).map(|(a, b)| a * b).sum::<f32>());
+            }
+        }
+    }
+
+    /// Top-1/top-5 of the probe on `features` (`[n, dim]`) with `labels`.
+    pub fn evaluate(&self, features: &[f32], labels: &[i64]) -> Accuracy {
+        let mut x = features.to_vec();
+        let mut bn = self.bn.clone();
+        bn.forward(&mut x, false);
+        let mut logits = Vec::new();
+        self.logits(&x, &mut logits);
+        let (mut top1, mut top5) = (0usize, 0usize);
+        for (row, &label) in logits.chunks_exact(self.classes).zip(labels) {
+            let mut order: Vec<usize> = (0..self.classes).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            top1 += (order[0] as i64 == label) as usize;
+            top5 += order[..5.min(self.classes)]
+                .iter()
+                .any(|&c| c as i64 == label) as usize;
+        }
+        let n = labels.len().max(1) as f64;
+        Accuracy {
+            top1: 100.0 * top1 as f64 / n,
+            top5: 100.0 * top5 as f64 / n,
+        }
+    }
+}
+
+/// Trains a probe on `train` features (`[n, dim]`) with labels in `0..classes`.
+pub fn train_probe(
+    train: &[f32],
+    labels: &[i64],
+    dim: usize,
+    classes: usize,
+    cfg: &ProbeConfig,
+) -> Result<LinearProbe, TrainError> {
+    let n = labels.len();
+    if dim == 0 || classes == 0 || train.len() != n * dim || n == 0 {
+        return Err(TrainError::Config(
+            "probe: features and labels do not match".into(),
+        ));
+    }
+    if let Some(bad) = labels.iter().find(|&&l| l < 0 || l as usize >= classes) {
+        return Err(TrainError::Config(format!(
+            "probe: label {bad} outside 0..{classes} (unlabeled data cannot be probed)"
+        )));
+    }
+    if cfg.batch_size == 0 || cfg.epochs == 0 {
+        return Err(TrainError::Config(
+            "probe: batch size and epochs must be at least 1".into(),
+        ));
+    }
+    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+    let mut probe = LinearProbe {
+        bn: BatchNorm::new(dim),
+        weight: (0..classes * dim)
+            .map(|_| trunc_normal(&mut rng, 0.01))
+            .collect(),
+        bias: vec![0.0; classes],
+        dim,
+        classes,
+    };
+    let lars = Lars {
+        weight_decay: cfg.weight_decay,
+        ..Lars::default()
+    };
+    let lr_peak = cfg.blr * cfg.batch_size as f64 / 256.0;
+    let (mut mu_w, mut mu_b) = (vec![0f32; classes * dim], vec![0f32; classes]);
+    let steps_per_epoch = n.div_ceil(cfg.batch_size);
+    let mut order: Vec<usize> = (0..n).collect();
+    let (mut x, mut logits) = (Vec::new(), Vec::new());
+    for epoch in 0..cfg.epochs {
+        order.shuffle(&mut rng);
+        for (step, chunk) in order.chunks(cfg.batch_size).enumerate() {
+            let lr = lr_at(
+                epoch as f64 + step as f64 / steps_per_epoch as f64,
+                lr_peak,
+                0.0,
+                cfg.warmup_epochs,
+                cfg.epochs as f64,
+            ) as f32;
+            x.clear();
+            for &i in chunk {
+                x.extend_from_slice(&train[i * dim..(i + 1) * dim]);
+            }
+            probe.bn.forward(&mut x, true);
+            probe.logits(&x, &mut logits);
+            // softmax cross-entropy gradient, averaged over the batch
+            let b = chunk.len() as f32;
+            let (mut gw, mut gb) = (vec![0f32; classes * dim], vec![0f32; classes]);
+            for ((row, xr), &i) in logits
+                .chunks_exact_mut(classes)
+                .zip(x.chunks_exact(dim))
+                .zip(chunk)
+            {
+                let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+                let sum: f32 = row
+                    .iter_mut()
+                    .map(|v| {
+                        *v = (*v - max).exp();
+                        *v
+                    })
+                    .sum();
+                for (c, v) in row.iter_mut().enumerate() {
+                    let grad = (*v / sum - (labels[i] as usize == c) as u8 as f32) / b;
+                    gb[c] += grad;
+                    for (g, xv) in gw[c * dim..(c + 1) * dim].iter_mut().zip(xr) {
+                        *g += grad * xv;
+                    }
+                }
+            }
+            lars.step(&mut probe.weight, &gw, &mut mu_w, lr, true);
+            lars.step(&mut probe.bias, &gb, &mut mu_b, lr, false);
+        }
+    }
+    Ok(probe)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lars_step_matches_a_hand_computation() {
+        let lars = Lars {
+            momentum: 0.9,
+            trust_coefficient: 0.001,
+            weight_decay: 0.5,
+        };
+        let mut p = vec![3.0f32, 4.0]; // ‖p‖ = 5
+        let g = [0.1f32, -0.2];
+        let mut mu = vec![0.2f32, 0.0];
+        lars.step(&mut p, &g, &mut mu, 0.1, true);
+        // dp = g + 0.5·p = [1.6, 1.8]; ‖dp‖ = sqrt(5.8); q = 0.001·5/sqrt(5.8)
+        let q = 0.001 * 5.0 / 5.8f64.sqrt();
+        let mu0 = 0.9 * 0.2 + 1.6 * q;
+        let mu1 = 1.8 * q;
+        assert!((mu[0] as f64 - mu0).abs() < 1e-7 && (mu[1] as f64 - mu1).abs() < 1e-7);
+        assert!((p[0] as f64 - (3.0 - 0.1 * mu0)).abs() < 1e-6);
+        assert!((p[1] as f64 - (4.0 - 0.1 * mu1)).abs() < 1e-6);
+        // 1-D parameters: no decay, no trust ratio
+        let mut b = vec![1.0f32];
+        let mut mb = vec![0.0f32];
+        lars.step(&mut b, &[0.5], &mut mb, 0.1, false);
+        assert!((b[0] - 0.95).abs() < 1e-7 && (mb[0] - 0.5).abs() < 1e-7);
+    }
+
+    #[test]
+    fn batchnorm_without_affine_normalizes_and_tracks_running_statistics() {
+        let mut bn = BatchNorm::new(2);
+        let mut x = vec![1.0, 10.0, 3.0, 10.0];
+        bn.forward(&mut x, true);
+        // column 0: mean 2, biased var 1 → ±1/sqrt(1 + 1e-6); column 1 constant → 0
+        assert!((x[0] + 1.0).abs() < 1e-5 && (x[2] - 1.0).abs() < 1e-5);
+        assert_eq!((x[1], x[3]), (0.0, 0.0));
+        // running: 0.9·0 + 0.1·2; var 0.9·1 + 0.1·2 (unbiased: 2)
+        assert!((bn.running_mean[0] - 0.2).abs() < 1e-6 && (bn.running_var[0] - 1.1).abs() < 1e-6);
+        let mut y = vec![0.2, 1.0];
+        bn.forward(&mut y, false);
+        assert!(y[0].abs() < 1e-6);
+    }
+
+    #[test]
+    fn a_probe_learns_separable_classes() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
+        let (dim, classes, n) = (8, 4, 400);
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        for i in 0..n {
+            let c = i % classes;
+            for j in 0..dim {
+                x.push(if j == c { 3.0 } else { 0.0 } + rng.gen::<f32>() - 0.5);
+            }
+            y.push(c as i64);
+        }
+        // LARS moves each weight matrix by about lr · 0.001 · ‖W‖ per step: it needs a large lr
+        let cfg = ProbeConfig {
+            epochs: 20,
+            batch_size: 64,
+            blr: 40.0,
+            warmup_epochs: 2.0,
+            ..ProbeConfig::default()
+        };
+        let probe = train_probe(&x, &y, dim, classes, &cfg).expect("valid");
+        let acc = probe.evaluate(&x, &y);
+        assert!(acc.top1 > 95.0, "{acc:?}");
+        assert!(train_probe(&x, &y, dim, 2, &cfg).is_err());
+    }
+}
+
+/// What `mae linprobe` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct ProbeResult {
+    /// Top-1 on the validation split, %.
+    pub top1: f64,
+    /// Top-5 on the validation split, %.
+    pub top5: f64,
+    /// `cls` or `avg`.
+    pub feature: String,
+    /// The settings.
+    pub config: ProbeConfig,
+    /// Training and validation samples.
+    pub train: usize,
+    /// Validation samples.
+    pub val: usize,
+}
+
+/// `mae linprobe`: features of both splits once, a probe on train, accuracy on val.
+pub fn linprobe(
+    input: &crate::features::EvalInput,
+    feature: crate::features::FeatureKind,
+    cfg: &ProbeConfig,
+) -> Result<ProbeResult, TrainError> {
+    let (train, val, classes) = crate::features::extract_dataset(input)?;
+    let pick = |f: &crate::features::Features| match feature {
+        crate::features::FeatureKind::Cls => f.cls.clone(),
+        crate::features::FeatureKind::Avg => f.avg.clone(),
+    };
+    if val.is_empty() {
+        return Err(TrainError::Config(format!(
+            "{}: the validation split is empty",
+            input.data.display()
+        )));
+    }
+    let probe = train_probe(&pick(&train), &train.labels, train.dim, classes, cfg)?;
+    let acc = probe.evaluate(&pick(&val), &val.labels);
+    Ok(ProbeResult {
+        top1: acc.top1,
+        top5: acc.top5,
+        feature: match feature {
+            crate::features::FeatureKind::Cls => "cls".into(),
+            crate::features::FeatureKind::Avg => "avg".into(),
+        },
+        config: *cfg,
+        train: train.len(),
+        val: val.len(),
+    })
+}
