@@ -37,6 +37,13 @@ impl Features {
     pub fn is_empty(&self) -> bool {
         self.labels.is_empty()
     }
+    /// The `[n, dim]` rows of one kind of feature.
+    pub fn select(&self, kind: FeatureKind) -> &[f32] {
+        match kind {
+            FeatureKind::Cls => &self.cls,
+            FeatureKind::Avg => &self.avg,
+        }
+    }
 }
 
 /// Runs the encoder over every image of `split` (resized to the preset's size, normalized as in
@@ -246,6 +253,16 @@ pub enum FeatureKind {
     Avg,
 }
 
+impl FeatureKind {
+    /// `cls` or `avg`, as parsed.
+    pub fn name(self) -> &'static str {
+        match self {
+            FeatureKind::Cls => "cls",
+            FeatureKind::Avg => "avg",
+        }
+    }
+}
+
 impl std::str::FromStr for FeatureKind {
     type Err = TrainError;
     fn from_str(s: &str) -> Result<Self, Self::Err> {
@@ -299,14 +316,10 @@ pub fn knn_eval(
     feature: FeatureKind,
 ) -> Result<Accuracy, TrainError> {
     let (train, val, classes) = extract_dataset(input)?;
-    let pick = |f: &Features| match feature {
-        FeatureKind::Cls => f.cls.clone(),
-        FeatureKind::Avg => f.avg.clone(),
-    };
     knn_classify(
-        &pick(&train),
+        train.select(feature),
         &train.labels,
-        &pick(&val),
+        val.select(feature),
         &val.labels,
         train.dim,
         k,

@@ -414,25 +414,24 @@ pub fn linprobe(
     cfg: &ProbeConfig,
 ) -> Result<ProbeResult, TrainError> {
     let (train, val, classes) = crate::features::extract_dataset(input)?;
-    let pick = |f: &crate::features::Features| match feature {
-        crate::features::FeatureKind::Cls => f.cls.clone(),
-        crate::features::FeatureKind::Avg => f.avg.clone(),
-    };
     if val.is_empty() {
         return Err(TrainError::Config(format!(
             "{}: the validation split is empty",
             input.data.display()
         )));
     }
-    let probe = train_probe(&pick(&train), &train.labels, train.dim, classes, cfg)?;
-    let acc = probe.evaluate(&pick(&val), &val.labels);
+    let probe = train_probe(
+        train.select(feature),
+        &train.labels,
+        train.dim,
+        classes,
+        cfg,
+    )?;
+    let acc = probe.evaluate(val.select(feature), &val.labels);
     Ok(ProbeResult {
         top1: acc.top1,
         top5: acc.top5,
-        feature: match feature {
-            crate::features::FeatureKind::Cls => "cls".into(),
-            crate::features::FeatureKind::Avg => "avg".into(),
-        },
+        feature: feature.name().into(),
         config: *cfg,
         train: train.len(),
         val: val.len(),
