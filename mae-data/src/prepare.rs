@@ -475,21 +475,6 @@ fn list_image_folder(dir: &Path) -> Result<Listing, DataError> {
             .to_string_lossy()
             .into_owned()
     };
-    let subdirs: Vec<PathBuf> = read_dir_sorted(dir)?
-        .into_iter()
-        .filter(|p| {
-            p.is_dir()
-                && !p
-                    .file_name()
-                    .is_some_and(|n| n.to_string_lossy().starts_with('.'))
-        })
-        .collect();
-    let names: Vec<String> = subdirs
-        .iter()
-        .filter_map(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
-        .collect();
-    // DIR/train/<class>/… and DIR/val/<class>/…: both splits given
-    let split_dirs = names.iter().any(|n| n == "train") && names.iter().any(|n| n == "val");
     let class_dirs_of = |root: &Path| -> Result<Vec<(String, PathBuf)>, DataError> {
         Ok(read_dir_sorted(root)?
             .into_iter()
@@ -500,6 +485,10 @@ fn list_image_folder(dir: &Path) -> Result<Listing, DataError> {
             })
             .collect())
     };
+    let top_classes: Vec<String> = class_dirs_of(dir)?.into_iter().map(|c| c.0).collect();
+    // DIR/train/<class>/… and DIR/val/<class>/…: both splits given
+    let split_dirs =
+        top_classes.iter().any(|n| n == "train") && top_classes.iter().any(|n| n == "val");
     let collect = |root: &Path, classes: &[String]| -> Result<Vec<Item>, DataError> {
         let mut items = Vec::new();
         for (name, path) in class_dirs_of(root)? {
@@ -516,6 +505,7 @@ fn list_image_folder(dir: &Path) -> Result<Listing, DataError> {
         }
         Ok(items)
     };
+    let mut skipped = Vec::new();
     let (train, val, classes) = if split_dirs {
         let classes: Vec<String> = class_dirs_of(&dir.join("train"))?
             .into_iter()
@@ -525,18 +515,16 @@ fn list_image_folder(dir: &Path) -> Result<Listing, DataError> {
         let val = collect(&dir.join("val"), &classes)?;
         (train, Some(val), classes)
     } else {
-        let classes: Vec<String> = class_dirs_of(dir)?.into_iter().map(|c| c.0).collect();
+        let mut classes = top_classes;
         let mut items = collect(dir, &classes)?;
         // loose images directly in DIR: unlabeled when there are no class folders
         let loose: Vec<PathBuf> = read_dir_sorted(dir)?
             .into_iter()
             .filter(|p| p.is_file() && is_image_file(p))
             .collect();
-        let mut classes = classes;
         if !loose.is_empty() && items.is_empty() {
             classes.clear();
         }
-        let mut skipped_loose = Vec::new();
         for f in loose {
             if classes.is_empty() {
                 items.push(Item::File {
@@ -545,25 +533,12 @@ fn list_image_folder(dir: &Path) -> Result<Listing, DataError> {
                     label: UNLABELED,
                 });
             } else {
-                skipped_loose.push(f);
+                // images outside class folders of a labeled dataset: reported, not silently dropped
+                skipped.push(Skipped {
+                    path: rel(&f),
+                    reason: "image outside the class folders".into(),
+                });
             }
-        }
-        if !skipped_loose.is_empty() {
-            // images outside class folders of a labeled dataset: reported, not silently dropped
-            return Ok(Listing {
-                skipped: skipped_loose
-                    .iter()
-                    .map(|f| Skipped {
-                        path: rel(f),
-                        reason: "image outside the class folders".into(),
-                    })
-                    .collect(),
-                train: items,
-                val: None,
-                classes,
-                native_size: None,
-                native_channels: 3,
-            });
         }
         (items, None, classes)
     };
@@ -571,7 +546,7 @@ fn list_image_folder(dir: &Path) -> Result<Listing, DataError> {
         train,
         val,
         classes,
-        skipped: Vec::new(),
+        skipped,
         native_size: None,
         native_channels: 3,
     })
