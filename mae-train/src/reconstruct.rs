@@ -83,8 +83,8 @@ impl PresetVisitor for Run<'_> {
             .unwrap_or(0.75);
         let (c, s) = (P::IN_CHANS, P::IMG_SIZE);
 
-        // the images, as u8 HWC at the model's size, and the normalization of training
-        let (pixels, mean, std) = match &opts.images {
+        // the images as u8 HWC (with their side), and the normalization of training
+        let (sources, mean, std): (Vec<(Vec<u8>, usize)>, _, _) = match &opts.images {
             ImagesFrom::Data(dir) => {
                 let data = Dataset::open(dir)?;
                 if data.channels() != c {
@@ -100,56 +100,46 @@ impl PresetVisitor for Run<'_> {
                 } else {
                     data.val()
                 };
-                let n = opts.count.min(split.len());
+                let sources = (0..opts.count.min(split.len()))
+                    .filter_map(|i| split.get(i))
+                    .map(|sample| (sample.pixels.to_vec(), data.image_size()))
+                    .collect();
                 let (mean, std) = normalization(data.manifest(), false);
-                let eval = Augment::new(Transform::Eval { crop_pct: 1.0 }, s, &mean, &std, 0)?;
-                let mut out = vec![0f32; n * c * s * s];
-                let mut resizer = Resizer::new();
-                let mut scratch = Vec::new();
-                for i in 0..n {
-                    let sample = split
-                        .get(i)
-                        .ok_or_else(|| TrainError::Config("sample missing".into()))?;
-                    eval.apply(
-                        &mut resizer,
-                        &mut scratch,
-                        sample.pixels,
-                        data.image_size(),
-                        0,
-                        i as u64,
-                        &mut out[i * c * s * s..(i + 1) * c * s * s],
-                    )?;
-                }
-                (out, mean, std)
+                (sources, mean, std)
             }
             ImagesFrom::Files(files) => {
-                let (mean, std) = match config
+                // the statistics of the training data: its manifest is enough (no shard is read)
+                let manifest = config
                     .as_ref()
-                    .and_then(|cfg| Dataset::open(&cfg.data).ok())
-                {
-                    Some(data) => normalization(data.manifest(), false),
+                    .and_then(|cfg| mae_data::dataset::read_manifest(&cfg.data).ok());
+                let (mean, std) = match manifest {
+                    Some(m) => normalization(&m, false),
                     None if c == 3 => (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()),
                     None => (vec![0.5], vec![0.5]),
                 };
-                let eval = Augment::new(Transform::Eval { crop_pct: 1.0 }, s, &mean, &std, 0)?;
-                let mut out = vec![0f32; files.len() * c * s * s];
-                let mut resizer = Resizer::new();
-                let mut scratch = Vec::new();
-                for (i, f) in files.iter().enumerate() {
-                    let img = mae_data::prepare::load_image(f, s, c)?;
-                    eval.apply(
-                        &mut resizer,
-                        &mut scratch,
-                        &img,
-                        s,
-                        0,
-                        i as u64,
-                        &mut out[i * c * s * s..(i + 1) * c * s * s],
-                    )?;
-                }
-                (out, mean, std)
+                let sources = files
+                    .iter()
+                    .map(|f| Ok((mae_data::prepare::load_image(f, s, c)?, s)))
+                    .collect::<Result<Vec<_>, TrainError>>()?;
+                (sources, mean, std)
             }
         };
+        let eval = Augment::new(Transform::Eval { crop_pct: 1.0 }, s, &mean, &std, 0)?;
+        let per = c * s * s;
+        let mut pixels = vec![0f32; sources.len() * per];
+        let mut resizer = Resizer::new();
+        let mut scratch = Vec::new();
+        for (i, (img, side)) in sources.iter().enumerate() {
+            eval.apply(
+                &mut resizer,
+                &mut scratch,
+                img,
+                *side,
+                0,
+                i as u64,
+                &mut pixels[i * per..(i + 1) * per],
+            )?;
+        }
         let n = pixels.len() / (c * s * s);
         if n == 0 {
             return Err(TrainError::Config("no image to reconstruct".into()));
