@@ -291,23 +291,88 @@ impl<Tr: TransformerDims, D: Device<f32>> TensorCollection<f32, D> for Block<Tr,
     }
 }
 
+/// Stochastic depth ("drop path") of one block: per-sample multipliers of its two residual
+/// branches, 0 for a sample whose branch is dropped and `1 / keep_prob` for one that is kept
+/// (timm's `DropPath` with `scale_by_keep=True`, drawn separately for `drop_path1` and
+/// `drop_path2`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct BranchScales {
+    /// Multipliers of the attention branch, one per sample.
+    pub attn: Vec<f32>,
+    /// Multipliers of the MLP branch, one per sample.
+    pub mlp: Vec<f32>,
+}
+
+impl BranchScales {
+    /// Draws the multipliers of `batch` samples for drop probability `drop_prob`.
+    pub fn sample(rng: &mut impl rand::Rng, batch: usize, drop_prob: f64) -> Self {
+        let keep = 1.0 - drop_prob;
+        let mut draw = || -> Vec<f32> {
+            (0..batch)
+                .map(|_| {
+                    if rng.gen::<f64>() < keep {
+                        (1.0 / keep) as f32
+                    } else {
+                        0.0
+                    }
+                })
+                .collect()
+        };
+        let attn = draw();
+        let mlp = draw();
+        BranchScales { attn, mlp }
+    }
+}
+
+/// Multiplies each sample of a `[batch, tokens, M]` branch output by its scale.
+fn scale_samples<M: ConstDim, D: MaeDevice, T: Tape<f32, D>>(
+    x: Act<M, D, T>,
+    scales: &[f32],
+) -> Result<Act<M, D, T>, MaeError> {
+    let shape = *x.shape();
+    if scales.len() != shape.0 {
+        return Err(MaeError::InputShape {
+            what: "drop-path scales",
+            expected: format!("{} samples", shape.0),
+            got: format!("{}", scales.len()),
+        });
+    }
+    let s = x
+        .device()
+        .try_tensor_from_vec(scales.to_vec(), (shape.0,))
+        .and_then(|s| s.try_broadcast_like::<_, Axes2<1, 2>>(&shape))
+        .map_err(dev_err)?;
+    x.try_mul(s).map_err(dev_err)
+}
+
 impl<Tr: TransformerDims, D: MaeDevice> Block<Tr, f32, D> {
     /// One pre-norm block.
     pub fn forward<T: Tape<f32, D>>(
         &self,
         x: Act<Tr::Model, D, T>,
     ) -> Result<Act<Tr::Model, D, T>, MaeError> {
+        self.forward_scaled(x, None)
+    }
+
+    /// One pre-norm block with stochastic depth: `x + s₁·attn(norm1(x))`, then
+    /// `x + s₂·mlp(norm2(x))`, with per-sample `s` from `scales` (no scaling when `None`).
+    pub fn forward_scaled<T: Tape<f32, D>>(
+        &self,
+        x: Act<Tr::Model, D, T>,
+        scales: Option<&BranchScales>,
+    ) -> Result<Act<Tr::Model, D, T>, MaeError> {
         let residual = x.with_empty_tape();
-        let x = self
-            .attn
-            .forward(self.norm1.forward(x)?)?
-            .try_add(residual)
-            .map_err(dev_err)?;
+        let mut branch = self.attn.forward(self.norm1.forward(x)?)?;
+        if let Some(s) = scales {
+            branch = scale_samples(branch, &s.attn)?;
+        }
+        let x = branch.try_add(residual).map_err(dev_err)?;
         let residual = x.with_empty_tape();
-        self.mlp
-            .forward(self.norm2.forward(x)?)?
-            .try_add(residual)
-            .map_err(dev_err)
+        let mut branch = self.mlp.forward(self.norm2.forward(x)?)?;
+        if let Some(s) = scales {
+            branch = scale_samples(branch, &s.mlp)?;
+        }
+        branch.try_add(residual).map_err(dev_err)
     }
 }
 
@@ -342,10 +407,20 @@ impl<Tr: TransformerDims, D: MaeDevice> Blocks<Tr, f32, D> {
     /// All blocks in order.
     pub fn forward<T: Tape<f32, D>>(
         &self,
-        mut x: Act<Tr::Model, D, T>,
+        x: Act<Tr::Model, D, T>,
     ) -> Result<Act<Tr::Model, D, T>, MaeError> {
-        for block in &self.blocks {
-            x = block.forward(x)?;
+        self.forward_scaled(x, &[])
+    }
+
+    /// All blocks in order, block `i` with stochastic depth `scales[i]` where given (blocks past
+    /// the end of `scales`, or with `None`, run unscaled).
+    pub fn forward_scaled<T: Tape<f32, D>>(
+        &self,
+        mut x: Act<Tr::Model, D, T>,
+        scales: &[Option<BranchScales>],
+    ) -> Result<Act<Tr::Model, D, T>, MaeError> {
+        for (i, block) in self.blocks.iter().enumerate() {
+            x = block.forward_scaled(x, scales.get(i).and_then(|s| s.as_ref()))?;
         }
         Ok(x)
     }

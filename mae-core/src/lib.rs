@@ -2,7 +2,7 @@
 //!
 //! Layout: [`preset`] (preset types and [`MaeConfig`]), [`layers`] (Linear, LayerNorm, attention,
 //! pre-norm block), [`model`] (encoder, decoder, loss), [`masking`], [`patch`]
-//! (patchify/unpatchify), [`pos_embed`], [`weights`] (safetensors I/O), [`device`] (our kernels).
+//! (patchify/unpatchify), [`pos_embed`], [`vit`] (the fine-tuning classifier), [`weights`] (safetensors I/O), [`device`] (our kernels).
 
 pub mod device;
 pub mod error;
@@ -12,6 +12,7 @@ pub mod model;
 pub mod patch;
 pub mod pos_embed;
 pub mod preset;
+pub mod vit;
 pub mod weights;
 
 pub use device::MaeDevice;
@@ -20,6 +21,7 @@ pub use masking::Masking;
 pub use model::{tape_from, Decoder, Encoder, Mae, MaeOutput};
 pub use patch::PatchGeometry;
 pub use preset::{presets, MaeConfig, MaePreset, Preset, PresetVisitor, TransformerDims};
+pub use vit::{soft_target_cross_entropy, Classifier, PretrainedLoad, VisionTransformer};
 pub use weights::{HostTensor, NamedTensor, TensorFile};
 
 /// dfdx, re-exported so that users name the same version.

@@ -33,12 +33,12 @@ impl Distribution<f32> for Normal {
     }
 }
 
-fn token_init<M: ConstDim, D: Device<f32>>(t: &mut Tensor<(M,), f32, D>) -> Result<(), D::Err> {
+pub(crate) fn token_init<M: ConstDim, D: Device<f32>>(t: &mut Tensor<(M,), f32, D>) -> Result<(), D::Err> {
     t.try_fill_with_distr(Normal(0.02))
 }
 
 /// Fills a `[1 + L, D]` table with the fixed sin-cos embedding (`L` a square).
-fn sincos_init<N: ConstDim, M: ConstDim, D: Device<f32>>(
+pub(crate) fn sincos_init<N: ConstDim, M: ConstDim, D: Device<f32>>(
     t: &mut Tensor<(N, M), f32, D>,
 ) -> Result<(), D::Err> {
     let (n, m) = *t.shape();
@@ -287,31 +287,52 @@ fn index_tensor<D: Device<f32>>(
         .map_err(dev_err)
 }
 
+/// The patch projection of NCHW images: `[N, L, D]` tokens before position embeddings.
+pub(crate) fn project_patches<P: MaePreset, D: MaeDevice, T: Tape<f32, D>>(
+    patch_embed: &PatchEmbed<P::PatchDim, EncDim<P>, f32, D>,
+    imgs: &[f32],
+    tape: T,
+) -> Result<Act<EncDim<P>, D, T>, MaeError> {
+    let geometry = PatchGeometry::of::<P>();
+    let batch = geometry.batch_of(imgs)?;
+    let l = geometry.num_patches();
+    let dev = patch_embed.proj.bias.device();
+    let patches = dev
+        .try_tensor_from_vec(
+            geometry.patch_embed_input(imgs)?,
+            (batch, l, P::PatchDim::default()),
+        )
+        .map_err(dev_err)?
+        .put_tape(tape);
+    patch_embed.proj.forward(patches)
+}
+
+/// Prepends the cls token (`cls_token + pos_embed[0]`, given as `cls`) to `[N, L, D]` tokens.
+pub(crate) fn prepend_cls<M: ConstDim, D: MaeDevice, T: Tape<f32, D>>(
+    cls: Tensor<(M,), f32, D, T>,
+    x: Act<M, D, T>,
+) -> Result<Act<M, D, T>, MaeError> {
+    let (batch, _, m) = *x.shape();
+    let cls = cls
+        .try_broadcast_like(&(batch, 1usize, m))
+        .map_err(dev_err)?;
+    (cls, x).try_concat_along(Axis::<1>).map_err(dev_err)
+}
+
 impl<P: MaePreset, D: MaeDevice> Encoder<P, f32, D> {
-    /// Patch embedding plus position embedding of NCHW images: `[N, L, D]`.
+    /// Patch embedding plus (fixed) position embedding of NCHW images: `[N, L, D]`.
     fn embed_patches<T: Tape<f32, D>>(
         &self,
         imgs: &[f32],
         tape: T,
     ) -> Result<Act<EncDim<P>, D, T>, MaeError> {
-        let geometry = PatchGeometry::of::<P>();
-        let batch = geometry.batch_of(imgs)?;
-        let l = geometry.num_patches();
-        let dev = self.cls_token.device();
-        let patches = dev
-            .try_tensor_from_vec(
-                geometry.patch_embed_input(imgs)?,
-                (batch, l, P::PatchDim::default()),
-            )
-            .map_err(dev_err)?
-            .put_tape(tape);
-        let x = self.patch_embed.proj.forward(patches)?;
-        let m = EncDim::<P>::default();
+        let x = project_patches::<P, D, T>(&self.patch_embed, imgs, tape)?;
+        let shape = *x.shape();
         let pos = self
             .pos_embed
             .clone()
             .try_slice((1.., ..))
-            .and_then(|p| p.try_broadcast_like::<_, Axis<0>>(&(batch, l, m)))
+            .and_then(|p| p.try_broadcast_like::<_, Axis<0>>(&shape))
             .map_err(dev_err)?;
         x.try_add(pos).map_err(dev_err)
     }
@@ -321,20 +342,15 @@ impl<P: MaePreset, D: MaeDevice> Encoder<P, f32, D> {
         &self,
         x: Act<EncDim<P>, D, T>,
     ) -> Result<Act<EncDim<P>, D, T>, MaeError> {
-        let (batch, _, m) = *x.shape();
+        let m = x.shape().2;
         let cls_pos = self
             .pos_embed
             .clone()
             .try_slice((0..1, ..))
             .and_then(|p| p.try_reshape_like(&(m,)))
             .map_err(dev_err)?;
-        let cls = self
-            .cls_token
-            .retaped::<T>()
-            .try_add(cls_pos)
-            .and_then(|c| c.try_broadcast_like(&(batch, 1usize, m)))
-            .map_err(dev_err)?;
-        let x = (cls, x).try_concat_along(Axis::<1>).map_err(dev_err)?;
+        let cls = self.cls_token.retaped::<T>().try_add(cls_pos).map_err(dev_err)?;
+        let x = prepend_cls(cls, x)?;
         let x = self.blocks.forward(x)?;
         self.norm.forward(x)
     }

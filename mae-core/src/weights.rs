@@ -140,6 +140,73 @@ fn collect<M: TensorCollection<f32, D>, D: Device<f32>>(
     Ok(visitor.out)
 }
 
+/// Every tensor of any module built from our layers (parameters and fixed buffers), official
+/// names and shapes for a model of `geometry`.
+pub fn collect_tensors<M: TensorCollection<f32, D>, D: Device<f32>>(
+    module: &M,
+    geometry: PatchGeometry,
+) -> Result<Vec<NamedTensor>, MaeError> {
+    collect(module, geometry, None)
+}
+
+/// The gradient of every trainable parameter of any module, official names and shapes.
+pub fn collect_gradients<M: TensorCollection<f32, D>, D: Device<f32>>(
+    module: &M,
+    geometry: PatchGeometry,
+    grads: &Gradients<f32, D>,
+) -> Result<Vec<NamedTensor>, MaeError> {
+    collect(module, geometry, Some(grads))
+}
+
+struct Assign<'a> {
+    values: &'a HashMap<String, Vec<f32>>,
+    assigned: usize,
+}
+
+impl<D: Device<f32>> TensorVisitor<f32, D> for Assign<'_> {
+    type Viewer = (ViewTensorMut, ViewTensorName);
+    type Err = MaeError;
+    type E2 = f32;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        _opts: TensorOptions<S, f32, D>,
+        (t, name): (&mut Tensor<S, f32, D>, String),
+    ) -> Result<Option<Tensor<S, f32, D>>, MaeError> {
+        if let Some(v) = self.values.get(&name) {
+            if v.len() != t.shape().num_elements() {
+                return Err(MaeError::InputShape {
+                    what: "tensor values",
+                    expected: format!("{} values for `{name}`", t.shape().num_elements()),
+                    got: v.len().to_string(),
+                });
+            }
+            t.copy_from(v);
+            self.assigned += 1;
+        }
+        Ok(None)
+    }
+}
+
+/// Copies `values` (by official name, row-major) into the module's tensors of those names;
+/// tensors not named keep their values. Returns how many were assigned. The caller checks the
+/// values first: a length mismatch stops the walk part-way.
+pub fn assign_tensors<M: TensorCollection<f32, D>, D: Device<f32>>(
+    module: &mut M,
+    values: &HashMap<String, Vec<f32>>,
+) -> Result<usize, MaeError> {
+    let mut visitor = Assign {
+        values,
+        assigned: 0,
+    };
+    M::iter_tensors(&mut RecursiveWalker {
+        m: (module, String::new()),
+        f: &mut visitor,
+    })?;
+    Ok(visitor.assigned)
+}
+
 /// Every tensor of the model (parameters and fixed buffers), official names and shapes.
 pub fn named_tensors<P: MaePreset, D: Device<f32>>(
     model: &Mae<P, f32, D>,

@@ -1,0 +1,476 @@
+//! The fine-tuning classifier: the pretrained ViT encoder with global average pooling, `fc_norm`
+//! and a linear head.
+//!
+//! PyTorch counterpart: `models_vit.VisionTransformer(global_pool=True)` (timm's ViT with
+//! `qkv_bias=True`, LayerNorm eps 1e-6, drop path; the final `norm` replaced by `fc_norm` over
+//! the mean of the patch tokens) and the loading part of `main_finetune.py` (`interpolate_pos_embed`,
+//! `load_state_dict(strict=False)` leaving `head` and `fc_norm` fresh, `trunc_normal_(head.weight,
+//! std=2e-5)`). In fine-tuning the position embedding is a trained parameter.
+//!
+//! Parameter paths are the official ones (`patch_embed.proj.weight`, `cls_token`, `pos_embed`,
+//! `blocks.{i}.…`, `fc_norm.*`, `head.weight`, `head.bias`). The head's class count is a runtime
+//! value, so the head lives beside the [`TensorCollection`] (whose tensors need const shapes).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions};
+use dfdx::prelude::*;
+use rand_distr::{Distribution, StandardNormal};
+
+use crate::device::MaeDevice;
+use crate::error::MaeError;
+use crate::layers::{dev_err, Blocks, BranchScales, LayerNorm};
+use crate::model::{prepend_cls, project_patches, sincos_init, token_init, EncDim, PatchEmbed};
+use crate::patch::PatchGeometry;
+use crate::pos_embed::interpolate_pos_embed;
+use crate::preset::{MaePreset, Preset, TransformerDims};
+use crate::weights::{
+    assign_tensors, collect_gradients, collect_tensors, is_decoder_name, write_safetensors,
+    NamedTensor, TensorFile,
+};
+
+/// The ViT of preset `P` as fine-tuning uses it (everything but the head).
+#[derive(Debug, Clone)]
+pub struct VisionTransformer<P: MaePreset, E: Dtype, D: Storage<E>> {
+    /// `patch_embed.proj`.
+    pub patch_embed: PatchEmbed<P::PatchDim, EncDim<P>, E, D>,
+    /// `cls_token`, stored `[D]`.
+    pub cls_token: Tensor<(EncDim<P>,), E, D>,
+    /// `pos_embed`, stored `[1 + L, D]`; trained here.
+    pub pos_embed: Tensor<(P::Tokens, EncDim<P>), E, D>,
+    /// `blocks.{i}`.
+    pub blocks: Blocks<P::Encoder, E, D>,
+    /// `fc_norm`, over the pooled patch tokens.
+    pub fc_norm: LayerNorm<EncDim<P>, E, D>,
+}
+
+impl<P: MaePreset, D: Device<f32>> TensorCollection<f32, D> for VisionTransformer<P, f32, D> {
+    type To<E2: Dtype, D2: Device<E2>> = VisionTransformer<P, E2, D2>;
+
+    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+        visitor: &mut V,
+    ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
+        visitor.visit_fields(
+            (
+                Self::module("patch_embed", |s| &s.patch_embed, |s| &mut s.patch_embed),
+                Self::tensor(
+                    "cls_token",
+                    |s| &s.cls_token,
+                    |s| &mut s.cls_token,
+                    TensorOptions::reset_with(token_init),
+                ),
+                Self::tensor(
+                    "pos_embed",
+                    |s| &s.pos_embed,
+                    |s| &mut s.pos_embed,
+                    TensorOptions::reset_with(sincos_init),
+                ),
+                Self::module("blocks", |s| &s.blocks, |s| &mut s.blocks),
+                Self::module("fc_norm", |s| &s.fc_norm, |s| &mut s.fc_norm),
+            ),
+            |(patch_embed, cls_token, pos_embed, blocks, fc_norm)| VisionTransformer {
+                patch_embed,
+                cls_token,
+                pos_embed,
+                blocks,
+                fc_norm,
+            },
+        )
+    }
+}
+
+/// The linear head: `[classes, D]` weight and `[classes]` bias.
+#[derive(Debug, Clone)]
+pub struct Head<P: MaePreset, D: Storage<f32>> {
+    /// `head.weight`.
+    pub weight: Tensor<(usize, EncDim<P>), f32, D>,
+    /// `head.bias`.
+    pub bias: Tensor<(usize,), f32, D>,
+}
+
+/// The classifier: ViT + head.
+///
+/// ```
+/// use dfdx::prelude::*;
+/// use mae_core::{presets::Parity, Classifier, MaePreset};
+///
+/// let dev: Cpu = Cpu::seed_from_u64(0);
+/// let model = Classifier::<Parity, Cpu>::new(&dev, 10).unwrap();
+/// let imgs = vec![0.1f32; 2 * Parity::image_numel()];
+/// let logits = model.forward(&imgs, &[], NoneTape).unwrap();
+/// assert_eq!(logits.shape().1, 10);
+/// ```
+#[derive(Debug, Clone)]
+pub struct Classifier<P: MaePreset, D: Storage<f32>> {
+    /// Everything but the head.
+    pub vit: VisionTransformer<P, f32, D>,
+    /// The head.
+    pub head: Head<P, D>,
+}
+
+/// What [`Classifier::load_pretrained`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PretrainedLoad {
+    /// Names loaded from the file.
+    pub loaded: Vec<String>,
+    /// Names left at their initialization (`fc_norm`, `head` from an MAE checkpoint).
+    pub fresh: Vec<String>,
+    /// `Some((old, new))` when the position embedding was interpolated from an `old×old` grid.
+    pub interpolated: Option<(usize, usize)>,
+}
+
+/// `N(0, std²)` cut at ±2 (timm's `trunc_normal_` with its default absolute bounds).
+struct TruncNormal(f32);
+impl Distribution<f32> for TruncNormal {
+    fn sample<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> f32 {
+        loop {
+            let z: f32 = StandardNormal.sample(rng);
+            let v = z * self.0;
+            if v.abs() <= 2.0 {
+                return v;
+            }
+        }
+    }
+}
+
+fn geometry<P: MaePreset>() -> PatchGeometry {
+    PatchGeometry::of::<P>()
+}
+
+impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
+    /// A fresh classifier for `num_classes` classes: the ViT initialized as the MAE encoder is,
+    /// a unit `fc_norm`, the head weight `trunc_normal(std=2e-5)` and a zero bias.
+    pub fn new(dev: &D, num_classes: usize) -> Result<Self, MaeError> {
+        if num_classes == 0 {
+            return Err(MaeError::InputShape {
+                what: "number of classes",
+                expected: "at least 1".into(),
+                got: "0".into(),
+            });
+        }
+        let vit = VisionTransformer::<P, f32, D>::try_build(dev).map_err(dev_err)?;
+        let mut weight: Tensor<(usize, EncDim<P>), f32, D> = dev
+            .try_zeros_like(&(num_classes, EncDim::<P>::default()))
+            .map_err(dev_err)?;
+        weight
+            .try_fill_with_distr(TruncNormal(2e-5))
+            .map_err(dev_err)?;
+        let bias = dev.try_zeros_like(&(num_classes,)).map_err(dev_err)?;
+        Ok(Classifier {
+            vit,
+            head: Head { weight, bias },
+        })
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.head.bias.shape().0
+    }
+
+    /// Logits `[N, classes]` of NCHW `imgs`. `drop_path[i]` is block `i`'s stochastic depth
+    /// (empty for evaluation). `tape` as in [`crate::Mae::forward`].
+    pub fn forward<T: Tape<f32, D>>(
+        &self,
+        imgs: &[f32],
+        drop_path: &[Option<BranchScales>],
+        tape: T,
+    ) -> Result<Tensor<(usize, usize), f32, D, T>, MaeError> {
+        let vit = &self.vit;
+        let x = project_patches::<P, D, T>(&vit.patch_embed, imgs, tape)?;
+        let shape = *x.shape();
+        let (batch, l, m) = shape;
+        let pos = vit.pos_embed.retaped::<T>();
+        let patch_pos = pos
+            .with_empty_tape()
+            .try_slice((1.., ..))
+            .and_then(|p| p.try_broadcast_like::<_, Axis<0>>(&shape))
+            .map_err(dev_err)?;
+        let x = x.try_add(patch_pos).map_err(dev_err)?;
+        let cls = pos
+            .try_slice((0..1, ..))
+            .and_then(|p| p.try_reshape_like(&(m,)))
+            .and_then(|p| vit.cls_token.retaped::<T>().try_add(p))
+            .map_err(dev_err)?;
+        let x = prepend_cls(cls, x)?;
+        let x = vit.blocks.forward_scaled(x, drop_path)?;
+        // global pool: mean of the patch tokens, then fc_norm
+        let pooled = x
+            .try_slice((.., 1..l + 1, ..))
+            .and_then(|t| t.try_mean::<(usize, EncDim<P>), Axis<1>>())
+            .and_then(|t| t.try_reshape_like(&(batch, 1usize, m)))
+            .map_err(dev_err)?;
+        let pooled = vit
+            .fc_norm
+            .forward(pooled)?
+            .try_reshape_like(&(batch, m))
+            .map_err(dev_err)?;
+        let classes = self.num_classes();
+        pooled
+            .try_matmul(self.head.weight.retaped::<T>().try_permute().map_err(dev_err)?)
+            .and_then(|y| {
+                y.try_add(
+                    self.head
+                        .bias
+                        .retaped::<T>()
+                        .try_broadcast_like::<_, Axis<0>>(&(batch, classes))?,
+                )
+            })
+            .map_err(dev_err)
+    }
+
+    /// Gradients for every trainable tensor, head included (what a tape should record into).
+    pub fn alloc_grads(&self) -> Result<Gradients<f32, D>, MaeError> {
+        let mut grads = self.vit.try_alloc_grads().map_err(dev_err)?;
+        grads.try_alloc_for(&self.head.weight).map_err(dev_err)?;
+        grads.try_alloc_for(&self.head.bias).map_err(dev_err)?;
+        // keep the head's gradients after backward, as the walk's own tensors are kept; dfdx
+        // exposes a tensor's id only through `UnusedTensors`
+        let mut ids = dfdx::optim::UnusedTensors::default();
+        ids.add(&self.head.weight);
+        ids.add(&self.head.bias);
+        grads.retain_leafs(&ids.ids);
+        Ok(grads)
+    }
+
+    /// Zeroes the gradients of every trainable tensor, head included.
+    pub fn zero_grads(&self, grads: &mut Gradients<f32, D>) -> Result<(), MaeError> {
+        self.vit.try_zero_grads(grads).map_err(dev_err)?;
+        let dev = self.head.bias.device().clone();
+        dev.try_fill_with_zeros(grads.get_or_alloc_mut(&self.head.weight).map_err(dev_err)?)
+            .map_err(dev_err)?;
+        dev.try_fill_with_zeros(grads.get_or_alloc_mut(&self.head.bias).map_err(dev_err)?)
+            .map_err(dev_err)
+    }
+
+    /// Every tensor (all trainable), official names and shapes, head last.
+    pub fn named_tensors(&self) -> Result<Vec<NamedTensor>, MaeError> {
+        let mut out = collect_tensors(&self.vit, geometry::<P>())?;
+        out.extend(self.head_tensors(None));
+        Ok(out)
+    }
+
+    /// The gradient of every tensor, official names and shapes (as [`Self::named_tensors`]).
+    pub fn named_gradients(&self, grads: &Gradients<f32, D>) -> Result<Vec<NamedTensor>, MaeError> {
+        let mut out = collect_gradients(&self.vit, geometry::<P>(), grads)?;
+        out.extend(self.head_tensors(Some(grads)));
+        Ok(out)
+    }
+
+    fn head_tensors(&self, grads: Option<&Gradients<f32, D>>) -> Vec<NamedTensor> {
+        let (w, b) = match grads {
+            None => (self.head.weight.as_vec(), self.head.bias.as_vec()),
+            Some(g) => (g.get(&self.head.weight).as_vec(), g.get(&self.head.bias).as_vec()),
+        };
+        let dim = <P::Encoder as TransformerDims>::DIM;
+        vec![
+            NamedTensor {
+                name: "head.weight".into(),
+                shape: vec![self.num_classes(), dim],
+                data: w,
+                trainable: true,
+            },
+            NamedTensor {
+                name: "head.bias".into(),
+                shape: vec![self.num_classes()],
+                data: b,
+                trainable: true,
+            },
+        ]
+    }
+
+    /// Sets every tensor from `values` by name (head included); names absent keep their values.
+    /// Lengths are checked before anything is written.
+    pub fn assign(&mut self, values: &HashMap<String, Vec<f32>>) -> Result<(), MaeError> {
+        for t in self.named_tensors()? {
+            if let Some(v) = values.get(&t.name) {
+                if v.len() != t.data.len() {
+                    return Err(MaeError::InputShape {
+                        what: "tensor values",
+                        expected: format!("{} values for `{}`", t.data.len(), t.name),
+                        got: v.len().to_string(),
+                    });
+                }
+            }
+        }
+        assign_tensors(&mut self.vit, values)?;
+        if let Some(w) = values.get("head.weight") {
+            self.head.weight.copy_from(w);
+        }
+        if let Some(b) = values.get("head.bias") {
+            self.head.bias.copy_from(b);
+        }
+        Ok(())
+    }
+
+    /// Loads a classifier file written by [`Self::save_safetensors`] (or timm/official
+    /// fine-tuned weights under the same names, each prefixed by `prefix`): every tensor must be
+    /// there with its official shape and finite values; extra keys are an error. Nothing
+    /// changes when it fails.
+    pub fn load_from(&mut self, file: &TensorFile, prefix: &str) -> Result<(), MaeError> {
+        let expected = self.named_tensors()?;
+        let mut values = HashMap::new();
+        for t in &expected {
+            let key = format!("{prefix}{}", t.name);
+            let host = file.read(&key)?.ok_or_else(|| MaeError::MissingKey {
+                path: file.path().to_path_buf(),
+                key: key.clone(),
+                expected: t.shape.clone(),
+            })?;
+            check_tensor(file.path(), &key, &host.shape, &t.shape, &host.data, P::PRESET)?;
+            values.insert(t.name.clone(), host.data);
+        }
+        for key in file.names()? {
+            if let Some(name) = key.strip_prefix(prefix) {
+                if !values.contains_key(name) {
+                    return Err(MaeError::UnexpectedKey {
+                        path: file.path().to_path_buf(),
+                        shape: file.shape(&key)?.unwrap_or_default(),
+                        key,
+                        preset: P::PRESET,
+                    });
+                }
+            }
+        }
+        self.assign(&values)
+    }
+
+    /// `main_finetune.py`'s start from pretrained weights: the encoder tensors (`patch_embed`,
+    /// `cls_token`, `pos_embed`, `blocks`) from an MAE checkpoint, full or encoder-only, of any
+    /// preset with the same encoder; the position embedding is interpolated (bicubic) when the
+    /// checkpoint's patch grid differs. The pretraining `norm`, the decoder and `mask_token` are
+    /// skipped; `fc_norm` and `head` stay fresh unless the file has them with matching shapes.
+    /// Nothing changes when it fails.
+    pub fn load_pretrained(&mut self, file: &TensorFile) -> Result<PretrainedLoad, MaeError> {
+        let path = file.path().to_path_buf();
+        let mut values = HashMap::new();
+        let mut report = PretrainedLoad {
+            loaded: Vec::new(),
+            fresh: Vec::new(),
+            interpolated: None,
+        };
+        let l = P::num_patches();
+        let grid = (l as f64).sqrt().round() as usize;
+        for t in self.named_tensors()? {
+            let optional = t.name.starts_with("fc_norm.") || t.name.starts_with("head.");
+            let Some(host) = file.read(&t.name)? else {
+                if optional {
+                    report.fresh.push(t.name);
+                    continue;
+                }
+                return Err(MaeError::MissingKey {
+                    path,
+                    key: t.name.clone(),
+                    expected: t.shape,
+                });
+            };
+            if optional && host.shape != t.shape {
+                // e.g. a head for another number of classes: dropped, as main_finetune.py does
+                report.fresh.push(t.name);
+                continue;
+            }
+            let mut data = host.data;
+            let mut shape = host.shape;
+            if t.name == "pos_embed" && shape != t.shape {
+                let dim = t.shape[2];
+                let tokens = shape.get(1).copied().unwrap_or(0);
+                let old = ((tokens.max(1) - 1) as f64).sqrt().round() as usize;
+                if shape.len() == 3 && shape[0] == 1 && shape[2] == dim && 1 + old * old == tokens
+                {
+                    check_tensor(&path, "pos_embed", &shape, &shape, &data, P::PRESET)?;
+                    data = interpolate_pos_embed(&data, dim, old, grid);
+                    shape = t.shape.clone();
+                    report.interpolated = Some((old, grid));
+                }
+            }
+            check_tensor(&path, &t.name, &shape, &t.shape, &data, P::PRESET)?;
+            values.insert(t.name.clone(), data);
+            report.loaded.push(t.name);
+        }
+        for key in file.names()? {
+            let known = values.contains_key(&key)
+                || is_decoder_name(&key)
+                || key.starts_with("norm.")
+                || key.starts_with("fc_norm.")
+                || key.starts_with("head.");
+            if !known {
+                return Err(MaeError::UnexpectedKey {
+                    path: path.clone(),
+                    shape: file.shape(&key)?.unwrap_or_default(),
+                    key,
+                    preset: P::PRESET,
+                });
+            }
+        }
+        self.assign(&values)?;
+        Ok(report)
+    }
+
+    /// Writes every tensor (official names and shapes) with `metadata` plus `preset`,
+    /// `kind = classifier` and `num_classes`, atomically.
+    pub fn save_safetensors(
+        &self,
+        path: impl AsRef<Path>,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), MaeError> {
+        let mut meta = metadata.clone();
+        meta.insert("preset".into(), P::PRESET.to_string());
+        meta.insert("kind".into(), "classifier".into());
+        meta.insert("num_classes".into(), self.num_classes().to_string());
+        write_safetensors(path.as_ref(), &self.named_tensors()?, &meta)
+    }
+}
+
+fn check_tensor(
+    path: &Path,
+    key: &str,
+    got: &[usize],
+    expected: &[usize],
+    data: &[f32],
+    preset: Preset,
+) -> Result<(), MaeError> {
+    if got != expected {
+        return Err(MaeError::ShapeMismatch {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            expected: expected.to_vec(),
+            got: got.to_vec(),
+            preset,
+        });
+    }
+    if data.iter().any(|v| !v.is_finite()) {
+        return Err(MaeError::NonFinite {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+        });
+    }
+    Ok(())
+}
+
+/// timm's `SoftTargetCrossEntropy`: `mean_n Σ_c −target[n,c] · log_softmax(logits)[n,c]`, the loss
+/// `main_finetune.py` trains with under mixup/cutmix (with label smoothing inside the targets);
+/// with smoothed one-hot targets it equals `LabelSmoothingCrossEntropy`. `targets` is `[N, C]`
+/// row-major.
+pub fn soft_target_cross_entropy<D: MaeDevice, T: Tape<f32, D>>(
+    logits: Tensor<(usize, usize), f32, D, T>,
+    targets: &[f32],
+) -> Result<Tensor<Rank0, f32, D, T>, MaeError> {
+    let shape = *logits.shape();
+    if targets.len() != shape.0 * shape.1 || shape.0 == 0 {
+        return Err(MaeError::InputShape {
+            what: "targets",
+            expected: format!("{} × {} values", shape.0, shape.1),
+            got: targets.len().to_string(),
+        });
+    }
+    let t = logits
+        .device()
+        .try_tensor_from_vec(targets.to_vec(), shape)
+        .map_err(dev_err)?;
+    logits
+        .try_log_softmax::<Axis<1>>()
+        .and_then(|l| l.try_mul(t))
+        .and_then(|l| l.try_sum::<Rank0, _>())
+        .and_then(|s| s.try_mul(-1.0 / shape.0 as f32))
+        .map_err(dev_err)
+}
