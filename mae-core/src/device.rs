@@ -11,7 +11,7 @@
 use dfdx::prelude::*;
 
 use crate::error::MaeError;
-use crate::layers::dev_err;
+use crate::layers::{dev_err, host_tensor};
 
 /// `gelu(x) = x·Φ(x) = 0.5·x·(1 + erf(x/√2))`.
 #[inline]
@@ -29,7 +29,7 @@ pub fn gelu_derivative(x: f32) -> f32 {
 }
 
 /// A dfdx device the MAE model runs on.
-pub trait MaeDevice: Device<f32> {
+pub trait MaeDevice: Device<f32> + ZerosTensor<usize> + CopySlice<usize> {
     /// Exact erf GELU with a correct gradient.
     fn gelu<S: Shape, T: Tape<f32, Self>>(
         x: Tensor<S, f32, Self, T>,
@@ -48,13 +48,13 @@ pub fn gelu_composed<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
     let values = x.as_vec();
     let dev = x.device().clone();
     let value: Vec<f32> = values.iter().map(|&v| gelu_value(v)).collect();
-    let value = dev.try_tensor_from_vec(value, shape).map_err(dev_err)?;
+    let value = host_tensor(&dev, &value, shape)?;
     if !T::OWNS_TAPE {
         return Ok(value.put_tape(x.split_tape().1));
     }
     let slope: Vec<f32> = values.iter().map(|&v| gelu_derivative(v)).collect();
-    let slope = dev.try_tensor_from_vec(slope, shape).map_err(dev_err)?;
-    let detached = dev.try_tensor_from_vec(values, shape).map_err(dev_err)?;
+    let slope = host_tensor(&dev, &slope, shape)?;
+    let detached = host_tensor(&dev, &values, shape)?;
     x.try_sub(detached)
         .and_then(|t| t.try_mul(slope))
         .and_then(|t| t.try_add(value))
@@ -69,10 +69,7 @@ impl MaeDevice for Cpu {
         let (x, mut tape) = x.split_tape();
         let input = x.as_vec();
         let value: Vec<f32> = input.iter().map(|&v| gelu_value(v)).collect();
-        let out = x
-            .device()
-            .try_tensor_from_vec(value, *x.shape())
-            .map_err(dev_err)?;
+        let out = host_tensor(x.device(), &value, *x.shape())?;
         if T::OWNS_TAPE {
             let out_id = out.clone();
             tape.add_backward_op(move |grads| {

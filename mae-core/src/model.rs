@@ -12,7 +12,7 @@ use rand_distr::{Distribution, StandardNormal, Uniform};
 
 use crate::device::MaeDevice;
 use crate::error::MaeError;
-use crate::layers::{dev_err, xavier_uniform, Act, Blocks, LayerNorm, Linear};
+use crate::layers::{dev_err, host_tensor, xavier_uniform, Act, Blocks, LayerNorm, Linear};
 use crate::masking::Masking;
 use crate::patch::{normalize_patches, PatchGeometry};
 use crate::pos_embed::pos_embed_2d_sincos;
@@ -277,14 +277,13 @@ pub fn tape_from<D: Device<f32>>(dev: &D, grads: Gradients<f32, D>) -> OwnedTape
     anchor.traced(grads).split_tape().1
 }
 
-fn index_tensor<D: Device<f32>>(
+fn index_tensor<D: MaeDevice>(
     dev: &D,
     ids: &[usize],
     rows: usize,
     cols: usize,
 ) -> Result<Tensor<(usize, usize), usize, D>, MaeError> {
-    dev.try_tensor_from_vec(ids.to_vec(), (rows, cols))
-        .map_err(dev_err)
+    host_tensor(dev, ids, (rows, cols))
 }
 
 /// The patch projection of NCHW images: `[N, L, D]` tokens before position embeddings.
@@ -297,13 +296,12 @@ pub(crate) fn project_patches<P: MaePreset, D: MaeDevice, T: Tape<f32, D>>(
     let batch = geometry.batch_of(imgs)?;
     let l = geometry.num_patches();
     let dev = patch_embed.proj.bias.device();
-    let patches = dev
-        .try_tensor_from_vec(
-            geometry.patch_embed_input(imgs)?,
-            (batch, l, P::PatchDim::default()),
-        )
-        .map_err(dev_err)?
-        .put_tape(tape);
+    let patches = host_tensor(
+        dev,
+        &geometry.patch_embed_input(imgs)?,
+        (batch, l, P::PatchDim::default()),
+    )?
+    .put_tape(tape);
     patch_embed.proj.forward(patches)
 }
 
@@ -504,12 +502,8 @@ impl<P: MaePreset, D: MaeDevice> Mae<P, f32, D> {
             return Err(MaeError::NothingMasked);
         }
         let dev = pred.device().clone();
-        let target = dev
-            .try_tensor_from_vec(target, (batch, l, pd))
-            .map_err(dev_err)?;
-        let mask = dev
-            .try_tensor_from_vec(masking.mask.clone(), (batch, l))
-            .map_err(dev_err)?;
+        let target = host_tensor(&dev, &target, (batch, l, pd))?;
+        let mask = host_tensor(&dev, &masking.mask, (batch, l))?;
         pred.try_sub(target)
             .and_then(|d| d.try_square())
             .and_then(|d| d.try_mean::<(usize, usize), Axis<2>>())

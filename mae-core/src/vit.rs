@@ -20,7 +20,7 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::device::MaeDevice;
 use crate::error::MaeError;
-use crate::layers::{dev_err, Blocks, BranchScales, LayerNorm};
+use crate::layers::{dev_err, host_tensor, Blocks, BranchScales, LayerNorm};
 use crate::model::{prepend_cls, project_patches, sincos_init, token_init, EncDim, PatchEmbed};
 use crate::patch::PatchGeometry;
 use crate::pos_embed::interpolate_pos_embed;
@@ -463,10 +463,7 @@ pub fn soft_target_cross_entropy<D: MaeDevice, T: Tape<f32, D>>(
             got: targets.len().to_string(),
         });
     }
-    let t = logits
-        .device()
-        .try_tensor_from_vec(targets.to_vec(), shape)
-        .map_err(dev_err)?;
+    let t = host_tensor(logits.device(), targets, shape)?;
     logits
         .try_log_softmax::<Axis<1>>()
         .and_then(|l| l.try_mul(t))

@@ -53,6 +53,26 @@ pub enum Transform {
 }
 
 impl Transform {
+    /// The fine-tuning crop of `main_finetune.py` (timm's `create_transform` for training:
+    /// RandomResizedCrop with the default scale 0.08–1, ratio 3/4–4/3, horizontal flip; its
+    /// RandAugment is not implemented here).
+    pub fn finetune() -> Self {
+        Transform::Pretrain {
+            scale: (0.08, 1.0),
+            ratio: (3.0 / 4.0, 4.0 / 3.0),
+            hflip: true,
+        }
+    }
+
+    /// The evaluation transform for images of side `size`: `main_finetune.py`'s centre crop of
+    /// 224/256 for ImageNet-sized inputs (≥ 224); the whole image for small ones (Fashion-MNIST,
+    /// CIFAR), where a crop would cut into the object.
+    pub fn eval_for(size: usize) -> Self {
+        Transform::Eval {
+            crop_pct: if size >= 224 { 224.0 / 256.0 } else { 1.0 },
+        }
+    }
+
     /// The paper's pretraining augmentation.
     pub fn pretrain() -> Self {
         Transform::Pretrain {

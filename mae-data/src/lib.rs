@@ -2,13 +2,15 @@
 //!
 //! Modules: [`format`] (the on-disk layout, also in `FORMAT.md`), [`dataset`] (reading),
 //! [`writer`] (writing), [`prepare`] (image folders, idx, CIFAR-10 → shards), [`resize`],
-//! [`augment`] (the paper's transforms), [`loader`] (batches), [`preview`] (a grid of samples).
+//! [`augment`] (the paper's transforms), [`mixup`] (mixup, cutmix, random erasing for fine-tuning),
+//! [`loader`] (batches), [`preview`] (a grid of samples).
 
 pub mod augment;
 pub mod dataset;
 pub mod error;
 pub mod format;
 pub mod loader;
+pub mod mixup;
 pub mod prepare;
 pub mod preview;
 pub mod resize;

@@ -20,7 +20,7 @@ use std::path::{Path, PathBuf};
 
 use mae_core::dfdx::prelude::*;
 use mae_core::weights::{named_tensors, write_safetensors, NamedTensor};
-use mae_core::{Mae, MaePreset, Preset, TensorFile};
+use mae_core::{Classifier, Mae, MaeDevice, MaePreset, Preset, TensorFile};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
@@ -46,6 +46,41 @@ struct OptimizerMeta {
     weight_decay: f64,
     step: u64,
     decayed: BTreeSet<String>,
+}
+
+/// A model that checkpoints save and load: the MAE in pretraining, the classifier in
+/// fine-tuning.
+pub trait Checkpointable {
+    /// Every tensor, official names and shapes.
+    fn tensors(&self) -> Result<Vec<NamedTensor>, TrainError>;
+    /// Writes the model file (atomically) with `metadata`.
+    fn save_model(&self, path: &Path, metadata: &BTreeMap<String, String>) -> Result<(), TrainError>;
+    /// Loads the model file strictly; unchanged on error.
+    fn load_model(&mut self, file: &TensorFile) -> Result<(), TrainError>;
+}
+
+impl<P: MaePreset, D: Device<f32>> Checkpointable for Mae<P, f32, D> {
+    fn tensors(&self) -> Result<Vec<NamedTensor>, TrainError> {
+        Ok(named_tensors(self)?)
+    }
+    fn save_model(&self, path: &Path, metadata: &BTreeMap<String, String>) -> Result<(), TrainError> {
+        Ok(self.save_safetensors(path, metadata)?)
+    }
+    fn load_model(&mut self, file: &TensorFile) -> Result<(), TrainError> {
+        Ok(self.load_from(file, "")?)
+    }
+}
+
+impl<P: MaePreset, D: MaeDevice> Checkpointable for Classifier<P, D> {
+    fn tensors(&self) -> Result<Vec<NamedTensor>, TrainError> {
+        Ok(self.named_tensors()?)
+    }
+    fn save_model(&self, path: &Path, metadata: &BTreeMap<String, String>) -> Result<(), TrainError> {
+        Ok(self.save_safetensors(path, metadata)?)
+    }
+    fn load_model(&mut self, file: &TensorFile) -> Result<(), TrainError> {
+        Ok(self.load_from(file, "")?)
+    }
 }
 
 /// The model file of the checkpoint at `step`.
@@ -86,9 +121,9 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainErro
 }
 
 /// Writes the checkpoint of `state` and keeps only the newest `keep_last`.
-pub fn save<P: MaePreset, D: Device<f32>>(
+pub fn save<M: Checkpointable>(
     run_dir: &Path,
-    model: &Mae<P, f32, D>,
+    model: &M,
     opt: &AdamW,
     state: &TrainState,
     config_json: &str,
@@ -133,7 +168,7 @@ pub fn save<P: MaePreset, D: Device<f32>>(
         ("step".to_string(), state.step.to_string()),
         ("epoch".to_string(), state.epoch.to_string()),
     ]);
-    model.save_safetensors(&model_path, &meta)?;
+    model.save_model(&model_path, &meta)?;
     prune(run_dir, keep_last)?;
     Ok(model_path)
 }
@@ -164,9 +199,9 @@ pub fn preset_of(path: &Path) -> Result<Preset, TrainError> {
 
 /// Loads a checkpoint (model file + its state file) into `model` and `opt`; returns the state.
 /// Nothing is changed when it fails.
-pub fn load<P: MaePreset, D: Device<f32>>(
+pub fn load<M: Checkpointable>(
     model_path: &Path,
-    model: &mut Mae<P, f32, D>,
+    model: &mut M,
     opt: &mut AdamW,
 ) -> Result<TrainState, TrainError> {
     let state_file_path = state_path(model_path);
@@ -184,7 +219,8 @@ pub fn load<P: MaePreset, D: Device<f32>>(
     )
     .map_err(|e| bad(format!("optimizer: {e}")))?;
     // check the moments against the model's parameters before touching anything
-    let params: Vec<NamedTensor> = named_tensors(model)?
+    let params: Vec<NamedTensor> = model
+        .tensors()?
         .into_iter()
         .filter(|t| t.trainable)
         .collect();
@@ -213,7 +249,7 @@ pub fn load<P: MaePreset, D: Device<f32>>(
         }
     }
     let weights = TensorFile::open(model_path)?;
-    model.load_from(&weights, "")?;
+    model.load_model(&weights)?;
     opt.betas = optimizer.betas;
     opt.eps = optimizer.eps;
     opt.weight_decay = optimizer.weight_decay;
@@ -225,9 +261,9 @@ pub fn load<P: MaePreset, D: Device<f32>>(
 
 /// `--resume auto`: the newest checkpoint of `run_dir` that loads. Returns its path and state,
 /// and one line for each newer checkpoint that failed to load.
-pub fn resume_latest<P: MaePreset, D: Device<f32>>(
+pub fn resume_latest<M: Checkpointable>(
     run_dir: &Path,
-    model: &mut Mae<P, f32, D>,
+    model: &mut M,
     opt: &mut AdamW,
 ) -> Result<Option<(PathBuf, TrainState, Vec<String>)>, TrainError> {
     let mut failures = Vec::new();

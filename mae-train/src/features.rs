@@ -46,38 +46,26 @@ impl Features {
     }
 }
 
-/// Runs the encoder over every image of `split` (resized to the preset's size, normalized as in
-/// training, no masking), `batch` images at a time.
-pub fn extract<P: MaePreset>(
-    encoder: &Encoder<P, f32, Cpu>,
+/// Calls `f(images, labels)` for consecutive batches of `batch` images of `split`, each resized
+/// to `size` and normalized as in training, with no randomness (the evaluation transform).
+pub fn for_each_eval_batch(
     split: &Split,
     manifest: &mae_data::Manifest,
+    size: usize,
     batch: usize,
-) -> Result<Features, TrainError> {
-    let (c, s) = (P::IN_CHANS, P::IMG_SIZE);
-    if manifest.channels != c {
-        return Err(TrainError::Config(format!(
-            "the data has {} channel(s), preset {} takes {c}",
-            manifest.channels,
-            P::PRESET
-        )));
-    }
+    mut f: impl FnMut(&[f32], &[i64]) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
+    let c = manifest.channels;
     let (mean, std) = normalization(manifest, false);
-    let eval = Augment::new(Transform::Eval { crop_pct: 1.0 }, s, &mean, &std, 0)?;
-    let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
-    let mut out = Features {
-        dim,
-        cls: Vec::with_capacity(split.len() * dim),
-        avg: Vec::with_capacity(split.len() * dim),
-        labels: Vec::with_capacity(split.len()),
-    };
+    let eval = Augment::new(Transform::eval_for(size), size, &mean, &std, 0)?;
     let mut resizer = Resizer::new();
     let mut scratch = Vec::new();
-    let per = c * s * s;
-    let mut images = Vec::new();
+    let per = c * size * size;
+    let (mut images, mut labels) = (Vec::new(), Vec::new());
     for start in (0..split.len()).step_by(batch.max(1)) {
         let end = (start + batch.max(1)).min(split.len());
         images.resize((end - start) * per, 0.0);
+        labels.clear();
         for i in start..end {
             let sample = split
                 .get(i)
@@ -91,10 +79,47 @@ pub fn extract<P: MaePreset>(
                 i as u64,
                 &mut images[(i - start) * per..(i - start + 1) * per],
             )?;
-            out.labels.push(sample.label as i64);
+            labels.push(sample.label as i64);
         }
-        let tokens = encoder.forward_features(&images, NoneTape)?.as_vec();
-        let t = tokens.len() / ((end - start) * dim);
+        f(&images, &labels)?;
+    }
+    Ok(())
+}
+
+/// Checks that the data's channels fit preset `P`.
+pub fn check_channels<P: MaePreset>(manifest: &mae_data::Manifest) -> Result<(), TrainError> {
+    if manifest.channels != P::IN_CHANS {
+        return Err(TrainError::Config(format!(
+            "the data has {} channel(s), preset {} takes {} (prepare it with --channels {})",
+            manifest.channels,
+            P::PRESET,
+            P::IN_CHANS,
+            P::IN_CHANS
+        )));
+    }
+    Ok(())
+}
+
+/// Runs the encoder over every image of `split` (resized to the preset's size, normalized as in
+/// training, no masking), `batch` images at a time.
+pub fn extract<P: MaePreset>(
+    encoder: &Encoder<P, f32, Cpu>,
+    split: &Split,
+    manifest: &mae_data::Manifest,
+    batch: usize,
+) -> Result<Features, TrainError> {
+    check_channels::<P>(manifest)?;
+    let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
+    let mut out = Features {
+        dim,
+        cls: Vec::with_capacity(split.len() * dim),
+        avg: Vec::with_capacity(split.len() * dim),
+        labels: Vec::with_capacity(split.len()),
+    };
+    for_each_eval_batch(split, manifest, P::IMG_SIZE, batch, |images, labels| {
+        out.labels.extend_from_slice(labels);
+        let tokens = encoder.forward_features(images, NoneTape)?.as_vec();
+        let t = tokens.len() / (labels.len() * dim);
         for row in tokens.chunks_exact(t * dim) {
             out.cls.extend_from_slice(&row[..dim]);
             let mut avg = vec![0f32; dim];
@@ -106,8 +131,21 @@ pub fn extract<P: MaePreset>(
             let n = (t - 1).max(1) as f32;
             out.avg.extend(avg.into_iter().map(|a| a / n));
         }
-    }
+        Ok(())
+    })?;
     Ok(out)
+}
+
+/// Top-1/top-5 counts of `logits` (`[n, classes]`) against `labels`.
+pub fn topk_hits(logits: &[f32], labels: &[i64], classes: usize) -> (usize, usize) {
+    let (mut top1, mut top5) = (0usize, 0usize);
+    for (row, &label) in logits.chunks_exact(classes).zip(labels) {
+        let mut order: Vec<usize> = (0..classes).collect();
+        order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+        top1 += (order[0] as i64 == label) as usize;
+        top5 += order[..5.min(classes)].iter().any(|&c| c as i64 == label) as usize;
+    }
+    (top1, top5)
 }
 
 /// Top-1 and top-5 accuracy of a classifier, in percent.

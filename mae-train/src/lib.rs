@@ -7,11 +7,13 @@ pub mod checkpoint;
 pub mod config;
 pub mod error;
 pub mod features;
+pub mod finetune;
 pub mod linprobe;
 pub mod optim;
 pub mod plot;
 pub mod pretrain;
 pub mod reconstruct;
+pub mod runlog;
 pub mod schedule;
 
 pub use config::{PretrainConfig, PretrainOverrides};

@@ -211,15 +211,7 @@ impl LinearProbe {
         bn.forward(&mut x, false);
         let mut logits = Vec::new();
         self.logits(&x, &mut logits);
-        let (mut top1, mut top5) = (0usize, 0usize);
-        for (row, &label) in logits.chunks_exact(self.classes).zip(labels) {
-            let mut order: Vec<usize> = (0..self.classes).collect();
-            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-            top1 += (order[0] as i64 == label) as usize;
-            top5 += order[..5.min(self.classes)]
-                .iter()
-                .any(|&c| c as i64 == label) as usize;
-        }
+        let (top1, top5) = crate::features::topk_hits(&logits, labels, self.classes);
         let n = labels.len().max(1) as f64;
         Accuracy {
             top1: 100.0 * top1 as f64 / n,

@@ -44,6 +44,9 @@ pub struct AdamW {
     pub decayed: BTreeSet<String>,
     /// Moments by parameter name.
     pub state: BTreeMap<String, Moments>,
+    /// Learning-rate multipliers by parameter name (layer-wise decay in fine-tuning, as
+    /// `param_group["lr_scale"]`); 1 for names not listed.
+    pub lr_scale: BTreeMap<String, f64>,
 }
 
 impl AdamW {
@@ -57,6 +60,58 @@ impl AdamW {
             step: 0,
             decayed,
             state: BTreeMap::new(),
+            lr_scale: BTreeMap::new(),
+        }
+    }
+
+    /// The step of one parameter held on the host (a tensor outside the module walk, such as the
+    /// classifier's head), at the current step count: call it after [`AdamW::update`] of the
+    /// same step.
+    pub fn update_named(
+        &mut self,
+        name: &str,
+        p: &mut [f32],
+        grad: &[f32],
+        lr: f64,
+    ) -> Result<(), TrainError> {
+        if p.len() != grad.len() {
+            return Err(TrainError::Config(format!(
+                "`{name}`: {} values, gradient {}",
+                p.len(),
+                grad.len()
+            )));
+        }
+        self.apply(name, p, grad, lr);
+        Ok(())
+    }
+
+    /// The AdamW step of one parameter, with its learning-rate multiplier and decay group.
+    fn apply(&mut self, name: &str, p: &mut [f32], grad: &[f32], lr: f64) {
+        let lr = lr * self.lr_scale.get(name).copied().unwrap_or(1.0);
+        let (b1, b2) = self.betas;
+        let t = self.step.max(1) as i32;
+        let bc1 = 1.0 - b1.powi(t);
+        let bc2 = 1.0 - b2.powi(t);
+        let step_size = (lr / bc1) as f32;
+        let bc2_sqrt = bc2.sqrt() as f32;
+        let eps = self.eps as f32;
+        let decay = if self.decayed.contains(name) {
+            (1.0 - lr * self.weight_decay) as f32
+        } else {
+            1.0
+        };
+        let m = self.state.entry(name.to_string()).or_insert_with(|| Moments {
+            exp_avg: vec![0.0; p.len()],
+            exp_avg_sq: vec![0.0; p.len()],
+        });
+        let (b1f, b2f) = (b1 as f32, b2 as f32);
+        for i in 0..p.len() {
+            let g = grad[i];
+            p[i] *= decay;
+            m.exp_avg[i] = m.exp_avg[i] * b1f + g * (1.0 - b1f);
+            m.exp_avg_sq[i] = m.exp_avg_sq[i] * b2f + g * g * (1.0 - b2f);
+            let denom = m.exp_avg_sq[i].sqrt() / bc2_sqrt + eps;
+            p[i] -= step_size * m.exp_avg[i] / denom;
         }
     }
 
@@ -110,32 +165,7 @@ impl<D: Device<f32>> TensorVisitor<f32, D> for Step<'_, D> {
         }
         let grad = self.grads.get(param).as_vec();
         let mut p = param.as_vec();
-        let opt = &mut *self.opt;
-        let (b1, b2) = opt.betas;
-        let t = opt.step as i32;
-        let bc1 = 1.0 - b1.powi(t);
-        let bc2 = 1.0 - b2.powi(t);
-        let step_size = (self.lr / bc1) as f32;
-        let bc2_sqrt = bc2.sqrt() as f32;
-        let eps = opt.eps as f32;
-        let decay = if opt.decayed.contains(&name) {
-            (1.0 - self.lr * opt.weight_decay) as f32
-        } else {
-            1.0
-        };
-        let m = opt.state.entry(name).or_insert_with(|| Moments {
-            exp_avg: vec![0.0; p.len()],
-            exp_avg_sq: vec![0.0; p.len()],
-        });
-        let (b1f, b2f) = (b1 as f32, b2 as f32);
-        for i in 0..p.len() {
-            let g = grad[i];
-            p[i] *= decay;
-            m.exp_avg[i] = m.exp_avg[i] * b1f + g * (1.0 - b1f);
-            m.exp_avg_sq[i] = m.exp_avg_sq[i] * b2f + g * g * (1.0 - b2f);
-            let denom = m.exp_avg_sq[i].sqrt() / bc2_sqrt + eps;
-            p[i] -= step_size * m.exp_avg[i] / denom;
-        }
+        self.opt.apply(&name, &mut p, &grad, self.lr);
         param.copy_from(&p);
         Ok(None)
     }

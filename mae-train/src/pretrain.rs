@@ -5,12 +5,9 @@
 //! the loss is divided by `accum_iter`, gradients accumulate, and every `accum_iter` micro-batches
 //! the optimizer steps and gradients are zeroed. A non-finite loss stops the run.
 
-use std::fs::OpenOptions;
-use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::Instant;
 
 use mae_core::dfdx::prelude::*;
 use mae_core::weights::named_tensors;
@@ -19,12 +16,12 @@ use mae_data::augment::{normalization, Augment, Transform};
 use mae_data::loader::{Loader, LoaderConfig};
 use mae_data::{Dataset, SplitName};
 use rand::SeedableRng;
-use serde::Serialize;
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::PretrainConfig;
 use crate::error::TrainError;
 use crate::optim::AdamW;
+use crate::runlog::RunLog;
 use crate::schedule::lr_at;
 
 /// How a run ended.
@@ -64,22 +61,7 @@ pub enum Resume {
     Path(PathBuf),
 }
 
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct MetricsLine {
-    /// Optimizer step.
-    pub step: u64,
-    /// Fractional epoch.
-    pub epoch: f64,
-    /// Mean training loss of the step's micro-batches.
-    pub loss: f64,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Throughput since the previous line.
-    pub images_per_s: f64,
-    /// Seconds since the run (or resume) started.
-    pub elapsed_s: f64,
-}
+pub use crate::runlog::MetricsLine;
 
 /// Runs pretraining as configured. `stop` is polled after every optimizer step (set it from a
 /// signal handler): the run then writes a checkpoint and returns [`Outcome::Interrupted`].
@@ -112,12 +94,17 @@ pub fn decayed_names<P: MaePreset, D: Device<f32>>(
         .collect())
 }
 
-/// The noise RNG of one micro-batch: a function of the seed and the position, so resuming needs
-/// no RNG state.
-fn masking_rng(seed: u64, epoch: u64, micro_step: usize) -> rand_chacha::ChaCha8Rng {
-    let mut s = rand_chacha::ChaCha8Rng::seed_from_u64(seed ^ 0x6d61_652d_6d61_736b);
+/// An RNG that is a function of a seed and a position (epoch, micro-batch), so that resuming
+/// needs no RNG state.
+pub fn position_rng(seed: u64, epoch: u64, micro_step: usize) -> rand_chacha::ChaCha8Rng {
+    let mut s = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
     s.set_stream(epoch.wrapping_mul(1 << 32) ^ micro_step as u64);
     s
+}
+
+/// The noise RNG of one micro-batch.
+fn masking_rng(seed: u64, epoch: u64, micro_step: usize) -> rand_chacha::ChaCha8Rng {
+    position_rng(seed ^ 0x6d61_652d_6d61_736b, epoch, micro_step)
 }
 
 impl PresetVisitor for Run<'_> {
@@ -208,27 +195,7 @@ impl PresetVisitor for Run<'_> {
         let total_steps =
             (cfg.epochs as u64 * steps_per_epoch).min(cfg.max_steps.unwrap_or(u64::MAX));
 
-        let mut metrics = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(cfg.out.join("metrics.jsonl"))
-            .map_err(|e| TrainError::io(cfg.out.join("metrics.jsonl"), e))?;
-        let interactive = std::io::stdout().is_terminal();
-        let bar = if interactive {
-            let bar = indicatif::ProgressBar::new(total_steps);
-            if let Ok(style) =
-                indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}")
-            {
-                bar.set_style(style);
-            }
-            bar.set_position(state.step);
-            bar
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-
-        let start = Instant::now();
-        let mut window = (Instant::now(), 0usize);
+        let mut log = RunLog::open(&cfg.out, total_steps, state.step)?;
         let mut grads = model.alloc_grads();
         let mut last_checkpoint = None;
         let mut last_loss = None;
@@ -289,7 +256,7 @@ impl PresetVisitor for Run<'_> {
                 }
                 group_loss += loss_value as f64 / cfg.accum_iter as f64;
                 grads = (out.loss / cfg.accum_iter as f32).backward();
-                window.1 += batch.len();
+                log.images(batch.len());
                 state.micro_step = k + 1;
                 if (k + 1) % cfg.accum_iter != 0 {
                     continue;
@@ -304,33 +271,10 @@ impl PresetVisitor for Run<'_> {
                 }
                 let done = state.step >= total_steps;
                 if state.step % cfg.log_every == 0 || done {
-                    let secs = window.0.elapsed().as_secs_f64();
-                    let line = MetricsLine {
-                        step: state.step,
-                        epoch: epoch as f64 + k as f64 / micro_per_epoch as f64,
-                        loss: group_loss,
-                        lr,
-                        images_per_s: window.1 as f64 / secs.max(1e-9),
-                        elapsed_s: start.elapsed().as_secs_f64(),
-                    };
-                    window = (Instant::now(), 0);
-                    let text = serde_json::to_string(&line)
-                        .map_err(|e| TrainError::Config(e.to_string()))?;
-                    writeln!(metrics, "{text}")
-                        .map_err(|e| TrainError::io(cfg.out.join("metrics.jsonl"), e))?;
-                    if interactive {
-                        bar.set_message(format!(
-                            "loss {:.4} lr {:.2e} {:.0} img/s",
-                            line.loss, line.lr, line.images_per_s
-                        ));
-                    } else {
-                        println!(
-                            "step {}/{total_steps} epoch {:.2} loss {:.4} lr {:.3e} {:.1} img/s",
-                            line.step, line.epoch, line.loss, line.lr, line.images_per_s
-                        );
-                    }
+                    let frac = epoch as f64 + k as f64 / micro_per_epoch as f64;
+                    log.line(state.step, frac, group_loss, lr)?;
                 }
-                bar.set_position(state.step);
+                log.position(state.step);
                 let stop = self.stop.load(Ordering::SeqCst);
                 if state.step % cfg.save_every == 0 || done || stop {
                     last_checkpoint = Some(save(&model, &opt, &state)?);
@@ -355,7 +299,7 @@ impl PresetVisitor for Run<'_> {
                 state.micro_step = 0;
             }
         }
-        bar.finish_and_clear();
+        log.finish();
         if last_checkpoint.is_none() && state.step > 0 {
             last_checkpoint = Some(save(&model, &opt, &state)?);
         }

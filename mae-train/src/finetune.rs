@@ -1,0 +1,691 @@
+//! End-to-end fine-tuning of the pretrained encoder as a classifier.
+//!
+//! PyTorch counterpart: `main_finetune.py` + `engine_finetune.py` + `util/lr_decay.py`: the
+//! global-pool ViT of `models_vit.py` started from the MAE checkpoint (position embedding
+//! interpolated to the fine-tuning grid, fresh `fc_norm` and head), AdamW (β 0.9/0.999) over
+//! `param_groups_lrd` (layer-wise lr decay; no weight decay on 1-D parameters, `pos_embed` and
+//! `cls_token`), per-iteration warmup + half-cycle cosine with `lr_scale` per group, drop path
+//! linearly up to `--drop-path` over the blocks, RandomResizedCrop + flip + random erasing, mixup
+//! and cutmix with label smoothing folded into soft targets (SoftTargetCrossEntropy), evaluation
+//! (top-1/top-5) on the validation split after every epoch, the best model kept.
+//!
+//! Not here: RandAugment (`--aa rand-m9-mstd0.5-inc1`), and `dist_eval`. Checkpoints and
+//! resumption work as in pretraining (model + optimizer state, position in the epoch).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use mae_core::dfdx::prelude::*;
+use mae_core::layers::BranchScales;
+use mae_core::weights::official_shape;
+use mae_core::{
+    soft_target_cross_entropy, tape_from, Classifier, MaePreset, NamedTensor, Preset,
+    PresetVisitor, TensorFile, TransformerDims,
+};
+use mae_data::augment::{normalization, Augment, Transform};
+use mae_data::loader::{Loader, LoaderConfig};
+use mae_data::mixup::{mixup_targets, random_erase, Mixup};
+use mae_data::{Dataset, Split, SplitName};
+use serde::{Deserialize, Serialize};
+
+use crate::checkpoint::{self, TrainState};
+use crate::error::TrainError;
+use crate::features::{check_channels, for_each_eval_batch, topk_hits, Accuracy};
+use crate::optim::AdamW;
+use crate::pretrain::{position_rng, Outcome, Resume};
+use crate::runlog::RunLog;
+use crate::schedule::{absolute_lr, lr_at};
+
+/// Fine-tuning settings; the defaults are `main_finetune.py`'s with the recipe's mixup 0.8 /
+/// cutmix 1.0 (`FINETUNE.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneConfig {
+    /// Prepared dataset (trains on train, evaluates on val).
+    pub data: PathBuf,
+    /// Run directory: checkpoints, `best.safetensors`, metrics.jsonl, eval.jsonl, results.json.
+    pub out: PathBuf,
+    /// Pretrained MAE checkpoint (full or encoder-only); `None` trains from random init.
+    pub checkpoint: Option<PathBuf>,
+    /// Preset of the classifier (default: the checkpoint's); a preset with the same encoder but
+    /// another image size interpolates the position embedding.
+    pub preset: Preset,
+    /// Epochs.
+    pub epochs: usize,
+    /// Stop after this many optimizer steps.
+    pub max_steps: Option<u64>,
+    /// Images per micro-batch (even: mixup pairs the batch with its mirror).
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub accum_iter: usize,
+    /// Peak learning rate (`blr · batch · accum / 256` unless given).
+    pub lr: f64,
+    /// Base learning rate it came from (recorded).
+    pub blr: f64,
+    /// Floor of the cosine schedule.
+    pub min_lr: f64,
+    /// Linear warmup, in epochs.
+    pub warmup_epochs: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Layer-wise lr decay.
+    pub layer_decay: f64,
+    /// Drop path rate of the last block (linear from 0).
+    pub drop_path: f64,
+    /// Label smoothing.
+    pub smoothing: f64,
+    /// Mixup α (0 = off).
+    pub mixup: f64,
+    /// Cutmix α (0 = off).
+    pub cutmix: f64,
+    /// Probability of mixing a batch.
+    pub mixup_prob: f64,
+    /// Probability of cutmix rather than mixup when both are on.
+    pub mixup_switch_prob: f64,
+    /// Random erasing probability.
+    pub reprob: f64,
+    /// Smallest RandomResizedCrop area fraction.
+    pub min_crop_scale: f64,
+    /// Seed of the head, data order, augmentation, mixup and drop path.
+    pub seed: u64,
+    /// Loader threads.
+    pub workers: usize,
+    /// Also checkpoint every this many optimizer steps (always at the end of each epoch).
+    pub save_every: u64,
+    /// Keep only the newest K step checkpoints (`best.safetensors` is kept apart).
+    pub keep_last: usize,
+    /// Metrics line every this many steps.
+    pub log_every: u64,
+    /// Images per evaluation forward.
+    pub eval_batch_size: usize,
+}
+
+impl FinetuneConfig {
+    /// The recipe's settings for `data`, `out` and `preset`, `lr` from `blr` 1e-3 at batch 64.
+    pub fn new(data: PathBuf, out: PathBuf, preset: Preset) -> Self {
+        let (batch_size, blr) = (64, 1e-3);
+        FinetuneConfig {
+            data,
+            out,
+            checkpoint: None,
+            preset,
+            epochs: 50,
+            max_steps: None,
+            batch_size,
+            accum_iter: 1,
+            lr: absolute_lr(blr, batch_size, 1, 1),
+            blr,
+            min_lr: 1e-6,
+            warmup_epochs: 5.0,
+            weight_decay: 0.05,
+            layer_decay: 0.75,
+            drop_path: 0.1,
+            smoothing: 0.1,
+            mixup: 0.8,
+            cutmix: 1.0,
+            mixup_prob: 1.0,
+            mixup_switch_prob: 0.5,
+            reprob: 0.25,
+            min_crop_scale: 0.08,
+            seed: 0,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            save_every: u64::MAX,
+            keep_last: 1,
+            log_every: 20,
+            eval_batch_size: 256,
+        }
+    }
+
+    /// Checks the settings.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        let bad = |m: String| Err(TrainError::Config(m));
+        if self.batch_size == 0 || self.accum_iter == 0 || self.epochs == 0 {
+            return bad("batch size, accum-iter and epochs must be at least 1".into());
+        }
+        if (self.mixup > 0.0 || self.cutmix > 0.0) && self.batch_size % 2 != 0 {
+            return bad(format!(
+                "--batch-size {} must be even with mixup/cutmix (each image is mixed with its mirror in the batch)",
+                self.batch_size
+            ));
+        }
+        for (name, v, hi) in [
+            ("drop-path", self.drop_path, 1.0),
+            ("smoothing", self.smoothing, 1.0),
+            ("reprob", self.reprob, 1.0),
+            ("mixup-prob", self.mixup_prob, 1.0),
+            ("mixup-switch-prob", self.mixup_switch_prob, 1.0),
+        ] {
+            if !(0.0..hi + f64::EPSILON).contains(&v) || (name == "drop-path" && v >= 1.0) {
+                return bad(format!("--{name} {v} is outside [0, 1)"));
+            }
+        }
+        if !(self.layer_decay > 0.0 && self.layer_decay <= 1.0) {
+            return bad(format!("--layer-decay {} must be in (0, 1]", self.layer_decay));
+        }
+        if !(self.min_crop_scale > 0.0 && self.min_crop_scale <= 1.0) {
+            return bad(format!("--min-crop-scale {} must be in (0, 1]", self.min_crop_scale));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) || self.mixup < 0.0 || self.cutmix < 0.0 {
+            return bad("learning rate must be positive, mixup/cutmix α non-negative".into());
+        }
+        Ok(())
+    }
+}
+
+/// `util/lr_decay.get_layer_id_for_vit`: 0 for `cls_token`, `pos_embed` and `patch_embed`,
+/// `i + 1` for `blocks.i`, `num_layers` (= depth + 1) for the rest (`fc_norm`, `head`).
+pub fn layer_id_for_vit(name: &str, num_layers: usize) -> usize {
+    if name == "cls_token" || name == "pos_embed" || name.starts_with("patch_embed") {
+        0
+    } else if let Some(rest) = name.strip_prefix("blocks.") {
+        rest.split('.')
+            .next()
+            .and_then(|i| i.parse::<usize>().ok())
+            .map_or(num_layers, |i| i + 1)
+    } else {
+        num_layers
+    }
+}
+
+/// `util/lr_decay.param_groups_lrd` for a ViT of `depth` blocks: the names that get weight decay
+/// (official shape of 2+ dims, not `pos_embed` / `cls_token`, the model's `no_weight_decay`) and
+/// each parameter's lr scale `layer_decay^(depth + 1 − layer_id)`.
+pub fn param_groups_lrd(
+    params: &[NamedTensor],
+    depth: usize,
+    layer_decay: f64,
+) -> (BTreeSet<String>, BTreeMap<String, f64>) {
+    let num_layers = depth + 1;
+    let mut decayed = BTreeSet::new();
+    let mut scales = BTreeMap::new();
+    for p in params.iter().filter(|p| p.trainable) {
+        let no_decay = p.shape.len() == 1 || p.name == "pos_embed" || p.name == "cls_token";
+        if !no_decay {
+            decayed.insert(p.name.clone());
+        }
+        let id = layer_id_for_vit(&p.name, num_layers);
+        scales.insert(p.name.clone(), layer_decay.powi((num_layers - id) as i32));
+    }
+    (decayed, scales)
+}
+
+/// Top-1/top-5 of a classifier on a split (evaluation transform, no randomness).
+pub fn evaluate<P: MaePreset>(
+    model: &Classifier<P, Cpu>,
+    split: &Split,
+    manifest: &mae_data::Manifest,
+    batch: usize,
+) -> Result<Accuracy, TrainError> {
+    check_channels::<P>(manifest)?;
+    let classes = model.num_classes();
+    let (mut top1, mut top5, mut n) = (0usize, 0usize, 0usize);
+    for_each_eval_batch(split, manifest, P::IMG_SIZE, batch, |images, labels| {
+        let logits = model.forward(images, &[], NoneTape)?.as_vec();
+        let (a, b) = topk_hits(&logits, labels, classes);
+        top1 += a;
+        top5 += b;
+        n += labels.len();
+        Ok(())
+    })?;
+    let n = n.max(1) as f64;
+    Ok(Accuracy {
+        top1: 100.0 * top1 as f64 / n,
+        top5: 100.0 * top5 as f64 / n,
+    })
+}
+
+/// One line of `eval.jsonl`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct EvalLine {
+    /// Epochs completed.
+    pub epoch: u64,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Top-1 on the validation split, %.
+    pub top1: f64,
+    /// Top-5, %.
+    pub top5: f64,
+    /// Best top-1 so far, %.
+    pub best_top1: f64,
+}
+
+/// What [`finetune`] reports (also written to `results.json` in the run directory).
+#[derive(Debug, Clone, Serialize)]
+pub struct FinetuneSummary {
+    /// How it ended (`Finished`, `MaxSteps`, `Interrupted`).
+    pub outcome: String,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// Best top-1 over the evaluations, %.
+    pub best_top1: Option<f64>,
+    /// Epoch (1-based count of completed epochs) of the best top-1.
+    pub best_epoch: Option<u64>,
+    /// The last evaluation.
+    pub last: Option<Accuracy>,
+    /// The newest checkpoint.
+    pub checkpoint: Option<PathBuf>,
+    /// `best.safetensors`, when written.
+    pub best: Option<PathBuf>,
+    /// What the pretrained load did (`loaded N tensors; fresh: ...; pos_embed 7→8`).
+    pub init: String,
+    /// Training and validation images.
+    pub train_images: usize,
+    /// Validation images.
+    pub val_images: usize,
+}
+
+/// Runs fine-tuning. `stop` is polled after every optimizer step, as in [`crate::pretrain`].
+pub fn finetune(
+    config: &FinetuneConfig,
+    resume: &Resume,
+    stop: Arc<AtomicBool>,
+) -> Result<FinetuneSummary, TrainError> {
+    config.validate()?;
+    config.preset.visit(Run {
+        cfg: config,
+        resume,
+        stop,
+    })
+}
+
+struct Run<'a> {
+    cfg: &'a FinetuneConfig,
+    resume: &'a Resume,
+    stop: Arc<AtomicBool>,
+}
+
+const BEST: &str = "best.safetensors";
+
+fn best_so_far(path: &std::path::Path) -> Option<(f64, u64)> {
+    let meta = TensorFile::open(path).ok()?.metadata().ok()?;
+    Some((meta.get("top1")?.parse().ok()?, meta.get("epoch")?.parse().ok()?))
+}
+
+impl PresetVisitor for Run<'_> {
+    type Output = Result<FinetuneSummary, TrainError>;
+
+    fn visit<P: MaePreset>(self) -> Self::Output {
+        let cfg = self.cfg;
+        let data = Arc::new(Dataset::open(&cfg.data)?);
+        let m = data.manifest();
+        check_channels::<P>(m).map_err(|e| TrainError::Config(format!("{}: {e}", cfg.data.display())))?;
+        if data.train().is_empty() || data.val().is_empty() {
+            return Err(TrainError::Config(format!(
+                "{}: fine-tuning needs a train and a validation split ({} / {} images)",
+                cfg.data.display(),
+                data.train().len(),
+                data.val().len()
+            )));
+        }
+        let classes = m.classes.len();
+        if classes < 2 {
+            return Err(TrainError::Config(format!(
+                "{}: {classes} class(es); fine-tuning needs labeled data with 2 or more",
+                cfg.data.display()
+            )));
+        }
+        std::fs::create_dir_all(&cfg.out).map_err(|e| TrainError::io(&cfg.out, e))?;
+        let config_json =
+            serde_json::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
+        mae_core::weights::write_atomic(&cfg.out.join("config.json"), config_json.as_bytes())?;
+
+        let dev = Cpu::seed_from_u64(cfg.seed);
+        dev.enable_cache();
+        let mut model = Classifier::<P, Cpu>::new(&dev, classes)?;
+        let init = match &cfg.checkpoint {
+            None => "random init".to_string(),
+            Some(path) => {
+                let r = model.load_pretrained(&TensorFile::open(path)?)?;
+                let mut text = format!(
+                    "{}: loaded {} tensors; fresh: {}",
+                    path.display(),
+                    r.loaded.len(),
+                    r.fresh.join(", ")
+                );
+                if let Some((old, new)) = r.interpolated {
+                    text += &format!("; pos_embed interpolated {old}×{old} → {new}×{new}");
+                }
+                text
+            }
+        };
+        let geometry = mae_core::PatchGeometry::of::<P>();
+        let params: Vec<NamedTensor> = model
+            .named_tensors()?
+            .into_iter()
+            .map(|mut t| {
+                t.shape = official_shape(&t.name, &t.shape, &geometry);
+                t
+            })
+            .collect();
+        let depth = <P::Encoder as TransformerDims>::DEPTH;
+        let (decayed, lr_scale) = param_groups_lrd(&params, depth, cfg.layer_decay);
+        let mut opt = AdamW::new(cfg.weight_decay, decayed);
+        opt.betas = (0.9, 0.999);
+        opt.lr_scale = lr_scale;
+
+        let mut state = TrainState {
+            step: 0,
+            epoch: 0,
+            micro_step: 0,
+            seed: cfg.seed,
+        };
+        match self.resume {
+            Resume::No => {}
+            Resume::Auto => {
+                if let Some((_, s, _)) = checkpoint::resume_latest(&cfg.out, &mut model, &mut opt)? {
+                    state = s;
+                }
+            }
+            Resume::Path(path) => state = checkpoint::load(path, &mut model, &mut opt)?,
+        }
+        if state.seed != cfg.seed {
+            return Err(TrainError::Config(format!(
+                "the checkpoint was trained with seed {}, the configuration says {}",
+                state.seed, cfg.seed
+            )));
+        }
+        let best_path = cfg.out.join(BEST);
+        let mut best = if state.step > 0 { best_so_far(&best_path) } else { None };
+
+        let (mean, std) = normalization(m, false);
+        let transform = match Transform::finetune() {
+            Transform::Pretrain { ratio, hflip, .. } => Transform::Pretrain {
+                scale: (cfg.min_crop_scale, 1.0),
+                ratio,
+                hflip,
+            },
+            other => other,
+        };
+        let augment = Augment::new(transform, P::IMG_SIZE, &mean, &std, cfg.seed)?;
+        let loader = Loader::new(
+            Arc::clone(&data),
+            SplitName::Train,
+            augment,
+            LoaderConfig {
+                batch_size: cfg.batch_size,
+                seed: cfg.seed,
+                workers: cfg.workers.max(1),
+                drop_last: true,
+                ..LoaderConfig::default()
+            },
+        )?;
+        let micro_per_epoch = loader.steps_per_epoch();
+        if micro_per_epoch < cfg.accum_iter {
+            return Err(TrainError::Config(format!(
+                "{}: {} training images make {micro_per_epoch} full batches of {}, fewer than --accum-iter {}",
+                cfg.data.display(),
+                data.train().len(),
+                cfg.batch_size,
+                cfg.accum_iter
+            )));
+        }
+        let usable_micro = micro_per_epoch - micro_per_epoch % cfg.accum_iter;
+        let steps_per_epoch = (usable_micro / cfg.accum_iter) as u64;
+        let full_steps = cfg.epochs as u64 * steps_per_epoch;
+        let total_steps = full_steps.min(cfg.max_steps.unwrap_or(u64::MAX));
+        let mixup = Mixup {
+            mixup_alpha: cfg.mixup,
+            cutmix_alpha: cfg.cutmix,
+            prob: cfg.mixup_prob,
+            switch_prob: cfg.mixup_switch_prob,
+            label_smoothing: cfg.smoothing,
+            num_classes: classes,
+        };
+        // timm: dpr = linspace(0, drop_path_rate, depth)
+        let dpr: Vec<f64> = (0..depth)
+            .map(|i| {
+                if depth > 1 {
+                    cfg.drop_path * i as f64 / (depth - 1) as f64
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let (c, s) = (P::IN_CHANS, P::IMG_SIZE);
+
+        let mut log = RunLog::open(&cfg.out, total_steps, state.step)?;
+        log.message(&format!(
+            "fine-tuning {} ({classes} classes) from {init}; {} train / {} val images, {total_steps} steps, lr {:.3e}",
+            P::PRESET,
+            data.train().len(),
+            data.val().len(),
+            cfg.lr
+        ));
+        let eval_path = cfg.out.join("eval.jsonl");
+        let mut grads = model.alloc_grads()?;
+        let mut last_checkpoint = None;
+        let mut last_eval = None;
+        let mut group_loss = 0.0f64;
+        let mut lr = 0.0;
+        let mut outcome = Outcome::Finished;
+        let save = |model: &Classifier<P, Cpu>, opt: &AdamW, state: &TrainState| {
+            checkpoint::save(&cfg.out, model, opt, state, &config_json, cfg.keep_last)
+        };
+        'epochs: while (state.epoch as usize) < cfg.epochs && state.step < total_steps {
+            let epoch = state.epoch;
+            for batch in loader.epoch(epoch, state.micro_step) {
+                let mut batch = batch?;
+                let k = batch.step;
+                if k >= usable_micro {
+                    break;
+                }
+                if k % cfg.accum_iter == 0 {
+                    let frac = epoch as f64 + k as f64 / micro_per_epoch as f64;
+                    lr = lr_at(frac, cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs as f64);
+                    group_loss = 0.0;
+                }
+                let mut rng = position_rng(cfg.seed ^ 0x6669_6e65_7475_6e65, epoch, k);
+                let mut images = std::mem::take(&mut batch.images);
+                let per = c * s * s;
+                if cfg.reprob > 0.0 {
+                    for img in images.chunks_exact_mut(per) {
+                        random_erase(&mut rng, img, c, s, s, cfg.reprob);
+                    }
+                }
+                let targets = if mixup.active() {
+                    mixup.apply(&mut rng, &mut images, &batch.labels, c, s, s)?.0
+                } else {
+                    mixup_targets(&batch.labels, classes, 1.0, cfg.smoothing)?
+                };
+                let scales: Vec<Option<BranchScales>> = dpr
+                    .iter()
+                    .map(|&p| (p > 0.0).then(|| BranchScales::sample(&mut rng, batch.len(), p)))
+                    .collect();
+                let logits = model.forward(&images, &scales, tape_from(&dev, grads))?;
+                let loss = soft_target_cross_entropy(logits, &targets)?;
+                let loss_value = loss.array();
+                if !loss_value.is_finite() {
+                    return Err(TrainError::NonFiniteLoss {
+                        step: state.step + 1,
+                        epoch,
+                        loss: loss_value,
+                    });
+                }
+                group_loss += loss_value as f64 / cfg.accum_iter as f64;
+                grads = (loss / cfg.accum_iter as f32).backward();
+                log.images(batch.len());
+                state.micro_step = k + 1;
+                if (k + 1) % cfg.accum_iter != 0 {
+                    continue;
+                }
+                opt.update(&mut model.vit, &grads, lr)?;
+                for (name, t) in [("head.weight", 0), ("head.bias", 1)] {
+                    let (mut p, g) = if t == 0 {
+                        (model.head.weight.as_vec(), grads.get(&model.head.weight).as_vec())
+                    } else {
+                        (model.head.bias.as_vec(), grads.get(&model.head.bias).as_vec())
+                    };
+                    opt.update_named(name, &mut p, &g, lr)?;
+                    if t == 0 {
+                        model.head.weight.copy_from(&p);
+                    } else {
+                        model.head.bias.copy_from(&p);
+                    }
+                }
+                model.zero_grads(&mut grads)?;
+                state.step += 1;
+                let epoch_done = state.micro_step >= usable_micro;
+                if epoch_done {
+                    state.epoch += 1;
+                    state.micro_step = 0;
+                }
+                let done = state.step >= total_steps;
+                if state.step % cfg.log_every == 0 || done {
+                    let frac = epoch as f64 + k as f64 / micro_per_epoch as f64;
+                    log.line(state.step, frac, group_loss, lr)?;
+                }
+                log.position(state.step);
+                if epoch_done {
+                    let acc = evaluate(&model, data.val(), m, cfg.eval_batch_size)?;
+                    if best.is_none_or(|(b, _)| acc.top1 > b) {
+                        best = Some((acc.top1, state.epoch));
+                        let meta = BTreeMap::from([
+                            ("top1".to_string(), acc.top1.to_string()),
+                            ("top5".to_string(), acc.top5.to_string()),
+                            ("epoch".to_string(), state.epoch.to_string()),
+                            ("step".to_string(), state.step.to_string()),
+                            ("config".to_string(), config_json.clone()),
+                        ]);
+                        model.save_safetensors(&best_path, &meta)?;
+                    }
+                    let line = EvalLine {
+                        epoch: state.epoch,
+                        step: state.step,
+                        top1: acc.top1,
+                        top5: acc.top5,
+                        best_top1: best.map_or(acc.top1, |b| b.0),
+                    };
+                    let text = serde_json::to_string(&line)
+                        .map_err(|e| TrainError::Config(e.to_string()))?;
+                    let mut f = std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(&eval_path)
+                        .map_err(|e| TrainError::io(&eval_path, e))?;
+                    writeln!(f, "{text}").map_err(|e| TrainError::io(&eval_path, e))?;
+                    log.message(&format!(
+                        "epoch {}: val top-1 {:.2}%, top-5 {:.2}% (best {:.2}%)",
+                        state.epoch, acc.top1, acc.top5, line.best_top1
+                    ));
+                    last_eval = Some(acc);
+                }
+                let stop = self.stop.load(Ordering::SeqCst);
+                if state.step % cfg.save_every == 0 || epoch_done || done || stop {
+                    last_checkpoint = Some(save(&model, &opt, &state)?);
+                }
+                if stop {
+                    outcome = Outcome::Interrupted;
+                    break 'epochs;
+                }
+                if done {
+                    outcome = if state.step < full_steps {
+                        Outcome::MaxSteps
+                    } else {
+                        Outcome::Finished
+                    };
+                    break 'epochs;
+                }
+            }
+            if state.epoch == epoch {
+                state.epoch += 1;
+                state.micro_step = 0;
+            }
+        }
+        log.finish();
+        if last_eval.is_none() && outcome != Outcome::Interrupted {
+            // a run stopped by --max-steps mid-epoch still reports where it stands
+            last_eval = Some(evaluate(&model, data.val(), m, cfg.eval_batch_size)?);
+        }
+        if last_checkpoint.is_none() && state.step > 0 {
+            last_checkpoint = Some(save(&model, &opt, &state)?);
+        }
+        let summary = FinetuneSummary {
+            outcome: format!("{outcome:?}"),
+            step: state.step,
+            best_top1: best.map(|b| b.0),
+            best_epoch: best.map(|b| b.1),
+            last: last_eval,
+            checkpoint: last_checkpoint,
+            best: best_path.exists().then_some(best_path.clone()),
+            init,
+            train_images: data.train().len(),
+            val_images: data.val().len(),
+        };
+        let text =
+            serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Config(e.to_string()))?;
+        mae_core::weights::write_atomic(&cfg.out.join("results.json"), text.as_bytes())?;
+        Ok(summary)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, shape: &[usize]) -> NamedTensor {
+        NamedTensor {
+            name: name.into(),
+            shape: shape.to_vec(),
+            data: Vec::new(),
+            trainable: true,
+        }
+    }
+
+    #[test]
+    fn layer_ids_follow_lr_decay_py() {
+        // ViT with 12 blocks: num_layers 13
+        assert_eq!(layer_id_for_vit("cls_token", 13), 0);
+        assert_eq!(layer_id_for_vit("pos_embed", 13), 0);
+        assert_eq!(layer_id_for_vit("patch_embed.proj.weight", 13), 0);
+        assert_eq!(layer_id_for_vit("blocks.0.norm1.weight", 13), 1);
+        assert_eq!(layer_id_for_vit("blocks.11.mlp.fc2.bias", 13), 12);
+        assert_eq!(layer_id_for_vit("fc_norm.weight", 13), 13);
+        assert_eq!(layer_id_for_vit("head.bias", 13), 13);
+    }
+
+    #[test]
+    fn groups_scale_by_depth_and_skip_decay_on_vectors_and_embeddings() {
+        let params = [
+            t("cls_token", &[1, 1, 8]),
+            t("pos_embed", &[1, 5, 8]),
+            t("patch_embed.proj.weight", &[8, 3, 2, 2]),
+            t("patch_embed.proj.bias", &[8]),
+            t("blocks.0.attn.qkv.weight", &[24, 8]),
+            t("blocks.1.norm1.weight", &[8]),
+            t("fc_norm.bias", &[8]),
+            t("head.weight", &[10, 8]),
+        ];
+        let (decayed, scales) = param_groups_lrd(&params, 2, 0.5);
+        assert_eq!(
+            decayed.iter().map(String::as_str).collect::<Vec<_>>(),
+            ["blocks.0.attn.qkv.weight", "head.weight", "patch_embed.proj.weight"]
+        );
+        // num_layers 3: scale = 0.5^(3 − id)
+        assert_eq!(scales["cls_token"], 0.125);
+        assert_eq!(scales["patch_embed.proj.bias"], 0.125);
+        assert_eq!(scales["blocks.0.attn.qkv.weight"], 0.25);
+        assert_eq!(scales["blocks.1.norm1.weight"], 0.5);
+        assert_eq!(scales["fc_norm.bias"], 1.0);
+        assert_eq!(scales["head.weight"], 1.0);
+    }
+
+    #[test]
+    fn settings_are_checked() {
+        let base = FinetuneConfig::new("d".into(), "o".into(), Preset::Tiny);
+        assert!(base.validate().is_ok());
+        for broken in [
+            FinetuneConfig { batch_size: 7, ..base.clone() },
+            FinetuneConfig { drop_path: 1.0, ..base.clone() },
+            FinetuneConfig { layer_decay: 0.0, ..base.clone() },
+            FinetuneConfig { smoothing: -0.1, ..base.clone() },
+            FinetuneConfig { lr: 0.0, ..base.clone() },
+        ] {
+            assert!(broken.validate().is_err(), "{broken:?}");
+        }
+        // an odd batch is fine without mixup
+        let plain = FinetuneConfig { batch_size: 7, mixup: 0.0, cutmix: 0.0, ..base };
+        assert!(plain.validate().is_ok());
+    }
+}

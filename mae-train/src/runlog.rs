@@ -1,0 +1,128 @@
+//! What a training run shows and records while it runs: `metrics.jsonl` lines, a progress bar on
+//! a terminal or plain log lines otherwise. Shared by pretraining and fine-tuning.
+//!
+//! PyTorch counterpart: `util/misc.MetricLogger` printing and the `log.txt` JSON lines that
+//! `main_pretrain.py` / `main_finetune.py` write.
+
+use std::fs::{File, OpenOptions};
+use std::io::{IsTerminal, Write};
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use serde::Serialize;
+
+use crate::error::TrainError;
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct MetricsLine {
+    /// Optimizer step.
+    pub step: u64,
+    /// Fractional epoch.
+    pub epoch: f64,
+    /// Mean training loss of the step's micro-batches.
+    pub loss: f64,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Throughput since the previous line.
+    pub images_per_s: f64,
+    /// Seconds since the run (or resume) started.
+    pub elapsed_s: f64,
+}
+
+/// The metrics file, the progress display and the throughput window of one run.
+pub struct RunLog {
+    metrics: File,
+    metrics_path: PathBuf,
+    bar: indicatif::ProgressBar,
+    interactive: bool,
+    start: Instant,
+    window: (Instant, usize),
+    total_steps: u64,
+}
+
+impl RunLog {
+    /// Appends to `run_dir/metrics.jsonl`; shows a bar of `total_steps` at `step` on a terminal.
+    pub fn open(run_dir: &Path, total_steps: u64, step: u64) -> Result<Self, TrainError> {
+        let metrics_path = run_dir.join("metrics.jsonl");
+        let metrics = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&metrics_path)
+            .map_err(|e| TrainError::io(&metrics_path, e))?;
+        let interactive = std::io::stdout().is_terminal();
+        let bar = if interactive {
+            let bar = indicatif::ProgressBar::new(total_steps);
+            if let Ok(style) =
+                indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}")
+            {
+                bar.set_style(style);
+            }
+            bar.set_position(step);
+            bar
+        } else {
+            indicatif::ProgressBar::hidden()
+        };
+        Ok(RunLog {
+            metrics,
+            metrics_path,
+            bar,
+            interactive,
+            start: Instant::now(),
+            window: (Instant::now(), 0),
+            total_steps,
+        })
+    }
+
+    /// Counts images toward the throughput of the next line.
+    pub fn images(&mut self, n: usize) {
+        self.window.1 += n;
+    }
+
+    /// Moves the bar.
+    pub fn position(&self, step: u64) {
+        self.bar.set_position(step);
+    }
+
+    /// Writes a metrics line (and shows it) for optimizer `step`.
+    pub fn line(&mut self, step: u64, epoch: f64, loss: f64, lr: f64) -> Result<(), TrainError> {
+        let secs = self.window.0.elapsed().as_secs_f64();
+        let line = MetricsLine {
+            step,
+            epoch,
+            loss,
+            lr,
+            images_per_s: self.window.1 as f64 / secs.max(1e-9),
+            elapsed_s: self.start.elapsed().as_secs_f64(),
+        };
+        self.window = (Instant::now(), 0);
+        let text = serde_json::to_string(&line).map_err(|e| TrainError::Config(e.to_string()))?;
+        writeln!(self.metrics, "{text}").map_err(|e| TrainError::io(&self.metrics_path, e))?;
+        if self.interactive {
+            self.bar.set_message(format!(
+                "loss {:.4} lr {:.2e} {:.0} img/s",
+                line.loss, line.lr, line.images_per_s
+            ));
+        } else {
+            println!(
+                "step {}/{} epoch {:.2} loss {:.4} lr {:.3e} {:.1} img/s",
+                line.step, self.total_steps, line.epoch, line.loss, line.lr, line.images_per_s
+            );
+        }
+        Ok(())
+    }
+
+    /// Prints a message above the bar (or as a plain line).
+    pub fn message(&self, text: &str) {
+        if self.interactive {
+            self.bar.println(text);
+        } else {
+            println!("{text}");
+        }
+    }
+
+    /// Clears the bar.
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
+}
