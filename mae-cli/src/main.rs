@@ -29,6 +29,9 @@ struct Cli {
 enum Command {
     /// Pretrain an MAE on a prepared dataset (resumable; SIGINT/SIGTERM save and stop).
     Pretrain(Box<train::PretrainArgs>),
+    /// Fine-tune a pretrained encoder as a classifier (layer-wise lr decay, drop path, mixup/cutmix,
+    /// label smoothing; resumable; best and last kept).
+    Finetune(Box<train::FinetuneArgs>),
     /// The paper's Figure 2 for a checkpoint: original | masked | reconstruction | + visible.
     Reconstruct(model_cmds::ReconstructArgs),
     /// Draw a run's loss and learning-rate curves (from metrics.jsonl) to a PNG.
@@ -41,12 +44,8 @@ enum Command {
     },
     /// Weighted kNN (k=20, T=0.07, as DINO) of the encoder's features: val against train.
     Knn {
-        /// Model checkpoint (full or encoder-only).
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// Prepared dataset.
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        source: FeatureArgs,
         /// Neighbours.
         #[arg(long, default_value_t = 20)]
         k: usize,
@@ -56,25 +55,18 @@ enum Command {
         /// `cls` or `avg` (mean of the patch tokens).
         #[arg(long, default_value = "cls")]
         feature: String,
-        /// Images per encoder forward.
-        #[arg(long, default_value_t = 256)]
-        batch_size: usize,
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Linear probe (BatchNorm without affine + Linear, LARS) on the frozen encoder's features.
+    /// Linear probe (BatchNorm without affine + Linear; LARS, or AdamW) on the frozen encoder.
     Linprobe {
-        /// Model checkpoint (full or encoder-only).
-        #[arg(long)]
-        checkpoint: PathBuf,
-        /// Prepared dataset (trains on train, reports on val).
-        #[arg(long)]
-        data: PathBuf,
+        #[command(flatten)]
+        source: FeatureArgs,
         /// `cls` or `avg` (mean of the patch tokens).
         #[arg(long, default_value = "cls")]
         feature: String,
-        /// Epochs over the cached features.
+        /// Epochs.
         #[arg(long, default_value_t = 90)]
         epochs: usize,
         /// Batch size.
@@ -86,11 +78,26 @@ enum Command {
         /// Warmup epochs.
         #[arg(long, default_value_t = 10.0)]
         warmup_epochs: f64,
+        /// Weight decay (on the weight matrix).
+        #[arg(long, default_value_t = 0.0)]
+        weight_decay: f32,
+        /// `lars` (official) or `adamw`.
+        #[arg(long, default_value = "lars")]
+        optimizer: String,
+        /// Cached features, no augmentation (default for images under 32×32 and for --features).
+        #[arg(long, conflicts_with = "aug")]
+        no_aug: bool,
+        /// Random crops + flips with an encoder pass per epoch (default for images of 32×32 and up).
+        #[arg(long)]
+        aug: bool,
+        /// Seed of the head and the batch order.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
     },
-    /// Write the encoder's features (cls and mean-pooled) with labels for both splits to safetensors.
+    /// Write the encoder's features (cls and mean-pooled) with labels for both splits.
     Embed {
         /// Model checkpoint (full or encoder-only).
         #[arg(long)]
@@ -98,7 +105,8 @@ enum Command {
         /// Prepared dataset.
         #[arg(long)]
         data: PathBuf,
-        /// Output `.safetensors` file (`train.cls`, `train.avg`, `train.labels`, `val.*`).
+        /// Output: `.safetensors` (`train.cls`, `train.avg`, `train.labels`, `val.*`) or `.npy`
+        /// (one file per array: `STEM.train.cls.npy`, ...).
         #[arg(long)]
         out: PathBuf,
         /// Images per encoder forward.
@@ -170,6 +178,46 @@ enum Command {
     },
 }
 
+/// Where `mae knn` / `mae linprobe` get features: an encoder over a dataset, or `mae embed` output.
+#[derive(clap::Args)]
+struct FeatureArgs {
+    /// Model checkpoint (full or encoder-only).
+    #[arg(long, requires = "data", required_unless_present = "features")]
+    checkpoint: Option<PathBuf>,
+    /// Prepared dataset (train split = training set / memory bank, val split = evaluation).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Features written by `mae embed` instead (no encoder pass).
+    #[arg(long, conflicts_with_all = ["checkpoint", "data"])]
+    features: Option<PathBuf>,
+    /// Images per encoder forward.
+    #[arg(long, default_value_t = 256)]
+    eval_batch_size: usize,
+}
+
+impl FeatureArgs {
+    fn source(&self) -> Result<mae_train::features::FeatureSource> {
+        use mae_train::features::{EvalInput, FeatureSource};
+        match (&self.checkpoint, &self.data, &self.features) {
+            (_, _, Some(f)) => Ok(FeatureSource::Features(f.clone())),
+            (Some(c), Some(d), None) => Ok(FeatureSource::Model(EvalInput {
+                checkpoint: c.clone(),
+                data: d.clone(),
+                batch: self.eval_batch_size.max(1),
+            })),
+            _ => bail!("give --checkpoint C --data DIR, or --features FILE"),
+        }
+    }
+
+    /// The file results are written beside.
+    fn anchor(&self) -> PathBuf {
+        self.features
+            .clone()
+            .or_else(|| self.checkpoint.clone())
+            .unwrap_or_else(|| PathBuf::from("features"))
+    }
+}
+
 struct InitModel {
     out: PathBuf,
     seed: u64,
@@ -221,6 +269,7 @@ fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Data(command) => data::run(command)?,
         Command::Pretrain(args) => train::pretrain(*args)?,
+        Command::Finetune(args) => train::finetune(*args)?,
         Command::Reconstruct(args) => model_cmds::run_reconstruct(args)?,
         Command::Plot { run_dir, out } => {
             let out = out.unwrap_or_else(|| run_dir.join("loss.png"));
@@ -229,20 +278,14 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Info { checkpoint } => model_cmds::run_info(checkpoint)?,
         Command::Knn {
-            checkpoint,
-            data,
+            source,
             k,
             temperature,
             feature,
-            batch_size,
             json,
         } => {
-            let input = mae_train::features::EvalInput {
-                checkpoint,
-                data,
-                batch: batch_size,
-            };
-            let acc = mae_train::features::knn_eval(&input, k, temperature, feature.parse()?)?;
+            let acc =
+                mae_train::features::knn_eval(&source.source()?, k, temperature, feature.parse()?)?;
             if json {
                 println!(
                     "{}",
@@ -256,37 +299,49 @@ fn run(cli: Cli) -> Result<()> {
             }
         }
         Command::Linprobe {
-            checkpoint,
-            data,
+            source,
             feature,
             epochs,
             batch_size,
             blr,
             warmup_epochs,
+            weight_decay,
+            optimizer,
+            no_aug,
+            aug,
+            seed,
             json,
         } => {
-            let input = mae_train::features::EvalInput {
-                checkpoint: checkpoint.clone(),
-                data,
-                batch: 256,
+            let input = source.source()?;
+            let augment = match (&input, aug, no_aug) {
+                (_, _, true) | (mae_train::features::FeatureSource::Features(_), false, _) => false,
+                (_, true, _) => true,
+                (mae_train::features::FeatureSource::Model(m), false, false) => {
+                    mae_data::dataset::read_manifest(&m.data)?.image_size >= 32
+                }
             };
             let cfg = mae_train::linprobe::ProbeConfig {
                 epochs,
                 batch_size,
                 blr,
                 warmup_epochs,
-                ..Default::default()
+                weight_decay,
+                seed,
+                optimizer: optimizer.parse()?,
+                augment,
             };
             let result = mae_train::linprobe::linprobe(&input, feature.parse()?, &cfg)?;
             let text = serde_json::to_string(&result)?;
-            let beside = checkpoint.with_extension(format!("linprobe-{feature}.json"));
-            std::fs::write(&beside, &text)
-                .map_err(|e| anyhow::anyhow!("{}: {e}", beside.display()))?;
+            let beside = source
+                .anchor()
+                .with_extension(format!("linprobe-{feature}-{optimizer}.json"));
+            mae_core::weights::write_atomic(&beside, text.as_bytes())?;
             if json {
                 println!("{text}");
             } else {
                 println!(
-                    "linear probe ({feature}, {epochs} epochs): top-1 {:.2}%, top-5 {:.2}% on {} val images; written to {}",
+                    "linear probe ({feature}, {optimizer}, {epochs} epochs{}): top-1 {:.2}%, top-5 {:.2}% on {} val images; written to {}",
+                    if augment { ", augmented" } else { ", cached features" },
                     result.top1, result.top5, result.val, beside.display()
                 );
             }
@@ -302,11 +357,19 @@ fn run(cli: Cli) -> Result<()> {
                 data,
                 batch: batch_size,
             };
-            let (train, val, _) = mae_train::features::extract_dataset(&input)?;
-            mae_train::features::write_features(&out, &[("train", &train), ("val", &val)])?;
+            let (train, val, classes) = mae_train::features::extract_dataset(&input)?;
+            let files = mae_train::features::write_features(
+                &out,
+                &[("train", &train), ("val", &val)],
+                classes,
+            )?;
             println!(
                 "wrote {} ({} train + {} val, {}-d)",
-                out.display(),
+                files
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 train.len(),
                 val.len(),
                 train.dim

@@ -1,4 +1,4 @@
-//! `mae pretrain` (library: `mae-train`).
+//! `mae pretrain` and `mae finetune` (library: `mae-train`).
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -6,6 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use mae_core::Preset;
+use mae_train::finetune::FinetuneConfig;
 use mae_train::{pretrain as run_pretrain, Outcome, PretrainConfig, PretrainOverrides, Resume};
 
 /// `mae pretrain` arguments: the settings (also readable from `--config`) plus resume.
@@ -21,18 +23,16 @@ pub struct PretrainArgs {
     resume: Option<String>,
 }
 
-/// Runs pretraining until done, `--max-steps`, or SIGINT/SIGTERM (which save and exit 0).
-pub fn pretrain(args: PretrainArgs) -> Result<()> {
-    let mut given = PretrainOverrides::default();
-    if let Some(path) = &args.config {
-        given = PretrainOverrides::from_toml_file(path)?;
-    }
-    let config = PretrainConfig::resolve(given.merged(args.settings))?;
-    let resume = match args.resume.as_deref() {
+fn parse_resume(arg: Option<&str>) -> Resume {
+    match arg {
         None => Resume::No,
         Some("auto") => Resume::Auto,
         Some(path) => Resume::Path(PathBuf::from(path)),
-    };
+    }
+}
+
+/// A flag set by the first SIGINT/SIGTERM (the run then saves and stops); a second one exits.
+fn stop_on_signal() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     ctrlc::set_handler(move || {
@@ -43,6 +43,18 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         eprintln!("interrupt: finishing the step and writing a checkpoint...");
     })
     .context("installing the signal handler")?;
+    Ok(stop)
+}
+
+/// Runs pretraining until done, `--max-steps`, or SIGINT/SIGTERM (which save and exit 0).
+pub fn pretrain(args: PretrainArgs) -> Result<()> {
+    let mut given = PretrainOverrides::default();
+    if let Some(path) = &args.config {
+        given = PretrainOverrides::from_toml_file(path)?;
+    }
+    let config = PretrainConfig::resolve(given.merged(args.settings))?;
+    let resume = parse_resume(args.resume.as_deref());
+    let stop = stop_on_signal()?;
     let summary = run_pretrain(&config, &resume, stop)?;
     if let Some((path, failures)) = &summary.resumed_from {
         for f in failures {
@@ -65,5 +77,163 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         Outcome::MaxSteps => println!("reached --max-steps at step {}{loss}; checkpoint {where_}", summary.step),
         Outcome::Finished => println!("finished at step {}{loss}; checkpoint {where_}", summary.step),
     }
+    Ok(())
+}
+
+/// `mae finetune` arguments (defaults: `main_finetune.py` with the recipe's mixup/cutmix).
+#[derive(Args)]
+pub struct FinetuneArgs {
+    /// Pretrained checkpoint (an MAE run's checkpoint, `mae import` output, encoder-only weights).
+    #[arg(long, required_unless_present = "from_scratch")]
+    checkpoint: Option<PathBuf>,
+    /// Train from random initialization instead (the baseline row).
+    #[arg(long, conflicts_with = "checkpoint", requires = "preset")]
+    from_scratch: bool,
+    /// Prepared dataset: trains on train, evaluates on val after every epoch.
+    #[arg(long)]
+    data: PathBuf,
+    /// Run directory: checkpoints, best.safetensors, metrics.jsonl, eval.jsonl, results.json.
+    #[arg(long)]
+    out: PathBuf,
+    /// Classifier preset (default: the checkpoint's; one with the same encoder at another image
+    /// size interpolates the position embedding).
+    #[arg(long)]
+    preset: Option<Preset>,
+    /// Epochs.
+    #[arg(long, default_value_t = 50)]
+    epochs: usize,
+    /// Stop after this many optimizer steps.
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Images per micro-batch (even with mixup/cutmix).
+    #[arg(long, default_value_t = 64)]
+    batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    accum_iter: usize,
+    /// Base learning rate: lr = blr · batch · accum / 256.
+    #[arg(long, default_value_t = 1e-3)]
+    blr: f64,
+    /// Absolute learning rate (overrides --blr).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Floor of the cosine schedule.
+    #[arg(long, default_value_t = 1e-6)]
+    min_lr: f64,
+    /// Linear warmup, in epochs.
+    #[arg(long, default_value_t = 5.0)]
+    warmup_epochs: f64,
+    /// AdamW weight decay.
+    #[arg(long, default_value_t = 0.05)]
+    weight_decay: f64,
+    /// Layer-wise learning-rate decay.
+    #[arg(long, default_value_t = 0.75)]
+    layer_decay: f64,
+    /// Drop path (stochastic depth) rate of the last block.
+    #[arg(long, default_value_t = 0.1)]
+    drop_path: f64,
+    /// Label smoothing.
+    #[arg(long, default_value_t = 0.1)]
+    smoothing: f64,
+    /// Mixup α (0 turns it off).
+    #[arg(long, default_value_t = 0.8)]
+    mixup: f64,
+    /// Cutmix α (0 turns it off).
+    #[arg(long, default_value_t = 1.0)]
+    cutmix: f64,
+    /// Probability of mixing a batch.
+    #[arg(long, default_value_t = 1.0)]
+    mixup_prob: f64,
+    /// Probability of cutmix instead of mixup when both are on.
+    #[arg(long, default_value_t = 0.5)]
+    mixup_switch_prob: f64,
+    /// Random erasing probability.
+    #[arg(long, default_value_t = 0.25)]
+    reprob: f64,
+    /// Smallest crop area fraction of RandomResizedCrop.
+    #[arg(long, default_value_t = 0.08)]
+    min_crop_scale: f64,
+    /// Seed of the head, data order and augmentation.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Loader threads (default: the number of cores).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// Also write a checkpoint every this many steps (always at each epoch's end).
+    #[arg(long)]
+    save_every: Option<u64>,
+    /// Keep only the newest K step checkpoints (best.safetensors is kept apart).
+    #[arg(long, default_value_t = 1)]
+    keep_last: usize,
+    /// Metrics line every this many steps.
+    #[arg(long, default_value_t = 20)]
+    log_every: u64,
+    /// `auto` (newest loadable checkpoint of --out) or a checkpoint file.
+    #[arg(long)]
+    resume: Option<String>,
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+/// Runs fine-tuning; prints the best and last top-1 and writes `results.json`.
+pub fn finetune(a: FinetuneArgs) -> Result<()> {
+    let preset = match (a.preset, &a.checkpoint) {
+        (Some(p), _) => p,
+        (None, Some(c)) => mae_train::checkpoint::preset_of(c)?,
+        (None, None) => anyhow::bail!("give --preset with --from-scratch"),
+    };
+    let mut cfg = FinetuneConfig::new(a.data, a.out, preset);
+    cfg.checkpoint = a.checkpoint;
+    cfg.epochs = a.epochs;
+    cfg.max_steps = a.max_steps;
+    cfg.batch_size = a.batch_size;
+    cfg.accum_iter = a.accum_iter;
+    cfg.blr = a.blr;
+    cfg.lr = a
+        .lr
+        .unwrap_or_else(|| mae_train::schedule::absolute_lr(a.blr, a.batch_size, a.accum_iter, 1));
+    cfg.min_lr = a.min_lr;
+    cfg.warmup_epochs = a.warmup_epochs;
+    cfg.weight_decay = a.weight_decay;
+    cfg.layer_decay = a.layer_decay;
+    cfg.drop_path = a.drop_path;
+    cfg.smoothing = a.smoothing;
+    cfg.mixup = a.mixup;
+    cfg.cutmix = a.cutmix;
+    cfg.mixup_prob = a.mixup_prob;
+    cfg.mixup_switch_prob = a.mixup_switch_prob;
+    cfg.reprob = a.reprob;
+    cfg.min_crop_scale = a.min_crop_scale;
+    cfg.seed = a.seed;
+    if let Some(w) = a.workers {
+        cfg.workers = w;
+    }
+    if let Some(s) = a.save_every {
+        cfg.save_every = s.max(1);
+    }
+    cfg.keep_last = a.keep_last.max(1);
+    cfg.log_every = a.log_every.max(1);
+    let stop = stop_on_signal()?;
+    let summary = mae_train::finetune::finetune(&cfg, &parse_resume(a.resume.as_deref()), stop)?;
+    if a.json {
+        println!("{}", serde_json::to_string(&summary)?);
+        return Ok(());
+    }
+    let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}%"));
+    println!(
+        "{} at step {}: best val top-1 {} (epoch {}), last top-1 {} top-5 {}; best model {}; results in {}",
+        summary.outcome,
+        summary.step,
+        pct(summary.best_top1),
+        summary.best_epoch.map_or("-".into(), |e| e.to_string()),
+        pct(summary.last.map(|l| l.top1)),
+        pct(summary.last.map(|l| l.top5)),
+        summary
+            .best
+            .as_ref()
+            .map_or("none".into(), |p| p.display().to_string()),
+        cfg.out.join("results.json").display()
+    );
     Ok(())
 }

@@ -46,21 +46,20 @@ impl Features {
     }
 }
 
-/// Calls `f(images, labels)` for consecutive batches of `batch` images of `split`, each resized
-/// to `size` and normalized as in training, with no randomness (the evaluation transform).
-pub fn for_each_eval_batch(
+/// Calls `f(images, labels)` for consecutive batches of `batch` images of `split` in order,
+/// transformed by `augment` at `epoch` (deterministic per `(seed, epoch, index)`).
+pub fn for_each_batch(
     split: &Split,
     manifest: &mae_data::Manifest,
-    size: usize,
+    augment: &Augment,
+    epoch: u64,
     batch: usize,
     mut f: impl FnMut(&[f32], &[i64]) -> Result<(), TrainError>,
 ) -> Result<(), TrainError> {
-    let c = manifest.channels;
-    let (mean, std) = normalization(manifest, false);
-    let eval = Augment::new(Transform::eval_for(size), size, &mean, &std, 0)?;
+    let size = augment.out_size;
+    let per = manifest.channels * size * size;
     let mut resizer = Resizer::new();
     let mut scratch = Vec::new();
-    let per = c * size * size;
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     for start in (0..split.len()).step_by(batch.max(1)) {
         let end = (start + batch.max(1)).min(split.len());
@@ -70,12 +69,12 @@ pub fn for_each_eval_batch(
             let sample = split
                 .get(i)
                 .ok_or_else(|| TrainError::Config(format!("sample {i} missing")))?;
-            eval.apply(
+            augment.apply(
                 &mut resizer,
                 &mut scratch,
                 sample.pixels,
                 manifest.image_size,
-                0,
+                epoch,
                 i as u64,
                 &mut images[(i - start) * per..(i - start + 1) * per],
             )?;
@@ -84,6 +83,20 @@ pub fn for_each_eval_batch(
         f(&images, &labels)?;
     }
     Ok(())
+}
+
+/// [`for_each_batch`] with the evaluation transform for images of side `size` (resize, centre
+/// crop, normalize as in training; no randomness).
+pub fn for_each_eval_batch(
+    split: &Split,
+    manifest: &mae_data::Manifest,
+    size: usize,
+    batch: usize,
+    f: impl FnMut(&[f32], &[i64]) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
+    let (mean, std) = normalization(manifest, false);
+    let eval = Augment::new(Transform::eval_for(size), size, &mean, &std, 0)?;
+    for_each_batch(split, manifest, &eval, 0, batch, f)
 }
 
 /// Checks that the data's channels fit preset `P`.
@@ -108,6 +121,21 @@ pub fn extract<P: MaePreset>(
     manifest: &mae_data::Manifest,
     batch: usize,
 ) -> Result<Features, TrainError> {
+    let (mean, std) = normalization(manifest, false);
+    let s = P::IMG_SIZE;
+    let eval = Augment::new(Transform::eval_for(s), s, &mean, &std, 0)?;
+    extract_with(encoder, split, manifest, &eval, 0, batch)
+}
+
+/// [`extract`] with another transform (the augmented linear probe's random crops) at `epoch`.
+pub fn extract_with<P: MaePreset>(
+    encoder: &Encoder<P, f32, Cpu>,
+    split: &Split,
+    manifest: &mae_data::Manifest,
+    augment: &Augment,
+    epoch: u64,
+    batch: usize,
+) -> Result<Features, TrainError> {
     check_channels::<P>(manifest)?;
     let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
     let mut out = Features {
@@ -116,7 +144,7 @@ pub fn extract<P: MaePreset>(
         avg: Vec::with_capacity(split.len() * dim),
         labels: Vec::with_capacity(split.len()),
     };
-    for_each_eval_batch(split, manifest, P::IMG_SIZE, batch, |images, labels| {
+    for_each_batch(split, manifest, augment, epoch, batch, |images, labels| {
         out.labels.extend_from_slice(labels);
         let tokens = encoder.forward_features(images, NoneTape)?.as_vec();
         let t = tokens.len() / (labels.len() * dim);
@@ -231,8 +259,17 @@ pub fn knn_classify(
 }
 
 /// Writes train and val features with labels as safetensors: `{split}.cls`, `{split}.avg`
-/// (`[n, dim]` f32) and `{split}.labels` (`[n]`, f32 holding the integer labels).
-pub fn write_features(path: &Path, splits: &[(&str, &Features)]) -> Result<(), TrainError> {
+/// (`[n, dim]` f32) and `{split}.labels` (`[n]`, f32 holding the integer labels), metadata
+/// `num_classes`. A path ending in `.npy` writes one NumPy file per array instead, named
+/// `{stem}.{split}.{cls|avg|labels}.npy` (labels as int64).
+pub fn write_features(
+    path: &Path,
+    splits: &[(&str, &Features)],
+    num_classes: usize,
+) -> Result<Vec<std::path::PathBuf>, TrainError> {
+    if path.extension().is_some_and(|e| e == "npy") {
+        return write_npy_files(path, splits);
+    }
     let mut tensors = Vec::new();
     for (name, f) in splits {
         let n = f.len();
@@ -251,8 +288,97 @@ pub fn write_features(path: &Path, splits: &[(&str, &Features)]) -> Result<(), T
             trainable: false,
         });
     }
-    mae_core::weights::write_safetensors(path, &tensors, &Default::default())?;
-    Ok(())
+    let meta = std::collections::BTreeMap::from([(
+        "num_classes".to_string(),
+        num_classes.to_string(),
+    )]);
+    mae_core::weights::write_safetensors(path, &tensors, &meta)?;
+    Ok(vec![path.to_path_buf()])
+}
+
+fn npy_bytes(descr: &str, shape: &[usize], data: Vec<u8>) -> Vec<u8> {
+    let dims = match shape {
+        [n] => format!("({n},)"),
+        _ => format!(
+            "({})",
+            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+        ),
+    };
+    let mut header =
+        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {dims}, }}");
+    // magic (6) + version (2) + header length (2) + header + '\n', padded to 64 bytes
+    let unpadded = 10 + header.len() + 1;
+    header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
+    header.push('\n');
+    let mut out = b"\x93NUMPY\x01\x00".to_vec();
+    out.extend_from_slice(&(header.len() as u16).to_le_bytes());
+    out.extend_from_slice(header.as_bytes());
+    out.extend(data);
+    out
+}
+
+fn write_npy_files(
+    path: &Path,
+    splits: &[(&str, &Features)],
+) -> Result<Vec<std::path::PathBuf>, TrainError> {
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "features".into());
+    let mut written = Vec::new();
+    for (name, f) in splits {
+        let n = f.len();
+        for (kind, data) in [("cls", &f.cls), ("avg", &f.avg)] {
+            let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            let p = path.with_file_name(format!("{stem}.{name}.{kind}.npy"));
+            mae_core::weights::write_atomic(&p, &npy_bytes("<f4", &[n, f.dim], bytes))?;
+            written.push(p);
+        }
+        let bytes = f.labels.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let p = path.with_file_name(format!("{stem}.{name}.labels.npy"));
+        mae_core::weights::write_atomic(&p, &npy_bytes("<i8", &[n], bytes))?;
+        written.push(p);
+    }
+    Ok(written)
+}
+
+/// Reads the train and val features of a file written by [`write_features`] (safetensors), and
+/// the number of classes (its metadata, else the largest label + 1).
+pub fn read_features(path: &Path) -> Result<(Features, Features, usize), TrainError> {
+    let file = mae_core::TensorFile::open(path)?;
+    let bad = |m: String| TrainError::Config(format!("{}: {m}", path.display()));
+    let split = |name: &str| -> Result<Features, TrainError> {
+        let get = |kind: &str| -> Result<mae_core::HostTensor, TrainError> {
+            file.read(&format!("{name}.{kind}"))?
+                .ok_or_else(|| bad(format!("no `{name}.{kind}` (not written by `mae embed`?)")))
+        };
+        let (cls, avg, labels) = (get("cls")?, get("avg")?, get("labels")?);
+        let n = labels.data.len();
+        let dim = cls.shape.get(1).copied().unwrap_or(0);
+        if cls.shape != [n, dim] || avg.shape != [n, dim] || dim == 0 {
+            return Err(bad(format!(
+                "`{name}` features are {:?} / {:?} for {n} labels",
+                cls.shape, avg.shape
+            )));
+        }
+        Ok(Features {
+            dim,
+            cls: cls.data,
+            avg: avg.data,
+            labels: labels.data.iter().map(|&l| l as i64).collect(),
+        })
+    };
+    let (train, val) = (split("train")?, split("val")?);
+    if train.dim != val.dim {
+        return Err(bad("train and val features differ in width".into()));
+    }
+    let classes = match file.metadata()?.get("num_classes") {
+        Some(c) => c
+            .parse()
+            .map_err(|_| bad(format!("num_classes `{c}` is not a number")))?,
+        None => train.labels.iter().chain(&val.labels).max().map_or(0, |m| (m + 1).max(0) as usize),
+    };
+    Ok((train, val, classes))
 }
 
 #[cfg(test)]
@@ -346,14 +472,33 @@ pub fn extract_dataset(input: &EvalInput) -> Result<(Features, Features, usize),
     crate::checkpoint::preset_of(&input.checkpoint)?.visit(Extract(input))
 }
 
+/// Where evaluation features come from.
+#[derive(Debug, Clone)]
+pub enum FeatureSource {
+    /// The encoder of a checkpoint run over a dataset.
+    Model(EvalInput),
+    /// Features written by `mae embed` (safetensors).
+    Features(std::path::PathBuf),
+}
+
+impl FeatureSource {
+    /// Train and val features and the number of classes.
+    pub fn load(&self) -> Result<(Features, Features, usize), TrainError> {
+        match self {
+            FeatureSource::Model(input) => extract_dataset(input),
+            FeatureSource::Features(path) => read_features(path),
+        }
+    }
+}
+
 /// `mae knn`: weighted kNN of the val split against the train split.
 pub fn knn_eval(
-    input: &EvalInput,
+    input: &FeatureSource,
     k: usize,
     temperature: f32,
     feature: FeatureKind,
 ) -> Result<Accuracy, TrainError> {
-    let (train, val, classes) = extract_dataset(input)?;
+    let (train, val, classes) = input.load()?;
     knn_classify(
         train.select(feature),
         &train.labels,

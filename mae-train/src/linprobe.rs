@@ -13,7 +13,7 @@ use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
 use crate::error::TrainError;
-use crate::features::Accuracy;
+use crate::features::{Accuracy, FeatureSource};
 use crate::schedule::lr_at;
 
 /// LARS as `util/lars.py`: for parameters of 2 or more dims the update `g + wd·p` is scaled by
@@ -149,6 +149,35 @@ pub struct ProbeConfig {
     pub weight_decay: f32,
     /// Seed of the head's initialization and the batch order.
     pub seed: u64,
+    /// The optimizer: LARS as the official recipe, or AdamW (the simpler probe of the team's
+    /// PyTorch baseline).
+    pub optimizer: ProbeOptimizer,
+    /// Random crops + flips of the training images every epoch (`main_linprobe.py`'s
+    /// `RandomResizedCrop` + `RandomHorizontalFlip`), with an encoder pass per epoch; `false` is
+    /// `--no-aug`: features computed once.
+    pub augment: bool,
+}
+
+/// The probe's optimizer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ProbeOptimizer {
+    /// `util/lars.py` (momentum 0.9, trust 0.001; no decay or scaling on 1-D parameters).
+    #[default]
+    Lars,
+    /// `torch.optim.AdamW` (β 0.9/0.999, ε 1e-8), decay on the weight only.
+    AdamW,
+}
+
+impl std::str::FromStr for ProbeOptimizer {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "lars" => Ok(ProbeOptimizer::Lars),
+            "adamw" => Ok(ProbeOptimizer::AdamW),
+            _ => Err(TrainError::Config(format!("optimizer `{s}`: lars or adamw"))),
+        }
+    }
 }
 
 impl Default for ProbeConfig {
@@ -161,6 +190,8 @@ impl Default for ProbeConfig {
             warmup_epochs: 10.0,
             weight_decay: 0.0,
             seed: 0,
+            optimizer: ProbeOptimizer::Lars,
+            augment: false,
         }
     }
 }
@@ -220,51 +251,78 @@ impl LinearProbe {
     }
 }
 
-/// Trains a probe on `train` features (`[n, dim]`) with labels in `0..classes`.
-pub fn train_probe(
-    train: &[f32],
-    labels: &[i64],
-    dim: usize,
-    classes: usize,
-    cfg: &ProbeConfig,
-) -> Result<LinearProbe, TrainError> {
-    let n = labels.len();
-    if dim == 0 || classes == 0 || train.len() != n * dim || n == 0 {
-        return Err(TrainError::Config(
-            "probe: features and labels do not match".into(),
-        ));
+/// Trains a probe epoch by epoch, on the same cached features every epoch or on fresh
+/// (augmented) ones.
+pub struct ProbeTrainer {
+    probe: LinearProbe,
+    cfg: ProbeConfig,
+    rng: rand_chacha::ChaCha8Rng,
+    lars: Lars,
+    adamw: crate::optim::AdamW,
+    mu_w: Vec<f32>,
+    mu_b: Vec<f32>,
+}
+
+impl ProbeTrainer {
+    /// A fresh head (trunc-normal 0.01 weight, zero bias) for `dim` features and `classes`.
+    pub fn new(dim: usize, classes: usize, cfg: &ProbeConfig) -> Result<Self, TrainError> {
+        if dim == 0 || classes == 0 {
+            return Err(TrainError::Config("probe: no features or no classes".into()));
+        }
+        if cfg.batch_size == 0 || cfg.epochs == 0 {
+            return Err(TrainError::Config(
+                "probe: batch size and epochs must be at least 1".into(),
+            ));
+        }
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
+        let probe = LinearProbe {
+            bn: BatchNorm::new(dim),
+            weight: (0..classes * dim)
+                .map(|_| trunc_normal(&mut rng, 0.01))
+                .collect(),
+            bias: vec![0.0; classes],
+            dim,
+            classes,
+        };
+        let mut adamw = crate::optim::AdamW::new(
+            cfg.weight_decay as f64,
+            std::iter::once("head.weight".to_string()).collect(),
+        );
+        adamw.betas = (0.9, 0.999);
+        Ok(ProbeTrainer {
+            probe,
+            cfg: *cfg,
+            rng,
+            lars: Lars {
+                weight_decay: cfg.weight_decay,
+                ..Lars::default()
+            },
+            adamw,
+            mu_w: vec![0f32; classes * dim],
+            mu_b: vec![0f32; classes],
+        })
     }
-    if let Some(bad) = labels.iter().find(|&&l| l < 0 || l as usize >= classes) {
-        return Err(TrainError::Config(format!(
-            "probe: label {bad} outside 0..{classes} (unlabeled data cannot be probed)"
-        )));
-    }
-    if cfg.batch_size == 0 || cfg.epochs == 0 {
-        return Err(TrainError::Config(
-            "probe: batch size and epochs must be at least 1".into(),
-        ));
-    }
-    let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-    let mut probe = LinearProbe {
-        bn: BatchNorm::new(dim),
-        weight: (0..classes * dim)
-            .map(|_| trunc_normal(&mut rng, 0.01))
-            .collect(),
-        bias: vec![0.0; classes],
-        dim,
-        classes,
-    };
-    let lars = Lars {
-        weight_decay: cfg.weight_decay,
-        ..Lars::default()
-    };
-    let lr_peak = cfg.blr * cfg.batch_size as f64 / 256.0;
-    let (mut mu_w, mut mu_b) = (vec![0f32; classes * dim], vec![0f32; classes]);
-    let steps_per_epoch = n.div_ceil(cfg.batch_size);
-    let mut order: Vec<usize> = (0..n).collect();
-    let (mut x, mut logits) = (Vec::new(), Vec::new());
-    for epoch in 0..cfg.epochs {
-        order.shuffle(&mut rng);
+
+    /// One epoch over `train` (`[n, dim]`) with `labels` in `0..classes`, in a shuffled order.
+    pub fn epoch(&mut self, epoch: usize, train: &[f32], labels: &[i64]) -> Result<(), TrainError> {
+        let (dim, classes) = (self.probe.dim, self.probe.classes);
+        let n = labels.len();
+        if train.len() != n * dim || n == 0 {
+            return Err(TrainError::Config(
+                "probe: features and labels do not match".into(),
+            ));
+        }
+        if let Some(bad) = labels.iter().find(|&&l| l < 0 || l as usize >= classes) {
+            return Err(TrainError::Config(format!(
+                "probe: label {bad} outside 0..{classes} (unlabeled data cannot be probed)"
+            )));
+        }
+        let cfg = self.cfg;
+        let lr_peak = cfg.blr * cfg.batch_size as f64 / 256.0;
+        let steps_per_epoch = n.div_ceil(cfg.batch_size);
+        let mut order: Vec<usize> = (0..n).collect();
+        order.shuffle(&mut self.rng);
+        let (mut x, mut logits) = (Vec::new(), Vec::new());
         for (step, chunk) in order.chunks(cfg.batch_size).enumerate() {
             let lr = lr_at(
                 epoch as f64 + step as f64 / steps_per_epoch as f64,
@@ -272,13 +330,13 @@ pub fn train_probe(
                 0.0,
                 cfg.warmup_epochs,
                 cfg.epochs as f64,
-            ) as f32;
+            );
             x.clear();
             for &i in chunk {
                 x.extend_from_slice(&train[i * dim..(i + 1) * dim]);
             }
-            probe.bn.forward(&mut x, true);
-            probe.logits(&x, &mut logits);
+            self.probe.bn.forward(&mut x, true);
+            self.probe.logits(&x, &mut logits);
             // softmax cross-entropy gradient, averaged over the batch
             let b = chunk.len() as f32;
             let (mut gw, mut gb) = (vec![0f32; classes * dim], vec![0f32; classes]);
@@ -303,11 +361,45 @@ pub fn train_probe(
                     }
                 }
             }
-            lars.step(&mut probe.weight, &gw, &mut mu_w, lr, true);
-            lars.step(&mut probe.bias, &gb, &mut mu_b, lr, false);
+            match cfg.optimizer {
+                ProbeOptimizer::Lars => {
+                    self.lars
+                        .step(&mut self.probe.weight, &gw, &mut self.mu_w, lr as f32, true);
+                    self.lars
+                        .step(&mut self.probe.bias, &gb, &mut self.mu_b, lr as f32, false);
+                }
+                ProbeOptimizer::AdamW => {
+                    self.adamw.step += 1;
+                    self.adamw
+                        .update_named("head.weight", &mut self.probe.weight, &gw, lr)?;
+                    self.adamw
+                        .update_named("head.bias", &mut self.probe.bias, &gb, lr)?;
+                }
+            }
         }
+        Ok(())
     }
-    Ok(probe)
+
+    /// The trained probe.
+    pub fn finish(self) -> LinearProbe {
+        self.probe
+    }
+}
+
+/// Trains a probe on `train` features (`[n, dim]`) with labels in `0..classes`, `cfg.epochs`
+/// epochs over the same features.
+pub fn train_probe(
+    train: &[f32],
+    labels: &[i64],
+    dim: usize,
+    classes: usize,
+    cfg: &ProbeConfig,
+) -> Result<LinearProbe, TrainError> {
+    let mut trainer = ProbeTrainer::new(dim, classes, cfg)?;
+    for epoch in 0..cfg.epochs {
+        trainer.epoch(epoch, train, labels)?;
+    }
+    Ok(trainer.finish())
 }
 
 #[cfg(test)]
@@ -399,33 +491,95 @@ pub struct ProbeResult {
     pub val: usize,
 }
 
-/// `mae linprobe`: features of both splits once, a probe on train, accuracy on val.
+struct AugmentedProbe<'a> {
+    input: &'a crate::features::EvalInput,
+    feature: crate::features::FeatureKind,
+    cfg: &'a ProbeConfig,
+}
+
+impl mae_core::PresetVisitor for AugmentedProbe<'_> {
+    type Output = Result<(LinearProbe, crate::features::Features, usize), TrainError>;
+    fn visit<P: mae_core::MaePreset>(self) -> Self::Output {
+        use mae_core::dfdx::prelude::Cpu;
+        use mae_data::augment::{normalization, Augment, Transform};
+        let input = self.input;
+        let mut model = mae_core::Mae::<P, f32, Cpu>::new(&Cpu::default())?;
+        model
+            .encoder
+            .load_from(&mae_core::TensorFile::open(&input.checkpoint)?, "")?;
+        let data = mae_data::Dataset::open(&input.data)?;
+        let m = data.manifest();
+        let (mean, std) = normalization(m, false);
+        // main_linprobe.py: RandomResizedCrop(224, interpolation=3) (scale 0.08–1) + flip
+        let crop = Transform::Pretrain {
+            scale: (0.08, 1.0),
+            ratio: (3.0 / 4.0, 4.0 / 3.0),
+            hflip: true,
+        };
+        let augment = Augment::new(crop, P::IMG_SIZE, &mean, &std, self.cfg.seed)?;
+        let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
+        let mut trainer = ProbeTrainer::new(dim, m.classes.len(), self.cfg)?;
+        for epoch in 0..self.cfg.epochs {
+            let f = crate::features::extract_with(
+                &model.encoder,
+                data.train(),
+                m,
+                &augment,
+                epoch as u64,
+                input.batch,
+            )?;
+            trainer.epoch(epoch, f.select(self.feature), &f.labels)?;
+        }
+        let val = crate::features::extract(&model.encoder, data.val(), m, input.batch)?;
+        Ok((trainer.finish(), val, m.classes.len()))
+    }
+}
+
+/// `mae linprobe`: a probe trained on the train split (on cached features, or on fresh augmented
+/// ones every epoch), top-1/top-5 on the val split.
 pub fn linprobe(
-    input: &crate::features::EvalInput,
+    input: &FeatureSource,
     feature: crate::features::FeatureKind,
     cfg: &ProbeConfig,
 ) -> Result<ProbeResult, TrainError> {
-    let (train, val, classes) = crate::features::extract_dataset(input)?;
+    let (probe, val, train_len) = match input {
+        FeatureSource::Model(model) if cfg.augment => {
+            let preset = crate::checkpoint::preset_of(&model.checkpoint)?;
+            let (probe, val, _) = preset.visit(AugmentedProbe {
+                input: model,
+                feature,
+                cfg,
+            })?;
+            let train_len = mae_data::Dataset::open(&model.data)?.train().len();
+            (probe, val, train_len)
+        }
+        _ => {
+            if cfg.augment {
+                return Err(TrainError::Config(
+                    "an augmented probe needs the encoder and the images (--checkpoint and --data), not cached features".into(),
+                ));
+            }
+            let (train, val, classes) = input.load()?;
+            let probe = train_probe(
+                train.select(feature),
+                &train.labels,
+                train.dim,
+                classes,
+                cfg,
+            )?;
+            (probe, val, train.len())
+        }
+    };
     if val.is_empty() {
-        return Err(TrainError::Config(format!(
-            "{}: the validation split is empty",
-            input.data.display()
-        )));
+        return Err(TrainError::Config("the validation split is empty".into()));
     }
-    let probe = train_probe(
-        train.select(feature),
-        &train.labels,
-        train.dim,
-        classes,
-        cfg,
-    )?;
     let acc = probe.evaluate(val.select(feature), &val.labels);
     Ok(ProbeResult {
         top1: acc.top1,
         top5: acc.top5,
         feature: feature.name().into(),
         config: *cfg,
-        train: train.len(),
+        train: train_len,
         val: val.len(),
     })
 }

@@ -2,42 +2,24 @@
 //! separated by kNN on a random-init encoder's features.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::BTreeMap;
 
 use mae_core::dfdx::prelude::*;
 use mae_core::presets::Parity;
 use mae_core::Mae;
-use mae_data::writer::DatasetWriter;
-use mae_data::SplitName;
-use mae_train::features::{extract_dataset, knn_eval, write_features, EvalInput, FeatureKind};
+use mae_train::features::{
+    extract_dataset, knn_eval, read_features, write_features, EvalInput, FeatureKind,
+    FeatureSource,
+};
+use mae_train::linprobe::{linprobe, ProbeConfig, ProbeOptimizer};
 
 #[test]
 fn knn_separates_two_easy_classes_and_features_are_written() {
-    let dir = std::env::temp_dir().join(format!("mae-train-features-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
+    let dir = common::temp_dir("features");
     let data = dir.join("data");
-    let mut w = DatasetWriter::create(&data, 32, 3, false).unwrap();
-    for i in 0..40usize {
-        let label = (i % 2) as i32;
-        let px: Vec<u8> = (0..32 * 32 * 3)
-            .map(|j| {
-                if label == 0 {
-                    (j % 3 * 100 + i) as u8
-                } else {
-                    (250 - j % 7 * 20 - i) as u8
-                }
-            })
-            .collect();
-        let split = if i < 30 {
-            SplitName::Train
-        } else {
-            SplitName::Val
-        };
-        w.push(split, &px, label).unwrap();
-    }
-    w.finish(vec!["a".into(), "b".into()], "synthetic".into(), Vec::new())
-        .unwrap();
+    common::two_colour_dataset(&data, 30, 10);
 
     let checkpoint = dir.join("model.safetensors");
     Mae::<Parity, f32, Cpu>::new(&Cpu::seed_from_u64(0))
@@ -56,25 +38,55 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
     );
     assert_eq!(train.cls.len(), 30 * 48);
     assert_ne!(train.cls, train.avg);
-    let acc = knn_eval(&input, 5, 0.07, FeatureKind::Cls).unwrap();
+    let source = FeatureSource::Model(input.clone());
+    let acc = knn_eval(&source, 5, 0.07, FeatureKind::Cls).unwrap();
     assert_eq!(acc.top1, 100.0, "{acc:?}");
 
-    let cfg = mae_train::linprobe::ProbeConfig {
+    let cfg = ProbeConfig {
         epochs: 30,
         batch_size: 8,
         blr: 40.0,
         warmup_epochs: 3.0,
         ..Default::default()
     };
-    let probe = mae_train::linprobe::linprobe(&input, FeatureKind::Avg, &cfg).unwrap();
+    let probe = linprobe(&source, FeatureKind::Avg, &cfg).unwrap();
     assert_eq!(
         (probe.top1, probe.train, probe.val),
         (100.0, 30, 10),
         "{probe:?}"
     );
+    // the augmented probe (random crops and flips, an encoder pass per epoch) and AdamW
+    let augmented = ProbeConfig {
+        epochs: 4,
+        batch_size: 8,
+        blr: 0.5,
+        warmup_epochs: 1.0,
+        optimizer: ProbeOptimizer::AdamW,
+        augment: true,
+        ..Default::default()
+    };
+    let probe = linprobe(&source, FeatureKind::Cls, &augmented).unwrap();
+    assert_eq!((probe.top1, probe.train), (100.0, 30), "{probe:?}");
 
     let out = dir.join("features.safetensors");
-    write_features(&out, &[("train", &train), ("val", &val)]).unwrap();
+    write_features(&out, &[("train", &train), ("val", &val)], 2).unwrap();
+    let (train2, val2, classes2) = read_features(&out).unwrap();
+    assert_eq!((&train2, &val2, classes2), (&train, &val, 2));
+    // probes and kNN run on the written features as on the model
+    let from_file = FeatureSource::Features(out.clone());
+    assert_eq!(knn_eval(&from_file, 5, 0.07, FeatureKind::Cls).unwrap(), acc);
+    assert!(linprobe(&from_file, FeatureKind::Avg, &augmented).is_err(), "no images to augment");
+    // NumPy files: one per array, with a valid header
+    let npy = write_features(&dir.join("f.npy"), &[("val", &val)], 2).unwrap();
+    assert_eq!(npy.len(), 3);
+    let bytes = std::fs::read(dir.join("f.val.cls.npy")).unwrap();
+    assert_eq!(&bytes[..6], b"\x93NUMPY");
+    let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
+    assert_eq!((10 + header_len) % 64, 0);
+    let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
+    assert!(header.contains("'descr': '<f4'") && header.contains("'shape': (10, 48)"), "{header}");
+    assert_eq!(bytes.len(), 10 + header_len + 10 * 48 * 4);
+    assert_eq!(f32::from_le_bytes(bytes[10 + header_len..][..4].try_into().unwrap()), val.cls[0]);
     let file = mae_core::TensorFile::open(&out).unwrap();
     assert_eq!(file.shape("val.avg").unwrap(), Some(vec![10, 48]));
     assert_eq!(

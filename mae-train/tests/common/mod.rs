@@ -1,0 +1,66 @@
+//! Test data shared by the mae-train integration tests.
+#![allow(clippy::unwrap_used, dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use mae_data::writer::DatasetWriter;
+use mae_data::SplitName;
+
+/// A fresh temporary directory for one test.
+pub fn temp_dir(name: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("mae-train-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}
+
+/// 32×32 RGB images of two classes that differ in colour: `train` + `val` samples, alternating.
+pub fn two_colour_dataset(dir: &Path, train: usize, val: usize) {
+    let mut w = DatasetWriter::create(dir, 32, 3, false).unwrap();
+    for i in 0..train + val {
+        let label = (i % 2) as i32;
+        let px: Vec<u8> = (0..32 * 32 * 3)
+            .map(|j| {
+                if label == 0 {
+                    (j % 3 * 100 + i % 50) as u8
+                } else {
+                    (250 - j % 7 * 20 - i % 50) as u8
+                }
+            })
+            .collect();
+        let split = if i < train {
+            SplitName::Train
+        } else {
+            SplitName::Val
+        };
+        w.push(split, &px, label).unwrap();
+    }
+    w.finish(vec!["a".into(), "b".into()], "synthetic".into(), Vec::new())
+        .unwrap();
+}
+
+/// The first `train` / `val` images of the bundled Fashion-MNIST test set (prepared into
+/// `dir/full` first), copied into `dir/subset`, which is returned.
+pub fn bundled_subset(dir: &Path, train: usize, val: usize) -> PathBuf {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
+    let full = dir.join("full");
+    let mut opts = mae_data::PrepareOptions::new(mae_data::SourceKind::Idx, &root, &full);
+    opts.force = true;
+    mae_data::prepare(&opts).unwrap();
+    let data = mae_data::Dataset::open(&full).unwrap();
+    let m = data.manifest().clone();
+    let subset = dir.join("subset");
+    let mut w = DatasetWriter::create(&subset, m.image_size, m.channels, false).unwrap();
+    for (split, from, n) in [
+        (SplitName::Train, data.train(), train),
+        (SplitName::Val, data.val(), val),
+    ] {
+        for i in 0..n {
+            let s = from.get(i).unwrap();
+            w.push(split, s.pixels, s.label).unwrap();
+        }
+    }
+    w.finish(m.classes.clone(), "bundled subset".into(), Vec::new())
+        .unwrap();
+    subset
+}
