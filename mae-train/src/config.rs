@@ -78,6 +78,10 @@ pub struct PretrainOverrides {
     /// Image side; must be the preset's.
     #[cfg_attr(feature = "clap", arg(long))]
     pub input_size: Option<usize>,
+    /// Every this many epochs, weighted kNN (k=20, cls) of the encoder on the dataset's
+    /// val split against its train split, logged to eval.jsonl.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub eval_every: Option<usize>,
 }
 
 impl PretrainOverrides {
@@ -115,7 +119,8 @@ impl PretrainOverrides {
             keep_last,
             workers,
             log_every,
-            input_size
+            input_size,
+            eval_every
         )
     }
 }
@@ -157,6 +162,9 @@ pub struct PretrainConfig {
     pub workers: usize,
     /// Metrics interval in optimizer steps.
     pub log_every: u64,
+    /// kNN evaluation interval in epochs.
+    #[serde(default)]
+    pub eval_every: Option<usize>,
 }
 
 impl PretrainConfig {
@@ -197,6 +205,7 @@ impl PretrainConfig {
                 .workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             log_every: given.log_every.unwrap_or(10),
+            eval_every: given.eval_every,
         };
         let bad = |m: String| Err(TrainError::Config(m));
         if config.batch_size == 0 || config.accum_iter == 0 || config.epochs == 0 {
@@ -211,8 +220,8 @@ impl PretrainConfig {
                 "--save-every, --keep-last, --log-every and --workers must be at least 1".into(),
             );
         }
-        if config.max_steps == Some(0) {
-            return bad("--max-steps must be at least 1".into());
+        if config.max_steps == Some(0) || config.eval_every == Some(0) {
+            return bad("--max-steps and --eval-every must be at least 1".into());
         }
         for (name, v) in [
             ("lr", config.lr),

@@ -13,7 +13,6 @@
 //! resumption work as in pretraining (model + optimizer state, position in the epoch).
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -35,7 +34,7 @@ use crate::checkpoint::{self, TrainState};
 use crate::error::TrainError;
 use crate::features::{check_channels, for_each_eval_batch, topk_hits, Accuracy};
 use crate::optim::AdamW;
-use crate::pretrain::{position_rng, Outcome, Resume};
+use crate::pretrain::{append_json_line, position_rng, Outcome, Resume};
 use crate::runlog::RunLog;
 use crate::schedule::{absolute_lr, lr_at};
 
@@ -557,14 +556,7 @@ impl PresetVisitor for Run<'_> {
                         top5: acc.top5,
                         best_top1: best.map_or(acc.top1, |b| b.0),
                     };
-                    let text = serde_json::to_string(&line)
-                        .map_err(|e| TrainError::Config(e.to_string()))?;
-                    let mut f = std::fs::OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&eval_path)
-                        .map_err(|e| TrainError::io(&eval_path, e))?;
-                    writeln!(f, "{text}").map_err(|e| TrainError::io(&eval_path, e))?;
+                    append_json_line(&eval_path, &line)?;
                     log.message(&format!(
                         "epoch {}: val top-1 {:.2}%, top-5 {:.2}% (best {:.2}%)",
                         state.epoch, acc.top1, acc.top5, line.best_top1

@@ -16,6 +16,7 @@ use mae_data::augment::{normalization, Augment, Transform};
 use mae_data::loader::{Loader, LoaderConfig};
 use mae_data::{Dataset, SplitName};
 use rand::SeedableRng;
+use serde::Serialize;
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::PretrainConfig;
@@ -107,6 +108,58 @@ fn masking_rng(seed: u64, epoch: u64, micro_step: usize) -> rand_chacha::ChaCha8
     position_rng(seed ^ 0x6d61_652d_6d61_736b, epoch, micro_step)
 }
 
+/// One line of a pretraining run's `eval.jsonl` (`--eval-every`).
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct KnnLine {
+    /// Epochs completed.
+    pub epoch: u64,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// kNN top-1 on the val split, %.
+    pub knn_top1: f64,
+    /// kNN top-5, %.
+    pub knn_top5: f64,
+}
+
+fn knn_during_training<P: MaePreset>(
+    model: &Mae<P, f32, Cpu>,
+    data: &Dataset,
+    epoch: u64,
+    step: u64,
+) -> Result<KnnLine, TrainError> {
+    let m = data.manifest();
+    let train = crate::features::extract(&model.encoder, data.train(), m, 256)?;
+    let val = crate::features::extract(&model.encoder, data.val(), m, 256)?;
+    let acc = crate::features::knn_classify(
+        &train.cls,
+        &train.labels,
+        &val.cls,
+        &val.labels,
+        train.dim,
+        20,
+        0.07,
+        m.classes.len(),
+    )?;
+    Ok(KnnLine {
+        epoch,
+        step,
+        knn_top1: acc.top1,
+        knn_top5: acc.top5,
+    })
+}
+
+/// Appends one JSON line to `path`.
+pub(crate) fn append_json_line(path: &std::path::Path, value: &impl Serialize) -> Result<(), TrainError> {
+    use std::io::Write;
+    let text = serde_json::to_string(value).map_err(|e| TrainError::Config(e.to_string()))?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .map_err(|e| TrainError::io(path, e))?;
+    writeln!(f, "{text}").map_err(|e| TrainError::io(path, e))
+}
+
 impl PresetVisitor for Run<'_> {
     type Output = Result<RunSummary, TrainError>;
 
@@ -179,6 +232,14 @@ impl PresetVisitor for Run<'_> {
                 ..LoaderConfig::default()
             },
         )?;
+        if cfg.eval_every.is_some() && (data.val().is_empty() || m.classes.len() < 2) {
+            return Err(TrainError::Config(format!(
+                "{}: --eval-every needs labeled data with a validation split ({} classes, {} val images)",
+                cfg.data.display(),
+                m.classes.len(),
+                data.val().len()
+            )));
+        }
         let micro_per_epoch = loader.steps_per_epoch();
         if micro_per_epoch < cfg.accum_iter {
             return Err(TrainError::Config(format!(
@@ -275,6 +336,14 @@ impl PresetVisitor for Run<'_> {
                     log.line(state.step, frac, group_loss, lr)?;
                 }
                 log.position(state.step);
+                if state.micro_step == 0 && cfg.eval_every.is_some_and(|n| state.epoch % n as u64 == 0) {
+                    let line = knn_during_training(&model, &data, state.epoch, state.step)?;
+                    log.message(&format!(
+                        "epoch {}: kNN (k=20, cls) val top-1 {:.2}%, top-5 {:.2}%",
+                        line.epoch, line.knn_top1, line.knn_top5
+                    ));
+                    append_json_line(&cfg.out.join("eval.jsonl"), &line)?;
+                }
                 let stop = self.stop.load(Ordering::SeqCst);
                 if state.step % cfg.save_every == 0 || done || stop {
                     last_checkpoint = Some(save(&model, &opt, &state)?);

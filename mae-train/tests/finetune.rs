@@ -117,3 +117,36 @@ fn a_probe_on_bundled_fashion_mnist_beats_chance_by_a_wide_margin() {
     assert!(result.top1 > 40.0, "{result:?}");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn pretraining_with_eval_every_logs_knn_per_epoch() {
+    let dir = common::temp_dir("eval-every");
+    let data = dir.join("data");
+    common::two_colour_dataset(&data, 32, 8);
+    let out = dir.join("run");
+    let given = mae_train::PretrainOverrides {
+        data: Some(data.clone()),
+        preset: Some(Preset::Parity),
+        out: Some(out.clone()),
+        epochs: Some(2),
+        batch_size: Some(8),
+        warmup_epochs: Some(1.0),
+        workers: Some(1),
+        eval_every: Some(1),
+        ..Default::default()
+    };
+    let cfg = mae_train::PretrainConfig::resolve(given.clone()).unwrap();
+    mae_train::pretrain(&cfg, &Resume::No, Arc::new(AtomicBool::new(false))).unwrap();
+    let lines: Vec<mae_train::pretrain::KnnLine> = std::fs::read_to_string(out.join("eval.jsonl"))
+        .unwrap()
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(lines.iter().map(|l| (l.epoch, l.step)).collect::<Vec<_>>(), [(1, 4), (2, 8)]);
+    // colour alone separates the classes
+    assert!(lines.iter().all(|l| l.knn_top1 == 100.0), "{lines:?}");
+    // unlabeled or val-less data is refused up front
+    let zero = mae_train::PretrainOverrides { eval_every: Some(0), ..given };
+    assert!(mae_train::PretrainConfig::resolve(zero).is_err());
+    std::fs::remove_dir_all(&dir).unwrap();
+}
