@@ -198,6 +198,9 @@ define_presets! {
     VitL16 = "vit-l16": img 224, chans 3, patch 16, encoder (1024, 24, 16), decoder (512, 8, 16);
     /// ViT-H/14 at 224 with the paper's 512-d/8-block decoder (632M encoder parameters).
     VitH14 = "vit-h14": img 224, chans 3, patch 14, encoder (1280, 32, 16), decoder (512, 8, 16);
+    /// ViT-H/14 at 448, the paper's highest-resolution fine-tuning (87.8% on ImageNet-1K): the
+    /// `vit-h14` encoder with its position embedding interpolated from 16×16 to 32×32.
+    VitH14At448 = "vit-h14-448": img 448, chans 3, patch 14, encoder (1280, 32, 16), decoder (512, 8, 16);
 }
 
 impl fmt::Display for Preset {
@@ -317,6 +320,7 @@ mod tests {
     fn preset_types_carry_the_recipe_dimensions() {
         assert_eq!(Preset::VitB16.visit(NumPatches), (196, 768, 64));
         assert_eq!(Preset::VitH14.visit(NumPatches), (256, 588, 80));
+        assert_eq!(Preset::VitH14At448.visit(NumPatches), (1024, 588, 80));
         assert_eq!(Preset::Tiny.visit(NumPatches), (49, 16, 64));
         assert_eq!(Preset::Parity.visit(NumPatches), (64, 48, 12));
         let d = Preset::VitL16.dims();
