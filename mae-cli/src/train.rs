@@ -93,8 +93,8 @@ pub struct FinetuneArgs {
     #[arg(long)]
     data: PathBuf,
     /// Run directory: checkpoints, best.safetensors, metrics.jsonl, eval.jsonl, results.json.
-    #[arg(long)]
-    out: PathBuf,
+    #[arg(long, required_unless_present = "eval")]
+    out: Option<PathBuf>,
     /// Classifier preset (default: the checkpoint's; one with the same encoder at another image
     /// size interpolates the position embedding).
     #[arg(long)]
@@ -171,19 +171,42 @@ pub struct FinetuneArgs {
     /// `auto` (newest loadable checkpoint of --out) or a checkpoint file.
     #[arg(long)]
     resume: Option<String>,
-    /// Print the results as one JSON object.
+    /// Only evaluate a fine-tuned classifier (--checkpoint, e.g. RUN/best.safetensors) on the
+    /// val split of --data.
+    #[arg(long, requires = "checkpoint")]
+    eval: bool,
+    /// Print the results as one JSON object (the last line of the output).
     #[arg(long)]
     json: bool,
 }
 
 /// Runs fine-tuning; prints the best and last top-1 and writes `results.json`.
 pub fn finetune(a: FinetuneArgs) -> Result<()> {
+    if a.eval {
+        let checkpoint = a.checkpoint.context("--eval needs --checkpoint")?;
+        let acc = mae_train::finetune::evaluate_file(&checkpoint, &a.data, 256)?;
+        if a.json {
+            println!(
+                "{}",
+                serde_json::json!({"top1": acc.top1, "top5": acc.top5})
+            );
+        } else {
+            println!(
+                "{}: val top-1 {:.2}%, top-5 {:.2}%",
+                checkpoint.display(),
+                acc.top1,
+                acc.top5
+            );
+        }
+        return Ok(());
+    }
     let preset = match (a.preset, &a.checkpoint) {
         (Some(p), _) => p,
         (None, Some(c)) => mae_train::checkpoint::preset_of(c)?,
         (None, None) => anyhow::bail!("give --preset with --from-scratch"),
     };
-    let mut cfg = FinetuneConfig::new(a.data, a.out, preset);
+    let out = a.out.context("--out is required")?;
+    let mut cfg = FinetuneConfig::new(a.data, out, preset);
     cfg.checkpoint = a.checkpoint;
     cfg.epochs = a.epochs;
     cfg.max_steps = a.max_steps;

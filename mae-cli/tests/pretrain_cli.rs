@@ -423,3 +423,69 @@ fn reconstruct_plot_info_import() {
     ]);
     assert!(!r.status.success());
 }
+
+#[test]
+fn finetune_runs_and_its_classifier_evaluates_to_the_same_numbers() {
+    let run = tmp("finetune");
+    let ft = run.join("ft");
+    let ft = ft.to_str().unwrap();
+    let out = run_ok(&[
+        "finetune",
+        "--from-scratch",
+        "--preset",
+        "tiny",
+        "--data",
+        data(),
+        "--out",
+        ft,
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "3",
+        "--workers",
+        "1",
+        "--json",
+    ]);
+    // progress lines first, the JSON summary last
+    let summary: serde_json::Value =
+        serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(summary["outcome"], "MaxSteps");
+    let top1 = summary["last"]["top1"].as_f64().unwrap();
+    let ckpt = format!("{ft}/checkpoint-3.safetensors");
+    let eval = run_ok(&[
+        "finetune",
+        "--eval",
+        "--checkpoint",
+        &ckpt,
+        "--data",
+        data(),
+        "--json",
+    ]);
+    let eval: serde_json::Value = serde_json::from_str(eval.trim()).unwrap();
+    assert_eq!(eval["top1"].as_f64(), Some(top1));
+
+    // an MAE checkpoint is not a classifier; --from-scratch needs a preset
+    let mae_ckpt = run.join("mae.safetensors");
+    run_ok(&[
+        "init",
+        "--preset",
+        "tiny",
+        "--out",
+        mae_ckpt.to_str().unwrap(),
+    ]);
+    let r = mae(&[
+        "finetune",
+        "--eval",
+        "--checkpoint",
+        mae_ckpt.to_str().unwrap(),
+        "--data",
+        data(),
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(
+        !r.status.success() && err.contains("mae.safetensors") && err.contains("head.bias"),
+        "{err}"
+    );
+    let r = mae(&["finetune", "--from-scratch", "--data", data(), "--out", ft]);
+    assert!(!r.status.success());
+}

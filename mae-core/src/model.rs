@@ -33,7 +33,9 @@ impl Distribution<f32> for Normal {
     }
 }
 
-pub(crate) fn token_init<M: ConstDim, D: Device<f32>>(t: &mut Tensor<(M,), f32, D>) -> Result<(), D::Err> {
+pub(crate) fn token_init<M: ConstDim, D: Device<f32>>(
+    t: &mut Tensor<(M,), f32, D>,
+) -> Result<(), D::Err> {
     t.try_fill_with_distr(Normal(0.02))
 }
 
@@ -347,7 +349,11 @@ impl<P: MaePreset, D: MaeDevice> Encoder<P, f32, D> {
             .try_slice((0..1, ..))
             .and_then(|p| p.try_reshape_like(&(m,)))
             .map_err(dev_err)?;
-        let cls = self.cls_token.retaped::<T>().try_add(cls_pos).map_err(dev_err)?;
+        let cls = self
+            .cls_token
+            .retaped::<T>()
+            .try_add(cls_pos)
+            .map_err(dev_err)?;
         let x = prepend_cls(cls, x)?;
         let x = self.blocks.forward(x)?;
         self.norm.forward(x)

@@ -55,7 +55,8 @@ fn bicubic_taps(from: usize, to: usize) -> Vec<([usize; 4], [f64; 4])> {
             let src = scale * (o as f64 + 0.5) - 0.5;
             let base = src.floor();
             let w = cubic_weights(src - base);
-            let idx = [-1i64, 0, 1, 2].map(|d| (base as i64 + d).clamp(0, from as i64 - 1) as usize);
+            let idx =
+                [-1i64, 0, 1, 2].map(|d| (base as i64 + d).clamp(0, from as i64 - 1) as usize);
             (idx, w)
         })
         .collect()

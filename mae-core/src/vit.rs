@@ -207,7 +207,13 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
             .map_err(dev_err)?;
         let classes = self.num_classes();
         pooled
-            .try_matmul(self.head.weight.retaped::<T>().try_permute().map_err(dev_err)?)
+            .try_matmul(
+                self.head
+                    .weight
+                    .retaped::<T>()
+                    .try_permute()
+                    .map_err(dev_err)?,
+            )
             .and_then(|y| {
                 y.try_add(
                     self.head
@@ -260,7 +266,10 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
     fn head_tensors(&self, grads: Option<&Gradients<f32, D>>) -> Vec<NamedTensor> {
         let (w, b) = match grads {
             None => (self.head.weight.as_vec(), self.head.bias.as_vec()),
-            Some(g) => (g.get(&self.head.weight).as_vec(), g.get(&self.head.bias).as_vec()),
+            Some(g) => (
+                g.get(&self.head.weight).as_vec(),
+                g.get(&self.head.bias).as_vec(),
+            ),
         };
         let dim = <P::Encoder as TransformerDims>::DIM;
         vec![
@@ -317,7 +326,14 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
                 key: key.clone(),
                 expected: t.shape.clone(),
             })?;
-            check_tensor(file.path(), &key, &host.shape, &t.shape, &host.data, P::PRESET)?;
+            check_tensor(
+                file.path(),
+                &key,
+                &host.shape,
+                &t.shape,
+                &host.data,
+                P::PRESET,
+            )?;
             values.insert(t.name.clone(), host.data);
         }
         for key in file.names()? {
@@ -375,8 +391,7 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
                 let dim = t.shape[2];
                 let tokens = shape.get(1).copied().unwrap_or(0);
                 let old = ((tokens.max(1) - 1) as f64).sqrt().round() as usize;
-                if shape.len() == 3 && shape[0] == 1 && shape[2] == dim && 1 + old * old == tokens
-                {
+                if shape.len() == 3 && shape[0] == 1 && shape[2] == dim && 1 + old * old == tokens {
                     check_tensor(&path, "pos_embed", &shape, &shape, &data, P::PRESET)?;
                     data = interpolate_pos_embed(&data, dim, old, grid);
                     shape = t.shape.clone();

@@ -37,7 +37,11 @@ fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
         .map(|(a, b)| (*a as f64 - *b as f64).powi(2))
         .sum::<f64>()
         .sqrt();
-    let norm: f64 = reference.iter().map(|b| (*b as f64).powi(2)).sum::<f64>().sqrt();
+    let norm: f64 = reference
+        .iter()
+        .map(|b| (*b as f64).powi(2))
+        .sum::<f64>()
+        .sqrt();
     diff / norm.max(1e-30)
 }
 
@@ -69,13 +73,20 @@ fn logits_loss_and_every_gradient_match_the_reference() {
     check("logits", &logits_out, &read(&f, "logits"));
     check("loss", &[loss_value], &read(&f, "loss"));
     let named = model.named_gradients(&grads).unwrap();
-    assert_eq!(named.len(), 4 + 12 * 2 + 2 + 2, "every parameter has a gradient");
+    assert_eq!(
+        named.len(),
+        4 + 12 * 2 + 2 + 2,
+        "every parameter has a gradient"
+    );
     for g in named {
         let reference = f.read(&format!("grad.{}", g.name)).unwrap().unwrap();
         assert_eq!(reference.shape, g.shape, "{}", g.name);
         check(&format!("grad.{}", g.name), &g.data, &reference.data);
     }
-    println!("vit-parity-a: worst relative error {:.3e} ({})", worst.0, worst.1);
+    println!(
+        "vit-parity-a: worst relative error {:.3e} ({})",
+        worst.0, worst.1
+    );
 }
 
 #[test]
@@ -100,13 +111,18 @@ fn pretrained_mae_weights_load_with_fresh_head_and_interpolated_pos_embed() {
 
     let mut model = Classifier::<Parity, Cpu>::new(&dev, 3).unwrap();
     let head_before = model.head.weight.as_vec();
-    let report = model.load_pretrained(&TensorFile::open(&path).unwrap()).unwrap();
+    let report = model
+        .load_pretrained(&TensorFile::open(&path).unwrap())
+        .unwrap();
     assert_eq!(report.interpolated, None);
     assert_eq!(
         report.fresh,
         ["fc_norm.weight", "fc_norm.bias", "head.weight", "head.bias"]
     );
-    assert_eq!(model.vit.blocks.blocks[1].mlp.fc2.weight.as_vec(), mae.encoder.blocks.blocks[1].mlp.fc2.weight.as_vec());
+    assert_eq!(
+        model.vit.blocks.blocks[1].mlp.fc2.weight.as_vec(),
+        mae.encoder.blocks.blocks[1].mlp.fc2.weight.as_vec()
+    );
     assert_eq!(model.vit.pos_embed.as_vec(), mae.encoder.pos_embed.as_vec());
     assert_eq!(model.head.weight.as_vec(), head_before);
     assert!(head_before.iter().all(|v| v.abs() < 2e-4) && head_before.iter().any(|&v| v != 0.0));
@@ -119,9 +135,14 @@ fn pretrained_mae_weights_load_with_fresh_head_and_interpolated_pos_embed() {
     pos.shape = vec![1, 37, 48];
     let path6 = dir.join("mae-6x6.safetensors");
     mae_core::weights::write_safetensors(&path6, &tensors, &BTreeMap::new()).unwrap();
-    let report = model.load_pretrained(&TensorFile::open(&path6).unwrap()).unwrap();
+    let report = model
+        .load_pretrained(&TensorFile::open(&path6).unwrap())
+        .unwrap();
     assert_eq!(report.interpolated, Some((6, 8)));
-    assert_eq!(model.vit.pos_embed.as_vec(), interpolate_pos_embed(&small, 48, 6, 8));
+    assert_eq!(
+        model.vit.pos_embed.as_vec(),
+        interpolate_pos_embed(&small, 48, 6, 8)
+    );
 
     // a wrong width is refused and leaves the model as it was
     let before = model.vit.cls_token.as_vec();
@@ -130,19 +151,31 @@ fn pretrained_mae_weights_load_with_fresh_head_and_interpolated_pos_embed() {
     cls.shape = vec![1, 1, 40];
     let bad = dir.join("bad.safetensors");
     mae_core::weights::write_safetensors(&bad, &tensors, &BTreeMap::new()).unwrap();
-    let err = model.load_pretrained(&TensorFile::open(&bad).unwrap()).unwrap_err();
-    assert!(matches!(err, MaeError::ShapeMismatch { ref key, .. } if key == "cls_token"), "{err}");
+    let err = model
+        .load_pretrained(&TensorFile::open(&bad).unwrap())
+        .unwrap_err();
+    assert!(
+        matches!(err, MaeError::ShapeMismatch { ref key, .. } if key == "cls_token"),
+        "{err}"
+    );
     assert_eq!(model.vit.cls_token.as_vec(), before);
 
     // a classifier round-trips through its own file
     let saved = dir.join("cls.safetensors");
     model.save_safetensors(&saved, &BTreeMap::new()).unwrap();
     let mut again = Classifier::<Parity, Cpu>::new(&Cpu::seed_from_u64(1), 3).unwrap();
-    again.load_from(&TensorFile::open(&saved).unwrap(), "").unwrap();
-    assert_eq!(again.named_tensors().unwrap(), model.named_tensors().unwrap());
+    again
+        .load_from(&TensorFile::open(&saved).unwrap(), "")
+        .unwrap();
+    assert_eq!(
+        again.named_tensors().unwrap(),
+        model.named_tensors().unwrap()
+    );
     // ... but not into a head of another size
     let mut other = Classifier::<Parity, Cpu>::new(&dev, 4).unwrap();
-    assert!(other.load_from(&TensorFile::open(&saved).unwrap(), "").is_err());
+    assert!(other
+        .load_from(&TensorFile::open(&saved).unwrap(), "")
+        .is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -171,9 +204,15 @@ fn drop_path_scales_each_sample_on_its_own() {
         attn: vec![0.0, 1.0],
         mlp: vec![0.0, 1.0],
     };
-    let dropped = model.forward(&imgs, &[None, Some(drop0)], NoneTape).unwrap().as_vec();
+    let dropped = model
+        .forward(&imgs, &[None, Some(drop0)], NoneTape)
+        .unwrap()
+        .as_vec();
     assert_eq!(&dropped[4..], &plain[4..], "sample 1 untouched");
-    assert!(dropped[..4].iter().zip(&plain[..4]).any(|(a, b)| (a - b).abs() > 1e-6));
+    assert!(dropped[..4]
+        .iter()
+        .zip(&plain[..4])
+        .any(|(a, b)| (a - b).abs() > 1e-6));
 
     let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(0);
     let s = BranchScales::sample(&mut rng, 20_000, 0.25);
@@ -181,5 +220,8 @@ fn drop_path_scales_each_sample_on_its_own() {
     let mean = s.mlp.iter().map(|&v| v as f64).sum::<f64>() / 20_000.0;
     assert!((zeros - 0.25).abs() < 0.02, "drop rate {zeros}");
     assert!((mean - 1.0).abs() < 0.03, "expectation {mean}");
-    assert!(s.attn.iter().all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
+    assert!(s
+        .attn
+        .iter()
+        .all(|&v| v == 0.0 || (v - 1.0 / 0.75).abs() < 1e-6));
 }

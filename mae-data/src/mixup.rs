@@ -68,10 +68,7 @@ pub fn mixup_targets(
     lam: f64,
     smoothing: f64,
 ) -> Result<Vec<f32>, DataError> {
-    if let Some(bad) = labels
-        .iter()
-        .find(|&&l| l < 0 || l as usize >= num_classes)
-    {
+    if let Some(bad) = labels.iter().find(|&&l| l < 0 || l as usize >= num_classes) {
         return Err(DataError::Option(format!(
             "label {bad} is outside 0..{num_classes} (fine-tuning needs labeled data)"
         )));
@@ -162,7 +159,10 @@ impl Mixup {
         if params.lam < 1.0 {
             let original = images.to_vec();
             for i in 0..n {
-                let (dst, src) = (&mut images[i * per..(i + 1) * per], &original[(n - 1 - i) * per..][..per]);
+                let (dst, src) = (
+                    &mut images[i * per..(i + 1) * per],
+                    &original[(n - 1 - i) * per..][..per],
+                );
                 match params.cutmix_box {
                     Some((y0, y1, x0, x1)) => {
                         for c in 0..channels {
@@ -261,8 +261,12 @@ mod tests {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(4);
         let mut seen_box = false;
         for _ in 0..20 {
-            let mut imgs: Vec<f32> = (0..2 * c * h * w).map(|i| (i / (c * h * w)) as f32).collect();
-            let (targets, p) = m.apply(&mut rng, &mut imgs, &[0, 1], c, h, w).expect("even");
+            let mut imgs: Vec<f32> = (0..2 * c * h * w)
+                .map(|i| (i / (c * h * w)) as f32)
+                .collect();
+            let (targets, p) = m
+                .apply(&mut rng, &mut imgs, &[0, 1], c, h, w)
+                .expect("even");
             let Some((y0, y1, x0, x1)) = p.cutmix_box else {
                 panic!("cutmix only")
             };
@@ -270,7 +274,10 @@ mod tests {
             assert_eq!(pasted, c * (y1 - y0) * (x1 - x0));
             let lam = 1.0 - ((y1 - y0) * (x1 - x0)) as f64 / (h * w) as f64;
             assert!((p.lam - lam).abs() < 1e-12);
-            assert!((targets[0] as f64 - lam).abs() < 1e-6 && (targets[1] as f64 - (1.0 - lam)).abs() < 1e-6);
+            assert!(
+                (targets[0] as f64 - lam).abs() < 1e-6
+                    && (targets[1] as f64 - (1.0 - lam)).abs() < 1e-6
+            );
             seen_box |= pasted > 0;
         }
         assert!(seen_box);
@@ -290,7 +297,9 @@ mod tests {
         };
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(1);
         let mut imgs = vec![0.0f32, 0.0, 1.0, 1.0];
-        let (targets, p) = m.apply(&mut rng, &mut imgs, &[3, 0], 1, 1, 2).expect("even");
+        let (targets, p) = m
+            .apply(&mut rng, &mut imgs, &[3, 0], 1, 1, 2)
+            .expect("even");
         assert!(p.cutmix_box.is_none() && p.lam > 0.0 && p.lam < 1.0);
         let lam = p.lam as f32;
         assert!((imgs[0] - (1.0 - lam)).abs() < 1e-6 && (imgs[2] - lam).abs() < 1e-6);

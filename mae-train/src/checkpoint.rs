@@ -54,7 +54,11 @@ pub trait Checkpointable {
     /// Every tensor, official names and shapes.
     fn tensors(&self) -> Result<Vec<NamedTensor>, TrainError>;
     /// Writes the model file (atomically) with `metadata`.
-    fn save_model(&self, path: &Path, metadata: &BTreeMap<String, String>) -> Result<(), TrainError>;
+    fn save_model(
+        &self,
+        path: &Path,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), TrainError>;
     /// Loads the model file strictly; unchanged on error.
     fn load_model(&mut self, file: &TensorFile) -> Result<(), TrainError>;
 }
@@ -63,7 +67,11 @@ impl<P: MaePreset, D: Device<f32>> Checkpointable for Mae<P, f32, D> {
     fn tensors(&self) -> Result<Vec<NamedTensor>, TrainError> {
         Ok(named_tensors(self)?)
     }
-    fn save_model(&self, path: &Path, metadata: &BTreeMap<String, String>) -> Result<(), TrainError> {
+    fn save_model(
+        &self,
+        path: &Path,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), TrainError> {
         Ok(self.save_safetensors(path, metadata)?)
     }
     fn load_model(&mut self, file: &TensorFile) -> Result<(), TrainError> {
@@ -75,7 +83,11 @@ impl<P: MaePreset, D: MaeDevice> Checkpointable for Classifier<P, D> {
     fn tensors(&self) -> Result<Vec<NamedTensor>, TrainError> {
         Ok(self.named_tensors()?)
     }
-    fn save_model(&self, path: &Path, metadata: &BTreeMap<String, String>) -> Result<(), TrainError> {
+    fn save_model(
+        &self,
+        path: &Path,
+        metadata: &BTreeMap<String, String>,
+    ) -> Result<(), TrainError> {
         Ok(self.save_safetensors(path, metadata)?)
     }
     fn load_model(&mut self, file: &TensorFile) -> Result<(), TrainError> {

@@ -288,10 +288,8 @@ pub fn write_features(
             trainable: false,
         });
     }
-    let meta = std::collections::BTreeMap::from([(
-        "num_classes".to_string(),
-        num_classes.to_string(),
-    )]);
+    let meta =
+        std::collections::BTreeMap::from([("num_classes".to_string(), num_classes.to_string())]);
     mae_core::weights::write_safetensors(path, &tensors, &meta)?;
     Ok(vec![path.to_path_buf()])
 }
@@ -301,11 +299,14 @@ fn npy_bytes(descr: &str, shape: &[usize], data: Vec<u8>) -> Vec<u8> {
         [n] => format!("({n},)"),
         _ => format!(
             "({})",
-            shape.iter().map(|d| d.to_string()).collect::<Vec<_>>().join(", ")
+            shape
+                .iter()
+                .map(|d| d.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
         ),
     };
-    let mut header =
-        format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {dims}, }}");
+    let mut header = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {dims}, }}");
     // magic (6) + version (2) + header length (2) + header + '\n', padded to 64 bytes
     let unpadded = 10 + header.len() + 1;
     header.push_str(&" ".repeat((64 - unpadded % 64) % 64));
@@ -376,7 +377,12 @@ pub fn read_features(path: &Path) -> Result<(Features, Features, usize), TrainEr
         Some(c) => c
             .parse()
             .map_err(|_| bad(format!("num_classes `{c}` is not a number")))?,
-        None => train.labels.iter().chain(&val.labels).max().map_or(0, |m| (m + 1).max(0) as usize),
+        None => train
+            .labels
+            .iter()
+            .chain(&val.labels)
+            .max()
+            .map_or(0, |m| (m + 1).max(0) as usize),
     };
     Ok((train, val, classes))
 }

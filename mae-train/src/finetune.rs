@@ -161,10 +161,16 @@ impl FinetuneConfig {
             }
         }
         if !(self.layer_decay > 0.0 && self.layer_decay <= 1.0) {
-            return bad(format!("--layer-decay {} must be in (0, 1]", self.layer_decay));
+            return bad(format!(
+                "--layer-decay {} must be in (0, 1]",
+                self.layer_decay
+            ));
         }
         if !(self.min_crop_scale > 0.0 && self.min_crop_scale <= 1.0) {
-            return bad(format!("--min-crop-scale {} must be in (0, 1]", self.min_crop_scale));
+            return bad(format!(
+                "--min-crop-scale {} must be in (0, 1]",
+                self.min_crop_scale
+            ));
         }
         if !(self.lr.is_finite() && self.lr > 0.0) || self.mixup < 0.0 || self.cutmix < 0.0 {
             return bad("learning rate must be positive, mixup/cutmix α non-negative".into());
@@ -235,6 +241,53 @@ pub fn evaluate<P: MaePreset>(
     })
 }
 
+struct EvaluateFile<'a> {
+    checkpoint: &'a std::path::Path,
+    data: &'a std::path::Path,
+    batch: usize,
+}
+
+impl PresetVisitor for EvaluateFile<'_> {
+    type Output = Result<Accuracy, TrainError>;
+    fn visit<P: MaePreset>(self) -> Self::Output {
+        let file = TensorFile::open(self.checkpoint)?;
+        let classes = file
+            .shape("head.bias")?
+            .and_then(|s| s.first().copied())
+            .ok_or_else(|| {
+                TrainError::checkpoint(
+                    self.checkpoint,
+                    "no `head.bias`: not a fine-tuned classifier (use mae knn / linprobe for an MAE checkpoint)",
+                )
+            })?;
+        let mut model = Classifier::<P, Cpu>::new(&Cpu::default(), classes)?;
+        model.load_from(&file, "")?;
+        let data = Dataset::open(self.data)?;
+        if data.manifest().classes.len() != classes {
+            return Err(TrainError::Config(format!(
+                "{} has {classes} classes, {} has {}",
+                self.checkpoint.display(),
+                self.data.display(),
+                data.manifest().classes.len()
+            )));
+        }
+        evaluate(&model, data.val(), data.manifest(), self.batch)
+    }
+}
+
+/// `main_finetune.py --eval`: top-1/top-5 of a fine-tuned classifier file on a dataset's val split.
+pub fn evaluate_file(
+    checkpoint: &std::path::Path,
+    data: &std::path::Path,
+    batch: usize,
+) -> Result<Accuracy, TrainError> {
+    checkpoint::preset_of(checkpoint)?.visit(EvaluateFile {
+        checkpoint,
+        data,
+        batch: batch.max(1),
+    })
+}
+
 /// One line of `eval.jsonl`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct EvalLine {
@@ -299,7 +352,10 @@ const BEST: &str = "best.safetensors";
 
 fn best_so_far(path: &std::path::Path) -> Option<(f64, u64)> {
     let meta = TensorFile::open(path).ok()?.metadata().ok()?;
-    Some((meta.get("top1")?.parse().ok()?, meta.get("epoch")?.parse().ok()?))
+    Some((
+        meta.get("top1")?.parse().ok()?,
+        meta.get("epoch")?.parse().ok()?,
+    ))
 }
 
 impl PresetVisitor for Run<'_> {
@@ -309,7 +365,8 @@ impl PresetVisitor for Run<'_> {
         let cfg = self.cfg;
         let data = Arc::new(Dataset::open(&cfg.data)?);
         let m = data.manifest();
-        check_channels::<P>(m).map_err(|e| TrainError::Config(format!("{}: {e}", cfg.data.display())))?;
+        check_channels::<P>(m)
+            .map_err(|e| TrainError::Config(format!("{}: {e}", cfg.data.display())))?;
         if data.train().is_empty() || data.val().is_empty() {
             return Err(TrainError::Config(format!(
                 "{}: fine-tuning needs a train and a validation split ({} / {} images)",
@@ -373,7 +430,8 @@ impl PresetVisitor for Run<'_> {
         match self.resume {
             Resume::No => {}
             Resume::Auto => {
-                if let Some((_, s, _)) = checkpoint::resume_latest(&cfg.out, &mut model, &mut opt)? {
+                if let Some((_, s, _)) = checkpoint::resume_latest(&cfg.out, &mut model, &mut opt)?
+                {
                     state = s;
                 }
             }
@@ -386,7 +444,11 @@ impl PresetVisitor for Run<'_> {
             )));
         }
         let best_path = cfg.out.join(BEST);
-        let mut best = if state.step > 0 { best_so_far(&best_path) } else { None };
+        let mut best = if state.step > 0 {
+            best_so_far(&best_path)
+        } else {
+            None
+        };
 
         let (mean, std) = normalization(m, false);
         let transform = match Transform::finetune() {
@@ -472,7 +534,13 @@ impl PresetVisitor for Run<'_> {
                 }
                 if k % cfg.accum_iter == 0 {
                     let frac = epoch as f64 + k as f64 / micro_per_epoch as f64;
-                    lr = lr_at(frac, cfg.lr, cfg.min_lr, cfg.warmup_epochs, cfg.epochs as f64);
+                    lr = lr_at(
+                        frac,
+                        cfg.lr,
+                        cfg.min_lr,
+                        cfg.warmup_epochs,
+                        cfg.epochs as f64,
+                    );
                     group_loss = 0.0;
                 }
                 let mut rng = position_rng(cfg.seed ^ 0x6669_6e65_7475_6e65, epoch, k);
@@ -484,7 +552,9 @@ impl PresetVisitor for Run<'_> {
                     }
                 }
                 let targets = if mixup.active() {
-                    mixup.apply(&mut rng, &mut images, &batch.labels, c, s, s)?.0
+                    mixup
+                        .apply(&mut rng, &mut images, &batch.labels, c, s, s)?
+                        .0
                 } else {
                     mixup_targets(&batch.labels, classes, 1.0, cfg.smoothing)?
                 };
@@ -512,9 +582,15 @@ impl PresetVisitor for Run<'_> {
                 opt.update(&mut model.vit, &grads, lr)?;
                 for (name, t) in [("head.weight", 0), ("head.bias", 1)] {
                     let (mut p, g) = if t == 0 {
-                        (model.head.weight.as_vec(), grads.get(&model.head.weight).as_vec())
+                        (
+                            model.head.weight.as_vec(),
+                            grads.get(&model.head.weight).as_vec(),
+                        )
                     } else {
-                        (model.head.bias.as_vec(), grads.get(&model.head.bias).as_vec())
+                        (
+                            model.head.bias.as_vec(),
+                            grads.get(&model.head.bias).as_vec(),
+                        )
                     };
                     opt.update_named(name, &mut p, &g, lr)?;
                     if t == 0 {
@@ -538,7 +614,7 @@ impl PresetVisitor for Run<'_> {
                 log.position(state.step);
                 if epoch_done {
                     let acc = evaluate(&model, data.val(), m, cfg.eval_batch_size)?;
-                    if best.is_none_or(|(b, _)| acc.top1 > b) {
+                    if best.map_or(true, |(b, _)| acc.top1 > b) {
                         best = Some((acc.top1, state.epoch));
                         let meta = BTreeMap::from([
                             ("top1".to_string(), acc.top1.to_string()),
@@ -605,8 +681,8 @@ impl PresetVisitor for Run<'_> {
             train_images: data.train().len(),
             val_images: data.val().len(),
         };
-        let text =
-            serde_json::to_string_pretty(&summary).map_err(|e| TrainError::Config(e.to_string()))?;
+        let text = serde_json::to_string_pretty(&summary)
+            .map_err(|e| TrainError::Config(e.to_string()))?;
         mae_core::weights::write_atomic(&cfg.out.join("results.json"), text.as_bytes())?;
         Ok(summary)
     }
@@ -652,7 +728,11 @@ mod tests {
         let (decayed, scales) = param_groups_lrd(&params, 2, 0.5);
         assert_eq!(
             decayed.iter().map(String::as_str).collect::<Vec<_>>(),
-            ["blocks.0.attn.qkv.weight", "head.weight", "patch_embed.proj.weight"]
+            [
+                "blocks.0.attn.qkv.weight",
+                "head.weight",
+                "patch_embed.proj.weight"
+            ]
         );
         // num_layers 3: scale = 0.5^(3 − id)
         assert_eq!(scales["cls_token"], 0.125);
@@ -668,16 +748,36 @@ mod tests {
         let base = FinetuneConfig::new("d".into(), "o".into(), Preset::Tiny);
         assert!(base.validate().is_ok());
         for broken in [
-            FinetuneConfig { batch_size: 7, ..base.clone() },
-            FinetuneConfig { drop_path: 1.0, ..base.clone() },
-            FinetuneConfig { layer_decay: 0.0, ..base.clone() },
-            FinetuneConfig { smoothing: -0.1, ..base.clone() },
-            FinetuneConfig { lr: 0.0, ..base.clone() },
+            FinetuneConfig {
+                batch_size: 7,
+                ..base.clone()
+            },
+            FinetuneConfig {
+                drop_path: 1.0,
+                ..base.clone()
+            },
+            FinetuneConfig {
+                layer_decay: 0.0,
+                ..base.clone()
+            },
+            FinetuneConfig {
+                smoothing: -0.1,
+                ..base.clone()
+            },
+            FinetuneConfig {
+                lr: 0.0,
+                ..base.clone()
+            },
         ] {
             assert!(broken.validate().is_err(), "{broken:?}");
         }
         // an odd batch is fine without mixup
-        let plain = FinetuneConfig { batch_size: 7, mixup: 0.0, cutmix: 0.0, ..base };
+        let plain = FinetuneConfig {
+            batch_size: 7,
+            mixup: 0.0,
+            cutmix: 0.0,
+            ..base
+        };
         assert!(plain.validate().is_ok());
     }
 }

@@ -175,7 +175,9 @@ impl std::str::FromStr for ProbeOptimizer {
         match s {
             "lars" => Ok(ProbeOptimizer::Lars),
             "adamw" => Ok(ProbeOptimizer::AdamW),
-            _ => Err(TrainError::Config(format!("optimizer `{s}`: lars or adamw"))),
+            _ => Err(TrainError::Config(format!(
+                "optimizer `{s}`: lars or adamw"
+            ))),
         }
     }
 }
@@ -267,7 +269,9 @@ impl ProbeTrainer {
     /// A fresh head (trunc-normal 0.01 weight, zero bias) for `dim` features and `classes`.
     pub fn new(dim: usize, classes: usize, cfg: &ProbeConfig) -> Result<Self, TrainError> {
         if dim == 0 || classes == 0 {
-            return Err(TrainError::Config("probe: no features or no classes".into()));
+            return Err(TrainError::Config(
+                "probe: no features or no classes".into(),
+            ));
         }
         if cfg.batch_size == 0 || cfg.epochs == 0 {
             return Err(TrainError::Config(

@@ -100,10 +100,13 @@ impl AdamW {
         } else {
             1.0
         };
-        let m = self.state.entry(name.to_string()).or_insert_with(|| Moments {
-            exp_avg: vec![0.0; p.len()],
-            exp_avg_sq: vec![0.0; p.len()],
-        });
+        let m = self
+            .state
+            .entry(name.to_string())
+            .or_insert_with(|| Moments {
+                exp_avg: vec![0.0; p.len()],
+                exp_avg_sq: vec![0.0; p.len()],
+            });
         let (b1f, b2f) = (b1 as f32, b2 as f32);
         for i in 0..p.len() {
             let g = grad[i];

@@ -149,7 +149,10 @@ fn knn_during_training<P: MaePreset>(
 }
 
 /// Appends one JSON line to `path`.
-pub(crate) fn append_json_line(path: &std::path::Path, value: &impl Serialize) -> Result<(), TrainError> {
+pub(crate) fn append_json_line(
+    path: &std::path::Path,
+    value: &impl Serialize,
+) -> Result<(), TrainError> {
     use std::io::Write;
     let text = serde_json::to_string(value).map_err(|e| TrainError::Config(e.to_string()))?;
     let mut f = std::fs::OpenOptions::new()
@@ -336,7 +339,9 @@ impl PresetVisitor for Run<'_> {
                     log.line(state.step, frac, group_loss, lr)?;
                 }
                 log.position(state.step);
-                if state.micro_step == 0 && cfg.eval_every.is_some_and(|n| state.epoch % n as u64 == 0) {
+                if state.micro_step == 0
+                    && cfg.eval_every.is_some_and(|n| state.epoch % n as u64 == 0)
+                {
                     let line = knn_during_training(&model, &data, state.epoch, state.step)?;
                     log.message(&format!(
                         "epoch {}: kNN (k=20, cls) val top-1 {:.2}%, top-5 {:.2}%",

@@ -10,8 +10,7 @@ use mae_core::dfdx::prelude::*;
 use mae_core::presets::Parity;
 use mae_core::Mae;
 use mae_train::features::{
-    extract_dataset, knn_eval, read_features, write_features, EvalInput, FeatureKind,
-    FeatureSource,
+    extract_dataset, knn_eval, read_features, write_features, EvalInput, FeatureKind, FeatureSource,
 };
 use mae_train::linprobe::{linprobe, ProbeConfig, ProbeOptimizer};
 
@@ -74,8 +73,14 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
     assert_eq!((&train2, &val2, classes2), (&train, &val, 2));
     // probes and kNN run on the written features as on the model
     let from_file = FeatureSource::Features(out.clone());
-    assert_eq!(knn_eval(&from_file, 5, 0.07, FeatureKind::Cls).unwrap(), acc);
-    assert!(linprobe(&from_file, FeatureKind::Avg, &augmented).is_err(), "no images to augment");
+    assert_eq!(
+        knn_eval(&from_file, 5, 0.07, FeatureKind::Cls).unwrap(),
+        acc
+    );
+    assert!(
+        linprobe(&from_file, FeatureKind::Avg, &augmented).is_err(),
+        "no images to augment"
+    );
     // NumPy files: one per array, with a valid header
     let npy = write_features(&dir.join("f.npy"), &[("val", &val)], 2).unwrap();
     assert_eq!(npy.len(), 3);
@@ -84,9 +89,15 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     assert_eq!((10 + header_len) % 64, 0);
     let header = std::str::from_utf8(&bytes[10..10 + header_len]).unwrap();
-    assert!(header.contains("'descr': '<f4'") && header.contains("'shape': (10, 48)"), "{header}");
+    assert!(
+        header.contains("'descr': '<f4'") && header.contains("'shape': (10, 48)"),
+        "{header}"
+    );
     assert_eq!(bytes.len(), 10 + header_len + 10 * 48 * 4);
-    assert_eq!(f32::from_le_bytes(bytes[10 + header_len..][..4].try_into().unwrap()), val.cls[0]);
+    assert_eq!(
+        f32::from_le_bytes(bytes[10 + header_len..][..4].try_into().unwrap()),
+        val.cls[0]
+    );
     let file = mae_core::TensorFile::open(&out).unwrap();
     assert_eq!(file.shape("val.avg").unwrap(), Some(vec![10, 48]));
     assert_eq!(

@@ -51,7 +51,13 @@ fn finetuning_learns_keeps_the_best_model_and_resumes_bitwise() {
         serde_json::from_str(&std::fs::read_to_string(dir.join("full/results.json")).unwrap())
             .unwrap();
     assert_eq!(results["best_top1"].as_f64(), Some(best));
-    assert_eq!(std::fs::read_to_string(dir.join("full/eval.jsonl")).unwrap().lines().count(), 3);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("full/eval.jsonl"))
+            .unwrap()
+            .lines()
+            .count(),
+        3
+    );
     // the best model loads as a classifier and scores what was recorded
     let best_file = TensorFile::open(dir.join("full/best.safetensors")).unwrap();
     let meta = best_file.metadata().unwrap();
@@ -66,7 +72,10 @@ fn finetuning_learns_keeps_the_best_model_and_resumes_bitwise() {
     let out = dir.join("resumed");
     let mut first = config(&data, &out, &ckpt);
     first.max_steps = Some(8);
-    assert_eq!(finetune(&first, &Resume::No, stop()).unwrap().outcome, "MaxSteps");
+    assert_eq!(
+        finetune(&first, &Resume::No, stop()).unwrap().outcome,
+        "MaxSteps"
+    );
     let second = config(&data, &out, &ckpt);
     let resumed = finetune(&second, &Resume::Auto, stop()).unwrap();
     assert_eq!(resumed.step, 18);
@@ -87,7 +96,10 @@ fn finetuning_learns_keeps_the_best_model_and_resumes_bitwise() {
     assert!(err.to_string().contains("tiny.safetensors"), "{err}");
     let mut odd = config(&data, &dir.join("y"), &ckpt);
     odd.batch_size = 7;
-    assert!(finetune(&odd, &Resume::No, stop()).unwrap_err().to_string().contains("even"));
+    assert!(finetune(&odd, &Resume::No, stop())
+        .unwrap_err()
+        .to_string()
+        .contains("even"));
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
@@ -142,11 +154,17 @@ fn pretraining_with_eval_every_logs_knn_per_epoch() {
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect();
-    assert_eq!(lines.iter().map(|l| (l.epoch, l.step)).collect::<Vec<_>>(), [(1, 4), (2, 8)]);
+    assert_eq!(
+        lines.iter().map(|l| (l.epoch, l.step)).collect::<Vec<_>>(),
+        [(1, 4), (2, 8)]
+    );
     // colour alone separates the classes
     assert!(lines.iter().all(|l| l.knn_top1 == 100.0), "{lines:?}");
     // unlabeled or val-less data is refused up front
-    let zero = mae_train::PretrainOverrides { eval_every: Some(0), ..given };
+    let zero = mae_train::PretrainOverrides {
+        eval_every: Some(0),
+        ..given
+    };
     assert!(mae_train::PretrainConfig::resolve(zero).is_err());
     std::fs::remove_dir_all(&dir).unwrap();
 }
