@@ -102,9 +102,12 @@ enum Command {
         /// Model checkpoint (full or encoder-only).
         #[arg(long)]
         checkpoint: PathBuf,
-        /// Prepared dataset.
-        #[arg(long)]
-        data: PathBuf,
+        /// Prepared dataset (both splits are embedded).
+        #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+        data: Option<PathBuf>,
+        /// Image files instead (written as split `images`, labels −1, in the order given).
+        #[arg(long, num_args = 1..)]
+        image: Vec<PathBuf>,
         /// Output: `.safetensors` (`train.cls`, `train.avg`, `train.labels`, `val.*`) or `.npy`
         /// (one file per array: `STEM.train.cls.npy`, ...).
         #[arg(long)]
@@ -349,30 +352,41 @@ fn run(cli: Cli) -> Result<()> {
         Command::Embed {
             checkpoint,
             data,
+            image,
             out,
             batch_size,
         } => {
-            let input = mae_train::features::EvalInput {
-                checkpoint,
-                data,
-                batch: batch_size,
+            let (splits, classes) = match data {
+                Some(data) => {
+                    let input = mae_train::features::EvalInput {
+                        checkpoint,
+                        data,
+                        batch: batch_size,
+                    };
+                    let (train, val, classes) = mae_train::features::extract_dataset(&input)?;
+                    (vec![("train", train), ("val", val)], classes)
+                }
+                None => {
+                    let f = mae_train::features::extract_files(&checkpoint, &image, batch_size)?;
+                    (vec![("images", f)], 0)
+                }
             };
-            let (train, val, classes) = mae_train::features::extract_dataset(&input)?;
-            let files = mae_train::features::write_features(
-                &out,
-                &[("train", &train), ("val", &val)],
-                classes,
-            )?;
+            let refs: Vec<(&str, &mae_train::features::Features)> =
+                splits.iter().map(|(n, f)| (*n, f)).collect();
+            let files = mae_train::features::write_features(&out, &refs, classes)?;
+            let counts: Vec<String> = splits
+                .iter()
+                .map(|(n, f)| format!("{} {n}", f.len()))
+                .collect();
             println!(
-                "wrote {} ({} train + {} val, {}-d)",
+                "wrote {} ({}, {}-d)",
                 files
                     .iter()
                     .map(|p| p.display().to_string())
                     .collect::<Vec<_>>()
                     .join(", "),
-                train.len(),
-                val.len(),
-                train.dim
+                counts.join(" + "),
+                splits[0].1.dim
             );
         }
         Command::Import { from, preset, out } => model_cmds::run_import(from, preset, out)?,

@@ -147,18 +147,7 @@ pub fn extract_with<P: MaePreset>(
     for_each_batch(split, manifest, augment, epoch, batch, |images, labels| {
         out.labels.extend_from_slice(labels);
         let tokens = encoder.forward_features(images, NoneTape)?.as_vec();
-        let t = tokens.len() / (labels.len() * dim);
-        for row in tokens.chunks_exact(t * dim) {
-            out.cls.extend_from_slice(&row[..dim]);
-            let mut avg = vec![0f32; dim];
-            for token in row[dim..].chunks_exact(dim) {
-                for (a, v) in avg.iter_mut().zip(token) {
-                    *a += v;
-                }
-            }
-            let n = (t - 1).max(1) as f32;
-            out.avg.extend(avg.into_iter().map(|a| a / n));
-        }
+        push_pooled(&mut out, &tokens, labels.len());
         Ok(())
     })?;
     Ok(out)
@@ -174,6 +163,116 @@ pub fn topk_hits(logits: &[f32], labels: &[i64], classes: usize) -> (usize, usiz
         top5 += order[..5.min(classes)].iter().any(|&c| c as i64 == label) as usize;
     }
     (top1, top5)
+}
+
+/// The normalization a checkpoint was trained with, for images that come as files: the statistics
+/// of its training data (the manifest named by the config in the checkpoint's metadata), else
+/// ImageNet's for RGB, else mean 0.5 / std 0.5.
+pub fn training_normalization(
+    file: &mae_core::TensorFile,
+    channels: usize,
+) -> Result<(Vec<f64>, Vec<f64>), TrainError> {
+    let manifest = file
+        .metadata()?
+        .get("config")
+        .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
+        .and_then(|c| {
+            c.get("data")
+                .and_then(|d| d.as_str())
+                .map(std::path::PathBuf::from)
+        })
+        .and_then(|dir| mae_data::dataset::read_manifest(&dir).ok())
+        .filter(|m| m.channels == channels);
+    Ok(match manifest {
+        Some(m) => normalization(&m, false),
+        None if channels == 3 => (
+            mae_data::augment::IMAGENET_MEAN.to_vec(),
+            mae_data::augment::IMAGENET_STD.to_vec(),
+        ),
+        None => (vec![0.5; channels], vec![0.5; channels]),
+    })
+}
+
+struct ExtractFiles<'a> {
+    checkpoint: &'a Path,
+    files: &'a [std::path::PathBuf],
+    batch: usize,
+}
+
+impl mae_core::PresetVisitor for ExtractFiles<'_> {
+    type Output = Result<Features, TrainError>;
+    fn visit<P: MaePreset>(self) -> Self::Output {
+        let file = mae_core::TensorFile::open(self.checkpoint)?;
+        let mut model = mae_core::Mae::<P, f32, Cpu>::new(&Cpu::default())?;
+        model.encoder.load_from(&file, "")?;
+        let (c, s) = (P::IN_CHANS, P::IMG_SIZE);
+        let (mean, std) = training_normalization(&file, c)?;
+        let transform = Transform::eval_for(s);
+        let eval = Augment::new(transform, s, &mean, &std, 0)?;
+        // decode at the side the evaluation crop expects (256 for 224), as a prepared dataset is
+        let side = match transform {
+            Transform::Eval { crop_pct } => (s as f64 / crop_pct).round() as usize,
+            Transform::Pretrain { .. } => s,
+        };
+        let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
+        let mut out = Features {
+            dim,
+            cls: Vec::new(),
+            avg: Vec::new(),
+            labels: Vec::new(),
+        };
+        let (mut resizer, mut scratch) = (Resizer::new(), Vec::new());
+        let per = c * s * s;
+        for chunk in self.files.chunks(self.batch.max(1)) {
+            let mut images = vec![0f32; chunk.len() * per];
+            for (i, path) in chunk.iter().enumerate() {
+                let pixels = mae_data::prepare::load_image(path, side, c)?;
+                eval.apply(
+                    &mut resizer,
+                    &mut scratch,
+                    &pixels,
+                    side,
+                    0,
+                    i as u64,
+                    &mut images[i * per..(i + 1) * per],
+                )?;
+            }
+            let tokens = model.encoder.forward_features(&images, NoneTape)?.as_vec();
+            push_pooled(&mut out, &tokens, chunk.len());
+            out.labels.extend(std::iter::repeat(-1).take(chunk.len()));
+        }
+        Ok(out)
+    }
+}
+
+/// Encoder features of image files (labels −1), in order: `mae embed --image`.
+pub fn extract_files(
+    checkpoint: &Path,
+    files: &[std::path::PathBuf],
+    batch: usize,
+) -> Result<Features, TrainError> {
+    crate::checkpoint::preset_of(checkpoint)?.visit(ExtractFiles {
+        checkpoint,
+        files,
+        batch,
+    })
+}
+
+/// Appends the cls token and the patch-token mean of each of `n` token rows.
+fn push_pooled(out: &mut Features, tokens: &[f32], n: usize) {
+    let dim = out.dim;
+    let t = tokens.len() / (n.max(1) * dim);
+    for row in tokens.chunks_exact(t * dim) {
+        out.cls.extend_from_slice(&row[..dim]);
+        let mut avg = vec![0f32; dim];
+        for token in row[dim..].chunks_exact(dim) {
+            for (a, v) in avg.iter_mut().zip(token) {
+                *a += v;
+            }
+        }
+        let k = (t - 1).max(1) as f32;
+        out.avg.extend(avg.into_iter().map(|a| a / k));
+    }
 }
 
 /// Top-1 and top-5 accuracy of a classifier, in percent.

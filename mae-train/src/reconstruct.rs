@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use image::{Rgb, RgbImage};
 use mae_core::dfdx::prelude::*;
 use mae_core::{Mae, MaePreset, Masking, PatchGeometry, PresetVisitor, TensorFile};
-use mae_data::augment::{normalization, Augment, Transform, IMAGENET_MEAN, IMAGENET_STD};
+use mae_data::augment::{normalization, Augment, Transform};
 use mae_data::preview::{draw_text, GLYPH};
 use mae_data::resize::Resizer;
 use mae_data::Dataset;
@@ -109,14 +109,7 @@ impl PresetVisitor for Run<'_> {
             }
             ImagesFrom::Files(files) => {
                 // the statistics of the training data: its manifest is enough (no shard is read)
-                let manifest = config
-                    .as_ref()
-                    .and_then(|cfg| mae_data::dataset::read_manifest(&cfg.data).ok());
-                let (mean, std) = match manifest {
-                    Some(m) => normalization(&m, false),
-                    None if c == 3 => (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec()),
-                    None => (vec![0.5], vec![0.5]),
-                };
+                let (mean, std) = crate::features::training_normalization(&file, c)?;
                 let sources = files
                     .iter()
                     .map(|f| Ok((mae_data::prepare::load_image(f, s, c)?, s)))
