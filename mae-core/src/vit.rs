@@ -24,10 +24,10 @@ use crate::layers::{dev_err, host_tensor, Blocks, BranchScales, LayerNorm};
 use crate::model::{prepend_cls, project_patches, sincos_init, token_init, EncDim, PatchEmbed};
 use crate::patch::PatchGeometry;
 use crate::pos_embed::interpolate_pos_embed;
-use crate::preset::{MaePreset, Preset, TransformerDims};
+use crate::preset::{MaePreset, TransformerDims};
 use crate::weights::{
-    assign_tensors, collect_gradients, collect_tensors, is_decoder_name, write_safetensors,
-    NamedTensor, TensorFile,
+    assign_tensors, check_tensor, collect_gradients, collect_tensors, is_decoder_name,
+    write_safetensors, NamedTensor, TensorFile,
 };
 
 /// The ViT of preset `P` as fine-tuning uses it (everything but the head).
@@ -434,32 +434,6 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
         meta.insert("num_classes".into(), self.num_classes().to_string());
         write_safetensors(path.as_ref(), &self.named_tensors()?, &meta)
     }
-}
-
-fn check_tensor(
-    path: &Path,
-    key: &str,
-    got: &[usize],
-    expected: &[usize],
-    data: &[f32],
-    preset: Preset,
-) -> Result<(), MaeError> {
-    if got != expected {
-        return Err(MaeError::ShapeMismatch {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-            expected: expected.to_vec(),
-            got: got.to_vec(),
-            preset,
-        });
-    }
-    if data.iter().any(|v| !v.is_finite()) {
-        return Err(MaeError::NonFinite {
-            path: path.to_path_buf(),
-            key: key.to_string(),
-        });
-    }
-    Ok(())
 }
 
 /// timm's `SoftTargetCrossEntropy`: `mean_n Σ_c −target[n,c] · log_softmax(logits)[n,c]`, the loss

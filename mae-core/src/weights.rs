@@ -380,24 +380,40 @@ impl<D: Device<f32>> TensorVisitor<f32, D> for Load<'_> {
                 expected,
             });
         };
-        if shape != expected {
-            return Err(MaeError::ShapeMismatch {
-                path,
-                key,
-                expected,
-                got: shape,
-                preset: self.preset,
-            });
-        }
-        if data.iter().any(|v| !v.is_finite()) {
-            return Err(MaeError::NonFinite { path, key });
-        }
+        check_tensor(&path, &key, &shape, &expected, &data, self.preset)?;
         if self.write {
             t.copy_from(&data);
         }
         self.used.insert(key);
         Ok(None)
     }
+}
+
+/// The checks every loaded tensor passes: the expected (official) shape and finite values.
+pub(crate) fn check_tensor(
+    path: &Path,
+    key: &str,
+    got: &[usize],
+    expected: &[usize],
+    data: &[f32],
+    preset: Preset,
+) -> Result<(), MaeError> {
+    if got != expected {
+        return Err(MaeError::ShapeMismatch {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+            expected: expected.to_vec(),
+            got: got.to_vec(),
+            preset,
+        });
+    }
+    if data.iter().any(|v| !v.is_finite()) {
+        return Err(MaeError::NonFinite {
+            path: path.to_path_buf(),
+            key: key.to_string(),
+        });
+    }
+    Ok(())
 }
 
 fn load_into<M: TensorCollection<f32, D>, D: Device<f32>>(

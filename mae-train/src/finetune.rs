@@ -36,7 +36,7 @@ use crate::features::{check_channels, for_each_eval_batch, topk_hits, Accuracy};
 use crate::optim::AdamW;
 use crate::pretrain::{append_json_line, position_rng, Outcome, Resume};
 use crate::runlog::RunLog;
-use crate::schedule::{absolute_lr, lr_at};
+use crate::schedule::{absolute_lr, lr_at, StepPlan};
 
 /// Fine-tuning settings; the defaults are `main_finetune.py`'s with the recipe's mixup 0.8 /
 /// cutmix 1.0 (`FINETUNE.md`).
@@ -472,20 +472,21 @@ impl PresetVisitor for Run<'_> {
                 ..LoaderConfig::default()
             },
         )?;
-        let micro_per_epoch = loader.steps_per_epoch();
-        if micro_per_epoch < cfg.accum_iter {
-            return Err(TrainError::Config(format!(
-                "{}: {} training images make {micro_per_epoch} full batches of {}, fewer than --accum-iter {}",
-                cfg.data.display(),
-                data.train().len(),
-                cfg.batch_size,
-                cfg.accum_iter
-            )));
-        }
-        let usable_micro = micro_per_epoch - micro_per_epoch % cfg.accum_iter;
-        let steps_per_epoch = (usable_micro / cfg.accum_iter) as u64;
-        let full_steps = cfg.epochs as u64 * steps_per_epoch;
-        let total_steps = full_steps.min(cfg.max_steps.unwrap_or(u64::MAX));
+        let plan = StepPlan::new(
+            loader.steps_per_epoch(),
+            cfg.accum_iter,
+            cfg.epochs,
+            cfg.max_steps,
+            || {
+                format!(
+                    "{}: {} training images in full batches of {}",
+                    cfg.data.display(),
+                    data.train().len(),
+                    cfg.batch_size
+                )
+            },
+        )?;
+        let total_steps = plan.total_steps;
         let mixup = Mixup {
             mixup_alpha: cfg.mixup,
             cutmix_alpha: cfg.cutmix,
@@ -529,11 +530,11 @@ impl PresetVisitor for Run<'_> {
             for batch in loader.epoch(epoch, state.micro_step) {
                 let mut batch = batch?;
                 let k = batch.step;
-                if k >= usable_micro {
+                if k >= plan.usable_micro {
                     break;
                 }
                 if k % cfg.accum_iter == 0 {
-                    let frac = epoch as f64 + k as f64 / micro_per_epoch as f64;
+                    let frac = plan.frac_epoch(epoch, k);
                     lr = lr_at(
                         frac,
                         cfg.lr,
@@ -601,15 +602,14 @@ impl PresetVisitor for Run<'_> {
                 }
                 model.zero_grads(&mut grads)?;
                 state.step += 1;
-                let epoch_done = state.micro_step >= usable_micro;
+                let epoch_done = state.micro_step >= plan.usable_micro;
                 if epoch_done {
                     state.epoch += 1;
                     state.micro_step = 0;
                 }
                 let done = state.step >= total_steps;
                 if state.step % cfg.log_every == 0 || done {
-                    let frac = epoch as f64 + k as f64 / micro_per_epoch as f64;
-                    log.line(state.step, frac, group_loss, lr)?;
+                    log.line(state.step, plan.frac_epoch(epoch, k), group_loss, lr)?;
                 }
                 log.position(state.step);
                 if epoch_done {
@@ -648,11 +648,7 @@ impl PresetVisitor for Run<'_> {
                     break 'epochs;
                 }
                 if done {
-                    outcome = if state.step < full_steps {
-                        Outcome::MaxSteps
-                    } else {
-                        Outcome::Finished
-                    };
+                    outcome = plan.outcome(state.step);
                     break 'epochs;
                 }
             }

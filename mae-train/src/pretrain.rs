@@ -23,7 +23,7 @@ use crate::config::PretrainConfig;
 use crate::error::TrainError;
 use crate::optim::AdamW;
 use crate::runlog::RunLog;
-use crate::schedule::lr_at;
+use crate::schedule::{lr_at, StepPlan};
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -243,21 +243,21 @@ impl PresetVisitor for Run<'_> {
                 data.val().len()
             )));
         }
-        let micro_per_epoch = loader.steps_per_epoch();
-        if micro_per_epoch < cfg.accum_iter {
-            return Err(TrainError::Config(format!(
-                "{}: {} training images make {micro_per_epoch} batches of {}, fewer than --accum-iter {}",
-                cfg.data.display(),
-                data.train().len(),
-                cfg.batch_size,
-                cfg.accum_iter
-            )));
-        }
-        // official: the last incomplete accumulation group of an epoch is dropped too
-        let usable_micro = micro_per_epoch - micro_per_epoch % cfg.accum_iter;
-        let steps_per_epoch = (usable_micro / cfg.accum_iter) as u64;
-        let total_steps =
-            (cfg.epochs as u64 * steps_per_epoch).min(cfg.max_steps.unwrap_or(u64::MAX));
+        let plan = StepPlan::new(
+            loader.steps_per_epoch(),
+            cfg.accum_iter,
+            cfg.epochs,
+            cfg.max_steps,
+            || {
+                format!(
+                    "{}: {} training images in batches of {}",
+                    cfg.data.display(),
+                    data.train().len(),
+                    cfg.batch_size
+                )
+            },
+        )?;
+        let total_steps = plan.total_steps;
 
         let mut log = RunLog::open(&cfg.out, total_steps, state.step)?;
         let mut grads = model.alloc_grads();
@@ -272,24 +272,19 @@ impl PresetVisitor for Run<'_> {
         let mut outcome = Outcome::Finished;
         'epochs: while (state.epoch as usize) < cfg.epochs {
             if state.step >= total_steps {
-                outcome = if total_steps < cfg.epochs as u64 * steps_per_epoch {
-                    Outcome::MaxSteps
-                } else {
-                    Outcome::Finished
-                };
+                outcome = plan.outcome(state.step);
                 break;
             }
             let epoch = state.epoch;
             for batch in loader.epoch(epoch, state.micro_step) {
                 let batch = batch?;
                 let k = batch.step;
-                if k >= usable_micro {
+                if k >= plan.usable_micro {
                     break;
                 }
                 if k % cfg.accum_iter == 0 {
-                    let frac_epoch = k as f64 / micro_per_epoch as f64 + epoch as f64;
                     lr = lr_at(
-                        frac_epoch,
+                        plan.frac_epoch(epoch, k),
                         cfg.lr,
                         cfg.min_lr,
                         cfg.warmup_epochs,
@@ -329,14 +324,13 @@ impl PresetVisitor for Run<'_> {
                 model.zero_grads(&mut grads);
                 state.step += 1;
                 last_loss = Some(group_loss as f32);
-                if state.micro_step >= usable_micro {
+                if state.micro_step >= plan.usable_micro {
                     state.epoch += 1;
                     state.micro_step = 0;
                 }
                 let done = state.step >= total_steps;
                 if state.step % cfg.log_every == 0 || done {
-                    let frac = epoch as f64 + k as f64 / micro_per_epoch as f64;
-                    log.line(state.step, frac, group_loss, lr)?;
+                    log.line(state.step, plan.frac_epoch(epoch, k), group_loss, lr)?;
                 }
                 log.position(state.step);
                 if state.micro_step == 0
@@ -358,11 +352,7 @@ impl PresetVisitor for Run<'_> {
                     break 'epochs;
                 }
                 if done {
-                    outcome = if state.step < cfg.epochs as u64 * steps_per_epoch {
-                        Outcome::MaxSteps
-                    } else {
-                        Outcome::Finished
-                    };
+                    outcome = plan.outcome(state.step);
                     break 'epochs;
                 }
             }

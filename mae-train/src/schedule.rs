@@ -20,6 +20,65 @@ pub fn lr_at(epoch: f64, lr: f64, min_lr: f64, warmup_epochs: f64, epochs: f64) 
     }
 }
 
+/// How an epoch-based run divides into optimizer steps, as the official loops do it: an epoch has
+/// `micro_per_epoch` micro-batches, of which the last incomplete accumulation group is dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StepPlan {
+    /// Micro-batches the loader yields per epoch.
+    pub micro_per_epoch: usize,
+    /// Micro-batches used per epoch (a multiple of `accum_iter`).
+    pub usable_micro: usize,
+    /// Optimizer steps per epoch.
+    pub steps_per_epoch: u64,
+    /// Steps of the whole schedule (`epochs × steps_per_epoch`).
+    pub full_steps: u64,
+    /// Steps this run makes (`full_steps`, or fewer with `--max-steps`).
+    pub total_steps: u64,
+}
+
+impl StepPlan {
+    /// The plan of `epochs` epochs of `micro_per_epoch` micro-batches, `accum_iter` per step.
+    /// `what` names the data in the error when an epoch has fewer micro-batches than a step needs.
+    pub fn new(
+        micro_per_epoch: usize,
+        accum_iter: usize,
+        epochs: usize,
+        max_steps: Option<u64>,
+        what: impl FnOnce() -> String,
+    ) -> Result<Self, crate::TrainError> {
+        if micro_per_epoch < accum_iter.max(1) {
+            return Err(crate::TrainError::Config(format!(
+                "{}: {micro_per_epoch} batches per epoch, fewer than --accum-iter {accum_iter}",
+                what()
+            )));
+        }
+        let usable_micro = micro_per_epoch - micro_per_epoch % accum_iter;
+        let steps_per_epoch = (usable_micro / accum_iter) as u64;
+        let full_steps = epochs as u64 * steps_per_epoch;
+        Ok(StepPlan {
+            micro_per_epoch,
+            usable_micro,
+            steps_per_epoch,
+            full_steps,
+            total_steps: full_steps.min(max_steps.unwrap_or(u64::MAX)),
+        })
+    }
+
+    /// The fractional epoch at micro-batch `k` of `epoch` (what the lr schedule reads).
+    pub fn frac_epoch(&self, epoch: u64, k: usize) -> f64 {
+        epoch as f64 + k as f64 / self.micro_per_epoch as f64
+    }
+
+    /// How a run that stopped at `step` (not interrupted) ended.
+    pub fn outcome(&self, step: u64) -> crate::Outcome {
+        if step < self.full_steps {
+            crate::Outcome::MaxSteps
+        } else {
+            crate::Outcome::Finished
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
