@@ -184,7 +184,7 @@ pub struct FinetuneArgs {
 pub fn finetune(a: FinetuneArgs) -> Result<()> {
     if a.eval {
         let checkpoint = a.checkpoint.context("--eval needs --checkpoint")?;
-        let acc = mae_train::finetune::evaluate_file(&checkpoint, &a.data, 256)?;
+        let acc = mae_train::finetune::evaluate_file(&checkpoint, a.preset, &a.data, 256)?;
         if a.json {
             println!(
                 "{}",

@@ -275,13 +275,20 @@ impl PresetVisitor for EvaluateFile<'_> {
     }
 }
 
-/// `main_finetune.py --eval`: top-1/top-5 of a fine-tuned classifier file on a dataset's val split.
+/// `main_finetune.py --eval`: top-1/top-5 of a fine-tuned classifier file (ours, or official /
+/// timm fine-tuned weights in safetensors under the same names) on a dataset's val split. The
+/// preset comes from the file's metadata unless given.
 pub fn evaluate_file(
     checkpoint: &std::path::Path,
+    preset: Option<Preset>,
     data: &std::path::Path,
     batch: usize,
 ) -> Result<Accuracy, TrainError> {
-    checkpoint::preset_of(checkpoint)?.visit(EvaluateFile {
+    let preset = match preset {
+        Some(p) => p,
+        None => checkpoint::preset_of(checkpoint)?,
+    };
+    preset.visit(EvaluateFile {
         checkpoint,
         data,
         batch: batch.max(1),
