@@ -349,6 +349,20 @@ pub fn finetune(
     })
 }
 
+/// The AdamW step of a tensor outside the module walk (the head), after `opt.update` of the step.
+fn step_host_tensor<S: Shape>(
+    opt: &mut AdamW,
+    name: &str,
+    t: &mut Tensor<S, f32, Cpu>,
+    grads: &Gradients<f32, Cpu>,
+    lr: f64,
+) -> Result<(), TrainError> {
+    let mut p = t.as_vec();
+    opt.update_named(name, &mut p, &grads.get(&*t).as_vec(), lr)?;
+    t.copy_from(&p);
+    Ok(())
+}
+
 struct Run<'a> {
     cfg: &'a FinetuneConfig,
     resume: &'a Resume,
@@ -588,25 +602,8 @@ impl PresetVisitor for Run<'_> {
                     continue;
                 }
                 opt.update(&mut model.vit, &grads, lr)?;
-                for (name, t) in [("head.weight", 0), ("head.bias", 1)] {
-                    let (mut p, g) = if t == 0 {
-                        (
-                            model.head.weight.as_vec(),
-                            grads.get(&model.head.weight).as_vec(),
-                        )
-                    } else {
-                        (
-                            model.head.bias.as_vec(),
-                            grads.get(&model.head.bias).as_vec(),
-                        )
-                    };
-                    opt.update_named(name, &mut p, &g, lr)?;
-                    if t == 0 {
-                        model.head.weight.copy_from(&p);
-                    } else {
-                        model.head.bias.copy_from(&p);
-                    }
-                }
+                step_host_tensor(&mut opt, "head.weight", &mut model.head.weight, &grads, lr)?;
+                step_host_tensor(&mut opt, "head.bias", &mut model.head.bias, &grads, lr)?;
                 model.zero_grads(&mut grads)?;
                 state.step += 1;
                 let epoch_done = state.micro_step >= plan.usable_micro;
