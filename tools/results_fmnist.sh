@@ -25,13 +25,8 @@ pretrain() { # name epochs
 evaluate() { # name checkpoint-or-empty
   local name=$1 ckpt=$2 feats="$out/$1.features.safetensors"
   [ -f "$feats" ] || $mae embed --checkpoint "$ckpt" --data "$data" --out "$feats"
-  for f in cls avg; do
-    # the simpler probe of the team's PyTorch baseline: cached features, BN + linear, AdamW, 30 epochs
-    $mae linprobe --features "$feats" --feature $f --optimizer adamw --blr 1e-3 --epochs 30 --warmup-epochs 0 --json
-  done
-  # the official probe: LARS (blr 10 at batch 256, see NOTES.md), 90 epochs
-  $mae linprobe --features "$feats" --feature cls --blr 10 --epochs 90 --warmup-epochs 10 --json
-  $mae knn --features "$feats" --json
+  # the team's simpler probe (AdamW, 30 epochs; ours and PyTorch's), the official LARS probe, kNN
+  MAE=$mae tools/probe_features.sh "$feats"
   local ft=(--epochs "$ft_epochs" --batch-size 128 --blr 1e-3 --warmup-epochs 0.1 --min-crop-scale 0.35
             --mixup 0 --cutmix 0 --save-every 100 --resume auto --json)
   if [ "$name" = random ]; then
