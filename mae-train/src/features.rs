@@ -203,8 +203,7 @@ impl mae_core::PresetVisitor for ExtractFiles<'_> {
     type Output = Result<Features, TrainError>;
     fn visit<P: MaePreset>(self) -> Self::Output {
         let file = mae_core::TensorFile::open(self.checkpoint)?;
-        let mut model = mae_core::Mae::<P, f32, Cpu>::new(&Cpu::default())?;
-        model.encoder.load_from(&file, "")?;
+        let encoder = load_encoder::<P>(&file)?;
         let (c, s) = (P::IN_CHANS, P::IMG_SIZE);
         let (mean, std) = training_normalization(&file, c)?;
         let transform = Transform::eval_for(s);
@@ -237,7 +236,7 @@ impl mae_core::PresetVisitor for ExtractFiles<'_> {
                     &mut images[i * per..(i + 1) * per],
                 )?;
             }
-            let tokens = model.encoder.forward_features(&images, NoneTape)?.as_vec();
+            let tokens = encoder.forward_features(&images, NoneTape)?.as_vec();
             push_pooled(&mut out, &tokens, chunk.len());
             out.labels.extend(std::iter::repeat(-1).take(chunk.len()));
         }
@@ -554,20 +553,28 @@ pub struct EvalInput {
     pub batch: usize,
 }
 
+/// The encoder of a checkpoint (full MAE or encoder-only file), without building a decoder.
+pub fn load_encoder<P: MaePreset>(
+    file: &mae_core::TensorFile,
+) -> Result<Encoder<P, f32, Cpu>, TrainError> {
+    use mae_core::dfdx::nn::BuildModule;
+    let mut encoder = Encoder::<P, f32, Cpu>::try_build(&Cpu::default())
+        .map_err(|e| TrainError::Device(format!("{e:?}")))?;
+    encoder.load_from(file, "")?;
+    Ok(encoder)
+}
+
 struct Extract<'a>(&'a EvalInput);
 
 impl mae_core::PresetVisitor for Extract<'_> {
     type Output = Result<(Features, Features, usize), TrainError>;
     fn visit<P: MaePreset>(self) -> Self::Output {
         let input = self.0;
-        let mut model = mae_core::Mae::<P, f32, Cpu>::new(&Cpu::default())?;
-        model
-            .encoder
-            .load_from(&mae_core::TensorFile::open(&input.checkpoint)?, "")?;
+        let encoder = load_encoder::<P>(&mae_core::TensorFile::open(&input.checkpoint)?)?;
         let data = mae_data::Dataset::open(&input.data)?;
         let m = data.manifest();
-        let train = extract(&model.encoder, data.train(), m, input.batch)?;
-        let val = extract(&model.encoder, data.val(), m, input.batch)?;
+        let train = extract(&encoder, data.train(), m, input.batch)?;
+        let val = extract(&encoder, data.val(), m, input.batch)?;
         Ok((train, val, m.classes.len()))
     }
 }

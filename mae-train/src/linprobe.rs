@@ -502,15 +502,13 @@ struct AugmentedProbe<'a> {
 }
 
 impl mae_core::PresetVisitor for AugmentedProbe<'_> {
+    /// The probe, the val features and the number of training images.
     type Output = Result<(LinearProbe, crate::features::Features, usize), TrainError>;
     fn visit<P: mae_core::MaePreset>(self) -> Self::Output {
-        use mae_core::dfdx::prelude::Cpu;
         use mae_data::augment::{normalization, Augment, Transform};
         let input = self.input;
-        let mut model = mae_core::Mae::<P, f32, Cpu>::new(&Cpu::default())?;
-        model
-            .encoder
-            .load_from(&mae_core::TensorFile::open(&input.checkpoint)?, "")?;
+        let encoder =
+            crate::features::load_encoder::<P>(&mae_core::TensorFile::open(&input.checkpoint)?)?;
         let data = mae_data::Dataset::open(&input.data)?;
         let m = data.manifest();
         let (mean, std) = normalization(m, false);
@@ -525,7 +523,7 @@ impl mae_core::PresetVisitor for AugmentedProbe<'_> {
         let mut trainer = ProbeTrainer::new(dim, m.classes.len(), self.cfg)?;
         for epoch in 0..self.cfg.epochs {
             let f = crate::features::extract_with(
-                &model.encoder,
+                &encoder,
                 data.train(),
                 m,
                 &augment,
@@ -534,8 +532,8 @@ impl mae_core::PresetVisitor for AugmentedProbe<'_> {
             )?;
             trainer.epoch(epoch, f.select(self.feature), &f.labels)?;
         }
-        let val = crate::features::extract(&model.encoder, data.val(), m, input.batch)?;
-        Ok((trainer.finish(), val, m.classes.len()))
+        let val = crate::features::extract(&encoder, data.val(), m, input.batch)?;
+        Ok((trainer.finish(), val, data.train().len()))
     }
 }
 
@@ -549,13 +547,11 @@ pub fn linprobe(
     let (probe, val, train_len) = match input {
         FeatureSource::Model(model) if cfg.augment => {
             let preset = crate::checkpoint::preset_of(&model.checkpoint)?;
-            let (probe, val, _) = preset.visit(AugmentedProbe {
+            preset.visit(AugmentedProbe {
                 input: model,
                 feature,
                 cfg,
-            })?;
-            let train_len = mae_data::Dataset::open(&model.data)?.train().len();
-            (probe, val, train_len)
+            })?
         }
         _ => {
             if cfg.augment {
