@@ -302,6 +302,12 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
                 }
             }
         }
+        self.assign_checked(values)
+    }
+
+    /// [`Self::assign`] of values whose lengths the caller has already checked against
+    /// [`Self::named_tensors`] (the loaders do, tensor by tensor).
+    fn assign_checked(&mut self, values: &HashMap<String, Vec<f32>>) -> Result<(), MaeError> {
         assign_tensors(&mut self.vit, values)?;
         if let Some(w) = values.get("head.weight") {
             self.head.weight.copy_from(w);
@@ -348,7 +354,7 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
                 }
             }
         }
-        self.assign(&values)
+        self.assign_checked(&values)
     }
 
     /// `main_finetune.py`'s start from pretrained weights: the encoder tensors (`patch_embed`,
@@ -417,7 +423,7 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
                 });
             }
         }
-        self.assign(&values)?;
+        self.assign_checked(&values)?;
         Ok(report)
     }
 
