@@ -80,7 +80,13 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// `mae finetune` arguments (defaults: `main_finetune.py` with the recipe's mixup/cutmix).
+/// The fine-tuning defaults, from the one place that holds them.
+fn recipe() -> FinetuneConfig {
+    FinetuneConfig::new(PathBuf::new(), PathBuf::new(), Preset::Tiny)
+}
+
+/// `mae finetune` arguments (defaults: [`FinetuneConfig::new`], i.e. `main_finetune.py` with the
+/// recipe's mixup/cutmix).
 #[derive(Args)]
 pub struct FinetuneArgs {
     /// Pretrained checkpoint (an MAE run's checkpoint, `mae import` output, encoder-only weights).
@@ -100,61 +106,61 @@ pub struct FinetuneArgs {
     #[arg(long)]
     preset: Option<Preset>,
     /// Epochs.
-    #[arg(long, default_value_t = 50)]
+    #[arg(long, default_value_t = recipe().epochs)]
     epochs: usize,
     /// Stop after this many optimizer steps.
     #[arg(long)]
     max_steps: Option<u64>,
     /// Images per micro-batch (even with mixup/cutmix).
-    #[arg(long, default_value_t = 64)]
+    #[arg(long, default_value_t = recipe().batch_size)]
     batch_size: usize,
     /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = recipe().accum_iter)]
     accum_iter: usize,
     /// Base learning rate: lr = blr · batch · accum / 256.
-    #[arg(long, default_value_t = 1e-3)]
+    #[arg(long, default_value_t = recipe().blr)]
     blr: f64,
     /// Absolute learning rate (overrides --blr).
     #[arg(long)]
     lr: Option<f64>,
     /// Floor of the cosine schedule.
-    #[arg(long, default_value_t = 1e-6)]
+    #[arg(long, default_value_t = recipe().min_lr)]
     min_lr: f64,
     /// Linear warmup, in epochs.
-    #[arg(long, default_value_t = 5.0)]
+    #[arg(long, default_value_t = recipe().warmup_epochs)]
     warmup_epochs: f64,
     /// AdamW weight decay.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = recipe().weight_decay)]
     weight_decay: f64,
     /// Layer-wise learning-rate decay.
-    #[arg(long, default_value_t = 0.75)]
+    #[arg(long, default_value_t = recipe().layer_decay)]
     layer_decay: f64,
     /// Drop path (stochastic depth) rate of the last block.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = recipe().drop_path)]
     drop_path: f64,
     /// Label smoothing.
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = recipe().smoothing)]
     smoothing: f64,
     /// Mixup α (0 turns it off).
-    #[arg(long, default_value_t = 0.8)]
+    #[arg(long, default_value_t = recipe().mixup)]
     mixup: f64,
     /// Cutmix α (0 turns it off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = recipe().cutmix)]
     cutmix: f64,
     /// Probability of mixing a batch.
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = recipe().mixup_prob)]
     mixup_prob: f64,
     /// Probability of cutmix instead of mixup when both are on.
-    #[arg(long, default_value_t = 0.5)]
+    #[arg(long, default_value_t = recipe().mixup_switch_prob)]
     mixup_switch_prob: f64,
     /// Random erasing probability.
-    #[arg(long, default_value_t = 0.25)]
+    #[arg(long, default_value_t = recipe().reprob)]
     reprob: f64,
     /// Smallest crop area fraction of RandomResizedCrop.
-    #[arg(long, default_value_t = 0.08)]
+    #[arg(long, default_value_t = recipe().min_crop_scale)]
     min_crop_scale: f64,
     /// Seed of the head, data order and augmentation.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = recipe().seed)]
     seed: u64,
     /// Loader threads (default: the number of cores).
     #[arg(long)]
@@ -163,10 +169,10 @@ pub struct FinetuneArgs {
     #[arg(long)]
     save_every: Option<u64>,
     /// Keep only the newest K step checkpoints (best.safetensors is kept apart).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = recipe().keep_last)]
     keep_last: usize,
     /// Metrics line every this many steps.
-    #[arg(long, default_value_t = 20)]
+    #[arg(long, default_value_t = recipe().log_every)]
     log_every: u64,
     /// `auto` (newest loadable checkpoint of --out) or a checkpoint file.
     #[arg(long)]
