@@ -14,8 +14,8 @@ fn mae(args: &[&str]) -> Output {
 
 #[test]
 fn prepare_info_verify_show() {
-    let dir = std::env::temp_dir().join(format!("mae-cli-data-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let scratch = tempfile::tempdir().unwrap(); // removed when the test ends
+    let dir = scratch.path();
     let out = dir.join("fmnist");
     let out_s = out.to_str().unwrap();
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");

@@ -4,7 +4,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
-use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 fn mae(args: &[&str]) -> Output {
@@ -14,22 +13,20 @@ fn mae(args: &[&str]) -> Output {
         .unwrap()
 }
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir()
-        .join(format!("mae-cli-pretrain-{}", std::process::id()))
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// One test's scratch directory, removed when the test ends (pass or fail), with the bundled
+/// Fashion-MNIST prepared into it.
+struct Scratch {
+    dir: tempfile::TempDir,
+    data: String,
 }
 
-/// The bundled Fashion-MNIST, prepared once per test process.
-fn data() -> &'static str {
-    static DIR: OnceLock<String> = OnceLock::new();
-    DIR.get_or_init(|| {
-        let out = std::env::temp_dir()
-            .join(format!("mae-cli-pretrain-{}", std::process::id()))
-            .join("fmnist");
+impl Scratch {
+    fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("mae-cli-pretrain-")
+            .tempdir()
+            .unwrap();
+        let out = dir.path().join("fmnist");
         let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
         let r = mae(&[
             "data",
@@ -39,18 +36,30 @@ fn data() -> &'static str {
             src.to_str().unwrap(),
             "--out",
             out.to_str().unwrap(),
-            "--force",
         ]);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-        out.to_str().unwrap().to_string()
-    })
+        let data = out.to_str().unwrap().to_string();
+        Scratch { dir, data }
+    }
+
+    /// The prepared dataset.
+    fn data(&self) -> &str {
+        &self.data
+    }
+
+    /// A fresh sub-directory.
+    fn sub(&self, name: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
 }
 
-fn train_args<'a>(out: &'a str, max_steps: &'a str) -> Vec<&'a str> {
+fn train_args<'a>(data: &'a str, out: &'a str, max_steps: &'a str) -> Vec<&'a str> {
     vec![
         "pretrain",
         "--data",
-        data(),
+        data,
         "--preset",
         "tiny",
         "--out",
@@ -130,10 +139,11 @@ fn assert_same_checkpoint(a: &Path, b: &Path) {
 
 #[test]
 fn resume_is_exact_after_a_stop_and_after_sigkill() {
+    let scratch = Scratch::new();
     // straight: 6 steps
-    let straight = tmp("straight");
+    let straight = scratch.sub("straight");
     let s = straight.to_str().unwrap();
-    let stdout = run_ok(&train_args(s, "6"));
+    let stdout = run_ok(&train_args(scratch.data(), s, "6"));
     assert!(stdout.contains("reached --max-steps at step 6"), "{stdout}");
     let metrics = std::fs::read_to_string(straight.join("metrics.jsonl")).unwrap();
     assert_eq!(metrics.lines().count(), 6);
@@ -146,10 +156,10 @@ fn resume_is_exact_after_a_stop_and_after_sigkill() {
     assert!(straight.join("checkpoint-4.safetensors").exists());
 
     // 3 steps, stop, resume to 6
-    let split = tmp("split");
+    let split = scratch.sub("split");
     let p = split.to_str().unwrap();
-    run_ok(&train_args(p, "3"));
-    let mut args = train_args(p, "6");
+    run_ok(&train_args(scratch.data(), p, "3"));
+    let mut args = train_args(scratch.data(), p, "6");
     args.extend(["--resume", "auto"]);
     let stdout = run_ok(&args);
     assert!(
@@ -162,10 +172,10 @@ fn resume_is_exact_after_a_stop_and_after_sigkill() {
     );
 
     // SIGKILL between saves: kill once checkpoint-2 exists, then resume to 6
-    let killed = tmp("killed");
+    let killed = scratch.sub("killed");
     let k = killed.to_str().unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(train_args(k, "6"))
+        .args(train_args(scratch.data(), k, "6"))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .spawn()
@@ -180,7 +190,7 @@ fn resume_is_exact_after_a_stop_and_after_sigkill() {
     }
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
-    let mut args = train_args(k, "6");
+    let mut args = train_args(scratch.data(), k, "6");
     args.extend(["--resume", "auto"]);
     run_ok(&args);
     assert_same_checkpoint(
@@ -191,14 +201,15 @@ fn resume_is_exact_after_a_stop_and_after_sigkill() {
 
 #[test]
 fn a_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used() {
-    let run = tmp("corrupt");
+    let scratch = Scratch::new();
+    let run = scratch.sub("corrupt");
     let r = run.to_str().unwrap();
-    run_ok(&train_args(r, "4"));
+    run_ok(&train_args(scratch.data(), r, "4"));
     let newest = run.join("checkpoint-4.safetensors");
     let mut bytes = weights(&newest);
     bytes.truncate(bytes.len() / 3);
     std::fs::write(&newest, bytes).unwrap();
-    let mut args = train_args(r, "5");
+    let mut args = train_args(scratch.data(), r, "5");
     args.extend(["--resume", "auto"]);
     let out = mae(&args);
     assert!(
@@ -217,10 +228,11 @@ fn a_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used() {
 
 #[test]
 fn sigint_finishes_the_step_saves_and_exits_zero() {
-    let run = tmp("sigint");
+    let scratch = Scratch::new();
+    let run = scratch.sub("sigint");
     let r = run.to_str().unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(train_args(r, "100000"))
+        .args(train_args(scratch.data(), r, "100000"))
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -259,7 +271,8 @@ fn sigint_finishes_the_step_saves_and_exits_zero() {
 
 #[test]
 fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
-    let out = tmp("errors");
+    let scratch = Scratch::new();
+    let out = scratch.sub("errors");
     let o = out.to_str().unwrap();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
@@ -278,7 +291,7 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
             vec![
                 "pretrain",
                 "--data",
-                data(),
+                scratch.data(),
                 "--preset",
                 "vit-x",
                 "--out",
@@ -290,7 +303,7 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
             vec![
                 "pretrain",
                 "--data",
-                data(),
+                scratch.data(),
                 "--preset",
                 "tiny",
                 "--out",
@@ -304,7 +317,7 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
             vec![
                 "pretrain",
                 "--data",
-                data(),
+                scratch.data(),
                 "--preset",
                 "tiny",
                 "--out",
@@ -318,7 +331,7 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
             vec![
                 "pretrain",
                 "--data",
-                data(),
+                scratch.data(),
                 "--preset",
                 "small32",
                 "--out",
@@ -330,7 +343,7 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
             vec![
                 "pretrain",
                 "--data",
-                data(),
+                scratch.data(),
                 "--preset",
                 "tiny",
                 "--out",
@@ -352,9 +365,10 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
 
 #[test]
 fn a_non_finite_loss_stops_the_run_naming_the_step() {
-    let run = tmp("nan");
+    let scratch = Scratch::new();
+    let run = scratch.sub("nan");
     let r = run.to_str().unwrap();
-    let mut args = train_args(r, "40");
+    let mut args = train_args(scratch.data(), r, "40");
     let at = args.iter().position(|a| *a == "--blr").unwrap();
     args[at] = "--lr";
     args[at + 1] = "1e30";
@@ -370,9 +384,10 @@ fn a_non_finite_loss_stops_the_run_naming_the_step() {
 
 #[test]
 fn reconstruct_plot_info_import() {
-    let run = tmp("look");
+    let scratch = Scratch::new();
+    let run = scratch.sub("look");
     let r = run.to_str().unwrap();
-    run_ok(&train_args(r, "2"));
+    run_ok(&train_args(scratch.data(), r, "2"));
     let ckpt = run.join("checkpoint-2.safetensors");
     let c = ckpt.to_str().unwrap();
     let grid = run.join("grid.png");
@@ -381,7 +396,7 @@ fn reconstruct_plot_info_import() {
         "--checkpoint",
         c,
         "--data",
-        data(),
+        scratch.data(),
         "--out",
         grid.to_str().unwrap(),
         "--count",
@@ -426,7 +441,8 @@ fn reconstruct_plot_info_import() {
 
 #[test]
 fn finetune_runs_and_its_classifier_evaluates_to_the_same_numbers() {
-    let run = tmp("finetune");
+    let scratch = Scratch::new();
+    let run = scratch.sub("finetune");
     let ft = run.join("ft");
     let ft = ft.to_str().unwrap();
     let out = run_ok(&[
@@ -435,7 +451,7 @@ fn finetune_runs_and_its_classifier_evaluates_to_the_same_numbers() {
         "--preset",
         "tiny",
         "--data",
-        data(),
+        scratch.data(),
         "--out",
         ft,
         "--batch-size",
@@ -458,7 +474,7 @@ fn finetune_runs_and_its_classifier_evaluates_to_the_same_numbers() {
         "--checkpoint",
         &ckpt,
         "--data",
-        data(),
+        scratch.data(),
         "--json",
     ]);
     let eval: serde_json::Value = serde_json::from_str(eval.trim()).unwrap();
@@ -479,13 +495,20 @@ fn finetune_runs_and_its_classifier_evaluates_to_the_same_numbers() {
         "--checkpoint",
         mae_ckpt.to_str().unwrap(),
         "--data",
-        data(),
+        scratch.data(),
     ]);
     let err = String::from_utf8_lossy(&r.stderr);
     assert!(
         !r.status.success() && err.contains("mae.safetensors") && err.contains("head.bias"),
         "{err}"
     );
-    let r = mae(&["finetune", "--from-scratch", "--data", data(), "--out", ft]);
+    let r = mae(&[
+        "finetune",
+        "--from-scratch",
+        "--data",
+        scratch.data(),
+        "--out",
+        ft,
+    ]);
     assert!(!r.status.success());
 }

@@ -102,8 +102,8 @@ fn pos_embed_interpolation_matches_torch_bicubic() {
 
 #[test]
 fn pretrained_mae_weights_load_with_fresh_head_and_interpolated_pos_embed() {
-    let dir = std::env::temp_dir().join(format!("mae-vit-test-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path();
     let dev = Cpu::seed_from_u64(7);
     let mae = Mae::<Parity, f32, Cpu>::new(&dev).unwrap();
     let path = dir.join("mae.safetensors");
@@ -176,7 +176,6 @@ fn pretrained_mae_weights_load_with_fresh_head_and_interpolated_pos_embed() {
     assert!(other
         .load_from(&TensorFile::open(&saved).unwrap(), "")
         .is_err());
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]

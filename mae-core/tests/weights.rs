@@ -13,10 +13,32 @@ use mae_core::{Mae, MaeError, TensorFile};
 
 type Model = Mae<Parity, f32, Cpu>;
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mae-core-weights-{}", std::process::id()));
-    std::fs::create_dir_all(&dir).unwrap();
-    dir.join(name)
+/// A path in a directory of its own, removed with it when dropped (end of test, pass or fail).
+struct TempFile {
+    _dir: tempfile::TempDir,
+    path: PathBuf,
+}
+
+impl std::ops::Deref for TempFile {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl AsRef<Path> for TempFile {
+    fn as_ref(&self) -> &Path {
+        &self.path
+    }
+}
+
+fn tmp(name: &str) -> TempFile {
+    let dir = tempfile::Builder::new()
+        .prefix("mae-core-weights-")
+        .tempdir()
+        .unwrap();
+    let path = dir.path().join(name);
+    TempFile { _dir: dir, path }
 }
 
 fn model(seed: u64) -> Model {
@@ -27,14 +49,14 @@ fn tensors(m: &Model) -> Vec<NamedTensor> {
     named_tensors(m).unwrap()
 }
 
-fn save(m: &Model, name: &str) -> PathBuf {
+fn save(m: &Model, name: &str) -> TempFile {
     let path = tmp(name);
     m.save_safetensors(&path, &BTreeMap::new()).unwrap();
     path
 }
 
 /// Writes `tensors` after `edit`, and returns the path.
-fn write_edited(name: &str, edit: impl FnOnce(&mut Vec<NamedTensor>)) -> PathBuf {
+fn write_edited(name: &str, edit: impl FnOnce(&mut Vec<NamedTensor>)) -> TempFile {
     let mut t = tensors(&model(1));
     edit(&mut t);
     let path = tmp(name);

@@ -3,48 +3,64 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::HashMap;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, OnceLock};
+use std::path::Path;
+use std::sync::Arc;
 
 use mae_data::augment::{Augment, Transform};
 use mae_data::loader::{Loader, LoaderConfig};
 use mae_data::{prepare, Dataset, PrepareOptions, SourceKind, SplitName};
 
-fn dataset() -> Arc<Dataset> {
-    static DIR: OnceLock<PathBuf> = OnceLock::new();
-    let dir = DIR.get_or_init(|| {
-        let dir = std::env::temp_dir().join(format!("mae-data-loader-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
-        let mut opts = PrepareOptions::new(SourceKind::Idx, src, dir.join("ds"));
-        opts.shard_samples = Some(4000);
-        prepare(&opts).unwrap();
-        dir.join("ds")
-    });
-    Arc::new(Dataset::open(dir).unwrap())
+/// The bundled Fashion-MNIST prepared (in 4,000-image shards) into a scratch directory that is
+/// removed when this is dropped, at the end of the test.
+struct Prepared {
+    dataset: Arc<Dataset>,
+    _dir: tempfile::TempDir,
+}
+
+fn prepared() -> Prepared {
+    let dir = tempfile::Builder::new()
+        .prefix("mae-data-loader-")
+        .tempdir()
+        .unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
+    let mut opts = PrepareOptions::new(SourceKind::Idx, src, dir.path().join("ds"));
+    opts.shard_samples = Some(4000);
+    prepare(&opts).unwrap();
+    let dataset = Arc::new(Dataset::open(dir.path().join("ds")).unwrap());
+    Prepared { dataset, _dir: dir }
 }
 
 fn augment() -> Augment {
     Augment::new(Transform::pretrain(), 24, &[0.286], &[0.353], 11).unwrap()
 }
 
-fn loader(config: LoaderConfig) -> Loader {
-    Loader::new(dataset(), SplitName::Train, augment(), config).unwrap()
+fn loader(data: &Prepared, config: LoaderConfig) -> Loader {
+    Loader::new(
+        Arc::clone(&data.dataset),
+        SplitName::Train,
+        augment(),
+        config,
+    )
+    .unwrap()
 }
 
 #[test]
 fn every_index_once_per_epoch_across_ranks() {
+    let data = prepared();
     let world = 3;
     let mut seen = vec![0usize; 9000];
     for rank in 0..world {
-        let l = loader(LoaderConfig {
-            batch_size: 64,
-            rank,
-            world_size: world,
-            drop_last: false,
-            workers: 2,
-            ..LoaderConfig::default()
-        });
+        let l = loader(
+            &data,
+            LoaderConfig {
+                batch_size: 64,
+                rank,
+                world_size: world,
+                drop_last: false,
+                workers: 2,
+                ..LoaderConfig::default()
+            },
+        );
         let mut steps = 0;
         for batch in l.epoch(2, 0) {
             let batch = batch.unwrap();
@@ -62,12 +78,15 @@ fn every_index_once_per_epoch_across_ranks() {
     // with drop_last every rank runs the same number of full batches
     let counts: Vec<usize> = (0..world)
         .map(|rank| {
-            let l = loader(LoaderConfig {
-                batch_size: 64,
-                rank,
-                world_size: world,
-                ..LoaderConfig::default()
-            });
+            let l = loader(
+                &data,
+                LoaderConfig {
+                    batch_size: 64,
+                    rank,
+                    world_size: world,
+                    ..LoaderConfig::default()
+                },
+            );
             l.epoch(0, 0)
                 .map(|b| assert_eq!(b.unwrap().len(), 64))
                 .count()
@@ -75,19 +94,23 @@ fn every_index_once_per_epoch_across_ranks() {
         .collect();
     assert_eq!(counts, vec![9000 / 3 / 64; 3]);
     // another epoch is another order
-    let l = loader(LoaderConfig::default());
+    let l = loader(&data, LoaderConfig::default());
     assert_ne!(l.epoch_indices(0), l.epoch_indices(1));
 }
 
 #[test]
 fn augmentation_does_not_depend_on_threads_or_batch_size() {
+    let data = prepared();
     let collect = |batch_size: usize, workers: usize| {
-        let l = loader(LoaderConfig {
-            batch_size,
-            workers,
-            drop_last: false,
-            ..LoaderConfig::default()
-        });
+        let l = loader(
+            &data,
+            LoaderConfig {
+                batch_size,
+                workers,
+                drop_last: false,
+                ..LoaderConfig::default()
+            },
+        );
         let mut by_index = HashMap::new();
         for (n, batch) in l.epoch(5, 0).enumerate() {
             let batch = batch.unwrap();
@@ -111,17 +134,18 @@ fn augmentation_does_not_depend_on_threads_or_batch_size() {
 
 #[test]
 fn resuming_mid_epoch_gives_the_remaining_batches() {
+    let data = prepared();
     let config = LoaderConfig {
         batch_size: 50,
         workers: 2,
         ..LoaderConfig::default()
     };
-    let full: Vec<_> = loader(config)
+    let full: Vec<_> = loader(&data, config)
         .epoch(1, 0)
         .take(12)
         .map(|b| b.unwrap())
         .collect();
-    let resumed: Vec<_> = loader(config)
+    let resumed: Vec<_> = loader(&data, config)
         .epoch(1, 9)
         .take(3)
         .map(|b| b.unwrap())
@@ -133,7 +157,7 @@ fn resuming_mid_epoch_gives_the_remaining_batches() {
         );
     }
     // recycled buffers are reused without changing the results
-    let l = loader(config);
+    let l = loader(&data, config);
     let mut it = l.epoch(1, 0);
     let first = it.next().unwrap().unwrap();
     assert_eq!(first.indices, full[0].indices);
@@ -145,7 +169,8 @@ fn resuming_mid_epoch_gives_the_remaining_batches() {
 
 #[test]
 fn bad_configurations_are_errors() {
-    let ds = dataset();
+    let data = prepared();
+    let ds = Arc::clone(&data.dataset);
     let bad = |config: LoaderConfig| {
         Loader::new(Arc::clone(&ds), SplitName::Train, augment(), config).is_err()
     };

@@ -8,11 +8,10 @@ use std::path::{Path, PathBuf};
 use image::{DynamicImage, GrayImage, ImageBuffer, Luma, Rgb, RgbImage, Rgba, RgbaImage};
 use mae_data::{prepare, DataError, Dataset, PrepareOptions, SourceKind, SplitName, Verify};
 
-fn tmp(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir()
-        .join(format!("mae-data-tests-{}", std::process::id()))
-        .join(name);
-    let _ = std::fs::remove_dir_all(&dir);
+/// A fresh directory `name` inside the test's scratch directory (which is removed when the test
+/// ends, pass or fail).
+fn tmp(scratch: &tempfile::TempDir, name: &str) -> PathBuf {
+    let dir = scratch.path().join(name);
     std::fs::create_dir_all(&dir).unwrap();
     dir
 }
@@ -31,7 +30,8 @@ fn read_gz(path: &Path) -> Vec<u8> {
 
 #[test]
 fn bundled_fashion_mnist_prepares_exactly() {
-    let out = tmp("fmnist-all").join("ds");
+    let scratch = tempfile::tempdir().unwrap();
+    let out = tmp(&scratch, "fmnist-all").join("ds");
     let mut opts = PrepareOptions::new(SourceKind::Idx, bundled(), &out);
     opts.val_fraction = 0.0;
     opts.shard_samples = Some(3000); // several shards, to exercise the index lookup
@@ -62,7 +62,8 @@ fn bundled_fashion_mnist_prepares_exactly() {
 
 #[test]
 fn single_split_sources_get_a_stratified_validation_split() {
-    let out = tmp("fmnist-split").join("ds");
+    let scratch = tempfile::tempdir().unwrap();
+    let out = tmp(&scratch, "fmnist-split").join("ds");
     let mut opts = PrepareOptions::new(SourceKind::Idx, bundled(), &out);
     opts.seed = 3;
     prepare(&opts).unwrap();
@@ -74,7 +75,7 @@ fn single_split_sources_get_a_stratified_validation_split() {
     }
     assert_eq!(val_per_class, [100; 10]);
     // the same seed gives the same split; the statistics are of the train split
-    let again = tmp("fmnist-split-2").join("ds");
+    let again = tmp(&scratch, "fmnist-split-2").join("ds");
     let mut opts2 = PrepareOptions::new(SourceKind::Idx, bundled(), &again);
     opts2.seed = 3;
     prepare(&opts2).unwrap();
@@ -126,7 +127,8 @@ fn save(img: DynamicImage, path: &Path) {
 
 #[test]
 fn image_folders_of_odd_files_prepare_and_report_what_they_skip() {
-    let src = tmp("folder");
+    let scratch = tempfile::tempdir().unwrap();
+    let src = tmp(&scratch, "folder");
     let (cats, dogs) = (src.join("cats"), src.join("dogs"));
     std::fs::create_dir_all(&cats).unwrap();
     std::fs::create_dir_all(dogs.join("nested")).unwrap();
@@ -193,7 +195,7 @@ fn image_folders_of_odd_files_prepare_and_report_what_they_skip() {
         &dogs.join("j_big.png"),
     );
 
-    let out = tmp("folder-out").join("ds");
+    let out = tmp(&scratch, "folder-out").join("ds");
     let mut opts = PrepareOptions::new(SourceKind::ImageFolder, &src, &out);
     opts.size = Some(16);
     opts.val_fraction = 0.0;
@@ -284,10 +286,11 @@ fn image_folders_of_odd_files_prepare_and_report_what_they_skip() {
 
 #[test]
 fn a_folder_of_only_broken_files_is_an_error_and_writes_nothing() {
-    let src = tmp("broken");
+    let scratch = tempfile::tempdir().unwrap();
+    let src = tmp(&scratch, "broken");
     std::fs::write(src.join("a.png"), b"").unwrap();
     std::fs::write(src.join("b.jpg"), b"nope").unwrap();
-    let out = tmp("broken-out").join("ds");
+    let out = tmp(&scratch, "broken-out").join("ds");
     let err = prepare(&PrepareOptions::new(SourceKind::ImageFolder, &src, &out)).unwrap_err();
     assert!(
         matches!(err, DataError::NothingRead { skipped: 2, .. }),
@@ -298,14 +301,15 @@ fn a_folder_of_only_broken_files_is_an_error_and_writes_nothing() {
 
 #[test]
 fn loose_images_give_an_unlabeled_dataset() {
-    let src = tmp("loose");
+    let scratch = tempfile::tempdir().unwrap();
+    let src = tmp(&scratch, "loose");
     for i in 0..5 {
         save(
             DynamicImage::ImageRgb8(RgbImage::from_pixel(10, 10, Rgb([i * 40, 0, 0]))),
             &src.join(format!("{i}.png")),
         );
     }
-    let out = tmp("loose-out").join("ds");
+    let out = tmp(&scratch, "loose-out").join("ds");
     let mut opts = PrepareOptions::new(SourceKind::ImageFolder, &src, &out);
     opts.size = Some(8);
     opts.val_fraction = 0.2;
@@ -318,7 +322,8 @@ fn loose_images_give_an_unlabeled_dataset() {
 
 #[test]
 fn cifar10_records_become_hwc_images() {
-    let src = tmp("cifar");
+    let scratch = tempfile::tempdir().unwrap();
+    let src = tmp(&scratch, "cifar");
     let record = |label: u8, r: u8, g: u8, b: u8| {
         let mut rec = vec![label];
         rec.extend(std::iter::repeat_n(r, 1024));
@@ -332,7 +337,7 @@ fn cifar10_records_become_hwc_images() {
         std::fs::write(src.join(format!("data_batch_{i}.bin")), bytes).unwrap();
     }
     std::fs::write(src.join("test_batch.bin"), record(9, 7, 8, 9)).unwrap();
-    let out = tmp("cifar-out").join("ds");
+    let out = tmp(&scratch, "cifar-out").join("ds");
     let m = prepare(&PrepareOptions::new(SourceKind::Cifar10, &src, &out))
         .unwrap()
         .manifest;
@@ -353,14 +358,14 @@ fn cifar10_records_become_hwc_images() {
     let err = prepare(&PrepareOptions::new(
         SourceKind::Cifar10,
         &src,
-        tmp("cifar-bad").join("ds"),
+        tmp(&scratch, "cifar-bad").join("ds"),
     ))
     .unwrap_err();
     assert!(err.to_string().contains("test_batch.bin"), "{err}");
 }
 
-fn prepared(name: &str) -> PathBuf {
-    let out = tmp(name).join("ds");
+fn prepared(scratch: &tempfile::TempDir, name: &str) -> PathBuf {
+    let out = tmp(scratch, name).join("ds");
     let mut opts = PrepareOptions::new(SourceKind::Idx, bundled(), &out);
     opts.shard_samples = Some(5000);
     prepare(&opts).unwrap();
@@ -369,7 +374,8 @@ fn prepared(name: &str) -> PathBuf {
 
 #[test]
 fn a_flipped_byte_fails_verify_and_reading_naming_the_shard() {
-    let out = prepared("flip");
+    let scratch = tempfile::tempdir().unwrap();
+    let out = prepared(&scratch, "flip");
     assert_eq!(mae_data::dataset::verify(&out).unwrap(), 3);
     let shard = out.join("train-00001.shard");
     let mut bytes = std::fs::read(&shard).unwrap();
@@ -386,7 +392,8 @@ fn a_flipped_byte_fails_verify_and_reading_naming_the_shard() {
 
 #[test]
 fn truncated_shards_and_inconsistent_manifests_are_errors() {
-    let out = prepared("truncate");
+    let scratch = tempfile::tempdir().unwrap();
+    let out = prepared(&scratch, "truncate");
     let shard = out.join("val-00000.shard");
     let bytes = std::fs::read(&shard).unwrap();
     std::fs::write(&shard, &bytes[..bytes.len() - 10]).unwrap();
@@ -426,7 +433,8 @@ fn truncated_shards_and_inconsistent_manifests_are_errors() {
 
 #[test]
 fn a_split_lookup_is_consistent_across_shards() {
-    let out = prepared("lookup");
+    let scratch = tempfile::tempdir().unwrap();
+    let out = prepared(&scratch, "lookup");
     let ds = Dataset::open(&out).unwrap();
     assert_eq!(ds.manifest().train.shards.len(), 2);
     // samples on both sides of the shard boundary are distinct records

@@ -246,9 +246,8 @@ mod tests {
 
     #[test]
     fn file_then_flags_then_defaults() {
-        let dir = std::env::temp_dir().join(format!("mae-train-config-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).expect("temp dir");
-        let path = dir.join("run.toml");
+        let dir = tempfile::tempdir().expect("temp dir");
+        let path = dir.path().join("run.toml");
         std::fs::write(
             &path,
             "data = \"runs/fmnist\"\npreset = \"tiny\"\nout = \"runs/x\"\nbatch_size = 32\naccum_iter = 4\nnorm_pix_loss = true\n",

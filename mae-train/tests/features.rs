@@ -16,7 +16,8 @@ use mae_train::linprobe::{linprobe, ProbeConfig, ProbeOptimizer};
 
 #[test]
 fn knn_separates_two_easy_classes_and_features_are_written() {
-    let dir = common::temp_dir("features");
+    let scratch = common::temp_dir("features");
+    let dir = scratch.path();
     let data = dir.join("data");
     common::two_colour_dataset(&data, 30, 10);
 

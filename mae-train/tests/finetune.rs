@@ -31,7 +31,8 @@ fn config(data: &std::path::Path, out: &std::path::Path, ckpt: &std::path::Path)
 
 #[test]
 fn finetuning_learns_keeps_the_best_model_and_resumes_bitwise() {
-    let dir = common::temp_dir("finetune");
+    let scratch = common::temp_dir("finetune");
+    let dir = scratch.path();
     let data = dir.join("data");
     common::two_colour_dataset(&data, 48, 16);
     let ckpt = dir.join("mae.safetensors");
@@ -100,13 +101,13 @@ fn finetuning_learns_keeps_the_best_model_and_resumes_bitwise() {
         .unwrap_err()
         .to_string()
         .contains("even"));
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn a_probe_on_bundled_fashion_mnist_beats_chance_by_a_wide_margin() {
-    let dir = common::temp_dir("probe-bundled");
-    let data = common::bundled_subset(&dir, 400, 200);
+    let scratch = common::temp_dir("probe-bundled");
+    let dir = scratch.path();
+    let data = common::bundled_subset(dir, 400, 200);
     let checkpoint = dir.join("random.safetensors");
     Mae::<Tiny, f32, Cpu>::new(&Cpu::seed_from_u64(0))
         .unwrap()
@@ -127,12 +128,12 @@ fn a_probe_on_bundled_fashion_mnist_beats_chance_by_a_wide_margin() {
     let result = linprobe(&source, FeatureKind::Cls, &cfg).unwrap();
     // 10 classes: chance is 10%
     assert!(result.top1 > 40.0, "{result:?}");
-    std::fs::remove_dir_all(&dir).unwrap();
 }
 
 #[test]
 fn pretraining_with_eval_every_logs_knn_per_epoch() {
-    let dir = common::temp_dir("eval-every");
+    let scratch = common::temp_dir("eval-every");
+    let dir = scratch.path();
     let data = dir.join("data");
     common::two_colour_dataset(&data, 32, 8);
     let out = dir.join("run");
@@ -166,5 +167,4 @@ fn pretraining_with_eval_every_logs_knn_per_epoch() {
         ..given
     };
     assert!(mae_train::PretrainConfig::resolve(zero).is_err());
-    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -143,7 +143,8 @@ fn gradient_accumulation_equals_a_larger_batch() {
     // two micro-batches of 2, accumulated
     let mut acc = Model::new(&dev).unwrap();
     let start_tensors = named_tensors(&base).unwrap();
-    let file = std::env::temp_dir().join(format!("mae-accum-{}.safetensors", std::process::id()));
+    let scratch = tempfile::tempdir().unwrap();
+    let file = scratch.path().join("start.safetensors");
     mae_core::weights::write_safetensors(&file, &start_tensors, &Default::default()).unwrap();
     acc.load_safetensors(&file).unwrap();
     assert_eq!(by_name(&acc), start);

@@ -6,12 +6,12 @@ use std::path::{Path, PathBuf};
 use mae_data::writer::DatasetWriter;
 use mae_data::SplitName;
 
-/// A fresh temporary directory for one test.
-pub fn temp_dir(name: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("mae-train-{name}-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    std::fs::create_dir_all(&dir).unwrap();
-    dir
+/// A fresh temporary directory for one test, removed when dropped (pass or fail).
+pub fn temp_dir(name: &str) -> tempfile::TempDir {
+    tempfile::Builder::new()
+        .prefix(&format!("mae-train-{name}-"))
+        .tempdir()
+        .unwrap()
 }
 
 /// 32×32 RGB images of two classes that differ in colour: `train` + `val` samples, alternating.
