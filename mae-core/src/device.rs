@@ -11,18 +11,39 @@
 use dfdx::prelude::*;
 
 use crate::error::MaeError;
-use crate::layers::{dev_err, host_tensor};
+use crate::layers::{dev_err, host_tensor, Act, Block, BranchScales};
+use crate::preset::TransformerDims;
+
+/// `erf(x)` in f32 as a rational polynomial on `[-4, 4]` (the approximation Eigen and XLA use
+/// for f32; |error| < 5e-7 against the exact value, checked in the tests), about 4× faster than
+/// `libm::erff` and free of branches, so loops over it vectorize.
+#[inline]
+pub fn erf(x: f32) -> f32 {
+    let x = x.clamp(-4.0, 4.0);
+    let x2 = x * x;
+    let mut p = x2 * -2.726_142_3e-10 + 2.770_681_4e-8;
+    p = x2 * p - 2.101_024e-6;
+    p = x2 * p - 5.692_506_4e-5;
+    p = x2 * p - 7.349_906_3e-4;
+    p = x2 * p - 2.954_6e-3;
+    p = x2 * p - 1.609_603_3e-2;
+    let mut q = x2 * -1.456_607_2e-5 - 2.133_740_5e-4;
+    q = x2 * q - 1.682_827e-3;
+    q = x2 * q - 7.373_329e-3;
+    q = x2 * q - 1.426_474e-2;
+    x * p / q
+}
 
 /// `gelu(x) = x·Φ(x) = 0.5·x·(1 + erf(x/√2))`.
 #[inline]
 pub fn gelu_value(x: f32) -> f32 {
-    0.5 * x * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2))
+    0.5 * x * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2))
 }
 
 /// `gelu'(x) = Φ(x) + x·φ(x)`.
 #[inline]
 pub fn gelu_derivative(x: f32) -> f32 {
-    let cdf = 0.5 * (1.0 + libm::erff(x * std::f32::consts::FRAC_1_SQRT_2));
+    let cdf = 0.5 * (1.0 + erf(x * std::f32::consts::FRAC_1_SQRT_2));
     let pdf = (-0.5 * x * x).exp()
         * (0.5 * std::f32::consts::FRAC_2_SQRT_PI * std::f32::consts::FRAC_1_SQRT_2);
     cdf + x * pdf
@@ -35,6 +56,16 @@ pub trait MaeDevice: Device<f32> + ZerosTensor<usize> + CopySlice<usize> {
         x: Tensor<S, f32, Self, T>,
     ) -> Result<Tensor<S, f32, Self, T>, MaeError> {
         gelu_composed(x)
+    }
+
+    /// One pre-norm transformer block (with optional drop-path scales); the default is the
+    /// composition of dfdx ops, [`Block::forward_composed`].
+    fn block<Tr: TransformerDims, T: Tape<f32, Self>>(
+        block: &Block<Tr, f32, Self>,
+        x: Act<Tr::Model, Self, T>,
+        scales: Option<&BranchScales>,
+    ) -> Result<Act<Tr::Model, Self, T>, MaeError> {
+        block.forward_composed(x, scales)
     }
 }
 
@@ -84,6 +115,18 @@ impl MaeDevice for Cpu {
         }
         Ok(out.put_tape(tape))
     }
+
+    fn block<Tr: TransformerDims, T: Tape<f32, Self>>(
+        block: &Block<Tr, f32, Self>,
+        x: Act<Tr::Model, Self, T>,
+        scales: Option<&BranchScales>,
+    ) -> Result<Act<Tr::Model, Self, T>, MaeError> {
+        if crate::kernels::fused() {
+            crate::kernels::block_cpu(block, x, scales)
+        } else {
+            block.forward_composed(x, scales)
+        }
+    }
 }
 
 #[cfg(feature = "cuda")]
@@ -92,6 +135,18 @@ impl MaeDevice for Cuda {}
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn erf_is_within_5e_7_of_the_exact_value() {
+        let mut worst = 0.0f64;
+        for i in -700_000..=700_000 {
+            let x = i as f32 * 1e-5;
+            worst = worst.max((erf(x) as f64 - libm::erf(x as f64)).abs());
+        }
+        assert!(worst < 5e-7, "worst error {worst:e}");
+        assert_eq!(erf(0.0), 0.0);
+        assert!(erf(-30.0) < -0.999_999 && erf(30.0) > 0.999_999);
+    }
 
     #[test]
     fn values_and_derivative_match_the_formula() {

@@ -376,7 +376,18 @@ impl<Tr: TransformerDims, D: MaeDevice> Block<Tr, f32, D> {
 
     /// One pre-norm block with stochastic depth: `x + s₁·attn(norm1(x))`, then
     /// `x + s₂·mlp(norm2(x))`, with per-sample `s` from `scales` (no scaling when `None`).
+    /// Runs the device's block kernel ([`MaeDevice::block`]: fused on `Cpu`).
     pub fn forward_scaled<T: Tape<f32, D>>(
+        &self,
+        x: Act<Tr::Model, D, T>,
+        scales: Option<&BranchScales>,
+    ) -> Result<Act<Tr::Model, D, T>, MaeError> {
+        D::block(self, x, scales)
+    }
+
+    /// [`Block::forward_scaled`] composed of dfdx ops (Linear, LayerNorm, attention, MLP): what
+    /// devices without a fused block run, and the reference the fused kernel is tested against.
+    pub fn forward_composed<T: Tape<f32, D>>(
         &self,
         x: Act<Tr::Model, D, T>,
         scales: Option<&BranchScales>,

@@ -6,6 +6,7 @@
 
 pub mod device;
 pub mod error;
+pub mod kernels;
 pub mod layers;
 pub mod masking;
 pub mod model;

@@ -320,14 +320,23 @@ pub(crate) fn prepend_cls<M: ConstDim, D: MaeDevice, T: Tape<f32, D>>(
 }
 
 impl<P: MaePreset, D: MaeDevice> Encoder<P, f32, D> {
-    /// Patch embedding plus (fixed) position embedding of NCHW images: `[N, L, D]`.
+    /// Patch embedding plus (fixed) position embedding of NCHW images: `[N, L, D]`. With
+    /// `keep` (`[N, L]`, 1 visible / 0 removed), removed patches become a zero token (plus their
+    /// position embedding).
     fn embed_patches<T: Tape<f32, D>>(
         &self,
         imgs: &[f32],
+        keep: Option<&[f32]>,
         tape: T,
     ) -> Result<Act<EncDim<P>, D, T>, MaeError> {
-        let x = project_patches::<P, D, T>(&self.patch_embed, imgs, tape)?;
+        let mut x = project_patches::<P, D, T>(&self.patch_embed, imgs, tape)?;
         let shape = *x.shape();
+        if let Some(keep) = keep {
+            let keep = host_tensor(x.device(), keep, (shape.0, shape.1))?
+                .try_broadcast_like::<_, Axis<2>>(&shape)
+                .map_err(dev_err)?;
+            x = x.try_mul(keep).map_err(dev_err)?;
+        }
         let pos = self
             .pos_embed
             .clone()
@@ -367,18 +376,9 @@ impl<P: MaePreset, D: MaeDevice> Encoder<P, f32, D> {
         masking: &Masking,
         tape: T,
     ) -> Result<Act<EncDim<P>, D, T>, MaeError> {
-        let x = self.embed_patches(imgs, tape)?;
+        let x = self.embed_patches(imgs, None, tape)?;
         let (batch, l, _) = *x.shape();
-        if masking.batch != batch || masking.num_patches != l {
-            return Err(MaeError::InputShape {
-                what: "masking",
-                expected: format!("{batch} samples × {l} patches"),
-                got: format!(
-                    "{} samples × {} patches",
-                    masking.batch, masking.num_patches
-                ),
-            });
-        }
+        check_masking(masking, batch, l)?;
         let ids_keep = index_tensor(x.device(), &masking.ids_keep, batch, masking.len_keep)?;
         let x = x.try_gather(ids_keep).map_err(dev_err)?;
         self.encode_tokens(x)
@@ -391,9 +391,40 @@ impl<P: MaePreset, D: MaeDevice> Encoder<P, f32, D> {
         imgs: &[f32],
         tape: T,
     ) -> Result<Act<EncDim<P>, D, T>, MaeError> {
-        let x = self.embed_patches(imgs, tape)?;
+        let x = self.embed_patches(imgs, None, tape)?;
         self.encode_tokens(x)
     }
+
+    /// The paper's ablation "encoder w/ [M]" (Table 1c): every patch goes through the encoder,
+    /// a removed one as a mask token at its position. Returns `[N, 1 + L, D]`. The mask token
+    /// here is zero (plus the position embedding) and not a trained parameter: the mode exists to
+    /// measure what skipping the removed patches saves (`mae bench --mask-tokens-in-encoder`).
+    pub fn forward_with_mask_tokens<T: Tape<f32, D>>(
+        &self,
+        imgs: &[f32],
+        masking: &Masking,
+        tape: T,
+    ) -> Result<Act<EncDim<P>, D, T>, MaeError> {
+        let geometry = PatchGeometry::of::<P>();
+        check_masking(masking, geometry.batch_of(imgs)?, geometry.num_patches())?;
+        let keep: Vec<f32> = masking.mask.iter().map(|m| 1.0 - m).collect();
+        let x = self.embed_patches(imgs, Some(&keep), tape)?;
+        self.encode_tokens(x)
+    }
+}
+
+fn check_masking(masking: &Masking, batch: usize, l: usize) -> Result<(), MaeError> {
+    if masking.batch != batch || masking.num_patches != l {
+        return Err(MaeError::InputShape {
+            what: "masking",
+            expected: format!("{batch} samples × {l} patches"),
+            got: format!(
+                "{} samples × {} patches",
+                masking.batch, masking.num_patches
+            ),
+        });
+    }
+    Ok(())
 }
 
 impl<P: MaePreset, D: MaeDevice> Decoder<P, f32, D> {
@@ -423,6 +454,26 @@ impl<P: MaePreset, D: MaeDevice> Decoder<P, f32, D> {
             .and_then(|x| x.try_gather(ids_restore))
             .map_err(dev_err)?;
         let x = (cls, x).try_concat_along(Axis::<1>).map_err(dev_err)?;
+        self.decode(x)
+    }
+
+    /// The decoder of the "encoder w/ [M]" ablation: the latent already holds every position
+    /// (`[N, 1 + L, D]`, in order), so there is nothing to append or un-shuffle.
+    pub fn forward_all_tokens<T: Tape<f32, D>>(
+        &self,
+        latent: Act<EncDim<P>, D, T>,
+    ) -> Result<Act<P::PatchDim, D, T>, MaeError> {
+        let x = self.decoder_embed.forward(latent)?;
+        self.decode(x)
+    }
+
+    /// Adds position embeddings to `[N, 1 + L, Dd]`, decodes, predicts pixels, drops cls.
+    fn decode<T: Tape<f32, D>>(
+        &self,
+        x: Act<DecDim<P>, D, T>,
+    ) -> Result<Act<P::PatchDim, D, T>, MaeError> {
+        let (batch, tokens, md) = *x.shape();
+        let l = tokens - 1;
         let pos = self
             .decoder_pos_embed
             .clone()
@@ -456,12 +507,43 @@ impl<P: MaePreset, D: MaeDevice> Mae<P, f32, D> {
         norm_pix_loss: bool,
         tape: T,
     ) -> Result<MaeOutput<P, D, T>, MaeError> {
+        self.forward_impl(imgs, masking, norm_pix_loss, false, tape)
+    }
+
+    /// [`Mae::forward`] in the paper's "encoder w/ [M]" ablation (Table 1c): the encoder runs
+    /// over every patch, removed ones as (untrained, zero) mask tokens; see
+    /// [`Encoder::forward_with_mask_tokens`]. For timing the encoder's saving, not for training.
+    pub fn forward_mask_tokens_in_encoder<T: Tape<f32, D>>(
+        &self,
+        imgs: &[f32],
+        masking: &Masking,
+        norm_pix_loss: bool,
+        tape: T,
+    ) -> Result<MaeOutput<P, D, T>, MaeError> {
+        self.forward_impl(imgs, masking, norm_pix_loss, true, tape)
+    }
+
+    fn forward_impl<T: Tape<f32, D>>(
+        &self,
+        imgs: &[f32],
+        masking: &Masking,
+        norm_pix_loss: bool,
+        mask_tokens_in_encoder: bool,
+        tape: T,
+    ) -> Result<MaeOutput<P, D, T>, MaeError> {
         if masking.num_masked() == 0 {
             return Err(MaeError::NothingMasked);
         }
-        let latent = self.encoder.forward_masked(imgs, masking, tape)?;
-        let latent_out = latent.retaped::<NoneTape>();
-        let pred = self.decoder.forward(latent, masking)?;
+        let (latent, pred) = if mask_tokens_in_encoder {
+            let latent = self.encoder.forward_with_mask_tokens(imgs, masking, tape)?;
+            let out = latent.retaped::<NoneTape>();
+            (out, self.decoder.forward_all_tokens(latent)?)
+        } else {
+            let latent = self.encoder.forward_masked(imgs, masking, tape)?;
+            let out = latent.retaped::<NoneTape>();
+            (out, self.decoder.forward(latent, masking)?)
+        };
+        let latent_out = latent;
         let pred_out = pred.retaped::<NoneTape>();
         let loss = self.loss(imgs, pred, masking, norm_pix_loss)?;
         Ok(MaeOutput {

@@ -6,17 +6,19 @@
 //! steps after one warm-up step. [`time_train_step`] does the same, so the two print comparable
 //! JSON lines.
 //!
-//! The update here is dfdx's Adam with decoupled weight decay on every parameter (the cost of the
-//! recipe's optimizer, which decays weights only; that optimizer comes with the training loop).
+//! The update is the training loop's own [`AdamW`] (β 0.9/0.95, weight decay 0.05 on the
+//! weights, not on biases and norms), so the step timed is the step `mae pretrain` takes.
 
 use std::time::Instant;
 
-use mae_core::dfdx::optim::{Adam, AdamConfig, Optimizer, WeightDecay};
 use mae_core::dfdx::prelude::*;
 use mae_core::{tape_from, Mae, MaeError, MaePreset, Masking, Preset, PresetVisitor};
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use serde::Serialize;
+
+use crate::optim::AdamW;
+use crate::pretrain::decayed_names;
 
 /// What to time.
 #[derive(Debug, Clone, Copy)]
@@ -31,6 +33,10 @@ pub struct StepBench {
     pub mask_ratio: f64,
     /// Reuse freed buffers between steps (`Cpu::enable_cache`).
     pub cache: bool,
+    /// Our fused CPU kernels (`true`) or dfdx's own ops (`false`); see `mae_core::kernels`.
+    pub fused: bool,
+    /// The paper's "encoder w/ [M]" ablation: the encoder runs over every patch.
+    pub mask_tokens_in_encoder: bool,
 }
 
 impl Default for StepBench {
@@ -41,6 +47,8 @@ impl Default for StepBench {
             steps: 5,
             mask_ratio: 0.75,
             cache: true,
+            fused: true,
+            mask_tokens_in_encoder: false,
         }
     }
 }
@@ -62,6 +70,20 @@ pub struct StepTiming {
     pub img_per_s: f64,
     /// Every timed step, seconds.
     pub all_s: Vec<f64>,
+    /// Peak resident memory of the process (`VmHWM`), MiB; `None` where the OS does not say.
+    pub peak_rss_mb: Option<f64>,
+    /// `"fused"` or `"dfdx"`.
+    pub kernels: &'static str,
+    /// Whether the encoder ran over every patch (the Table 1c ablation).
+    pub mask_tokens_in_encoder: bool,
+}
+
+/// The process's peak resident set size in MiB, from `/proc/self/status` (Linux).
+pub fn peak_rss_mb() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
 }
 
 struct Run(StepBench);
@@ -70,20 +92,14 @@ impl PresetVisitor for Run {
     type Output = Result<StepTiming, MaeError>;
     fn visit<P: MaePreset>(self) -> Self::Output {
         let cfg = self.0;
+        mae_core::kernels::set_fused(cfg.fused);
         let dev = Cpu::seed_from_u64(0);
         if cfg.cache {
             dev.enable_cache();
         }
         let mut model = Mae::<P, f32, Cpu>::new(&dev)?;
-        let mut opt = Adam::new(
-            &model,
-            AdamConfig {
-                lr: 1.5e-4,
-                betas: [0.9, 0.95],
-                eps: 1e-8,
-                weight_decay: Some(WeightDecay::Decoupled(0.05)),
-            },
-        );
+        let train_err = |e: crate::TrainError| MaeError::Device(e.to_string());
+        let mut opt = AdamW::new(0.05, decayed_names(&model).map_err(train_err)?);
         let mut rng = rand::rngs::StdRng::seed_from_u64(0);
         let imgs: Vec<f32> = (0..cfg.batch * P::image_numel())
             .map(|_| rng.sample::<f32, _>(StandardNormal))
@@ -92,10 +108,14 @@ impl PresetVisitor for Run {
         for step in 0..=cfg.steps {
             let masking = Masking::random(&mut rng, cfg.batch, P::num_patches(), cfg.mask_ratio)?;
             let start = Instant::now();
-            let out = model.forward(&imgs, &masking, true, tape_from(&dev, model.alloc_grads()))?;
+            let tape = tape_from(&dev, model.alloc_grads());
+            let out = if cfg.mask_tokens_in_encoder {
+                model.forward_mask_tokens_in_encoder(&imgs, &masking, true, tape)?
+            } else {
+                model.forward(&imgs, &masking, true, tape)?
+            };
             let grads = out.loss.backward();
-            opt.update(&mut model, &grads)
-                .map_err(|e| MaeError::Device(format!("optimizer: {e:?}")))?;
+            opt.update(&mut model, &grads, 1.5e-4).map_err(train_err)?;
             if step > 0 {
                 times.push(start.elapsed().as_secs_f64());
             }
@@ -111,6 +131,9 @@ impl PresetVisitor for Run {
             step_s,
             img_per_s: cfg.batch as f64 / step_s,
             all_s: times,
+            peak_rss_mb: peak_rss_mb(),
+            kernels: if cfg.fused { "fused" } else { "dfdx" },
+            mask_tokens_in_encoder: cfg.mask_tokens_in_encoder,
         })
     }
 }

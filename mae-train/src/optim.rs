@@ -18,6 +18,8 @@ use mae_core::dfdx::nn::tensor_collection::{
 };
 use mae_core::dfdx::prelude::*;
 
+use rayon::prelude::*;
+
 use crate::error::TrainError;
 
 /// The first and second moments of one parameter.
@@ -108,14 +110,25 @@ impl AdamW {
                 exp_avg_sq: vec![0.0; p.len()],
             });
         let (b1f, b2f) = (b1 as f32, b2 as f32);
-        for i in 0..p.len() {
-            let g = grad[i];
-            p[i] *= decay;
-            m.exp_avg[i] = m.exp_avg[i] * b1f + g * (1.0 - b1f);
-            m.exp_avg_sq[i] = m.exp_avg_sq[i] * b2f + g * g * (1.0 - b2f);
-            let denom = m.exp_avg_sq[i].sqrt() / bc2_sqrt + eps;
-            p[i] -= step_size * m.exp_avg[i] / denom;
-        }
+        // elementwise, so the result is the same whatever the number of threads
+        const CHUNK: usize = 64 * 1024;
+        p.par_chunks_mut(CHUNK)
+            .zip(grad.par_chunks(CHUNK))
+            .zip(
+                m.exp_avg
+                    .par_chunks_mut(CHUNK)
+                    .zip(m.exp_avg_sq.par_chunks_mut(CHUNK)),
+            )
+            .for_each(|((p, g), (m1, m2))| {
+                for i in 0..p.len() {
+                    let g = g[i];
+                    p[i] *= decay;
+                    m1[i] = m1[i] * b1f + g * (1.0 - b1f);
+                    m2[i] = m2[i] * b2f + g * g * (1.0 - b2f);
+                    let denom = m2[i].sqrt() / bc2_sqrt + eps;
+                    p[i] -= step_size * m1[i] / denom;
+                }
+            });
     }
 
     /// One step with learning rate `lr` over every trainable tensor of `model`, reading its

@@ -186,12 +186,25 @@ fn gradient_accumulation_equals_a_larger_batch() {
     let after_acc = by_name(&acc);
     for (name, a) in &after_big {
         let b = &after_acc[name];
+        // The key third of `qkv.bias` has a gradient that is exactly zero in exact arithmetic
+        // (it adds the same q·b_k to every score of a query's row, which softmax ignores), so
+        // both runs hold rounding noise there, and Adam's first step turns any noise into ±lr.
+        // Those elements say nothing about accumulation: compare the q and v thirds only.
+        let keep = |i: usize| !name.ends_with("attn.qkv.bias") || i / (a.len() / 3) != 1;
         let moved: f64 = a
             .iter()
             .zip(&start[name])
-            .map(|(x, y)| ((x - y) as f64).abs())
+            .enumerate()
+            .filter(|(i, _)| keep(*i))
+            .map(|(_, (x, y))| ((x - y) as f64).abs())
             .sum();
-        let diff: f64 = a.iter().zip(b).map(|(x, y)| ((x - y) as f64).abs()).sum();
+        let diff: f64 = a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .filter(|(i, _)| keep(*i))
+            .map(|(_, (x, y))| ((x - y) as f64).abs())
+            .sum();
         assert!(
             diff <= 1e-4 * moved.max(1e-9) + 1e-9,
             "{name}: diff {diff} vs update {moved}"

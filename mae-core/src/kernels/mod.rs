@@ -1,0 +1,130 @@
+//! Our own CPU kernels, wired into dfdx's tape from outside (`Tape::add_backward_op`).
+//!
+//! - [`gemm`]: a bounds-checked front to the `gemm` crate 0.19 (AVX-512 where the CPU has it,
+//!   all cores), which dfdx 0.13's own matmul (gemm 0.15, AVX2, one thread) is not.
+//! - [`block`]: the whole pre-norm transformer block, forward and backward, as one op.
+//!
+//! [`crate::MaeDevice`] routes `Cpu` through these; other devices use the plain dfdx ops, and so
+//! does `Cpu` after [`set_fused(false)`](set_fused) (the reference the kernels are tested
+//! against, and the `--kernels dfdx` of `mae bench`).
+//!
+//! PyTorch counterpart: the fused CPU kernels (MKL/oneDNN sgemm, fused softmax, LayerNorm) that
+//! `torch` calls under `nn.Linear`, `F.scaled_dot_product_attention` and `nn.LayerNorm`.
+
+pub mod block;
+pub mod gemm;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use dfdx::prelude::*;
+
+use crate::error::MaeError;
+use crate::layers::{dev_err, host_tensor, Act, Block, BranchScales};
+use crate::preset::TransformerDims;
+use block::{block_backward, block_forward, BlockDims, BlockTensors, Scales};
+
+static FUSED: AtomicBool = AtomicBool::new(true);
+
+/// Whether `Cpu` uses the fused kernels (the default) or dfdx's own ops.
+pub fn fused() -> bool {
+    FUSED.load(Ordering::Relaxed)
+}
+
+/// Chooses, for the whole process, between the fused kernels (`true`, the default) and dfdx's own
+/// ops (`false`). Both compute the same function; the switch exists for tests and benchmarks.
+pub fn set_fused(on: bool) {
+    FUSED.store(on, Ordering::Relaxed)
+}
+
+fn add_into(acc: &mut [f32], x: &[f32]) {
+    acc.iter_mut().zip(x).for_each(|(a, b)| *a += b);
+}
+
+fn view(s: &Option<BranchScales>) -> Option<Scales<'_>> {
+    s.as_ref().map(|s| Scales {
+        attn: &s.attn,
+        mlp: &s.mlp,
+    })
+}
+
+fn check_scales(scales: Option<&BranchScales>, batch: usize) -> Result<(), MaeError> {
+    match scales {
+        Some(s) if s.attn.len() != batch || s.mlp.len() != batch => Err(MaeError::InputShape {
+            what: "drop-path scales",
+            expected: format!("{batch} samples"),
+            got: format!("{} and {}", s.attn.len(), s.mlp.len()),
+        }),
+        _ => Ok(()),
+    }
+}
+
+/// One transformer block on `Cpu` as a single fused op (see [`block`]).
+pub(crate) fn block_cpu<Tr: TransformerDims, T: Tape<f32, Cpu>>(
+    blk: &Block<Tr, f32, Cpu>,
+    x: Act<Tr::Model, Cpu, T>,
+    scales: Option<&BranchScales>,
+) -> Result<Act<Tr::Model, Cpu, T>, MaeError> {
+    let x = x.try_contiguous().map_err(dev_err)?;
+    let (x, mut tape) = x.split_tape();
+    let shape = *x.shape();
+    check_scales(scales, shape.0)?;
+    let dims = BlockDims {
+        batch: shape.0,
+        tokens: shape.1,
+        dim: Tr::DIM,
+        heads: Tr::NUM_HEADS,
+        hidden: <Tr::Mlp as ConstDim>::SIZE,
+    };
+    let params = BlockTensors {
+        norm1_weight: blk.norm1.weight.as_vec(),
+        norm1_bias: blk.norm1.bias.as_vec(),
+        qkv_weight: blk.attn.qkv.weight.as_vec(),
+        qkv_bias: blk.attn.qkv.bias.as_vec(),
+        proj_weight: blk.attn.proj.weight.as_vec(),
+        proj_bias: blk.attn.proj.bias.as_vec(),
+        norm2_weight: blk.norm2.weight.as_vec(),
+        norm2_bias: blk.norm2.bias.as_vec(),
+        fc1_weight: blk.mlp.fc1.weight.as_vec(),
+        fc1_bias: blk.mlp.fc1.bias.as_vec(),
+        fc2_weight: blk.mlp.fc2.weight.as_vec(),
+        fc2_bias: blk.mlp.fc2.bias.as_vec(),
+    };
+    let scales = scales.cloned();
+    let (y, saved) = {
+        let input = x.as_vec();
+        let p = params.as_ref().map(|v| v.as_slice());
+        block_forward(&dims, &p, &input, view(&scales), T::OWNS_TAPE)
+    };
+    let out = host_tensor(x.device(), &y, shape)?;
+    drop(y);
+    if let Some(saved) = saved {
+        let out_id = out.clone();
+        let blk = blk.clone();
+        tape.add_backward_op(move |grads| {
+            grads.try_alloc_for(&out_id)?;
+            // borrowed out of the gradient map for the duration (no copy), then put back
+            let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_id)?);
+            let p = params.as_ref().map(|v| v.as_slice());
+            let (dx, g) = block_backward(&dims, &p, &saved, view(&scales), &dy);
+            **grads.get_or_alloc_mut(&out_id)? = dy;
+            add_into(grads.get_or_alloc_mut(&x)?, &dx);
+            add_into(grads.get_or_alloc_mut(&blk.norm1.weight)?, &g.norm1_weight);
+            add_into(grads.get_or_alloc_mut(&blk.norm1.bias)?, &g.norm1_bias);
+            add_into(grads.get_or_alloc_mut(&blk.attn.qkv.weight)?, &g.qkv_weight);
+            add_into(grads.get_or_alloc_mut(&blk.attn.qkv.bias)?, &g.qkv_bias);
+            add_into(
+                grads.get_or_alloc_mut(&blk.attn.proj.weight)?,
+                &g.proj_weight,
+            );
+            add_into(grads.get_or_alloc_mut(&blk.attn.proj.bias)?, &g.proj_bias);
+            add_into(grads.get_or_alloc_mut(&blk.norm2.weight)?, &g.norm2_weight);
+            add_into(grads.get_or_alloc_mut(&blk.norm2.bias)?, &g.norm2_bias);
+            add_into(grads.get_or_alloc_mut(&blk.mlp.fc1.weight)?, &g.fc1_weight);
+            add_into(grads.get_or_alloc_mut(&blk.mlp.fc1.bias)?, &g.fc1_bias);
+            add_into(grads.get_or_alloc_mut(&blk.mlp.fc2.weight)?, &g.fc2_weight);
+            add_into(grads.get_or_alloc_mut(&blk.mlp.fc2.bias)?, &g.fc2_bias);
+            Ok(())
+        });
+    }
+    Ok(out.put_tape(tape))
+}
