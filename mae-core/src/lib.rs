@@ -2,7 +2,7 @@
 //!
 //! Layout: [`preset`] (preset types and [`MaeConfig`]), [`layers`] (Linear, LayerNorm, attention,
 //! pre-norm block), [`model`] (encoder, decoder, loss), [`masking`], [`patch`]
-//! (patchify/unpatchify), [`pos_embed`], [`vit`] (the fine-tuning classifier), [`weights`] (safetensors I/O), [`device`] (our kernels).
+//! (patchify/unpatchify), [`pos_embed`], [`vit`] (the fine-tuning classifier), [`weights`] (safetensors I/O), [`device`] (the device trait our kernels plug into), [`kernels`] (our fused CPU kernels).
 
 pub mod device;
 pub mod error;

@@ -58,6 +58,24 @@ fn check_scales(scales: Option<&BranchScales>, batch: usize) -> Result<(), MaeEr
     }
 }
 
+/// Host copies of a block's parameters.
+fn host_params<Tr: TransformerDims>(blk: &Block<Tr, f32, Cpu>) -> BlockTensors<Vec<f32>> {
+    BlockTensors {
+        norm1_weight: blk.norm1.weight.as_vec(),
+        norm1_bias: blk.norm1.bias.as_vec(),
+        qkv_weight: blk.attn.qkv.weight.as_vec(),
+        qkv_bias: blk.attn.qkv.bias.as_vec(),
+        proj_weight: blk.attn.proj.weight.as_vec(),
+        proj_bias: blk.attn.proj.bias.as_vec(),
+        norm2_weight: blk.norm2.weight.as_vec(),
+        norm2_bias: blk.norm2.bias.as_vec(),
+        fc1_weight: blk.mlp.fc1.weight.as_vec(),
+        fc1_bias: blk.mlp.fc1.bias.as_vec(),
+        fc2_weight: blk.mlp.fc2.weight.as_vec(),
+        fc2_bias: blk.mlp.fc2.bias.as_vec(),
+    }
+}
+
 /// One transformer block on `Cpu` as a single fused op (see [`block`]).
 pub(crate) fn block_cpu<Tr: TransformerDims, T: Tape<f32, Cpu>>(
     blk: &Block<Tr, f32, Cpu>,
@@ -75,22 +93,9 @@ pub(crate) fn block_cpu<Tr: TransformerDims, T: Tape<f32, Cpu>>(
         heads: Tr::NUM_HEADS,
         hidden: <Tr::Mlp as ConstDim>::SIZE,
     };
-    let params = BlockTensors {
-        norm1_weight: blk.norm1.weight.as_vec(),
-        norm1_bias: blk.norm1.bias.as_vec(),
-        qkv_weight: blk.attn.qkv.weight.as_vec(),
-        qkv_bias: blk.attn.qkv.bias.as_vec(),
-        proj_weight: blk.attn.proj.weight.as_vec(),
-        proj_bias: blk.attn.proj.bias.as_vec(),
-        norm2_weight: blk.norm2.weight.as_vec(),
-        norm2_bias: blk.norm2.bias.as_vec(),
-        fc1_weight: blk.mlp.fc1.weight.as_vec(),
-        fc1_bias: blk.mlp.fc1.bias.as_vec(),
-        fc2_weight: blk.mlp.fc2.weight.as_vec(),
-        fc2_bias: blk.mlp.fc2.bias.as_vec(),
-    };
     let scales = scales.cloned();
     let (y, saved) = {
+        let params = host_params(blk);
         let input = x.as_vec();
         let p = params.as_ref().map(|v| v.as_slice());
         block_forward(&dims, &p, &input, view(&scales), T::OWNS_TAPE)
@@ -104,6 +109,9 @@ pub(crate) fn block_cpu<Tr: TransformerDims, T: Tape<f32, Cpu>>(
             grads.try_alloc_for(&out_id)?;
             // borrowed out of the gradient map for the duration (no copy), then put back
             let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_id)?);
+            // read again rather than kept from the forward pass: only one block's copy is alive
+            // at a time (the parameters do not change between the two passes)
+            let params = host_params(&blk);
             let p = params.as_ref().map(|v| v.as_slice());
             let (dx, g) = block_backward(&dims, &p, &saved, view(&scales), &dy);
             **grads.get_or_alloc_mut(&out_id)? = dy;
