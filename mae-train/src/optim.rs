@@ -20,6 +20,8 @@ use mae_core::dfdx::prelude::*;
 
 use rayon::prelude::*;
 
+use mae_core::layers::host_vec;
+
 use crate::error::TrainError;
 
 /// The first and second moments of one parameter.
@@ -153,8 +155,7 @@ impl AdamW {
         M::iter_tensors(&mut RecursiveWalker {
             m: (model, String::new()),
             f: &mut visitor,
-        })
-        .map_err(|e| TrainError::Device(format!("{e:?}")))?;
+        })?;
         Ok(())
     }
 }
@@ -167,7 +168,7 @@ struct Step<'a, D: Storage<f32>> {
 
 impl<D: Device<f32>> TensorVisitor<f32, D> for Step<'_, D> {
     type Viewer = (ViewTensorMut, ViewTensorName);
-    type Err = D::Err;
+    type Err = TrainError;
     type E2 = f32;
     type D2 = D;
 
@@ -179,8 +180,9 @@ impl<D: Device<f32>> TensorVisitor<f32, D> for Step<'_, D> {
         if !opts.do_gradient_update {
             return Ok(None);
         }
-        let grad = self.grads.get(param).as_vec();
-        let mut p = param.as_vec();
+        // one memcpy each (dfdx's `as_vec` copies element by element)
+        let grad = host_vec(&self.grads.get(param))?;
+        let mut p = host_vec(param)?;
         self.opt.apply(&name, &mut p, &grad, self.lr);
         param.copy_from(&p);
         Ok(None)

@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use dfdx::prelude::*;
 
 use crate::error::MaeError;
-use crate::layers::{dev_err, host_tensor, Act, Block, BranchScales};
+use crate::layers::{dev_err, host_tensor, host_vec, Act, Block, BranchScales};
 use crate::preset::TransformerDims;
 use block::{block_backward, block_forward, BlockDims, BlockTensors, Scales};
 
@@ -59,21 +59,23 @@ fn check_scales(scales: Option<&BranchScales>, batch: usize) -> Result<(), MaeEr
 }
 
 /// Host copies of a block's parameters.
-fn host_params<Tr: TransformerDims>(blk: &Block<Tr, f32, Cpu>) -> BlockTensors<Vec<f32>> {
-    BlockTensors {
-        norm1_weight: blk.norm1.weight.as_vec(),
-        norm1_bias: blk.norm1.bias.as_vec(),
-        qkv_weight: blk.attn.qkv.weight.as_vec(),
-        qkv_bias: blk.attn.qkv.bias.as_vec(),
-        proj_weight: blk.attn.proj.weight.as_vec(),
-        proj_bias: blk.attn.proj.bias.as_vec(),
-        norm2_weight: blk.norm2.weight.as_vec(),
-        norm2_bias: blk.norm2.bias.as_vec(),
-        fc1_weight: blk.mlp.fc1.weight.as_vec(),
-        fc1_bias: blk.mlp.fc1.bias.as_vec(),
-        fc2_weight: blk.mlp.fc2.weight.as_vec(),
-        fc2_bias: blk.mlp.fc2.bias.as_vec(),
-    }
+fn host_params<Tr: TransformerDims>(
+    blk: &Block<Tr, f32, Cpu>,
+) -> Result<BlockTensors<Vec<f32>>, MaeError> {
+    Ok(BlockTensors {
+        norm1_weight: host_vec(&blk.norm1.weight)?,
+        norm1_bias: host_vec(&blk.norm1.bias)?,
+        qkv_weight: host_vec(&blk.attn.qkv.weight)?,
+        qkv_bias: host_vec(&blk.attn.qkv.bias)?,
+        proj_weight: host_vec(&blk.attn.proj.weight)?,
+        proj_bias: host_vec(&blk.attn.proj.bias)?,
+        norm2_weight: host_vec(&blk.norm2.weight)?,
+        norm2_bias: host_vec(&blk.norm2.bias)?,
+        fc1_weight: host_vec(&blk.mlp.fc1.weight)?,
+        fc1_bias: host_vec(&blk.mlp.fc1.bias)?,
+        fc2_weight: host_vec(&blk.mlp.fc2.weight)?,
+        fc2_bias: host_vec(&blk.mlp.fc2.bias)?,
+    })
 }
 
 /// One transformer block on `Cpu` as a single fused op (see [`block`]).
@@ -95,8 +97,8 @@ pub(crate) fn block_cpu<Tr: TransformerDims, T: Tape<f32, Cpu>>(
     };
     let scales = scales.cloned();
     let (y, saved) = {
-        let params = host_params(blk);
-        let input = x.as_vec();
+        let params = host_params(blk)?;
+        let input = host_vec(&x)?;
         let p = params.as_ref().map(|v| v.as_slice());
         block_forward(&dims, &p, &input, view(&scales), T::OWNS_TAPE)
     };
@@ -111,7 +113,8 @@ pub(crate) fn block_cpu<Tr: TransformerDims, T: Tape<f32, Cpu>>(
             let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_id)?);
             // read again rather than kept from the forward pass: only one block's copy is alive
             // at a time (the parameters do not change between the two passes)
-            let params = host_params(&blk);
+            // (making a parameter contiguous can only fail to allocate on Cpu)
+            let params = host_params(&blk).map_err(|_| dfdx::tensor::CpuError::OutOfMemory)?;
             let p = params.as_ref().map(|v| v.as_slice());
             let (dx, g) = block_backward(&dims, &p, &saved, view(&scales), &dy);
             **grads.get_or_alloc_mut(&out_id)? = dy;
