@@ -9,6 +9,8 @@
 //! their gradients) and lets every product run through [`super::gemm`] on all cores; the
 //! activations the backward needs stay in host vectors owned by the op.
 
+use std::borrow::Cow;
+
 use rayon::prelude::*;
 
 use super::gemm::{matmul, MatRef, Threads};
@@ -299,15 +301,19 @@ fn add_branch(base: &mut [f32], branch: &[f32], scales: Option<&[f32]>, row_len:
     }
 }
 
-/// `x` with each sample's rows multiplied by its scale (a copy; `None`: unchanged).
-fn scale_rows(x: &[f32], scales: Option<&[f32]>, row_len: usize) -> Vec<f32> {
-    let mut out = x.to_vec();
-    if let Some(s) = scales {
-        out.par_chunks_mut(row_len)
-            .zip(s.par_iter())
-            .for_each(|(o, &s)| o.iter_mut().for_each(|v| *v *= s));
+/// `x` with each sample's rows multiplied by its scale; `None` borrows `x` unchanged (no copy on
+/// the unscaled path that pretraining takes).
+fn scale_rows<'a>(x: &'a [f32], scales: Option<&[f32]>, row_len: usize) -> Cow<'a, [f32]> {
+    match scales {
+        None => Cow::Borrowed(x),
+        Some(s) => {
+            let mut out = x.to_vec();
+            out.par_chunks_mut(row_len)
+                .zip(s.par_iter())
+                .for_each(|(o, &s)| o.iter_mut().for_each(|v| *v *= s));
+            Cow::Owned(out)
+        }
     }
-    out
 }
 
 /// Multi-head attention core on `qkv: [rows, 3D]`: returns the heads' outputs `[rows, D]` and
