@@ -354,21 +354,27 @@ impl BranchScales {
         let mlp = draw();
         BranchScales { attn, mlp }
     }
+
+    /// An error unless both branches have one multiplier per sample of a `batch`.
+    pub fn check(&self, batch: usize) -> Result<(), MaeError> {
+        if self.attn.len() == batch && self.mlp.len() == batch {
+            return Ok(());
+        }
+        Err(MaeError::InputShape {
+            what: "drop-path scales",
+            expected: format!("{batch} samples"),
+            got: format!("{} and {}", self.attn.len(), self.mlp.len()),
+        })
+    }
 }
 
-/// Multiplies each sample of a `[batch, tokens, M]` branch output by its scale.
+/// Multiplies each sample of a `[batch, tokens, M]` branch output by its scale (one per sample,
+/// checked by [`BranchScales::check`]).
 fn scale_samples<M: ConstDim, D: MaeDevice, T: Tape<f32, D>>(
     x: Act<M, D, T>,
     scales: &[f32],
 ) -> Result<Act<M, D, T>, MaeError> {
     let shape = *x.shape();
-    if scales.len() != shape.0 {
-        return Err(MaeError::InputShape {
-            what: "drop-path scales",
-            expected: format!("{} samples", shape.0),
-            got: format!("{}", scales.len()),
-        });
-    }
     let s = host_tensor(x.device(), scales, (shape.0,))?
         .try_broadcast_like::<_, Axes2<1, 2>>(&shape)
         .map_err(dev_err)?;
@@ -392,6 +398,9 @@ impl<Tr: TransformerDims, D: MaeDevice> Block<Tr, f32, D> {
         x: Act<Tr::Model, D, T>,
         scales: Option<&BranchScales>,
     ) -> Result<Act<Tr::Model, D, T>, MaeError> {
+        if let Some(s) = scales {
+            s.check(x.shape().0)?;
+        }
         D::block(self, x, scales)
     }
 
@@ -402,6 +411,9 @@ impl<Tr: TransformerDims, D: MaeDevice> Block<Tr, f32, D> {
         x: Act<Tr::Model, D, T>,
         scales: Option<&BranchScales>,
     ) -> Result<Act<Tr::Model, D, T>, MaeError> {
+        if let Some(s) = scales {
+            s.check(x.shape().0)?;
+        }
         let residual = x.with_empty_tape();
         let mut branch = self.attn.forward(self.norm1.forward(x)?)?;
         if let Some(s) = scales {

@@ -47,17 +47,6 @@ fn view(s: &Option<BranchScales>) -> Option<Scales<'_>> {
     })
 }
 
-fn check_scales(scales: Option<&BranchScales>, batch: usize) -> Result<(), MaeError> {
-    match scales {
-        Some(s) if s.attn.len() != batch || s.mlp.len() != batch => Err(MaeError::InputShape {
-            what: "drop-path scales",
-            expected: format!("{batch} samples"),
-            got: format!("{} and {}", s.attn.len(), s.mlp.len()),
-        }),
-        _ => Ok(()),
-    }
-}
-
 /// Host copies of a block's parameters.
 fn host_params<Tr: TransformerDims>(
     blk: &Block<Tr, f32, Cpu>,
@@ -86,8 +75,7 @@ pub(crate) fn block_cpu<Tr: TransformerDims, T: Tape<f32, Cpu>>(
 ) -> Result<Act<Tr::Model, Cpu, T>, MaeError> {
     let x = x.try_contiguous().map_err(dev_err)?;
     let (x, mut tape) = x.split_tape();
-    let shape = *x.shape();
-    check_scales(scales, shape.0)?;
+    let shape = *x.shape(); // scales checked by `Block::forward_scaled`, the one caller
     let dims = BlockDims {
         batch: shape.0,
         tokens: shape.1,
