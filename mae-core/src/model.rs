@@ -543,13 +543,12 @@ impl<P: MaePreset, D: MaeDevice> Mae<P, f32, D> {
             let out = latent.retaped::<NoneTape>();
             (out, self.decoder.forward(latent, masking)?)
         };
-        let latent_out = latent;
         let pred_out = pred.retaped::<NoneTape>();
         let loss = self.loss(imgs, pred, masking, norm_pix_loss)?;
         Ok(MaeOutput {
             loss,
             pred: pred_out,
-            latent: latent_out,
+            latent,
             masking: masking.clone(),
         })
     }
