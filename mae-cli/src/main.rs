@@ -422,12 +422,12 @@ fn run(cli: Cli) -> Result<()> {
         Command::Import { from, preset, out } => model_cmds::run_import(from, preset, out)?,
         Command::Presets => {
             println!(
-                "preset    image chans patch | encoder dim/depth/heads | decoder dim/depth/heads"
+                "preset       image chans patch | encoder dim/depth/heads | decoder dim/depth/heads"
             );
             for &p in Preset::ALL {
                 let d = p.dims();
                 println!(
-                    "{:<9} {:>5} {:>5} {:>5} | {:>4}/{:>2}/{:>2}               | {:>4}/{:>2}/{:>2}",
+                    "{:<12} {:>5} {:>5} {:>5} | {:>4}/{:>2}/{:>2}               | {:>4}/{:>2}/{:>2}",
                     p.name(),
                     d.img_size,
                     d.in_chans,

@@ -67,6 +67,13 @@ pub trait MaeDevice: Device<f32> + ZerosTensor<usize> + CopySlice<usize> {
     ) -> Result<Act<Tr::Model, Self, T>, MaeError> {
         block.forward_composed(x, scales)
     }
+
+    /// The values of a gradient buffer as a host slice, borrowed in place, where the device keeps
+    /// its buffers in host memory (`Cpu`); `None` elsewhere, where callers copy through
+    /// `Gradients::get`.
+    fn host_slice_mut(_buffer: &mut <Self as Storage<f32>>::Vec) -> Option<&mut [f32]> {
+        None
+    }
 }
 
 /// GELU through dfdx ops on any device: the values of `gelu(x)` and `gelu'(x)` are computed on the
@@ -93,6 +100,10 @@ pub fn gelu_composed<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
 }
 
 impl MaeDevice for Cpu {
+    fn host_slice_mut(buffer: &mut <Self as Storage<f32>>::Vec) -> Option<&mut [f32]> {
+        Some(&mut buffer[..])
+    }
+
     fn gelu<S: Shape, T: Tape<f32, Self>>(
         x: Tensor<S, f32, Self, T>,
     ) -> Result<Tensor<S, f32, Self, T>, MaeError> {

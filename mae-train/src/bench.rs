@@ -70,12 +70,21 @@ pub struct StepTiming {
     pub img_per_s: f64,
     /// Every timed step, seconds.
     pub all_s: Vec<f64>,
+    /// Median seconds of the optimizer's part of a step (AdamW update and zeroing the gradients).
+    pub update_s: f64,
     /// Peak resident memory of the process (`VmHWM`), MiB; `None` where the OS does not say.
     pub peak_rss_mb: Option<f64>,
     /// `"fused"` or `"dfdx"`.
     pub kernels: &'static str,
     /// Whether the encoder ran over every patch (the Table 1c ablation).
     pub mask_tokens_in_encoder: bool,
+}
+
+/// The median (the upper one of an even count); NaN when empty.
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN)
 }
 
 /// The process's peak resident set size in MiB, from `/proc/self/status` (Linux).
@@ -105,24 +114,29 @@ impl PresetVisitor for Run {
             .map(|_| rng.sample::<f32, _>(StandardNormal))
             .collect();
         let mut times = Vec::with_capacity(cfg.steps);
+        let mut update_times = Vec::with_capacity(cfg.steps);
+        // the gradient buffers are allocated once and zeroed after each step, as in training
+        let mut grads = model.alloc_grads();
         for step in 0..=cfg.steps {
             let masking = Masking::random(&mut rng, cfg.batch, P::num_patches(), cfg.mask_ratio)?;
             let start = Instant::now();
-            let tape = tape_from(&dev, model.alloc_grads());
+            let tape = tape_from(&dev, grads);
             let out = if cfg.mask_tokens_in_encoder {
                 model.forward_mask_tokens_in_encoder(&imgs, &masking, true, tape)?
             } else {
                 model.forward(&imgs, &masking, true, tape)?
             };
-            let grads = out.loss.backward();
-            opt.update(&mut model, &grads, 1.5e-4).map_err(train_err)?;
+            grads = out.loss.backward();
+            let update_start = Instant::now();
+            opt.update(&mut model, &mut grads, 1.5e-4)
+                .map_err(train_err)?;
+            model.zero_grads(&mut grads);
             if step > 0 {
                 times.push(start.elapsed().as_secs_f64());
+                update_times.push(update_start.elapsed().as_secs_f64());
             }
         }
-        let mut sorted = times.clone();
-        sorted.sort_by(f64::total_cmp);
-        let step_s = sorted.get(sorted.len() / 2).copied().unwrap_or(f64::NAN);
+        let step_s = median(&times);
         Ok(StepTiming {
             r#impl: "mae-rs",
             config: P::PRESET.to_string(),
@@ -131,6 +145,7 @@ impl PresetVisitor for Run {
             step_s,
             img_per_s: cfg.batch as f64 / step_s,
             all_s: times,
+            update_s: median(&update_times),
             peak_rss_mb: peak_rss_mb(),
             kernels: if cfg.fused { "fused" } else { "dfdx" },
             mask_tokens_in_encoder: cfg.mask_tokens_in_encoder,

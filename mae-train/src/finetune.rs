@@ -601,7 +601,7 @@ impl PresetVisitor for Run<'_> {
                 if (k + 1) % cfg.accum_iter != 0 {
                     continue;
                 }
-                opt.update(&mut model.vit, &grads, lr)?;
+                opt.update(&mut model.vit, &mut grads, lr)?;
                 step_host_tensor(&mut opt, "head.weight", &mut model.head.weight, &grads, lr)?;
                 step_host_tensor(&mut opt, "head.bias", &mut model.head.bias, &grads, lr)?;
                 model.zero_grads(&mut grads)?;

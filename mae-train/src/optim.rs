@@ -20,6 +20,7 @@ use mae_core::dfdx::prelude::*;
 
 use rayon::prelude::*;
 
+use mae_core::device::MaeDevice;
 use mae_core::layers::host_vec;
 
 use crate::error::TrainError;
@@ -135,10 +136,13 @@ impl AdamW {
 
     /// One step with learning rate `lr` over every trainable tensor of `model`, reading its
     /// gradient from `grads` (which must hold one for each, as `model.alloc_grads()` makes).
-    pub fn update<M: TensorCollection<f32, D>, D: Device<f32>>(
+    ///
+    /// `grads` is borrowed mutably so that on the `Cpu` the gradients are read where they lie
+    /// instead of copied out (their values are left unchanged).
+    pub fn update<M: TensorCollection<f32, D>, D: MaeDevice>(
         &mut self,
         model: &mut M,
-        grads: &Gradients<f32, D>,
+        grads: &mut Gradients<f32, D>,
         lr: f64,
     ) -> Result<(), TrainError> {
         if !lr.is_finite() || lr < 0.0 {
@@ -151,6 +155,7 @@ impl AdamW {
             opt: self,
             grads,
             lr,
+            param_buffer: Vec::new(),
         };
         M::iter_tensors(&mut RecursiveWalker {
             m: (model, String::new()),
@@ -160,13 +165,19 @@ impl AdamW {
     }
 }
 
-struct Step<'a, D: Storage<f32>> {
-    opt: &'a mut AdamW,
-    grads: &'a Gradients<f32, D>,
-    lr: f64,
+fn device_err<E: std::fmt::Debug>(e: E) -> TrainError {
+    TrainError::Device(format!("{e:?}"))
 }
 
-impl<D: Device<f32>> TensorVisitor<f32, D> for Step<'_, D> {
+struct Step<'a, D: Storage<f32>> {
+    opt: &'a mut AdamW,
+    grads: &'a mut Gradients<f32, D>,
+    lr: f64,
+    /// The host copy of the parameter being stepped, reused from one parameter to the next.
+    param_buffer: Vec<f32>,
+}
+
+impl<D: MaeDevice> TensorVisitor<f32, D> for Step<'_, D> {
     type Viewer = (ViewTensorMut, ViewTensorName);
     type Err = TrainError;
     type E2 = f32;
@@ -180,11 +191,27 @@ impl<D: Device<f32>> TensorVisitor<f32, D> for Step<'_, D> {
         if !opts.do_gradient_update {
             return Ok(None);
         }
-        // one memcpy each (dfdx's `as_vec` copies element by element)
-        let grad = host_vec(&self.grads.get(param))?;
-        let mut p = host_vec(param)?;
-        self.opt.apply(&name, &mut p, &grad, self.lr);
-        param.copy_from(&p);
+        // the parameter: one memcpy out of its storage and one back (dfdx keeps storage private)
+        let n = param.shape().num_elements();
+        if self.param_buffer.len() < n {
+            self.param_buffer.resize(n, 0.0);
+        }
+        let p = &mut self.param_buffer[..n];
+        param
+            .clone()
+            .try_contiguous()
+            .map_err(device_err)?
+            .copy_into(p);
+        let grad = self.grads.get_or_alloc_mut(param).map_err(device_err)?;
+        match D::host_slice_mut(grad) {
+            // the gradient where it lies (Cpu)
+            Some(grad) => self.opt.apply(&name, p, grad, self.lr),
+            None => {
+                let grad = host_vec(&self.grads.get(param))?;
+                self.opt.apply(&name, p, &grad, self.lr)
+            }
+        }
+        param.copy_from(p);
         Ok(None)
     }
 }

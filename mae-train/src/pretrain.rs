@@ -320,7 +320,7 @@ impl PresetVisitor for Run<'_> {
                 if (k + 1) % cfg.accum_iter != 0 {
                     continue;
                 }
-                opt.update(&mut model, &grads, lr)?;
+                opt.update(&mut model, &mut grads, lr)?;
                 model.zero_grads(&mut grads);
                 state.step += 1;
                 last_loss = Some(group_loss as f32);

@@ -69,13 +69,13 @@ fn two_steps_match_a_hand_computation() {
         let out = model
             .forward(&imgs, &masking, true, tape_from(&dev, model.alloc_grads()))
             .unwrap();
-        let grads = out.loss.backward();
+        let mut grads = out.loss.backward();
         let g: BTreeMap<String, Vec<f32>> = named_gradients(&model, &grads)
             .unwrap()
             .into_iter()
             .map(|t| (t.name, t.data))
             .collect();
-        opt.update(&mut model, &grads, lr).unwrap();
+        opt.update(&mut model, &mut grads, lr).unwrap();
         let after = by_name(&model);
         for name in [
             "blocks.0.mlp.fc1.weight",
@@ -129,7 +129,7 @@ fn gradient_accumulation_equals_a_larger_batch() {
     let out = big
         .forward(&imgs, &full_mask, false, tape_from(&dev, big.alloc_grads()))
         .unwrap();
-    let grads = out.loss.backward();
+    let mut grads = out.loss.backward();
     let big_grads: BTreeMap<String, Vec<f32>> = named_gradients(&big, &grads)
         .unwrap()
         .into_iter()
@@ -137,7 +137,7 @@ fn gradient_accumulation_equals_a_larger_batch() {
         .collect();
     // dfdx's clone shares storage: copy the starting weights before updating
     let start = by_name(&base);
-    opt_big.update(&mut big, &grads, 1e-3).unwrap();
+    opt_big.update(&mut big, &mut grads, 1e-3).unwrap();
     let after_big = by_name(&big);
 
     // two micro-batches of 2, accumulated
@@ -182,7 +182,7 @@ fn gradient_accumulation_equals_a_larger_batch() {
             g.name
         );
     }
-    opt_acc.update(&mut acc, &grads, 1e-3).unwrap();
+    opt_acc.update(&mut acc, &mut grads, 1e-3).unwrap();
     let after_acc = by_name(&acc);
     for (name, a) in &after_big {
         let b = &after_acc[name];
