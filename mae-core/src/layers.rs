@@ -56,10 +56,18 @@ pub fn host_tensor<S: Shape, E: Unit, D: ZerosTensor<E> + CopySlice<E>>(
 /// contiguous, which is free when it already is). dfdx's `as_vec` walks an index iterator and
 /// pushes element by element: several times slower on the large buffers of a training step.
 pub fn host_vec<S: Shape, D: Device<f32>>(t: &Tensor<S, f32, D>) -> Result<Vec<f32>, MaeError> {
-    let t = t.clone().try_contiguous().map_err(dev_err)?;
     let mut values = vec![0.0; t.shape().num_elements()];
-    t.copy_into(&mut values);
+    host_copy_into(t, &mut values)?;
     Ok(values)
+}
+
+/// [`host_vec`] into a buffer the caller owns (`dst.len()` must be the tensor's element count).
+pub fn host_copy_into<S: Shape, D: Device<f32>>(
+    t: &Tensor<S, f32, D>,
+    dst: &mut [f32],
+) -> Result<(), MaeError> {
+    t.clone().try_contiguous().map_err(dev_err)?.copy_into(dst);
+    Ok(())
 }
 
 /// `y = x·Wᵀ + b` with `W: [O, I]` (PyTorch's layout) and `b: [O]`.

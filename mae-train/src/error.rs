@@ -80,3 +80,8 @@ impl TrainError {
         }
     }
 }
+
+/// A dfdx device error (which only implements `Debug`) as a [`TrainError::Device`].
+pub(crate) fn device_err<E: std::fmt::Debug>(e: E) -> TrainError {
+    TrainError::Device(format!("{e:?}"))
+}

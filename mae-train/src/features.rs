@@ -558,8 +558,8 @@ pub fn load_encoder<P: MaePreset>(
     file: &mae_core::TensorFile,
 ) -> Result<Encoder<P, f32, Cpu>, TrainError> {
     use mae_core::dfdx::nn::BuildModule;
-    let mut encoder = Encoder::<P, f32, Cpu>::try_build(&Cpu::default())
-        .map_err(|e| TrainError::Device(format!("{e:?}")))?;
+    let mut encoder =
+        Encoder::<P, f32, Cpu>::try_build(&Cpu::default()).map_err(crate::error::device_err)?;
     encoder.load_from(file, "")?;
     Ok(encoder)
 }

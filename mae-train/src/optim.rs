@@ -21,9 +21,9 @@ use mae_core::dfdx::prelude::*;
 use rayon::prelude::*;
 
 use mae_core::device::MaeDevice;
-use mae_core::layers::host_vec;
+use mae_core::layers::{host_copy_into, host_vec};
 
-use crate::error::TrainError;
+use crate::error::{device_err, TrainError};
 
 /// The first and second moments of one parameter.
 #[derive(Debug, Clone, PartialEq, Default)]
@@ -165,10 +165,6 @@ impl AdamW {
     }
 }
 
-fn device_err<E: std::fmt::Debug>(e: E) -> TrainError {
-    TrainError::Device(format!("{e:?}"))
-}
-
 struct Step<'a, D: Storage<f32>> {
     opt: &'a mut AdamW,
     grads: &'a mut Gradients<f32, D>,
@@ -197,11 +193,7 @@ impl<D: MaeDevice> TensorVisitor<f32, D> for Step<'_, D> {
             self.param_buffer.resize(n, 0.0);
         }
         let p = &mut self.param_buffer[..n];
-        param
-            .clone()
-            .try_contiguous()
-            .map_err(device_err)?
-            .copy_into(p);
+        host_copy_into(param, p)?;
         let grad = self.grads.get_or_alloc_mut(param).map_err(device_err)?;
         match D::host_slice_mut(grad) {
             // the gradient where it lies (Cpu)
