@@ -85,6 +85,24 @@ impl<T> BlockTensors<T> {
         }
     }
 
+    /// Borrows every entry mutably.
+    pub fn as_mut(&mut self) -> BlockTensors<&mut T> {
+        BlockTensors {
+            norm1_weight: &mut self.norm1_weight,
+            norm1_bias: &mut self.norm1_bias,
+            qkv_weight: &mut self.qkv_weight,
+            qkv_bias: &mut self.qkv_bias,
+            proj_weight: &mut self.proj_weight,
+            proj_bias: &mut self.proj_bias,
+            norm2_weight: &mut self.norm2_weight,
+            norm2_bias: &mut self.norm2_bias,
+            fc1_weight: &mut self.fc1_weight,
+            fc1_bias: &mut self.fc1_bias,
+            fc2_weight: &mut self.fc2_weight,
+            fc2_bias: &mut self.fc2_bias,
+        }
+    }
+
     /// Borrows every entry.
     pub fn as_ref(&self) -> BlockTensors<&T> {
         BlockTensors {
@@ -151,18 +169,18 @@ pub fn linear(x: &[f32], rows: usize, input: usize, w: &[f32], b: &[f32]) -> Vec
     y
 }
 
-/// The backward of [`linear`]: returns `dx = dy·W` and sets `dw = dyᵀ·x`, `db = Σ_rows dy`.
+/// The backward of [`linear`]: returns `dx = dy·W` and adds `dyᵀ·x` into `dw` and `Σ_rows dy`
+/// into `db` (gradients accumulate, as on dfdx's tape).
 pub fn linear_backward(
     dy: &[f32],
     x: &[f32],
     rows: usize,
     input: usize,
     w: &[f32],
-    dw: &mut Vec<f32>,
-    db: &mut Vec<f32>,
+    dw: &mut [f32],
+    db: &mut [f32],
 ) -> Vec<f32> {
     let output = w.len() / input.max(1);
-    *dw = vec![0.0; output * input];
     matmul(
         dw,
         input,
@@ -172,10 +190,10 @@ pub fn linear_backward(
         MatRef::transposed(dy, output),
         MatRef::rows(x, input),
         1.0,
-        false,
+        true,
         Threads::All,
     );
-    *db = column_sums(dy, output);
+    add_column_sums(db, dy);
     let mut dx = vec![0.0; rows * input];
     matmul(
         &mut dx,
@@ -192,14 +210,13 @@ pub fn linear_backward(
     dx
 }
 
-fn column_sums(x: &[f32], width: usize) -> Vec<f32> {
-    let mut sums = vec![0.0f32; width];
-    for row in x.chunks_exact(width) {
+/// Adds the column sums of `x: [rows, sums.len()]` into `sums`.
+fn add_column_sums(sums: &mut [f32], x: &[f32]) {
+    for row in x.chunks_exact(sums.len()) {
         for (s, v) in sums.iter_mut().zip(row) {
             *s += v;
         }
     }
-    sums
 }
 
 /// LayerNorm over rows of width `w.len()`: returns `(x̂, 1/σ, x̂·w + b)`.
@@ -238,15 +255,16 @@ pub fn layer_norm(x: &[f32], w: &[f32], b: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f
     (xhat, rstd, h)
 }
 
-/// The backward of [`layer_norm`] given `dh`: adds `dx` into `dx_acc` and sets `dw`, `db`.
+/// The backward of [`layer_norm`] given `dh`: adds `dx` into `dx_acc` and the parameters'
+/// gradients into `dw`, `db`.
 pub fn layer_norm_backward(
     dh: &[f32],
     xhat: &[f32],
     rstd: &[f32],
     w: &[f32],
     dx_acc: &mut [f32],
-    dw: &mut Vec<f32>,
-    db: &mut Vec<f32>,
+    dw: &mut [f32],
+    db: &mut [f32],
 ) {
     let width = w.len();
     dx_acc
@@ -274,16 +292,12 @@ pub fn layer_norm_backward(
                 }
             }
         });
-    let mut gw = vec![0.0f32; width];
-    let mut gb = vec![0.0f32; width];
     for (dhr, xr) in dh.chunks_exact(width).zip(xhat.chunks_exact(width)) {
-        for (((a, b), &g), &xv) in gw.iter_mut().zip(gb.iter_mut()).zip(dhr).zip(xr) {
+        for (((a, b), &g), &xv) in dw.iter_mut().zip(db.iter_mut()).zip(dhr).zip(xr) {
             *a += g * xv;
             *b += g;
         }
     }
-    *dw = gw;
-    *db = gb;
 }
 
 /// `out[r] = base[r] + scale[sample(r)]·branch[r]` (no scale: 1), in place on `base`.
@@ -473,17 +487,19 @@ pub fn block_forward(
     (y, saved)
 }
 
-/// One block backward: from `dy` (the output's gradient) to `dx` and every parameter's gradient.
+/// One block backward: from `dy` (the output's gradient) to `dx` (returned); every parameter's
+/// gradient is added into `grads` (each as long as its parameter), where the tape keeps them, so
+/// no parameter-sized buffer is allocated per step.
 pub fn block_backward(
     d: &BlockDims,
     p: &BlockTensors<&[f32]>,
     saved: &BlockSaved,
     scales: Option<Scales<'_>>,
     dy: &[f32],
-) -> (Vec<f32>, BlockTensors<Vec<f32>>) {
+    grads: &mut BlockTensors<&mut [f32]>,
+) -> Vec<f32> {
     let (rows, dim) = (d.rows(), d.dim);
     let row_len = d.tokens * dim;
-    let mut grads = BlockTensors::<Vec<f32>>::default();
 
     // the MLP branch
     let dm = scale_rows(dy, scales.map(|s| s.mlp), row_len);
@@ -493,8 +509,8 @@ pub fn block_backward(
         rows,
         d.hidden,
         p.fc2_weight,
-        &mut grads.fc2_weight,
-        &mut grads.fc2_bias,
+        grads.fc2_weight,
+        grads.fc2_bias,
     );
     drop(dm);
     du.par_chunks_mut(ELEMS_PER_TASK)
@@ -510,8 +526,8 @@ pub fn block_backward(
         rows,
         dim,
         p.fc1_weight,
-        &mut grads.fc1_weight,
-        &mut grads.fc1_bias,
+        grads.fc1_weight,
+        grads.fc1_bias,
     );
     drop(du);
     let mut dx1 = dy.to_vec();
@@ -521,8 +537,8 @@ pub fn block_backward(
         &saved.rstd2,
         p.norm2_weight,
         &mut dx1,
-        &mut grads.norm2_weight,
-        &mut grads.norm2_bias,
+        grads.norm2_weight,
+        grads.norm2_bias,
     );
     drop(dh2);
 
@@ -534,8 +550,8 @@ pub fn block_backward(
         rows,
         dim,
         p.proj_weight,
-        &mut grads.proj_weight,
-        &mut grads.proj_bias,
+        grads.proj_weight,
+        grads.proj_bias,
     );
     drop(da);
     let d_qkv = attention_backward(d, &saved.qkv, &saved.probs, &d_attn_out);
@@ -546,8 +562,8 @@ pub fn block_backward(
         rows,
         dim,
         p.qkv_weight,
-        &mut grads.qkv_weight,
-        &mut grads.qkv_bias,
+        grads.qkv_weight,
+        grads.qkv_bias,
     );
     drop(d_qkv);
     let mut dx = dx1;
@@ -557,8 +573,8 @@ pub fn block_backward(
         &saved.rstd1,
         p.norm1_weight,
         &mut dx,
-        &mut grads.norm1_weight,
-        &mut grads.norm1_bias,
+        grads.norm1_weight,
+        grads.norm1_bias,
     );
-    (dx, grads)
+    dx
 }

@@ -17,6 +17,7 @@ pub mod gemm;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use dfdx::prelude::*;
+use dfdx::tensor::CpuError;
 
 use crate::error::MaeError;
 use crate::layers::{dev_err, host_tensor, host_vec, Act, Block, BranchScales};
@@ -67,6 +68,63 @@ fn host_params<Tr: TransformerDims>(
     })
 }
 
+fn take_grad<S: Shape>(
+    grads: &mut Gradients<f32, Cpu>,
+    t: &Tensor<S, f32, Cpu>,
+) -> Result<Vec<f32>, CpuError> {
+    Ok(std::mem::take(&mut **grads.get_or_alloc_mut(t)?))
+}
+
+fn put_grad<S: Shape>(
+    grads: &mut Gradients<f32, Cpu>,
+    t: &Tensor<S, f32, Cpu>,
+    g: Vec<f32>,
+) -> Result<(), CpuError> {
+    **grads.get_or_alloc_mut(t)? = g;
+    Ok(())
+}
+
+/// Takes a block's parameter gradients out of `grads` (allocating zeros for those not there yet),
+/// without copying; [`put_grads`] puts them back.
+fn take_grads<Tr: TransformerDims>(
+    grads: &mut Gradients<f32, Cpu>,
+    blk: &Block<Tr, f32, Cpu>,
+) -> Result<BlockTensors<Vec<f32>>, CpuError> {
+    Ok(BlockTensors {
+        norm1_weight: take_grad(grads, &blk.norm1.weight)?,
+        norm1_bias: take_grad(grads, &blk.norm1.bias)?,
+        qkv_weight: take_grad(grads, &blk.attn.qkv.weight)?,
+        qkv_bias: take_grad(grads, &blk.attn.qkv.bias)?,
+        proj_weight: take_grad(grads, &blk.attn.proj.weight)?,
+        proj_bias: take_grad(grads, &blk.attn.proj.bias)?,
+        norm2_weight: take_grad(grads, &blk.norm2.weight)?,
+        norm2_bias: take_grad(grads, &blk.norm2.bias)?,
+        fc1_weight: take_grad(grads, &blk.mlp.fc1.weight)?,
+        fc1_bias: take_grad(grads, &blk.mlp.fc1.bias)?,
+        fc2_weight: take_grad(grads, &blk.mlp.fc2.weight)?,
+        fc2_bias: take_grad(grads, &blk.mlp.fc2.bias)?,
+    })
+}
+
+fn put_grads<Tr: TransformerDims>(
+    grads: &mut Gradients<f32, Cpu>,
+    blk: &Block<Tr, f32, Cpu>,
+    g: BlockTensors<Vec<f32>>,
+) -> Result<(), CpuError> {
+    put_grad(grads, &blk.norm1.weight, g.norm1_weight)?;
+    put_grad(grads, &blk.norm1.bias, g.norm1_bias)?;
+    put_grad(grads, &blk.attn.qkv.weight, g.qkv_weight)?;
+    put_grad(grads, &blk.attn.qkv.bias, g.qkv_bias)?;
+    put_grad(grads, &blk.attn.proj.weight, g.proj_weight)?;
+    put_grad(grads, &blk.attn.proj.bias, g.proj_bias)?;
+    put_grad(grads, &blk.norm2.weight, g.norm2_weight)?;
+    put_grad(grads, &blk.norm2.bias, g.norm2_bias)?;
+    put_grad(grads, &blk.mlp.fc1.weight, g.fc1_weight)?;
+    put_grad(grads, &blk.mlp.fc1.bias, g.fc1_bias)?;
+    put_grad(grads, &blk.mlp.fc2.weight, g.fc2_weight)?;
+    put_grad(grads, &blk.mlp.fc2.bias, g.fc2_bias)
+}
+
 /// One transformer block on `Cpu` as a single fused op (see [`block`]).
 pub(crate) fn block_cpu<Tr: TransformerDims, T: Tape<f32, Cpu>>(
     blk: &Block<Tr, f32, Cpu>,
@@ -104,24 +162,20 @@ pub(crate) fn block_cpu<Tr: TransformerDims, T: Tape<f32, Cpu>>(
             // (making a parameter contiguous can only fail to allocate on Cpu)
             let params = host_params(&blk).map_err(|_| dfdx::tensor::CpuError::OutOfMemory)?;
             let p = params.as_ref().map(|v| v.as_slice());
-            let (dx, g) = block_backward(&dims, &p, &saved, view(&scales), &dy);
+            // the parameters' gradients are taken out of the map (no copy), accumulated into in
+            // place by the kernel, and put back
+            let mut g = take_grads(grads, &blk)?;
+            let dx = block_backward(
+                &dims,
+                &p,
+                &saved,
+                view(&scales),
+                &dy,
+                &mut g.as_mut().map(|v| v.as_mut_slice()),
+            );
+            put_grads(grads, &blk, g)?;
             **grads.get_or_alloc_mut(&out_id)? = dy;
             add_into(grads.get_or_alloc_mut(&x)?, &dx);
-            add_into(grads.get_or_alloc_mut(&blk.norm1.weight)?, &g.norm1_weight);
-            add_into(grads.get_or_alloc_mut(&blk.norm1.bias)?, &g.norm1_bias);
-            add_into(grads.get_or_alloc_mut(&blk.attn.qkv.weight)?, &g.qkv_weight);
-            add_into(grads.get_or_alloc_mut(&blk.attn.qkv.bias)?, &g.qkv_bias);
-            add_into(
-                grads.get_or_alloc_mut(&blk.attn.proj.weight)?,
-                &g.proj_weight,
-            );
-            add_into(grads.get_or_alloc_mut(&blk.attn.proj.bias)?, &g.proj_bias);
-            add_into(grads.get_or_alloc_mut(&blk.norm2.weight)?, &g.norm2_weight);
-            add_into(grads.get_or_alloc_mut(&blk.norm2.bias)?, &g.norm2_bias);
-            add_into(grads.get_or_alloc_mut(&blk.mlp.fc1.weight)?, &g.fc1_weight);
-            add_into(grads.get_or_alloc_mut(&blk.mlp.fc1.bias)?, &g.fc1_bias);
-            add_into(grads.get_or_alloc_mut(&blk.mlp.fc2.weight)?, &g.fc2_weight);
-            add_into(grads.get_or_alloc_mut(&blk.mlp.fc2.bias)?, &g.fc2_bias);
             Ok(())
         });
     }
