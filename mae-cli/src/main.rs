@@ -8,7 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use mae_core::dfdx::prelude::*;
 use mae_core::{Mae, MaePreset, Preset, PresetVisitor, TensorFile};
-use mae_train::bench::{time_train_step, StepBench};
+use mae_train::bench::{time_train_step_with, StepBench};
 
 mod data;
 mod model_cmds;
@@ -475,16 +475,23 @@ fn run(cli: Cli) -> Result<()> {
             if batch_size == 0 || steps == 0 {
                 bail!("--batch-size and --steps must be at least 1");
             }
-            let t = time_train_step(&StepBench {
-                preset,
-                batch: batch_size,
-                steps,
-                mask_ratio,
-                cache: true,
-                fused: kernels == "fused",
-                mask_tokens_in_encoder,
-            })
+            let comm = mae_train::dist::Comm::from_env()?;
+            let t = time_train_step_with(
+                &StepBench {
+                    preset,
+                    batch: batch_size,
+                    steps,
+                    mask_ratio,
+                    cache: true,
+                    fused: kernels == "fused",
+                    mask_tokens_in_encoder,
+                },
+                &comm,
+            )
             .context("benchmark failed")?;
+            if !comm.is_main() {
+                return Ok(());
+            }
             if json {
                 println!("{}", serde_json::to_string(&t)?);
             } else {
@@ -501,6 +508,12 @@ fn run(cli: Cli) -> Result<()> {
                     t.img_per_s,
                     t.kernels,
                 );
+                if t.ranks > 1 {
+                    println!(
+                        "{} ranks: gradient all-reduce {:.3} s/step (+ {:.3} s of bucket copies), batch {} per rank",
+                        t.ranks, t.allreduce_s, t.allreduce_copy_s, t.batch
+                    );
+                }
             }
         }
     }

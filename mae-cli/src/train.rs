@@ -7,8 +7,10 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 use mae_core::Preset;
+use mae_train::dist::Comm;
 use mae_train::finetune::FinetuneConfig;
-use mae_train::{pretrain as run_pretrain, Outcome, PretrainConfig, PretrainOverrides, Resume};
+use mae_train::pretrain::pretrain_with;
+use mae_train::{Outcome, PretrainConfig, PretrainOverrides, Resume};
 
 /// `mae pretrain` arguments: the settings (also readable from `--config`) plus resume.
 #[derive(Args)]
@@ -46,16 +48,29 @@ fn stop_on_signal() -> Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// With several ranks, an error on one ends the whole job (`MPI_Abort`) with its message, so the
+/// others do not wait for it in the next all-reduce; with one process it is returned as usual.
+fn on_every_rank<T>(comm: &Comm, result: Result<T, mae_train::TrainError>) -> Result<T> {
+    match result {
+        Err(e) if comm.world_size() > 1 => comm.abort(&format!("error: {e:#}"), 1),
+        other => Ok(other?),
+    }
+}
+
 /// Runs pretraining until done, `--max-steps`, or SIGINT/SIGTERM (which save and exit 0).
 pub fn pretrain(args: PretrainArgs) -> Result<()> {
     let mut given = PretrainOverrides::default();
     if let Some(path) = &args.config {
         given = PretrainOverrides::from_toml_file(path)?;
     }
-    let config = PretrainConfig::resolve(given.merged(args.settings))?;
+    let comm = Comm::from_env()?;
+    let config = PretrainConfig::resolve_for(given.merged(args.settings), comm.world_size())?;
     let resume = parse_resume(args.resume.as_deref());
     let stop = stop_on_signal()?;
-    let summary = run_pretrain(&config, &resume, stop)?;
+    let summary = on_every_rank(&comm, pretrain_with(&config, &resume, stop, &comm))?;
+    if !comm.is_main() {
+        return Ok(());
+    }
     if let Some((path, failures)) = &summary.resumed_from {
         for f in failures {
             eprintln!("skipped checkpoint: {f}");
@@ -212,16 +227,18 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         (None, None) => anyhow::bail!("give --preset with --from-scratch"),
     };
     let out = a.out.context("--out is required")?;
+    let comm = Comm::from_env()?;
     let mut cfg = FinetuneConfig::new(a.data, out, preset);
+    cfg.world_size = comm.world_size();
     cfg.checkpoint = a.checkpoint;
     cfg.epochs = a.epochs;
     cfg.max_steps = a.max_steps;
     cfg.batch_size = a.batch_size;
     cfg.accum_iter = a.accum_iter;
     cfg.blr = a.blr;
-    cfg.lr = a
-        .lr
-        .unwrap_or_else(|| mae_train::schedule::absolute_lr(a.blr, a.batch_size, a.accum_iter, 1));
+    cfg.lr = a.lr.unwrap_or_else(|| {
+        mae_train::schedule::absolute_lr(a.blr, a.batch_size, a.accum_iter, comm.world_size())
+    });
     cfg.min_lr = a.min_lr;
     cfg.warmup_epochs = a.warmup_epochs;
     cfg.weight_decay = a.weight_decay;
@@ -244,7 +261,14 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
     cfg.keep_last = a.keep_last.max(1);
     cfg.log_every = a.log_every.max(1);
     let stop = stop_on_signal()?;
-    let summary = mae_train::finetune::finetune(&cfg, &parse_resume(a.resume.as_deref()), stop)?;
+    let resume = parse_resume(a.resume.as_deref());
+    let summary = on_every_rank(
+        &comm,
+        mae_train::finetune::finetune_with(&cfg, &resume, stop, &comm),
+    )?;
+    if !comm.is_main() {
+        return Ok(());
+    }
     if a.json {
         println!("{}", serde_json::to_string(&summary)?);
         return Ok(());

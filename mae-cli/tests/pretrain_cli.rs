@@ -2,140 +2,11 @@
 //! a corrupt newest checkpoint, and clear errors for bad input. Also `reconstruct`, `plot`, `info`.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-fn mae(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(args)
-        .output()
-        .unwrap()
-}
-
-/// One test's scratch directory, removed when the test ends (pass or fail), with the bundled
-/// Fashion-MNIST prepared into it.
-struct Scratch {
-    dir: tempfile::TempDir,
-    data: String,
-}
-
-impl Scratch {
-    fn new() -> Self {
-        let dir = tempfile::Builder::new()
-            .prefix("mae-cli-pretrain-")
-            .tempdir()
-            .unwrap();
-        let out = dir.path().join("fmnist");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
-        let r = mae(&[
-            "data",
-            "prepare",
-            "--from",
-            "idx",
-            src.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
-        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
-        let data = out.to_str().unwrap().to_string();
-        Scratch { dir, data }
-    }
-
-    /// The prepared dataset.
-    fn data(&self) -> &str {
-        &self.data
-    }
-
-    /// A fresh sub-directory.
-    fn sub(&self, name: &str) -> PathBuf {
-        let dir = self.dir.path().join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        dir
-    }
-}
-
-fn train_args<'a>(data: &'a str, out: &'a str, max_steps: &'a str) -> Vec<&'a str> {
-    vec![
-        "pretrain",
-        "--data",
-        data,
-        "--preset",
-        "tiny",
-        "--out",
-        out,
-        "--batch-size",
-        "16",
-        "--epochs",
-        "2",
-        "--warmup-epochs",
-        "0.05",
-        "--blr",
-        "1e-3",
-        "--norm-pix-loss",
-        "--save-every",
-        "2",
-        "--keep-last",
-        "2",
-        "--log-every",
-        "1",
-        "--workers",
-        "2",
-        "--max-steps",
-        max_steps,
-    ]
-}
-
-fn run_ok(args: &[&str]) -> String {
-    let r = mae(args);
-    assert!(
-        r.status.success(),
-        "mae {}: {}",
-        args.join(" "),
-        String::from_utf8_lossy(&r.stderr)
-    );
-    String::from_utf8_lossy(&r.stdout).into_owned()
-}
-
-fn weights(path: &Path) -> Vec<u8> {
-    std::fs::read(path).unwrap()
-}
-
-use mae_core::TensorFile;
-
-/// Compares every tensor of two checkpoints (model and training state) bit for bit. The metadata
-/// differs (the run directory is part of the configuration).
-fn assert_same_checkpoint(a: &Path, b: &Path) {
-    for (x, y) in [
-        (a.to_path_buf(), b.to_path_buf()),
-        (
-            mae_train::checkpoint::state_path(a),
-            mae_train::checkpoint::state_path(b),
-        ),
-    ] {
-        let (fx, fy) = (TensorFile::open(&x).unwrap(), TensorFile::open(&y).unwrap());
-        let names = fx.names().unwrap();
-        assert_eq!(names, fy.names().unwrap());
-        for name in names {
-            let (tx, ty) = (
-                fx.read(&name).unwrap().unwrap(),
-                fy.read(&name).unwrap().unwrap(),
-            );
-            let same = tx.shape == ty.shape
-                && tx
-                    .data
-                    .iter()
-                    .zip(&ty.data)
-                    .all(|(p, q)| p.to_bits() == q.to_bits());
-            assert!(
-                same,
-                "{name} differs between {} and {}",
-                x.display(),
-                y.display()
-            );
-        }
-    }
-}
+mod common;
+use common::*;
 
 #[test]
 fn resume_is_exact_after_a_stop_and_after_sigkill() {
@@ -511,4 +382,26 @@ fn finetune_runs_and_its_classifier_evaluates_to_the_same_numbers() {
         ft,
     ]);
     assert!(!r.status.success());
+}
+
+/// A `mae` built without the `mpi` feature, started by mpirun as one of several ranks, refuses to
+/// run (rather than run N copies of one job into one folder) and says how to get an MPI build.
+#[cfg(not(feature = "mpi"))]
+#[test]
+fn a_build_without_mpi_started_as_one_of_several_ranks_says_so() {
+    let s = Scratch::new();
+    let out = s.sub("ranks");
+    let r = Command::new(env!("CARGO_BIN_EXE_mae"))
+        .args(train_args(s.data(), out.to_str().unwrap(), "1"))
+        .env("OMPI_COMM_WORLD_SIZE", "2")
+        .env("OMPI_COMM_WORLD_RANK", "0")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        err.contains("2 ranks") && err.contains("--features mpi"),
+        "{err}"
+    );
+    assert!(!out.join("checkpoint-1.safetensors").exists());
 }

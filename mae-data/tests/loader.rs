@@ -98,6 +98,47 @@ fn every_index_once_per_epoch_across_ranks() {
     assert_ne!(l.epoch_indices(0), l.epoch_indices(1));
 }
 
+/// What makes `world` ranks at batch `b` train like one process at batch `world·b` (DDP's
+/// `DistributedSampler`): at every step the ranks' batches together hold exactly the images of
+/// the one process's batch, and there are as many steps.
+#[test]
+fn the_ranks_batches_together_are_the_single_process_batch() {
+    let data = prepared();
+    let (world, b) = (2, 32);
+    let single = loader(
+        &data,
+        LoaderConfig {
+            batch_size: world * b,
+            ..LoaderConfig::default()
+        },
+    );
+    let mut merged: Vec<Vec<usize>> = vec![Vec::new(); single.steps_per_epoch()];
+    for rank in 0..world {
+        let l = loader(
+            &data,
+            LoaderConfig {
+                batch_size: b,
+                rank,
+                world_size: world,
+                ..LoaderConfig::default()
+            },
+        );
+        assert_eq!(l.steps_per_epoch(), single.steps_per_epoch());
+        for batch in l.epoch(3, 0) {
+            let batch = batch.unwrap();
+            merged[batch.step].extend(&batch.indices);
+        }
+    }
+    for batch in single.epoch(3, 0) {
+        let batch = batch.unwrap();
+        let mut want = batch.indices.clone();
+        want.sort_unstable();
+        let got = &mut merged[batch.step];
+        got.sort_unstable();
+        assert_eq!(*got, want, "step {}", batch.step);
+    }
+}
+
 #[test]
 fn augmentation_does_not_depend_on_threads_or_batch_size() {
     let data = prepared();

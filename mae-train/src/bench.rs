@@ -17,6 +17,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use serde::Serialize;
 
+use crate::dist::{Comm, GradSync, StepScalars};
 use crate::optim::AdamW;
 use crate::pretrain::decayed_names;
 
@@ -66,7 +67,7 @@ pub struct StepTiming {
     pub mask_ratio: f64,
     /// Median seconds per step.
     pub step_s: f64,
-    /// Images per second at the median.
+    /// Images per second at the median, over all ranks.
     pub img_per_s: f64,
     /// Every timed step, seconds.
     pub all_s: Vec<f64>,
@@ -78,6 +79,14 @@ pub struct StepTiming {
     pub kernels: &'static str,
     /// Whether the encoder ran over every patch (the Table 1c ablation).
     pub mask_tokens_in_encoder: bool,
+    /// Data-parallel ranks (`mpirun -np N mae bench`); `batch` is per rank.
+    pub ranks: usize,
+    /// Median seconds of the gradient all-reduce in a step (the MPI calls; 0 with one rank).
+    pub allreduce_s: f64,
+    /// Median seconds spent copying gradients into and out of the all-reduce buckets.
+    pub allreduce_copy_s: f64,
+    /// f32 values all-reduced per step (0 with one rank).
+    pub allreduce_values: usize,
 }
 
 /// The median (the upper one of an even count); NaN when empty.
@@ -95,12 +104,12 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-struct Run(StepBench);
+struct Run<'a>(StepBench, &'a Comm);
 
-impl PresetVisitor for Run {
+impl PresetVisitor for Run<'_> {
     type Output = Result<StepTiming, MaeError>;
     fn visit<P: MaePreset>(self) -> Self::Output {
-        let cfg = self.0;
+        let (cfg, comm) = (self.0, self.1);
         mae_core::kernels::set_fused(cfg.fused);
         let dev = Cpu::seed_from_u64(0);
         if cfg.cache {
@@ -115,6 +124,9 @@ impl PresetVisitor for Run {
             .collect();
         let mut times = Vec::with_capacity(cfg.steps);
         let mut update_times = Vec::with_capacity(cfg.steps);
+        let mut reduce_times = Vec::with_capacity(cfg.steps);
+        let mut copy_times = Vec::with_capacity(cfg.steps);
+        let mut sync = GradSync::default();
         // the gradient buffers are allocated once and zeroed after each step, as in training
         let mut grads = model.alloc_grads();
         for step in 0..=cfg.steps {
@@ -127,6 +139,15 @@ impl PresetVisitor for Run {
                 model.forward(&imgs, &masking, true, tape)?
             };
             grads = out.loss.backward();
+            let (reduce_before, copy_before) = (sync.reduce_time, sync.copy_time);
+            sync.all_reduce(
+                comm,
+                &mut model,
+                &mut grads,
+                &mut [],
+                StepScalars::default(),
+            )
+            .map_err(train_err)?;
             let update_start = Instant::now();
             opt.update(&mut model, &mut grads, 1.5e-4)
                 .map_err(train_err)?;
@@ -134,6 +155,8 @@ impl PresetVisitor for Run {
             if step > 0 {
                 times.push(start.elapsed().as_secs_f64());
                 update_times.push(update_start.elapsed().as_secs_f64());
+                reduce_times.push((sync.reduce_time - reduce_before).as_secs_f64());
+                copy_times.push((sync.copy_time - copy_before).as_secs_f64());
             }
         }
         let step_s = median(&times);
@@ -143,12 +166,16 @@ impl PresetVisitor for Run {
             batch: cfg.batch,
             mask_ratio: cfg.mask_ratio,
             step_s,
-            img_per_s: cfg.batch as f64 / step_s,
+            img_per_s: (cfg.batch * comm.world_size()) as f64 / step_s,
             all_s: times,
             update_s: median(&update_times),
             peak_rss_mb: peak_rss_mb(),
             kernels: if cfg.fused { "fused" } else { "dfdx" },
             mask_tokens_in_encoder: cfg.mask_tokens_in_encoder,
+            ranks: comm.world_size(),
+            allreduce_s: median(&reduce_times),
+            allreduce_copy_s: median(&copy_times),
+            allreduce_values: sync.values,
         })
     }
 }
@@ -156,6 +183,12 @@ impl PresetVisitor for Run {
 /// Times `steps` training steps of `preset` at `batch` images (after one warm-up step) and
 /// returns the median.
 pub fn time_train_step(cfg: &StepBench) -> Result<StepTiming, MaeError> {
+    time_train_step_with(cfg, &Comm::single())
+}
+
+/// [`time_train_step`] as one rank of a data-parallel run: each step also averages the gradients
+/// over the ranks (the all-reduce of training, timed apart as `allreduce_s`).
+pub fn time_train_step_with(cfg: &StepBench, comm: &Comm) -> Result<StepTiming, MaeError> {
     if cfg.batch == 0 || cfg.steps == 0 {
         return Err(MaeError::InputShape {
             what: "benchmark",
@@ -163,7 +196,7 @@ pub fn time_train_step(cfg: &StepBench) -> Result<StepTiming, MaeError> {
             got: format!("batch {}, steps {}", cfg.batch, cfg.steps),
         });
     }
-    cfg.preset.visit(Run(*cfg))
+    cfg.preset.visit(Run(*cfg, comm))
 }
 
 #[cfg(test)]

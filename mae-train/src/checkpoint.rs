@@ -37,6 +37,11 @@ pub struct TrainState {
     pub micro_step: usize,
     /// The run's seed.
     pub seed: u64,
+    /// Images per micro-batch over all ranks (`batch_size · world_size`) when the state was
+    /// saved, so that a run resumed with another world size finds its place in the epoch (0 in
+    /// checkpoints from before this field: taken as unchanged).
+    #[serde(default)]
+    pub global_micro_batch: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -82,6 +82,10 @@ pub struct PretrainOverrides {
     /// val split against its train split, logged to eval.jsonl.
     #[cfg_attr(feature = "clap", arg(long))]
     pub eval_every: Option<usize>,
+    /// Debug (data-parallel runs): compare a checksum of the weights across ranks every this many
+    /// optimizer steps; the run stops with an error naming the ranks that drifted.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub check_sync_every: Option<u64>,
 }
 
 impl PretrainOverrides {
@@ -120,7 +124,8 @@ impl PretrainOverrides {
             workers,
             log_every,
             input_size,
-            eval_every
+            eval_every,
+            check_sync_every
         )
     }
 }
@@ -138,13 +143,13 @@ pub struct PretrainConfig {
     pub epochs: usize,
     /// Optional cap on optimizer steps.
     pub max_steps: Option<u64>,
-    /// Micro-batch size.
+    /// Micro-batch size (per rank).
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
     pub accum_iter: usize,
     /// Base learning rate.
     pub blr: f64,
-    /// Absolute learning rate (`blr · batch · accum / 256` unless given).
+    /// Absolute learning rate (`blr · batch · accum · world_size / 256` unless given).
     pub lr: f64,
     /// Cosine floor.
     pub min_lr: f64,
@@ -165,11 +170,31 @@ pub struct PretrainConfig {
     /// kNN evaluation interval in epochs.
     #[serde(default)]
     pub eval_every: Option<usize>,
+    /// Ranks of a data-parallel run (`mpirun -np N`): the global batch is
+    /// `batch_size · accum_iter · world_size`.
+    #[serde(default = "one")]
+    pub world_size: usize,
+    /// Debug: compare a checksum of the weights across ranks every this many optimizer steps.
+    #[serde(default)]
+    pub check_sync_every: Option<u64>,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl PretrainConfig {
-    /// Fills defaults and checks ranges. `data`, `preset` and `out` are required.
+    /// Fills defaults and checks ranges for one process. `data`, `preset` and `out` are required.
     pub fn resolve(given: PretrainOverrides) -> Result<Self, TrainError> {
+        Self::resolve_for(given, 1)
+    }
+
+    /// [`resolve`](Self::resolve) for a run over `world_size` ranks: the learning rate scales
+    /// with the global batch.
+    pub fn resolve_for(given: PretrainOverrides, world_size: usize) -> Result<Self, TrainError> {
+        if world_size == 0 {
+            return Err(TrainError::Config("world size 0".into()));
+        }
         let missing = |what: &str| TrainError::Config(format!("--{what} is required"));
         let preset = given.preset.ok_or_else(|| missing("preset"))?;
         let mut model = MaeConfig::new(preset);
@@ -192,9 +217,9 @@ impl PretrainConfig {
             batch_size,
             accum_iter,
             blr,
-            lr: given
-                .lr
-                .unwrap_or_else(|| crate::schedule::absolute_lr(blr, batch_size, accum_iter, 1)),
+            lr: given.lr.unwrap_or_else(|| {
+                crate::schedule::absolute_lr(blr, batch_size, accum_iter, world_size)
+            }),
             min_lr: given.min_lr.unwrap_or(0.0),
             warmup_epochs: given.warmup_epochs.unwrap_or(40.0),
             weight_decay: given.weight_decay.unwrap_or(0.05),
@@ -206,6 +231,8 @@ impl PretrainConfig {
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             log_every: given.log_every.unwrap_or(10),
             eval_every: given.eval_every,
+            world_size,
+            check_sync_every: given.check_sync_every,
         };
         let bad = |m: String| Err(TrainError::Config(m));
         if config.batch_size == 0 || config.accum_iter == 0 || config.epochs == 0 {
@@ -220,8 +247,13 @@ impl PretrainConfig {
                 "--save-every, --keep-last, --log-every and --workers must be at least 1".into(),
             );
         }
-        if config.max_steps == Some(0) || config.eval_every == Some(0) {
-            return bad("--max-steps and --eval-every must be at least 1".into());
+        if config.max_steps == Some(0)
+            || config.eval_every == Some(0)
+            || config.check_sync_every == Some(0)
+        {
+            return bad(
+                "--max-steps, --eval-every and --check-sync-every must be at least 1".into(),
+            );
         }
         for (name, v) in [
             ("lr", config.lr),

@@ -61,6 +61,9 @@ pub enum TrainError {
         /// The value.
         loss: f32,
     },
+    /// A distributed-run problem (launch, collectives, ranks out of step).
+    #[error("distributed run: {0}")]
+    Dist(String),
     /// A device error.
     #[error("device error: {0}")]
     Device(String),

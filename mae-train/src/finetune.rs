@@ -31,7 +31,8 @@ use mae_data::{Dataset, Split, SplitName};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainState};
-use crate::error::TrainError;
+use crate::dist::{Comm, GradSync, StepScalars};
+use crate::error::{device_err, TrainError};
 use crate::features::{check_channels, for_each_eval_batch, topk_hits, Accuracy};
 use crate::optim::AdamW;
 use crate::pretrain::{append_json_line, position_rng, Outcome, Resume};
@@ -99,6 +100,14 @@ pub struct FinetuneConfig {
     pub log_every: u64,
     /// Images per evaluation forward.
     pub eval_batch_size: usize,
+    /// Ranks of a data-parallel run (`mpirun -np N`); `lr` is for the global batch
+    /// `batch_size · accum_iter · world_size`.
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 impl FinetuneConfig {
@@ -134,6 +143,7 @@ impl FinetuneConfig {
             keep_last: 1,
             log_every: 20,
             eval_batch_size: 256,
+            world_size: 1,
         }
     }
 
@@ -341,11 +351,32 @@ pub fn finetune(
     resume: &Resume,
     stop: Arc<AtomicBool>,
 ) -> Result<FinetuneSummary, TrainError> {
+    finetune_with(config, resume, stop, &Comm::single())
+}
+
+/// [`finetune`] as one rank of a data-parallel run, as [`crate::pretrain::pretrain_with`]: each
+/// rank trains on its slice of every global batch (with its own mixup/cutmix, erasing and drop
+/// path draws, as under DDP), gradients are averaged once per step; rank 0 alone evaluates,
+/// keeps the best model and writes checkpoints, metrics and `results.json`.
+pub fn finetune_with(
+    config: &FinetuneConfig,
+    resume: &Resume,
+    stop: Arc<AtomicBool>,
+    comm: &Comm,
+) -> Result<FinetuneSummary, TrainError> {
     config.validate()?;
+    if config.world_size != comm.world_size() {
+        return Err(TrainError::Config(format!(
+            "the configuration is for {} rank(s), the run has {}",
+            config.world_size,
+            comm.world_size()
+        )));
+    }
     config.preset.visit(Run {
         cfg: config,
         resume,
         stop,
+        comm,
     })
 }
 
@@ -367,6 +398,7 @@ struct Run<'a> {
     cfg: &'a FinetuneConfig,
     resume: &'a Resume,
     stop: Arc<AtomicBool>,
+    comm: &'a Comm,
 }
 
 const BEST: &str = "best.safetensors";
@@ -406,7 +438,11 @@ impl PresetVisitor for Run<'_> {
         std::fs::create_dir_all(&cfg.out).map_err(|e| TrainError::io(&cfg.out, e))?;
         let config_json =
             serde_json::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
-        mae_core::weights::write_atomic(&cfg.out.join("config.json"), config_json.as_bytes())?;
+        let comm = self.comm;
+        let main = comm.is_main();
+        if main {
+            mae_core::weights::write_atomic(&cfg.out.join("config.json"), config_json.as_bytes())?;
+        }
 
         let dev = Cpu::seed_from_u64(cfg.seed);
         dev.enable_cache();
@@ -447,6 +483,7 @@ impl PresetVisitor for Run<'_> {
             epoch: 0,
             micro_step: 0,
             seed: cfg.seed,
+            global_micro_batch: cfg.batch_size * comm.world_size(),
         };
         match self.resume {
             Resume::No => {}
@@ -490,6 +527,8 @@ impl PresetVisitor for Run<'_> {
                 seed: cfg.seed,
                 workers: cfg.workers.max(1),
                 drop_last: true,
+                rank: comm.rank(),
+                world_size: comm.world_size(),
                 ..LoaderConfig::default()
             },
         )?;
@@ -528,7 +567,20 @@ impl PresetVisitor for Run<'_> {
             .collect();
         let (c, s) = (P::IN_CHANS, P::IMG_SIZE);
 
-        let mut log = RunLog::open(&cfg.out, total_steps, state.step)?;
+        if state.global_micro_batch != 0
+            && state.global_micro_batch != cfg.batch_size * comm.world_size()
+        {
+            return Err(TrainError::Config(format!(
+                "the checkpoint was trained with {} images per micro-batch over all ranks, this \
+                 run has {} ({} × {} ranks): keep batch × ranks to resume a fine-tuning",
+                state.global_micro_batch,
+                cfg.batch_size * comm.world_size(),
+                cfg.batch_size,
+                comm.world_size()
+            )));
+        }
+        let mut log = RunLog::open(&cfg.out, total_steps, state.step, main)?;
+        let mut sync = GradSync::default();
         log.message(&format!(
             "fine-tuning {} ({classes} classes) from {init}; {} train / {} val images, {total_steps} steps, lr {:.3e}",
             P::PRESET,
@@ -565,7 +617,9 @@ impl PresetVisitor for Run<'_> {
                     );
                     group_loss = 0.0;
                 }
-                let mut rng = position_rng(cfg.seed ^ 0x6669_6e65_7475_6e65, epoch, k);
+                // each rank its own draws (mixup λ, erasing, drop path), as each DDP process has
+                let rank_seed = (comm.rank() as u64).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+                let mut rng = position_rng(cfg.seed ^ 0x6669_6e65_7475_6e65 ^ rank_seed, epoch, k);
                 let mut images = std::mem::take(&mut batch.images);
                 let per = c * s * s;
                 if cfg.reprob > 0.0 {
@@ -596,11 +650,44 @@ impl PresetVisitor for Run<'_> {
                 }
                 group_loss += loss_value as f64 / cfg.accum_iter as f64;
                 grads = (loss / cfg.accum_iter as f32).backward();
-                log.images(batch.len());
+                log.images(batch.len() * comm.world_size());
                 state.micro_step = k + 1;
                 if (k + 1) % cfg.accum_iter != 0 {
                     continue;
                 }
+                let asked = self.stop.load(Ordering::SeqCst);
+                let reduced = {
+                    // the head lies outside the module walk: its gradients ride along as extras
+                    let mut head_w = std::mem::take(
+                        &mut **grads
+                            .get_or_alloc_mut(&model.head.weight)
+                            .map_err(device_err)?,
+                    );
+                    let mut head_b = std::mem::take(
+                        &mut **grads
+                            .get_or_alloc_mut(&model.head.bias)
+                            .map_err(device_err)?,
+                    );
+                    let reduced = sync.all_reduce(
+                        comm,
+                        &mut model.vit,
+                        &mut grads,
+                        &mut [&mut head_w[..], &mut head_b[..]],
+                        StepScalars {
+                            loss: group_loss,
+                            stop: if asked { 1.0 } else { 0.0 },
+                        },
+                    );
+                    **grads
+                        .get_or_alloc_mut(&model.head.weight)
+                        .map_err(device_err)? = head_w;
+                    **grads
+                        .get_or_alloc_mut(&model.head.bias)
+                        .map_err(device_err)? = head_b;
+                    reduced?
+                };
+                group_loss = reduced.loss / comm.world_size() as f64;
+                let stop = reduced.stop > 0.0;
                 opt.update(&mut model.vit, &mut grads, lr)?;
                 step_host_tensor(&mut opt, "head.weight", &mut model.head.weight, &grads, lr)?;
                 step_host_tensor(&mut opt, "head.bias", &mut model.head.bias, &grads, lr)?;
@@ -616,7 +703,7 @@ impl PresetVisitor for Run<'_> {
                     log.line(state.step, plan.frac_epoch(epoch, k), group_loss, lr)?;
                 }
                 log.position(state.step);
-                if epoch_done {
+                if epoch_done && main {
                     let acc = evaluate(&model, data.val(), m, cfg.eval_batch_size)?;
                     if best.map_or(true, |(b, _)| acc.top1 > b) {
                         best = Some((acc.top1, state.epoch));
@@ -643,8 +730,7 @@ impl PresetVisitor for Run<'_> {
                     ));
                     last_eval = Some(acc);
                 }
-                let stop = self.stop.load(Ordering::SeqCst);
-                if state.step % cfg.save_every == 0 || epoch_done || done || stop {
+                if main && (state.step % cfg.save_every == 0 || epoch_done || done || stop) {
                     last_checkpoint = Some(save(&model, &opt, &state)?);
                 }
                 if stop {
@@ -662,11 +748,11 @@ impl PresetVisitor for Run<'_> {
             }
         }
         log.finish();
-        if last_eval.is_none() && outcome != Outcome::Interrupted {
+        if main && last_eval.is_none() && outcome != Outcome::Interrupted {
             // a run stopped by --max-steps mid-epoch still reports where it stands
             last_eval = Some(evaluate(&model, data.val(), m, cfg.eval_batch_size)?);
         }
-        if last_checkpoint.is_none() && state.step > 0 {
+        if main && last_checkpoint.is_none() && state.step > 0 {
             last_checkpoint = Some(save(&model, &opt, &state)?);
         }
         let summary = FinetuneSummary {
@@ -681,9 +767,11 @@ impl PresetVisitor for Run<'_> {
             train_images: data.train().len(),
             val_images: data.val().len(),
         };
-        let text = serde_json::to_string_pretty(&summary)
-            .map_err(|e| TrainError::Config(e.to_string()))?;
-        mae_core::weights::write_atomic(&cfg.out.join("results.json"), text.as_bytes())?;
+        if main {
+            let text = serde_json::to_string_pretty(&summary)
+                .map_err(|e| TrainError::Config(e.to_string()))?;
+            mae_core::weights::write_atomic(&cfg.out.join("results.json"), text.as_bytes())?;
+        }
         Ok(summary)
     }
 }

@@ -20,6 +20,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::PretrainConfig;
+use crate::dist::{check_in_sync, Comm, GradSync, StepScalars};
 use crate::error::TrainError;
 use crate::optim::AdamW;
 use crate::runlog::RunLog;
@@ -64,17 +65,40 @@ pub enum Resume {
 
 pub use crate::runlog::MetricsLine;
 
-/// Runs pretraining as configured. `stop` is polled after every optimizer step (set it from a
-/// signal handler): the run then writes a checkpoint and returns [`Outcome::Interrupted`].
+/// Runs pretraining as configured, in one process. `stop` is polled after every optimizer step
+/// (set it from a signal handler): the run then writes a checkpoint and returns
+/// [`Outcome::Interrupted`].
 pub fn pretrain(
     config: &PretrainConfig,
     resume: &Resume,
     stop: Arc<AtomicBool>,
 ) -> Result<RunSummary, TrainError> {
+    pretrain_with(config, resume, stop, &Comm::single())
+}
+
+/// [`pretrain`] as one rank of a data-parallel run (`config.world_size` must be
+/// `comm.world_size()`): each rank takes its slice of every global batch, gradients are averaged
+/// over the ranks once per optimizer step, and every rank applies the same AdamW step. Rank 0
+/// alone writes the configuration, metrics, progress and checkpoints; a stop asked on any rank
+/// stops all of them after the same step.
+pub fn pretrain_with(
+    config: &PretrainConfig,
+    resume: &Resume,
+    stop: Arc<AtomicBool>,
+    comm: &Comm,
+) -> Result<RunSummary, TrainError> {
+    if config.world_size != comm.world_size() {
+        return Err(TrainError::Config(format!(
+            "the configuration is for {} rank(s), the run has {}",
+            config.world_size,
+            comm.world_size()
+        )));
+    }
     config.model.preset.visit(Run {
         config,
         resume,
         stop,
+        comm,
     })
 }
 
@@ -82,6 +106,7 @@ struct Run<'a> {
     config: &'a PretrainConfig,
     resume: &'a Resume,
     stop: Arc<AtomicBool>,
+    comm: &'a Comm,
 }
 
 /// The parameters that get weight decay: official shape of 2 or more dims, not a bias.
@@ -103,9 +128,29 @@ pub fn position_rng(seed: u64, epoch: u64, micro_step: usize) -> rand_chacha::Ch
     s
 }
 
-/// The noise RNG of one micro-batch.
-fn masking_rng(seed: u64, epoch: u64, micro_step: usize) -> rand_chacha::ChaCha8Rng {
-    position_rng(seed ^ 0x6d61_652d_6d61_736b, epoch, micro_step)
+/// The masks of a batch: each sample's noise is drawn from an RNG keyed by the seed, the epoch
+/// and the sample's index in the dataset, so a sample is masked the same way whichever rank and
+/// micro-batch it lands in (1 rank at batch B and 2 ranks at B/2 see the same masks), and
+/// resuming needs no RNG state.
+pub fn batch_masking(
+    seed: u64,
+    epoch: u64,
+    indices: &[usize],
+    num_patches: usize,
+    mask_ratio: f64,
+) -> Result<Masking, TrainError> {
+    use rand::Rng;
+    let mut noise = Vec::with_capacity(indices.len() * num_patches);
+    for &index in indices {
+        let mut rng = position_rng(seed ^ 0x6d61_652d_6d61_736b, epoch, index);
+        noise.extend((0..num_patches).map(|_| rng.gen::<f32>()));
+    }
+    Ok(Masking::from_noise(
+        &noise,
+        indices.len(),
+        num_patches,
+        mask_ratio,
+    )?)
 }
 
 /// One line of a pretraining run's `eval.jsonl` (`--eval-every`).
@@ -189,8 +234,12 @@ impl PresetVisitor for Run<'_> {
         std::fs::create_dir_all(&cfg.out).map_err(|e| TrainError::io(&cfg.out, e))?;
         let config_json =
             serde_json::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
-        let config_path = cfg.out.join("config.json");
-        mae_core::weights::write_atomic(&config_path, config_json.as_bytes())?;
+        let comm = self.comm;
+        let main = comm.is_main();
+        if main {
+            let config_path = cfg.out.join("config.json");
+            mae_core::weights::write_atomic(&config_path, config_json.as_bytes())?;
+        }
 
         let dev = Cpu::seed_from_u64(cfg.seed);
         dev.enable_cache();
@@ -201,6 +250,7 @@ impl PresetVisitor for Run<'_> {
             epoch: 0,
             micro_step: 0,
             seed: cfg.seed,
+            global_micro_batch: cfg.batch_size * cfg.world_size,
         };
         let resumed_from = match self.resume {
             Resume::No => None,
@@ -232,6 +282,8 @@ impl PresetVisitor for Run<'_> {
                 batch_size: cfg.batch_size,
                 seed: cfg.seed,
                 workers: cfg.workers,
+                rank: comm.rank(),
+                world_size: comm.world_size(),
                 ..LoaderConfig::default()
             },
         )?;
@@ -250,16 +302,41 @@ impl PresetVisitor for Run<'_> {
             cfg.max_steps,
             || {
                 format!(
-                    "{}: {} training images in batches of {}",
+                    "{}: {} training images in batches of {} on each of {} rank(s)",
                     cfg.data.display(),
                     data.train().len(),
-                    cfg.batch_size
+                    cfg.batch_size,
+                    comm.world_size()
                 )
             },
         )?;
         let total_steps = plan.total_steps;
+        let global_micro_batch = cfg.batch_size * comm.world_size();
+        let mut moved = None;
+        if state.global_micro_batch != 0 && state.global_micro_batch != global_micro_batch {
+            // resumed with another global batch (world size or batch size changed): the same
+            // place in the epoch, in images, rounded down to a whole new micro-batch
+            let images = state.micro_step * state.global_micro_batch;
+            let micro = images / global_micro_batch;
+            state.micro_step = micro - micro % cfg.accum_iter;
+            state.step =
+                state.epoch * plan.steps_per_epoch + (state.micro_step / cfg.accum_iter) as u64;
+            moved = Some((state.global_micro_batch, images));
+        }
+        state.global_micro_batch = global_micro_batch;
 
-        let mut log = RunLog::open(&cfg.out, total_steps, state.step)?;
+        let mut log = RunLog::open(&cfg.out, total_steps, state.step, main)?;
+        if let Some((old, images)) = moved {
+            log.message(&format!(
+                "resumed with {global_micro_batch} images per micro-batch over all ranks \
+                 (saved with {old}): epoch {} continues at image {} of its order (was {images}), \
+                 step {}",
+                state.epoch,
+                state.micro_step * global_micro_batch,
+                state.step
+            ));
+        }
+        let mut sync = GradSync::default();
         let mut grads = model.alloc_grads();
         let mut last_checkpoint = None;
         let mut last_loss = None;
@@ -292,10 +369,10 @@ impl PresetVisitor for Run<'_> {
                     );
                     group_loss = 0.0;
                 }
-                let mut rng = masking_rng(cfg.seed, epoch, k);
-                let masking = Masking::random(
-                    &mut rng,
-                    batch.len(),
+                let masking = batch_masking(
+                    cfg.seed,
+                    epoch,
+                    &batch.indices,
                     P::num_patches(),
                     cfg.model.mask_ratio,
                 )?;
@@ -315,15 +392,35 @@ impl PresetVisitor for Run<'_> {
                 }
                 group_loss += loss_value as f64 / cfg.accum_iter as f64;
                 grads = (out.loss / cfg.accum_iter as f32).backward();
-                log.images(batch.len());
+                log.images(batch.len() * comm.world_size());
                 state.micro_step = k + 1;
                 if (k + 1) % cfg.accum_iter != 0 {
                     continue;
                 }
+                // one all-reduce per optimizer step: the gradients (averaged), the loss (for the
+                // log, averaged as `misc.all_reduce_mean`) and the stop flag (any rank's)
+                let asked = self.stop.load(Ordering::SeqCst);
+                let reduced = sync.all_reduce(
+                    comm,
+                    &mut model,
+                    &mut grads,
+                    &mut [],
+                    StepScalars {
+                        loss: group_loss,
+                        stop: if asked { 1.0 } else { 0.0 },
+                    },
+                )?;
+                group_loss = reduced.loss / comm.world_size() as f64;
+                let stop = reduced.stop > 0.0;
                 opt.update(&mut model, &mut grads, lr)?;
                 model.zero_grads(&mut grads);
                 state.step += 1;
                 last_loss = Some(group_loss as f32);
+                if let Some(every) = cfg.check_sync_every {
+                    if state.step % every == 0 {
+                        check_in_sync(comm, &mut model, state.step)?;
+                    }
+                }
                 if state.micro_step >= plan.usable_micro {
                     state.epoch += 1;
                     state.micro_step = 0;
@@ -333,7 +430,8 @@ impl PresetVisitor for Run<'_> {
                     log.line(state.step, plan.frac_epoch(epoch, k), group_loss, lr)?;
                 }
                 log.position(state.step);
-                if state.micro_step == 0
+                if main
+                    && state.micro_step == 0
                     && cfg.eval_every.is_some_and(|n| state.epoch % n as u64 == 0)
                 {
                     let line = knn_during_training(&model, &data, state.epoch, state.step)?;
@@ -343,8 +441,7 @@ impl PresetVisitor for Run<'_> {
                     ));
                     append_json_line(&cfg.out.join("eval.jsonl"), &line)?;
                 }
-                let stop = self.stop.load(Ordering::SeqCst);
-                if state.step % cfg.save_every == 0 || done || stop {
+                if main && (state.step % cfg.save_every == 0 || done || stop) {
                     last_checkpoint = Some(save(&model, &opt, &state)?);
                 }
                 if stop {
@@ -363,8 +460,17 @@ impl PresetVisitor for Run<'_> {
                 state.micro_step = 0;
             }
         }
+        if comm.world_size() > 1 && sync.calls > 0 {
+            log.message(&format!(
+                "{} ranks: gradient all-reduce {:.1} s in {} calls, bucket copies {:.1} s",
+                comm.world_size(),
+                sync.reduce_time.as_secs_f64(),
+                sync.calls,
+                sync.copy_time.as_secs_f64()
+            ));
+        }
         log.finish();
-        if last_checkpoint.is_none() && state.step > 0 {
+        if main && last_checkpoint.is_none() && state.step > 0 {
             last_checkpoint = Some(save(&model, &opt, &state)?);
         }
         Ok(RunSummary {

@@ -32,8 +32,8 @@ pub struct MetricsLine {
 
 /// The metrics file, the progress display and the throughput window of one run.
 pub struct RunLog {
-    metrics: File,
-    metrics_path: PathBuf,
+    /// `None` on ranks other than 0, which write and print nothing.
+    metrics: Option<(File, PathBuf)>,
     bar: indicatif::ProgressBar,
     interactive: bool,
     start: Instant,
@@ -43,14 +43,25 @@ pub struct RunLog {
 
 impl RunLog {
     /// Appends to `run_dir/metrics.jsonl`; shows a bar of `total_steps` at `step` on a terminal.
-    pub fn open(run_dir: &Path, total_steps: u64, step: u64) -> Result<Self, TrainError> {
-        let metrics_path = run_dir.join("metrics.jsonl");
-        let metrics = OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&metrics_path)
-            .map_err(|e| TrainError::io(&metrics_path, e))?;
-        let interactive = std::io::stdout().is_terminal();
+    /// With `main` false (a data-parallel rank other than 0) it writes and shows nothing.
+    pub fn open(
+        run_dir: &Path,
+        total_steps: u64,
+        step: u64,
+        main: bool,
+    ) -> Result<Self, TrainError> {
+        let metrics = if main {
+            let metrics_path = run_dir.join("metrics.jsonl");
+            let file = OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&metrics_path)
+                .map_err(|e| TrainError::io(&metrics_path, e))?;
+            Some((file, metrics_path))
+        } else {
+            None
+        };
+        let interactive = main && std::io::stdout().is_terminal();
         let bar = if interactive {
             let bar = indicatif::ProgressBar::new(total_steps);
             if let Ok(style) =
@@ -65,7 +76,6 @@ impl RunLog {
         };
         Ok(RunLog {
             metrics,
-            metrics_path,
             bar,
             interactive,
             start: Instant::now(),
@@ -96,8 +106,11 @@ impl RunLog {
             elapsed_s: self.start.elapsed().as_secs_f64(),
         };
         self.window = (Instant::now(), 0);
+        let Some((metrics, metrics_path)) = &mut self.metrics else {
+            return Ok(());
+        };
         let text = serde_json::to_string(&line).map_err(|e| TrainError::Config(e.to_string()))?;
-        writeln!(self.metrics, "{text}").map_err(|e| TrainError::io(&self.metrics_path, e))?;
+        writeln!(metrics, "{text}").map_err(|e| TrainError::io(&*metrics_path, e))?;
         if self.interactive {
             self.bar.set_message(format!(
                 "loss {:.4} lr {:.2e} {:.0} img/s",
@@ -114,6 +127,9 @@ impl RunLog {
 
     /// Prints a message above the bar (or as a plain line).
     pub fn message(&self, text: &str) {
+        if self.metrics.is_none() {
+            return;
+        }
         if self.interactive {
             self.bar.println(text);
         } else {

@@ -1,0 +1,207 @@
+//! What the `mae` command-line tests share: running the binary, a scratch folder with the bundled
+//! Fashion-MNIST prepared into it, the pretraining flags of a short run, and checkpoint
+//! comparisons.
+#![allow(dead_code, clippy::unwrap_used)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn mae(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mae"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+/// One test's scratch directory, removed when the test ends (pass or fail), with the bundled
+/// Fashion-MNIST prepared into it.
+pub struct Scratch {
+    dir: tempfile::TempDir,
+    data: String,
+}
+
+impl Scratch {
+    pub fn new() -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("mae-cli-pretrain-")
+            .tempdir()
+            .unwrap();
+        let out = dir.path().join("fmnist");
+        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
+        let r = mae(&[
+            "data",
+            "prepare",
+            "--from",
+            "idx",
+            src.to_str().unwrap(),
+            "--out",
+            out.to_str().unwrap(),
+        ]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        let data = out.to_str().unwrap().to_string();
+        Scratch { dir, data }
+    }
+
+    /// The prepared dataset.
+    pub fn data(&self) -> &str {
+        &self.data
+    }
+
+    /// A fresh sub-directory.
+    pub fn sub(&self, name: &str) -> PathBuf {
+        let dir = self.dir.path().join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+}
+
+pub fn train_args<'a>(data: &'a str, out: &'a str, max_steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "pretrain",
+        "--data",
+        data,
+        "--preset",
+        "tiny",
+        "--out",
+        out,
+        "--batch-size",
+        "16",
+        "--epochs",
+        "2",
+        "--warmup-epochs",
+        "0.05",
+        "--blr",
+        "1e-3",
+        "--norm-pix-loss",
+        "--save-every",
+        "2",
+        "--keep-last",
+        "2",
+        "--log-every",
+        "1",
+        "--workers",
+        "2",
+        "--max-steps",
+        max_steps,
+    ]
+}
+
+pub fn run_ok(args: &[&str]) -> String {
+    let r = mae(args);
+    assert!(
+        r.status.success(),
+        "mae {}: {}",
+        args.join(" "),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8_lossy(&r.stdout).into_owned()
+}
+
+pub fn weights(path: &Path) -> Vec<u8> {
+    std::fs::read(path).unwrap()
+}
+
+use mae_core::TensorFile;
+
+/// Compares every tensor of two checkpoints (model and training state) bit for bit. The metadata
+/// differs (the run directory is part of the configuration).
+pub fn assert_same_checkpoint(a: &Path, b: &Path) {
+    for (x, y) in [
+        (a.to_path_buf(), b.to_path_buf()),
+        (
+            mae_train::checkpoint::state_path(a),
+            mae_train::checkpoint::state_path(b),
+        ),
+    ] {
+        let (fx, fy) = (TensorFile::open(&x).unwrap(), TensorFile::open(&y).unwrap());
+        let names = fx.names().unwrap();
+        assert_eq!(names, fy.names().unwrap());
+        for name in names {
+            let (tx, ty) = (
+                fx.read(&name).unwrap().unwrap(),
+                fy.read(&name).unwrap().unwrap(),
+            );
+            let same = tx.shape == ty.shape
+                && tx
+                    .data
+                    .iter()
+                    .zip(&ty.data)
+                    .all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(
+                same,
+                "{name} differs between {} and {}",
+                x.display(),
+                y.display()
+            );
+        }
+    }
+}
+
+/// `‖a − b‖ ≤ rel · ‖b‖` (L2).
+fn assert_close(what: &str, a: &[f32], b: &[f32], rel: f64) {
+    let (mut diff, mut norm) = (0.0f64, 0.0f64);
+    for (&p, &q) in a.iter().zip(b) {
+        diff += (p as f64 - q as f64).powi(2);
+        norm += (q as f64).powi(2);
+    }
+    let (diff, norm) = (diff.sqrt(), norm.sqrt());
+    assert!(
+        diff <= rel * norm,
+        "{what}: ‖a − b‖ = {diff:e} > {rel:e} · ‖b‖ = {:e}",
+        rel * norm
+    );
+}
+
+/// Compares every tensor of two checkpoints (model and training state) to `rel`: per tensor,
+/// `‖a − b‖ ≤ rel · ‖b‖` (L2), for runs that did the same arithmetic in another order (another
+/// number of ranks).
+///
+/// One carve-out: the key third of each `attn.qkv.bias` (and its moments). Its gradient is exactly
+/// zero in exact arithmetic (softmax does not change when a constant is added to every key's
+/// score), so in any run its values are rounding noise that Adam's `m / (√v + ε)` scales up to
+/// ~1% of a real update. It is checked to stay at that size: every difference at most a tenth of
+/// the largest query-bias value of the same tensor.
+pub fn assert_close_checkpoint(a: &Path, b: &Path, rel: f64) {
+    for (x, y) in [
+        (a.to_path_buf(), b.to_path_buf()),
+        (
+            mae_train::checkpoint::state_path(a),
+            mae_train::checkpoint::state_path(b),
+        ),
+    ] {
+        let (fx, fy) = (TensorFile::open(&x).unwrap(), TensorFile::open(&y).unwrap());
+        let names = fx.names().unwrap();
+        assert_eq!(names, fy.names().unwrap());
+        for name in names {
+            let (tx, ty) = (
+                fx.read(&name).unwrap().unwrap(),
+                fy.read(&name).unwrap().unwrap(),
+            );
+            assert_eq!(tx.shape, ty.shape, "{name}");
+            let what = format!("{name} ({} vs {})", x.display(), y.display());
+            if !name.contains("attn.qkv.bias") {
+                assert_close(&what, &tx.data, &ty.data, rel);
+                continue;
+            }
+            let d = tx.data.len() / 3;
+            let (q, k, v) = (0..d, d..2 * d, 2 * d..3 * d);
+            assert_close(
+                &format!("{what}, q"),
+                &tx.data[q.clone()],
+                &ty.data[q.clone()],
+                rel,
+            );
+            assert_close(&format!("{what}, v"), &tx.data[v.clone()], &ty.data[v], rel);
+            let q_max = ty.data[q].iter().fold(0.0f32, |m, x| m.max(x.abs()));
+            let k_diff = tx.data[k.clone()]
+                .iter()
+                .zip(&ty.data[k])
+                .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+            assert!(
+                k_diff <= 0.1 * q_max,
+                "{what}, k: max |a − b| = {k_diff:e} > 0.1 · max |q bias| = {:e}",
+                0.1 * q_max
+            );
+        }
+    }
+}

@@ -1,0 +1,104 @@
+//! Data-parallel pretraining under `mpirun` (built with `--features mpi`; needs Open MPI's
+//! `mpirun` on PATH): 2 ranks at batch B/2 give the weights of 1 rank at batch B, a run resumes
+//! across world sizes both ways, and the ranks' weights stay identical (`--check-sync-every`).
+//!
+//! Run with `cargo test -p mae-cli --features mpi --test mpi` (`.ci/run` does).
+#![cfg(feature = "mpi")]
+#![allow(clippy::unwrap_used)]
+
+use std::path::Path;
+use std::process::Command;
+
+mod common;
+use common::*;
+
+/// `mpirun --oversubscribe -np <ranks> mae <args>` (root allowed, as in CI containers), checked
+/// for success; returns its stdout.
+fn mpirun_ok(ranks: usize, args: &[&str]) -> String {
+    let r = Command::new("mpirun")
+        .args(["--oversubscribe", "-np", &ranks.to_string()])
+        .arg(env!("CARGO_BIN_EXE_mae"))
+        .args(args)
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        // two ranks share the cores: one compute thread each
+        .env("RAYON_NUM_THREADS", "1")
+        .output()
+        .expect("running mpirun (is Open MPI installed? `apt-get install openmpi-bin`)");
+    assert!(
+        r.status.success(),
+        "mpirun -np {ranks} mae {}:\n{}\n{}",
+        args.join(" "),
+        String::from_utf8_lossy(&r.stdout),
+        String::from_utf8_lossy(&r.stderr)
+    );
+    String::from_utf8_lossy(&r.stdout).into_owned()
+}
+
+/// The short run of `train_args` with the per-rank batch `batch` and 4 steps in all.
+fn args<'a>(data: &'a str, out: &'a str, batch: &'a str, max_steps: &'a str) -> Vec<&'a str> {
+    let mut a = train_args(data, out, max_steps);
+    let at = a.iter().position(|&x| x == "--batch-size").unwrap();
+    a[at + 1] = batch;
+    a.extend(["--check-sync-every", "1"]);
+    a
+}
+
+fn checkpoint(dir: &Path, step: u64) -> std::path::PathBuf {
+    dir.join(format!("checkpoint-{step}.safetensors"))
+}
+
+#[test]
+fn two_ranks_at_half_the_batch_match_one_rank_and_resume_across_world_sizes() {
+    let s = Scratch::new();
+    let one = s.sub("one");
+    let two = s.sub("two");
+    let two_then_one = s.sub("two-then-one");
+    let one_then_two = s.sub("one-then-two");
+    let (one, two, two_then_one, one_then_two) = (
+        one.to_str().unwrap(),
+        two.to_str().unwrap(),
+        two_then_one.to_str().unwrap(),
+        one_then_two.to_str().unwrap(),
+    );
+
+    // the reference: one process, batch 16, 4 steps (checkpoints at 2 and 4)
+    run_ok(&args(s.data(), one, "16", "4"));
+    // 2 ranks × batch 8, weights compared across ranks after every step
+    let out = mpirun_ok(2, &args(s.data(), two, "8", "4"));
+    assert_eq!(
+        out.matches("finished").count() + out.matches("reached --max-steps").count(),
+        1,
+        "rank 0 alone reports: {out}"
+    );
+    assert_close_checkpoint(
+        &checkpoint(Path::new(two), 4),
+        &checkpoint(Path::new(one), 4),
+        1e-5,
+    );
+    // only rank 0 wrote metrics: one line per step
+    let metrics = std::fs::read_to_string(Path::new(two).join("metrics.jsonl")).unwrap();
+    assert_eq!(metrics.lines().count(), 4, "{metrics}");
+
+    // 2 ranks for 2 steps, then 1 rank to step 4
+    mpirun_ok(2, &args(s.data(), two_then_one, "8", "2"));
+    let mut resume = args(s.data(), two_then_one, "16", "4");
+    resume.extend(["--resume", "auto"]);
+    run_ok(&resume);
+    assert_close_checkpoint(
+        &checkpoint(Path::new(two_then_one), 4),
+        &checkpoint(Path::new(one), 4),
+        1e-5,
+    );
+
+    // 1 rank for 2 steps, then 2 ranks to step 4
+    run_ok(&args(s.data(), one_then_two, "16", "2"));
+    let mut resume = args(s.data(), one_then_two, "8", "4");
+    resume.extend(["--resume", "auto"]);
+    mpirun_ok(2, &resume);
+    assert_close_checkpoint(
+        &checkpoint(Path::new(one_then_two), 4),
+        &checkpoint(Path::new(one), 4),
+        1e-5,
+    );
+}

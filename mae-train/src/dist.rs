@@ -1,0 +1,395 @@
+//! Data parallelism: ranks, the bucketed gradient all-reduce, and the cross-rank weight check.
+//!
+//! PyTorch counterpart: `util/misc.py::init_distributed_mode` (rank and world size from the
+//! launcher), `DistributedDataParallel` (gradients averaged by an all-reduce over ~25 MB buckets
+//! once per optimizer step, so every rank applies the same update) and `misc.all_reduce_mean` for
+//! the logged loss. The data half, `DistributedSampler`, is `mae_data::loader::LoaderConfig`'s
+//! `rank`/`world_size`.
+//!
+//! Ranks come from MPI when the `mpi` feature is on and the process was started by `mpirun`,
+//! `mpiexec` or Slurm's `srun` (their environment variables say so); otherwise the run is one
+//! process ([`Comm::single`]) and no MPI library is touched. A build without the feature that
+//! finds itself launched as one of several ranks refuses to start rather than run N copies of the
+//! same job into one output folder.
+
+use std::time::{Duration, Instant};
+
+use mae_core::device::MaeDevice;
+use mae_core::dfdx::nn::tensor_collection::{
+    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
+};
+use mae_core::dfdx::prelude::*;
+use mae_core::layers::host_vec;
+
+use crate::error::{device_err, TrainError};
+
+/// DDP's default bucket: 25 MiB of f32 gradients per all-reduce call.
+pub const BUCKET_ELEMS: usize = 25 * 1024 * 1024 / 4;
+
+/// The process group of a run: rank, world size and the collectives the training loops use.
+pub struct Comm {
+    inner: Inner,
+}
+
+enum Inner {
+    Single,
+    #[cfg(feature = "mpi")]
+    Mpi {
+        // dropping the universe finalizes MPI: kept for the life of the `Comm`
+        _universe: mpi::environment::Universe,
+        world: mpi::topology::SimpleCommunicator,
+    },
+}
+
+impl std::fmt::Debug for Comm {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Comm(rank {} of {})", self.rank(), self.world_size())
+    }
+}
+
+/// The launcher's world size, where the environment names one: Open MPI's `mpirun`
+/// (`OMPI_COMM_WORLD_SIZE`), MPICH/Hydra and PMI launchers (`PMI_SIZE`), Slurm's `srun --mpi=pmix`
+/// (`PMIX_RANK` with `SLURM_NTASKS`).
+pub fn launcher_world_size() -> Option<usize> {
+    let var = |k: &str| std::env::var(k).ok()?.trim().parse::<usize>().ok();
+    var("OMPI_COMM_WORLD_SIZE")
+        .or_else(|| var("PMI_SIZE"))
+        .or_else(|| std::env::var_os("PMIX_RANK").and_then(|_| var("SLURM_NTASKS")))
+}
+
+impl Comm {
+    /// One process: rank 0 of 1; every collective is the identity.
+    pub fn single() -> Self {
+        Comm {
+            inner: Inner::Single,
+        }
+    }
+
+    /// MPI's world when launched as one of several ranks (and built with the `mpi` feature), one
+    /// process otherwise. Call it once, early: MPI can be initialized once per process.
+    pub fn from_env() -> Result<Self, TrainError> {
+        let launched = launcher_world_size().is_some_and(|n| n > 1);
+        if !launched {
+            return Ok(Self::single());
+        }
+        Self::init_mpi()
+    }
+
+    #[cfg(feature = "mpi")]
+    fn init_mpi() -> Result<Self, TrainError> {
+        use mpi::topology::Communicator;
+        // only the thread that calls `Comm`'s methods talks to MPI (rayon's workers never do)
+        let (universe, _level) = mpi::initialize_with_threading(mpi::Threading::Funneled)
+            .ok_or_else(|| TrainError::Dist("MPI was already initialized".into()))?;
+        let world = universe.world();
+        let launched = launcher_world_size().unwrap_or(0);
+        if world.size() as usize != launched || world.rank() < 0 {
+            return Err(TrainError::Dist(format!(
+                "the launcher started {launched} ranks but MPI reports rank {} of {} (under \
+                 Slurm, launch with `srun --mpi=pmix`)",
+                world.rank(),
+                world.size()
+            )));
+        }
+        Ok(Comm {
+            inner: Inner::Mpi {
+                _universe: universe,
+                world,
+            },
+        })
+    }
+
+    #[cfg(not(feature = "mpi"))]
+    fn init_mpi() -> Result<Self, TrainError> {
+        Err(TrainError::Dist(format!(
+            "started as one of {} ranks (mpirun/srun), but this `mae` was built without MPI: \
+             rebuild it with `cargo build --release -p mae-cli --features mpi` (needs Open MPI's \
+             `libopenmpi-dev` and libclang), or run it without mpirun",
+            launcher_world_size().unwrap_or(0)
+        )))
+    }
+
+    /// This process's rank, `0..world_size`.
+    pub fn rank(&self) -> usize {
+        match &self.inner {
+            Inner::Single => 0,
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { world, .. } => {
+                use mpi::topology::Communicator;
+                world.rank() as usize
+            }
+        }
+    }
+
+    /// The number of ranks.
+    pub fn world_size(&self) -> usize {
+        match &self.inner {
+            Inner::Single => 1,
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { world, .. } => {
+                use mpi::topology::Communicator;
+                world.size() as usize
+            }
+        }
+    }
+
+    /// Rank 0: the one that writes checkpoints, metrics and progress.
+    pub fn is_main(&self) -> bool {
+        self.rank() == 0
+    }
+
+    /// Sums `send` over the ranks into `recv` (same length).
+    pub fn all_reduce_sum(&self, send: &[f32], recv: &mut [f32]) -> Result<(), TrainError> {
+        if send.len() != recv.len() {
+            return Err(TrainError::Dist(format!(
+                "all-reduce of {} values into {}",
+                send.len(),
+                recv.len()
+            )));
+        }
+        match &self.inner {
+            Inner::Single => recv.copy_from_slice(send),
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { world, .. } => {
+                use mpi::collective::{CommunicatorCollectives, SystemOperation};
+                world.all_reduce_into(send, recv, SystemOperation::sum());
+            }
+        }
+        Ok(())
+    }
+
+    /// Every rank's `value`, in rank order.
+    pub fn all_gather_u64(&self, value: u64) -> Vec<u64> {
+        match &self.inner {
+            Inner::Single => vec![value],
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { world, .. } => {
+                use mpi::collective::CommunicatorCollectives;
+                let mut all = vec![0u64; self.world_size()];
+                world.all_gather_into(&value, &mut all[..]);
+                all
+            }
+        }
+    }
+
+    /// Waits for every rank.
+    pub fn barrier(&self) {
+        #[cfg(feature = "mpi")]
+        if let Inner::Mpi { world, .. } = &self.inner {
+            use mpi::collective::CommunicatorCollectives;
+            world.barrier();
+        }
+    }
+
+    /// Ends the whole job (every rank) with `code`, after printing `message` on this one: what a
+    /// rank does on an error, so that the others do not wait for it forever. With one process it
+    /// only exits.
+    pub fn abort(&self, message: &str, code: i32) -> ! {
+        eprintln!("rank {} of {}: {message}", self.rank(), self.world_size());
+        match &self.inner {
+            Inner::Single => std::process::exit(code),
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { world, .. } => {
+                use mpi::topology::Communicator;
+                world.abort(code)
+            }
+        }
+    }
+}
+
+/// Reused buffers of the gradient all-reduce, and how long it took.
+#[derive(Debug, Default)]
+pub struct GradSync {
+    flat: Vec<f32>,
+    reduced: Vec<f32>,
+    /// Time spent in the all-reduce calls (not the copies) since creation.
+    pub reduce_time: Duration,
+    /// Time spent copying gradients into and out of the buckets.
+    pub copy_time: Duration,
+    /// All-reduce calls made.
+    pub calls: u64,
+    /// Values summed per step (every gradient, plus the scalars).
+    pub values: usize,
+}
+
+/// Scalars that ride along with the gradients in the last bucket (one all-reduce per step).
+#[derive(Debug, Clone, Copy, PartialEq, Default)]
+pub struct StepScalars {
+    /// This rank's loss of the step (the sum over ranks comes back).
+    pub loss: f64,
+    /// 1 where this rank was asked to stop (SIGINT/SIGTERM), else 0.
+    pub stop: f64,
+}
+
+impl GradSync {
+    /// Averages every trainable parameter's gradient of `model` over the ranks (`Σ / world`),
+    /// with `extra` host gradients (a head kept outside the module walk) after them, in buckets
+    /// of [`BUCKET_ELEMS`]; `scalars` are summed over the ranks in the same calls. With one rank
+    /// it returns at once. Gradients must lie in host memory (`Cpu`); GPU gradients go through
+    /// NCCL, not here.
+    pub fn all_reduce<M: TensorCollection<f32, D>, D: MaeDevice>(
+        &mut self,
+        comm: &Comm,
+        model: &mut M,
+        grads: &mut Gradients<f32, D>,
+        extra: &mut [&mut [f32]],
+        scalars: StepScalars,
+    ) -> Result<StepScalars, TrainError> {
+        let world = comm.world_size();
+        if world == 1 {
+            return Ok(scalars);
+        }
+        let t0 = Instant::now();
+        self.flat.clear();
+        for_each_grad(model, grads, |_, g| self.flat.extend_from_slice(g))?;
+        for g in extra.iter() {
+            self.flat.extend_from_slice(g);
+        }
+        self.flat.push(scalars.loss as f32);
+        self.flat.push(scalars.stop as f32);
+        self.reduced.resize(self.flat.len(), 0.0);
+        self.values = self.flat.len();
+        let t1 = Instant::now();
+        for (send, recv) in self
+            .flat
+            .chunks(BUCKET_ELEMS)
+            .zip(self.reduced.chunks_mut(BUCKET_ELEMS))
+        {
+            comm.all_reduce_sum(send, recv)?;
+            self.calls += 1;
+        }
+        let t2 = Instant::now();
+        let scale = 1.0 / world as f32;
+        let mut at = 0;
+        let reduced = &self.reduced;
+        for_each_grad(model, grads, |_, g| {
+            for (d, &s) in g.iter_mut().zip(&reduced[at..]) {
+                *d = s * scale;
+            }
+            at += g.len();
+        })?;
+        for g in extra.iter_mut() {
+            for (d, &s) in g.iter_mut().zip(&reduced[at..]) {
+                *d = s * scale;
+            }
+            at += g.len();
+        }
+        let out = StepScalars {
+            loss: reduced[at] as f64,
+            stop: reduced[at + 1] as f64,
+        };
+        self.reduce_time += t2 - t1;
+        self.copy_time += (t1 - t0) + t2.elapsed();
+        Ok(out)
+    }
+}
+
+/// Calls `f(name, gradient)` for every trainable parameter of `model`, in the module walk's order
+/// (the same on every rank), with its gradient in place. Errors on devices whose gradients are
+/// not in host memory.
+pub fn for_each_grad<M: TensorCollection<f32, D>, D: MaeDevice>(
+    model: &mut M,
+    grads: &mut Gradients<f32, D>,
+    f: impl FnMut(&str, &mut [f32]),
+) -> Result<(), TrainError> {
+    let mut visitor = GradVisitor { grads, f };
+    M::iter_tensors(&mut RecursiveWalker {
+        m: (model, String::new()),
+        f: &mut visitor,
+    })?;
+    Ok(())
+}
+
+struct GradVisitor<'a, D: Storage<f32>, F> {
+    grads: &'a mut Gradients<f32, D>,
+    f: F,
+}
+
+impl<D: MaeDevice, F: FnMut(&str, &mut [f32])> TensorVisitor<f32, D> for GradVisitor<'_, D, F> {
+    type Viewer = (ViewTensorMut, ViewTensorName);
+    type Err = TrainError;
+    type E2 = f32;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, f32, D>,
+        (param, name): (&mut Tensor<S, f32, D>, String),
+    ) -> Result<Option<Tensor<S, f32, D>>, Self::Err> {
+        if !opts.do_gradient_update {
+            return Ok(None);
+        }
+        let grad = self.grads.get_or_alloc_mut(param).map_err(device_err)?;
+        match D::host_slice_mut(grad) {
+            Some(g) => (self.f)(&name, g),
+            None => {
+                return Err(TrainError::Dist(format!(
+                    "`{name}`: the MPI gradient all-reduce needs gradients in host memory (the \
+                     cpu device)"
+                )))
+            }
+        }
+        Ok(None)
+    }
+}
+
+/// XXH3-64 of every trainable parameter's values of `model`, in the module walk's order: equal
+/// on every rank while the ranks stay in step.
+pub fn weights_checksum<M: TensorCollection<f32, D>, D: MaeDevice>(
+    model: &mut M,
+) -> Result<u64, TrainError> {
+    let mut visitor = Checksum {
+        hasher: xxhash_rust::xxh3::Xxh3::new(),
+    };
+    M::iter_tensors(&mut RecursiveWalker {
+        m: (model, String::new()),
+        f: &mut visitor,
+    })?;
+    Ok(visitor.hasher.digest())
+}
+
+struct Checksum {
+    hasher: xxhash_rust::xxh3::Xxh3,
+}
+
+impl<D: MaeDevice> TensorVisitor<f32, D> for Checksum {
+    type Viewer = (ViewTensorMut, ViewTensorName);
+    type Err = TrainError;
+    type E2 = f32;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, f32, D>,
+        (param, _name): (&mut Tensor<S, f32, D>, String),
+    ) -> Result<Option<Tensor<S, f32, D>>, Self::Err> {
+        if opts.do_gradient_update {
+            let bytes: Vec<u8> = host_vec(param)?
+                .iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect();
+            self.hasher.update(&bytes);
+        }
+        Ok(None)
+    }
+}
+
+/// Compares the weights' checksum across ranks (the `--check-sync-every` debug check): an error
+/// naming the ranks that differ from rank 0.
+pub fn check_in_sync<M: TensorCollection<f32, D>, D: MaeDevice>(
+    comm: &Comm,
+    model: &mut M,
+    step: u64,
+) -> Result<(), TrainError> {
+    let sum = weights_checksum(model)?;
+    let all = comm.all_gather_u64(sum);
+    let differ: Vec<usize> = (0..all.len()).filter(|&r| all[r] != all[0]).collect();
+    if differ.is_empty() {
+        Ok(())
+    } else {
+        Err(TrainError::Dist(format!(
+            "after step {step} the weights of rank(s) {differ:?} differ from rank 0's \
+             (checksums {all:016x?})"
+        )))
+    }
+}
