@@ -363,7 +363,14 @@ fn run(cli: Cli) -> Result<()> {
                 optimizer: optimizer.parse()?,
                 augment,
             };
-            let result = mae_train::linprobe::linprobe(&input, feature.parse()?, &cfg)?;
+            let comm = mae_train::dist::Comm::from_env()?;
+            let result = train::on_every_rank(
+                &comm,
+                mae_train::linprobe::linprobe_with(&input, feature.parse()?, &cfg, &comm),
+            )?;
+            if !comm.is_main() {
+                return Ok(());
+            }
             let text = serde_json::to_string(&result)?;
             let beside = source
                 .anchor()

@@ -50,7 +50,7 @@ fn stop_on_signal() -> Result<Arc<AtomicBool>> {
 
 /// With several ranks, an error on one ends the whole job (`MPI_Abort`) with its message, so the
 /// others do not wait for it in the next all-reduce; with one process it is returned as usual.
-fn on_every_rank<T>(comm: &Comm, result: Result<T, mae_train::TrainError>) -> Result<T> {
+pub(crate) fn on_every_rank<T>(comm: &Comm, result: Result<T, mae_train::TrainError>) -> Result<T> {
     match result {
         Err(e) if comm.world_size() > 1 => comm.abort(&format!("error: {e:#}"), 1),
         other => Ok(other?),

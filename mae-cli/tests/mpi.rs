@@ -1,6 +1,7 @@
-//! Data-parallel pretraining under `mpirun` (built with `--features mpi`; needs Open MPI's
-//! `mpirun` on PATH): 2 ranks at batch B/2 give the weights of 1 rank at batch B, a run resumes
-//! across world sizes both ways, and the ranks' weights stay identical (`--check-sync-every`).
+//! Data-parallel runs under `mpirun` (built with `--features mpi`; needs Open MPI's `mpirun` on
+//! PATH): 2 ranks at batch B/2 give the weights of 1 rank at batch B, a run resumes across world
+//! sizes both ways, the ranks' weights stay identical (`--check-sync-every`), and a linear probe
+//! whose feature extraction is shared out over 2 ranks reports what one process reports.
 //!
 //! Run with `cargo test -p mae-cli --features mpi --test mpi` (`.ci/run` does).
 #![cfg(feature = "mpi")]
@@ -49,7 +50,7 @@ fn checkpoint(dir: &Path, step: u64) -> std::path::PathBuf {
 }
 
 #[test]
-fn two_ranks_at_half_the_batch_match_one_rank_and_resume_across_world_sizes() {
+fn two_ranks_match_one_process_in_pretraining_resume_and_the_probe() {
     let s = Scratch::new();
     let one = s.sub("one");
     let two = s.sub("two");
@@ -100,5 +101,28 @@ fn two_ranks_at_half_the_batch_match_one_rank_and_resume_across_world_sizes() {
         &checkpoint(Path::new(one_then_two), 4),
         &checkpoint(Path::new(one), 4),
         1e-5,
+    );
+
+    // the probe: each rank runs the encoder over its half of each split, features all-gathered
+    let ckpt = checkpoint(Path::new(one), 4);
+    let probe = [
+        "linprobe",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        s.data(),
+        "--epochs",
+        "2",
+        "--blr",
+        "10",
+        "--json",
+    ];
+    let single: serde_json::Value = serde_json::from_str(run_ok(&probe).trim()).unwrap();
+    let ranks: serde_json::Value = serde_json::from_str(mpirun_ok(2, &probe).trim()).unwrap();
+    assert_eq!(single["val"], 1000);
+    assert_eq!(
+        (&single["top1"], &single["top5"]),
+        (&ranks["top1"], &ranks["top5"]),
+        "1 process {single}, 2 ranks {ranks}"
     );
 }

@@ -172,6 +172,26 @@ impl Comm {
         }
     }
 
+    /// Every rank's `send` (the same length on every rank), concatenated in rank order.
+    pub fn all_gather_f32(&self, send: &[f32]) -> Result<Vec<f32>, TrainError> {
+        match &self.inner {
+            Inner::Single => Ok(send.to_vec()),
+            #[cfg(feature = "mpi")]
+            Inner::Mpi { world, .. } => {
+                use mpi::collective::CommunicatorCollectives;
+                let lengths = self.all_gather_u64(send.len() as u64);
+                if lengths.iter().any(|&l| l != send.len() as u64) {
+                    return Err(TrainError::Dist(format!(
+                        "all-gather of unequal lengths {lengths:?}"
+                    )));
+                }
+                let mut all = vec![0f32; send.len() * self.world_size()];
+                world.all_gather_into(send, &mut all[..]);
+                Ok(all)
+            }
+        }
+    }
+
     /// Waits for every rank.
     pub fn barrier(&self) {
         #[cfg(feature = "mpi")]

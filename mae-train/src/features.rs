@@ -54,6 +54,19 @@ pub fn for_each_batch(
     augment: &Augment,
     epoch: u64,
     batch: usize,
+    f: impl FnMut(&[f32], &[i64]) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
+    for_each_batch_in(split, manifest, augment, epoch, batch, 0..split.len(), f)
+}
+
+/// [`for_each_batch`] over the samples `range` of the split only (one rank's shard).
+pub fn for_each_batch_in(
+    split: &Split,
+    manifest: &mae_data::Manifest,
+    augment: &Augment,
+    epoch: u64,
+    batch: usize,
+    range: std::ops::Range<usize>,
     mut f: impl FnMut(&[f32], &[i64]) -> Result<(), TrainError>,
 ) -> Result<(), TrainError> {
     let size = augment.out_size;
@@ -61,8 +74,9 @@ pub fn for_each_batch(
     let mut resizer = Resizer::new();
     let mut scratch = Vec::new();
     let (mut images, mut labels) = (Vec::new(), Vec::new());
-    for start in (0..split.len()).step_by(batch.max(1)) {
-        let end = (start + batch.max(1)).min(split.len());
+    let last = range.end.min(split.len());
+    for start in (range.start..last).step_by(batch.max(1)) {
+        let end = (start + batch.max(1)).min(last);
         images.resize((end - start) * per, 0.0);
         labels.clear();
         for i in start..end {
@@ -121,10 +135,21 @@ pub fn extract<P: MaePreset>(
     manifest: &mae_data::Manifest,
     batch: usize,
 ) -> Result<Features, TrainError> {
+    extract_with(
+        encoder,
+        split,
+        manifest,
+        &eval_augment::<P>(manifest)?,
+        0,
+        batch,
+    )
+}
+
+/// The evaluation transform of preset `P` for data described by `manifest`.
+fn eval_augment<P: MaePreset>(manifest: &mae_data::Manifest) -> Result<Augment, TrainError> {
     let (mean, std) = normalization(manifest, false);
     let s = P::IMG_SIZE;
-    let eval = Augment::new(Transform::eval_for(s), s, &mean, &std, 0)?;
-    extract_with(encoder, split, manifest, &eval, 0, batch)
+    Ok(Augment::new(Transform::eval_for(s), s, &mean, &std, 0)?)
 }
 
 /// [`extract`] with another transform (the augmented linear probe's random crops) at `epoch`.
@@ -136,20 +161,104 @@ pub fn extract_with<P: MaePreset>(
     epoch: u64,
     batch: usize,
 ) -> Result<Features, TrainError> {
-    check_channels::<P>(manifest)?;
+    extract_range(
+        encoder,
+        split,
+        manifest,
+        augment,
+        epoch,
+        batch,
+        0..split.len(),
+    )
+}
+
+/// [`extract_with`] shared out over the ranks of `comm`: each rank runs the encoder over its
+/// contiguous shard of the split and every rank gets the whole split's features back, in order
+/// (an all-gather). With one rank it is [`extract_with`].
+pub fn extract_sharded<P: MaePreset>(
+    encoder: &Encoder<P, f32, Cpu>,
+    split: &Split,
+    manifest: &mae_data::Manifest,
+    augment: &Augment,
+    epoch: u64,
+    batch: usize,
+    comm: &crate::dist::Comm,
+) -> Result<Features, TrainError> {
+    let (n, world) = (split.len(), comm.world_size());
+    if world == 1 {
+        return extract_with(encoder, split, manifest, augment, epoch, batch);
+    }
     let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
+    let per_rank = n.div_ceil(world);
+    let range_of = |r: usize| (r * per_rank).min(n)..((r + 1) * per_rank).min(n);
+    let mine = extract_range(
+        encoder,
+        split,
+        manifest,
+        augment,
+        epoch,
+        batch,
+        range_of(comm.rank()),
+    )?;
+    // one buffer per rank, padded to the largest shard: cls rows, avg rows, labels (as f32:
+    // class indices are far below 2^24)
+    let width = per_rank * (2 * dim + 1);
+    let mut send = vec![0f32; width];
+    send[..mine.cls.len()].copy_from_slice(&mine.cls);
+    send[per_rank * dim..][..mine.avg.len()].copy_from_slice(&mine.avg);
+    for (d, &l) in send[2 * per_rank * dim..].iter_mut().zip(&mine.labels) {
+        *d = l as f32;
+    }
+    let all = comm.all_gather_f32(&send)?;
     let mut out = Features {
         dim,
-        cls: Vec::with_capacity(split.len() * dim),
-        avg: Vec::with_capacity(split.len() * dim),
-        labels: Vec::with_capacity(split.len()),
+        cls: Vec::with_capacity(n * dim),
+        avg: Vec::with_capacity(n * dim),
+        labels: Vec::with_capacity(n),
     };
-    for_each_batch(split, manifest, augment, epoch, batch, |images, labels| {
-        out.labels.extend_from_slice(labels);
-        let tokens = encoder.forward_features(images, NoneTape)?.as_vec();
-        push_pooled(&mut out, &tokens, labels.len());
-        Ok(())
-    })?;
+    for (r, buf) in all.chunks_exact(width).enumerate() {
+        let count = range_of(r).len();
+        out.cls.extend_from_slice(&buf[..count * dim]);
+        out.avg
+            .extend_from_slice(&buf[per_rank * dim..][..count * dim]);
+        out.labels
+            .extend(buf[2 * per_rank * dim..][..count].iter().map(|&l| l as i64));
+    }
+    Ok(out)
+}
+
+fn extract_range<P: MaePreset>(
+    encoder: &Encoder<P, f32, Cpu>,
+    split: &Split,
+    manifest: &mae_data::Manifest,
+    augment: &Augment,
+    epoch: u64,
+    batch: usize,
+    range: std::ops::Range<usize>,
+) -> Result<Features, TrainError> {
+    check_channels::<P>(manifest)?;
+    let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
+    let n = range.len();
+    let mut out = Features {
+        dim,
+        cls: Vec::with_capacity(n * dim),
+        avg: Vec::with_capacity(n * dim),
+        labels: Vec::with_capacity(n),
+    };
+    for_each_batch_in(
+        split,
+        manifest,
+        augment,
+        epoch,
+        batch,
+        range,
+        |images, labels| {
+            out.labels.extend_from_slice(labels);
+            let tokens = encoder.forward_features(images, NoneTape)?.as_vec();
+            push_pooled(&mut out, &tokens, labels.len());
+            Ok(())
+        },
+    )?;
     Ok(out)
 }
 
@@ -564,24 +673,33 @@ pub fn load_encoder<P: MaePreset>(
     Ok(encoder)
 }
 
-struct Extract<'a>(&'a EvalInput);
+struct Extract<'a>(&'a EvalInput, &'a crate::dist::Comm);
 
 impl mae_core::PresetVisitor for Extract<'_> {
     type Output = Result<(Features, Features, usize), TrainError>;
     fn visit<P: MaePreset>(self) -> Self::Output {
-        let input = self.0;
+        let (input, comm) = (self.0, self.1);
         let encoder = load_encoder::<P>(&mae_core::TensorFile::open(&input.checkpoint)?)?;
         let data = mae_data::Dataset::open(&input.data)?;
         let m = data.manifest();
-        let train = extract(&encoder, data.train(), m, input.batch)?;
-        let val = extract(&encoder, data.val(), m, input.batch)?;
+        let eval = eval_augment::<P>(m)?;
+        let train = extract_sharded(&encoder, data.train(), m, &eval, 0, input.batch, comm)?;
+        let val = extract_sharded(&encoder, data.val(), m, &eval, 0, input.batch, comm)?;
         Ok((train, val, m.classes.len()))
     }
 }
 
 /// Features of both splits, and the number of classes.
 pub fn extract_dataset(input: &EvalInput) -> Result<(Features, Features, usize), TrainError> {
-    crate::checkpoint::preset_of(&input.checkpoint)?.visit(Extract(input))
+    extract_dataset_with(input, &crate::dist::Comm::single())
+}
+
+/// [`extract_dataset`] shared out over the ranks of `comm` ([`extract_sharded`]).
+pub fn extract_dataset_with(
+    input: &EvalInput,
+    comm: &crate::dist::Comm,
+) -> Result<(Features, Features, usize), TrainError> {
+    crate::checkpoint::preset_of(&input.checkpoint)?.visit(Extract(input, comm))
 }
 
 /// Where evaluation features come from.
@@ -596,8 +714,16 @@ pub enum FeatureSource {
 impl FeatureSource {
     /// Train and val features and the number of classes.
     pub fn load(&self) -> Result<(Features, Features, usize), TrainError> {
+        self.load_with(&crate::dist::Comm::single())
+    }
+
+    /// [`load`](Self::load), the encoder's work shared out over the ranks of `comm`.
+    pub fn load_with(
+        &self,
+        comm: &crate::dist::Comm,
+    ) -> Result<(Features, Features, usize), TrainError> {
         match self {
-            FeatureSource::Model(input) => extract_dataset(input),
+            FeatureSource::Model(input) => extract_dataset_with(input, comm),
             FeatureSource::Features(path) => read_features(path),
         }
     }

@@ -499,6 +499,7 @@ struct AugmentedProbe<'a> {
     input: &'a crate::features::EvalInput,
     feature: crate::features::FeatureKind,
     cfg: &'a ProbeConfig,
+    comm: &'a crate::dist::Comm,
 }
 
 impl mae_core::PresetVisitor for AugmentedProbe<'_> {
@@ -522,17 +523,33 @@ impl mae_core::PresetVisitor for AugmentedProbe<'_> {
         let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
         let mut trainer = ProbeTrainer::new(dim, m.classes.len(), self.cfg)?;
         for epoch in 0..self.cfg.epochs {
-            let f = crate::features::extract_with(
+            let f = crate::features::extract_sharded(
                 &encoder,
                 data.train(),
                 m,
                 &augment,
                 epoch as u64,
                 input.batch,
+                self.comm,
             )?;
             trainer.epoch(epoch, f.select(self.feature), &f.labels)?;
         }
-        let val = crate::features::extract(&encoder, data.val(), m, input.batch)?;
+        let eval = Augment::new(
+            Transform::eval_for(P::IMG_SIZE),
+            P::IMG_SIZE,
+            &mean,
+            &std,
+            0,
+        )?;
+        let val = crate::features::extract_sharded(
+            &encoder,
+            data.val(),
+            m,
+            &eval,
+            0,
+            input.batch,
+            self.comm,
+        )?;
         Ok((trainer.finish(), val, data.train().len()))
     }
 }
@@ -544,6 +561,19 @@ pub fn linprobe(
     feature: crate::features::FeatureKind,
     cfg: &ProbeConfig,
 ) -> Result<ProbeResult, TrainError> {
+    linprobe_with(input, feature, cfg, &crate::dist::Comm::single())
+}
+
+/// [`linprobe`] as one rank of a data-parallel run: the encoder's passes over the images (the
+/// costly part) are shared out over the ranks and the features all-gathered; every rank then
+/// trains the same probe on the same features (it takes seconds), so all ranks end with the same
+/// result, which rank 0 reports.
+pub fn linprobe_with(
+    input: &FeatureSource,
+    feature: crate::features::FeatureKind,
+    cfg: &ProbeConfig,
+    comm: &crate::dist::Comm,
+) -> Result<ProbeResult, TrainError> {
     let (probe, val, train_len) = match input {
         FeatureSource::Model(model) if cfg.augment => {
             let preset = crate::checkpoint::preset_of(&model.checkpoint)?;
@@ -551,6 +581,7 @@ pub fn linprobe(
                 input: model,
                 feature,
                 cfg,
+                comm,
             })?
         }
         _ => {
@@ -559,7 +590,7 @@ pub fn linprobe(
                     "an augmented probe needs the encoder and the images (--checkpoint and --data), not cached features".into(),
                 ));
             }
-            let (train, val, classes) = input.load()?;
+            let (train, val, classes) = input.load_with(comm)?;
             let probe = train_probe(
                 train.select(feature),
                 &train.labels,
