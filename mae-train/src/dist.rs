@@ -133,6 +133,18 @@ impl Comm {
         }
     }
 
+    /// An error unless a configuration made for `configured` ranks runs on this many.
+    pub fn check_world_size(&self, configured: usize) -> Result<(), TrainError> {
+        if configured == self.world_size() {
+            Ok(())
+        } else {
+            Err(TrainError::Config(format!(
+                "the configuration is for {configured} rank(s), the run has {}",
+                self.world_size()
+            )))
+        }
+    }
+
     /// Rank 0: the one that writes checkpoints, metrics and progress.
     pub fn is_main(&self) -> bool {
         self.rank() == 0

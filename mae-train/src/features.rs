@@ -29,6 +29,16 @@ pub struct Features {
 }
 
 impl Features {
+    /// No samples yet, room for `n` of width `dim`.
+    pub fn with_capacity(dim: usize, n: usize) -> Self {
+        Features {
+            dim,
+            cls: Vec::with_capacity(n * dim),
+            avg: Vec::with_capacity(n * dim),
+            labels: Vec::with_capacity(n),
+        }
+    }
+
     /// Number of samples.
     pub fn len(&self) -> usize {
         self.labels.len()
@@ -210,12 +220,7 @@ pub fn extract_sharded<P: MaePreset>(
         *d = l as f32;
     }
     let all = comm.all_gather_f32(&send)?;
-    let mut out = Features {
-        dim,
-        cls: Vec::with_capacity(n * dim),
-        avg: Vec::with_capacity(n * dim),
-        labels: Vec::with_capacity(n),
-    };
+    let mut out = Features::with_capacity(dim, n);
     for (r, buf) in all.chunks_exact(width).enumerate() {
         let count = range_of(r).len();
         out.cls.extend_from_slice(&buf[..count * dim]);
@@ -239,12 +244,7 @@ fn extract_range<P: MaePreset>(
     check_channels::<P>(manifest)?;
     let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
     let n = range.len();
-    let mut out = Features {
-        dim,
-        cls: Vec::with_capacity(n * dim),
-        avg: Vec::with_capacity(n * dim),
-        labels: Vec::with_capacity(n),
-    };
+    let mut out = Features::with_capacity(dim, n);
     for_each_batch_in(
         split,
         manifest,
@@ -323,12 +323,7 @@ impl mae_core::PresetVisitor for ExtractFiles<'_> {
             Transform::Pretrain { .. } => s,
         };
         let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
-        let mut out = Features {
-            dim,
-            cls: Vec::new(),
-            avg: Vec::new(),
-            labels: Vec::new(),
-        };
+        let mut out = Features::with_capacity(dim, self.files.len());
         let (mut resizer, mut scratch) = (Resizer::new(), Vec::new());
         let per = c * s * s;
         for chunk in self.files.chunks(self.batch.max(1)) {

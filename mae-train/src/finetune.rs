@@ -365,13 +365,7 @@ pub fn finetune_with(
     comm: &Comm,
 ) -> Result<FinetuneSummary, TrainError> {
     config.validate()?;
-    if config.world_size != comm.world_size() {
-        return Err(TrainError::Config(format!(
-            "the configuration is for {} rank(s), the run has {}",
-            config.world_size,
-            comm.world_size()
-        )));
-    }
+    comm.check_world_size(config.world_size)?;
     config.preset.visit(Run {
         cfg: config,
         resume,

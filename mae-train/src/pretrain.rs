@@ -87,13 +87,7 @@ pub fn pretrain_with(
     stop: Arc<AtomicBool>,
     comm: &Comm,
 ) -> Result<RunSummary, TrainError> {
-    if config.world_size != comm.world_size() {
-        return Err(TrainError::Config(format!(
-            "the configuration is for {} rank(s), the run has {}",
-            config.world_size,
-            comm.world_size()
-        )));
-    }
+    comm.check_world_size(config.world_size)?;
     config.model.preset.visit(Run {
         config,
         resume,

@@ -101,11 +101,12 @@ pub fn weights(path: &Path) -> Vec<u8> {
     std::fs::read(path).unwrap()
 }
 
-use mae_core::TensorFile;
+use mae_core::{HostTensor, TensorFile};
 
-/// Compares every tensor of two checkpoints (model and training state) bit for bit. The metadata
-/// differs (the run directory is part of the configuration).
-pub fn assert_same_checkpoint(a: &Path, b: &Path) {
+/// Calls `f(name, what, a, b)` for every tensor of two checkpoints, model file and training-state
+/// file, after checking that both hold the same names and shapes (`what` names the tensor and the
+/// two files, for messages).
+fn for_each_tensor_pair(a: &Path, b: &Path, mut f: impl FnMut(&str, &str, HostTensor, HostTensor)) {
     for (x, y) in [
         (a.to_path_buf(), b.to_path_buf()),
         (
@@ -121,20 +122,24 @@ pub fn assert_same_checkpoint(a: &Path, b: &Path) {
                 fx.read(&name).unwrap().unwrap(),
                 fy.read(&name).unwrap().unwrap(),
             );
-            let same = tx.shape == ty.shape
-                && tx
-                    .data
-                    .iter()
-                    .zip(&ty.data)
-                    .all(|(p, q)| p.to_bits() == q.to_bits());
-            assert!(
-                same,
-                "{name} differs between {} and {}",
-                x.display(),
-                y.display()
-            );
+            let what = format!("{name} ({} vs {})", x.display(), y.display());
+            assert_eq!(tx.shape, ty.shape, "{what}");
+            f(&name, &what, tx, ty);
         }
     }
+}
+
+/// Compares every tensor of two checkpoints (model and training state) bit for bit. The metadata
+/// differs (the run directory is part of the configuration).
+pub fn assert_same_checkpoint(a: &Path, b: &Path) {
+    for_each_tensor_pair(a, b, |_, what, tx, ty| {
+        let same = tx
+            .data
+            .iter()
+            .zip(&ty.data)
+            .all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(same, "{what} differs");
+    });
 }
 
 /// `‖a − b‖ ≤ rel · ‖b‖` (L2).
@@ -162,46 +167,29 @@ fn assert_close(what: &str, a: &[f32], b: &[f32], rel: f64) {
 /// ~1% of a real update. It is checked to stay at that size: every difference at most a tenth of
 /// the largest query-bias value of the same tensor.
 pub fn assert_close_checkpoint(a: &Path, b: &Path, rel: f64) {
-    for (x, y) in [
-        (a.to_path_buf(), b.to_path_buf()),
-        (
-            mae_train::checkpoint::state_path(a),
-            mae_train::checkpoint::state_path(b),
-        ),
-    ] {
-        let (fx, fy) = (TensorFile::open(&x).unwrap(), TensorFile::open(&y).unwrap());
-        let names = fx.names().unwrap();
-        assert_eq!(names, fy.names().unwrap());
-        for name in names {
-            let (tx, ty) = (
-                fx.read(&name).unwrap().unwrap(),
-                fy.read(&name).unwrap().unwrap(),
-            );
-            assert_eq!(tx.shape, ty.shape, "{name}");
-            let what = format!("{name} ({} vs {})", x.display(), y.display());
-            if !name.contains("attn.qkv.bias") {
-                assert_close(&what, &tx.data, &ty.data, rel);
-                continue;
-            }
-            let d = tx.data.len() / 3;
-            let (q, k, v) = (0..d, d..2 * d, 2 * d..3 * d);
-            assert_close(
-                &format!("{what}, q"),
-                &tx.data[q.clone()],
-                &ty.data[q.clone()],
-                rel,
-            );
-            assert_close(&format!("{what}, v"), &tx.data[v.clone()], &ty.data[v], rel);
-            let q_max = ty.data[q].iter().fold(0.0f32, |m, x| m.max(x.abs()));
-            let k_diff = tx.data[k.clone()]
-                .iter()
-                .zip(&ty.data[k])
-                .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
-            assert!(
-                k_diff <= 0.1 * q_max,
-                "{what}, k: max |a − b| = {k_diff:e} > 0.1 · max |q bias| = {:e}",
-                0.1 * q_max
-            );
+    for_each_tensor_pair(a, b, |name, what, tx, ty| {
+        if !name.contains("attn.qkv.bias") {
+            assert_close(what, &tx.data, &ty.data, rel);
+            return;
         }
-    }
+        let d = tx.data.len() / 3;
+        let (q, k, v) = (0..d, d..2 * d, 2 * d..3 * d);
+        assert_close(
+            &format!("{what}, q"),
+            &tx.data[q.clone()],
+            &ty.data[q.clone()],
+            rel,
+        );
+        assert_close(&format!("{what}, v"), &tx.data[v.clone()], &ty.data[v], rel);
+        let q_max = ty.data[q].iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        let k_diff = tx.data[k.clone()]
+            .iter()
+            .zip(&ty.data[k])
+            .fold(0.0f32, |m, (p, q)| m.max((p - q).abs()));
+        assert!(
+            k_diff <= 0.1 * q_max,
+            "{what}, k: max |a − b| = {k_diff:e} > 0.1 · max |q bias| = {:e}",
+            0.1 * q_max
+        );
+    });
 }
