@@ -186,6 +186,9 @@ enum Command {
         /// tokens, instead of over the visible ones only.
         #[arg(long)]
         mask_tokens_in_encoder: bool,
+        /// `cpu`, or `cuda` (the first NVIDIA GPU; needs a build with the `cuda` feature).
+        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
+        device: String,
         /// Print one JSON object instead of a line of text.
         #[arg(long)]
         json: bool,
@@ -477,6 +480,7 @@ fn run(cli: Cli) -> Result<()> {
             mask_ratio,
             kernels,
             mask_tokens_in_encoder,
+            device,
             json,
         } => {
             if batch_size == 0 || steps == 0 {
@@ -492,6 +496,7 @@ fn run(cli: Cli) -> Result<()> {
                     cache: true,
                     fused: kernels == "fused",
                     mask_tokens_in_encoder,
+                    device: device.parse()?,
                 },
                 &comm,
             )
@@ -506,7 +511,7 @@ fn run(cli: Cli) -> Result<()> {
                     .peak_rss_mb
                     .map_or("unknown".into(), |m| format!("{m:.0} MiB"));
                 println!(
-                    "{} batch {}{}: {:.3} s/step (median of {}), {:.1} images/s, peak RSS {rss} ({} kernels)",
+                    "{} batch {}{}: {:.3} s/step (median of {}), {:.1} images/s, peak RSS {rss} ({} kernels on {})",
                     t.config,
                     t.batch,
                     if t.mask_tokens_in_encoder { ", mask tokens in encoder" } else { "" },
@@ -514,6 +519,7 @@ fn run(cli: Cli) -> Result<()> {
                     t.all_s.len(),
                     t.img_per_s,
                     t.kernels,
+                    t.device,
                 );
                 if t.ranks > 1 {
                     println!(

@@ -405,3 +405,26 @@ fn a_build_without_mpi_started_as_one_of_several_ranks_says_so() {
     );
     assert!(!out.join("checkpoint-1.safetensors").exists());
 }
+
+/// `--device cuda` in a build without the `cuda` feature is one clear line, not a panic.
+#[cfg(not(feature = "cuda"))]
+#[test]
+fn cuda_asked_of_a_cpu_build_says_how_to_get_one() {
+    let r = mae(&[
+        "bench",
+        "--device",
+        "cuda",
+        "--steps",
+        "1",
+        "--batch-size",
+        "2",
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(
+        err.contains("built without CUDA")
+            && err.contains("gpu-build")
+            && !err.contains("panicked"),
+        "{err}"
+    );
+}

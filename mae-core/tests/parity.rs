@@ -2,8 +2,8 @@
 //! `models_mae.py`): masking, latent, prediction, loss (raw and `norm_pix_loss`) and every
 //! parameter gradient, relative error ‖ours − ref‖ / ‖ref‖ ≤ 1e-4 per tensor.
 //!
-//! Data-driven: every `tests/fixtures/*.safetensors` plus every file listed in
-//! `MAE_PARITY_FIXTURES` (colon-separated). The preset comes from the file's `meta.preset`.
+//! Data-driven: every `tests/fixtures/*.safetensors` (or `$MAE_FIXTURES_DIR/*.safetensors`) plus
+//! every file listed in `MAE_PARITY_FIXTURES` (colon-separated). The preset comes from the file's `meta.preset`.
 //! Prints one line per fixture: its file name and the largest relative error.
 #![allow(clippy::unwrap_used)]
 
@@ -17,9 +17,13 @@ use mae_core::{tape_from, Mae, MaePreset, Masking, Preset, PresetVisitor, Tensor
 const TOLERANCE: f64 = 1e-4;
 
 fn fixture_files() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    // `MAE_FIXTURES_DIR` where the test binary runs away from its source tree (a GPU machine)
+    let dir = std::env::var_os("MAE_FIXTURES_DIR").map_or_else(
+        || Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures"),
+        PathBuf::from,
+    );
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap()
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
         .map(|e| e.unwrap().path())
         .filter(|p| p.extension().is_some_and(|e| e == "safetensors"))
         .collect();
@@ -51,6 +55,15 @@ fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
 }
 
 /// Running record of the comparisons of one fixture.
+
+/// Where the checks run: the first GPU in a build with the `cuda` feature (`cargo xtask
+/// gpu-build`, run on a GPU machine by `tools/gpu_check.sh`), the CPU otherwise. Same fixtures,
+/// same tolerances.
+#[cfg(feature = "cuda")]
+type Dev = Cuda;
+#[cfg(not(feature = "cuda"))]
+type Dev = Cpu;
+
 struct Report {
     file: String,
     worst: (f64, String),
@@ -113,8 +126,8 @@ impl PresetVisitor for Check<'_> {
         }
         let mask_ratio = meta["mask_ratio"].as_f64().expect("meta.mask_ratio");
 
-        let dev: Cpu = Cpu::seed_from_u64(0);
-        let mut model = Mae::<P, f32, Cpu>::new(&dev).unwrap();
+        let dev = Dev::seed_from_u64(0);
+        let mut model = Mae::<P, f32, Dev>::new(&dev).unwrap();
         model.load_from(file, "model.").unwrap();
 
         let read = |name: &str| {

@@ -1,4 +1,4 @@
-//! Timing of one MAE pretraining step (forward, backward, AdamW update) on the CPU.
+//! Timing of one MAE pretraining step (forward, backward, AdamW update) on the CPU or a GPU.
 //!
 //! PyTorch counterpart: `bench` in `tools/reference/torch_mae.py`, which times the same step with
 //! `torch.optim.AdamW(lr=1.5e-4, betas=(0.9, 0.95), weight_decay=0.05)`, `norm_pix_loss=True`,
@@ -12,14 +12,17 @@
 use std::time::Instant;
 
 use mae_core::dfdx::prelude::*;
+use mae_core::dfdx::tensor::{Cache, Synchronize};
 use mae_core::{tape_from, Mae, MaeError, MaePreset, Masking, Preset, PresetVisitor};
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use serde::Serialize;
 
+use crate::device::DeviceKind;
 use crate::dist::{Comm, GradSync, StepScalars};
 use crate::optim::AdamW;
 use crate::pretrain::decayed_names;
+use mae_core::MaeDevice;
 
 /// What to time.
 #[derive(Debug, Clone, Copy)]
@@ -38,6 +41,8 @@ pub struct StepBench {
     pub fused: bool,
     /// The paper's "encoder w/ [M]" ablation: the encoder runs over every patch.
     pub mask_tokens_in_encoder: bool,
+    /// Where the step runs.
+    pub device: DeviceKind,
 }
 
 impl Default for StepBench {
@@ -50,6 +55,7 @@ impl Default for StepBench {
             cache: true,
             fused: true,
             mask_tokens_in_encoder: false,
+            device: DeviceKind::Cpu,
         }
     }
 }
@@ -79,6 +85,8 @@ pub struct StepTiming {
     pub kernels: &'static str,
     /// Whether the encoder ran over every patch (the Table 1c ablation).
     pub mask_tokens_in_encoder: bool,
+    /// `cpu` or `cuda`.
+    pub device: DeviceKind,
     /// Data-parallel ranks (`mpirun -np N mae bench`); `batch` is per rank.
     pub ranks: usize,
     /// Median seconds of the gradient all-reduce in a step (the MPI calls; 0 with one rank).
@@ -110,74 +118,108 @@ impl PresetVisitor for Run<'_> {
     type Output = Result<StepTiming, MaeError>;
     fn visit<P: MaePreset>(self) -> Self::Output {
         let (cfg, comm) = (self.0, self.1);
-        mae_core::kernels::set_fused(cfg.fused);
-        let dev = Cpu::seed_from_u64(0);
-        if cfg.cache {
-            dev.enable_cache();
-        }
-        let mut model = Mae::<P, f32, Cpu>::new(&dev)?;
-        let train_err = |e: crate::TrainError| MaeError::Device(e.to_string());
-        let mut opt = AdamW::new(0.05, decayed_names(&model).map_err(train_err)?);
-        let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-        let imgs: Vec<f32> = (0..cfg.batch * P::image_numel())
-            .map(|_| rng.sample::<f32, _>(StandardNormal))
-            .collect();
-        let mut times = Vec::with_capacity(cfg.steps);
-        let mut update_times = Vec::with_capacity(cfg.steps);
-        let mut reduce_times = Vec::with_capacity(cfg.steps);
-        let mut copy_times = Vec::with_capacity(cfg.steps);
-        let mut sync = GradSync::default();
-        // the gradient buffers are allocated once and zeroed after each step, as in training
-        let mut grads = model.alloc_grads();
-        for step in 0..=cfg.steps {
-            let masking = Masking::random(&mut rng, cfg.batch, P::num_patches(), cfg.mask_ratio)?;
-            let start = Instant::now();
-            let tape = tape_from(&dev, grads);
-            let out = if cfg.mask_tokens_in_encoder {
-                model.forward_mask_tokens_in_encoder(&imgs, &masking, true, tape)?
-            } else {
-                model.forward(&imgs, &masking, true, tape)?
-            };
-            grads = out.loss.backward();
-            let (reduce_before, copy_before) = (sync.reduce_time, sync.copy_time);
-            sync.all_reduce(
-                comm,
-                &mut model,
-                &mut grads,
-                &mut [],
-                StepScalars::default(),
-            )
-            .map_err(train_err)?;
-            let update_start = Instant::now();
-            opt.update(&mut model, &mut grads, 1.5e-4)
-                .map_err(train_err)?;
-            model.zero_grads(&mut grads);
-            if step > 0 {
-                times.push(start.elapsed().as_secs_f64());
-                update_times.push(update_start.elapsed().as_secs_f64());
-                reduce_times.push((sync.reduce_time - reduce_before).as_secs_f64());
-                copy_times.push((sync.copy_time - copy_before).as_secs_f64());
+        match cfg.device {
+            DeviceKind::Cpu => {
+                mae_core::kernels::set_fused(cfg.fused);
+                time_on::<P, Cpu>(Cpu::seed_from_u64(0), &cfg, comm)
             }
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda => {
+                let dev = crate::device::cuda_device(0).map_err(train_err)?;
+                time_on::<P, Cuda>(dev, &cfg, comm)
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceKind::Cuda => Err(train_err(crate::device::cuda_missing())),
         }
-        let step_s = median(&times);
-        Ok(StepTiming {
-            r#impl: "mae-rs",
-            config: P::PRESET.to_string(),
-            batch: cfg.batch,
-            mask_ratio: cfg.mask_ratio,
-            step_s,
-            img_per_s: (cfg.batch * comm.world_size()) as f64 / step_s,
-            all_s: times,
-            update_s: median(&update_times),
-            peak_rss_mb: peak_rss_mb(),
-            kernels: if cfg.fused { "fused" } else { "dfdx" },
-            mask_tokens_in_encoder: cfg.mask_tokens_in_encoder,
-            ranks: comm.world_size(),
-            allreduce_s: median(&reduce_times),
-            allreduce_copy_s: median(&copy_times),
-            allreduce_values: sync.values,
-        })
     }
+}
+
+fn train_err(e: crate::TrainError) -> MaeError {
+    match e {
+        crate::TrainError::Device(message) => MaeError::Device(message),
+        other => MaeError::Device(other.to_string()),
+    }
+}
+
+/// The timed loop on device `D`.
+fn time_on<P: MaePreset, D: MaeDevice + Cache + Synchronize>(
+    dev: D,
+    cfg: &StepBench,
+    comm: &Comm,
+) -> Result<StepTiming, MaeError> {
+    if cfg.cache {
+        dev.enable_cache();
+    }
+    let mut model = Mae::<P, f32, D>::new(&dev)?;
+    let mut opt = AdamW::new(0.05, decayed_names(&model).map_err(train_err)?);
+    let mut rng = rand::rngs::StdRng::seed_from_u64(0);
+    let imgs: Vec<f32> = (0..cfg.batch * P::image_numel())
+        .map(|_| rng.sample::<f32, _>(StandardNormal))
+        .collect();
+    let mut times = Vec::with_capacity(cfg.steps);
+    let mut update_times = Vec::with_capacity(cfg.steps);
+    let mut reduce_times = Vec::with_capacity(cfg.steps);
+    let mut copy_times = Vec::with_capacity(cfg.steps);
+    let mut sync = GradSync::default();
+    // the gradient buffers are allocated once and zeroed after each step, as in training
+    let mut grads = model.alloc_grads();
+    for step in 0..=cfg.steps {
+        let masking = Masking::random(&mut rng, cfg.batch, P::num_patches(), cfg.mask_ratio)?;
+        let start = Instant::now();
+        let tape = tape_from(&dev, grads);
+        let out = if cfg.mask_tokens_in_encoder {
+            model.forward_mask_tokens_in_encoder(&imgs, &masking, true, tape)?
+        } else {
+            model.forward(&imgs, &masking, true, tape)?
+        };
+        grads = out.loss.backward();
+        let (reduce_before, copy_before) = (sync.reduce_time, sync.copy_time);
+        sync.all_reduce(
+            comm,
+            &mut model,
+            &mut grads,
+            &mut [],
+            StepScalars::default(),
+        )
+        .map_err(train_err)?;
+        let update_start = Instant::now();
+        opt.update(&mut model, &mut grads, 1.5e-4)
+            .map_err(train_err)?;
+        model.zero_grads(&mut grads);
+        // the host waits for the device's queue to drain (a no-op on the Cpu), so the time is the
+        // step's and not its launch's
+        dev.try_synchronize()
+            .map_err(|e| MaeError::Device(format!("{e:?}")))?;
+        if step > 0 {
+            times.push(start.elapsed().as_secs_f64());
+            update_times.push(update_start.elapsed().as_secs_f64());
+            reduce_times.push((sync.reduce_time - reduce_before).as_secs_f64());
+            copy_times.push((sync.copy_time - copy_before).as_secs_f64());
+        }
+    }
+    let step_s = median(&times);
+    Ok(StepTiming {
+        r#impl: "mae-rs",
+        config: P::PRESET.to_string(),
+        batch: cfg.batch,
+        mask_ratio: cfg.mask_ratio,
+        step_s,
+        img_per_s: (cfg.batch * comm.world_size()) as f64 / step_s,
+        all_s: times,
+        update_s: median(&update_times),
+        peak_rss_mb: peak_rss_mb(),
+        kernels: match (cfg.device, cfg.fused) {
+            (DeviceKind::Cpu, true) => "fused",
+            (DeviceKind::Cpu, false) => "dfdx",
+            (DeviceKind::Cuda, _) => "dfdx-cuda",
+        },
+        mask_tokens_in_encoder: cfg.mask_tokens_in_encoder,
+        device: cfg.device,
+        ranks: comm.world_size(),
+        allreduce_s: median(&reduce_times),
+        allreduce_copy_s: median(&copy_times),
+        allreduce_values: sync.values,
+    })
 }
 
 /// Times `steps` training steps of `preset` at `batch` images (after one warm-up step) and

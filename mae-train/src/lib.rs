@@ -5,6 +5,7 @@
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod device;
 pub mod dist;
 pub mod error;
 pub mod features;

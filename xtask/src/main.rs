@@ -162,6 +162,7 @@ fn main() -> Result<()> {
         }
         Some("fixtures") => run_script("make_fixtures.sh", &args[1..]),
         Some("bench-vs-pytorch") => run_script("bench_vs_pytorch.sh", &args[1..]),
+        Some("gpu-build") => run_script("gpu_build.sh", &args[1..]),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -169,7 +170,9 @@ fn main() -> Result<()> {
                  demo               prepare the bundled data, pretrain `tiny`, draw reconstructions\n  \
                  prepare-data ...   prepare a dataset (see `mae data prepare --help`)\n  \
                  fixtures           regenerate mae-core/tests/fixtures (needs torch, timm)\n  \
-                 bench-vs-pytorch   time one training step, ours and PyTorch's, in one run"
+                 bench-vs-pytorch   time one training step, ours and PyTorch's, in one run\n  \
+                 gpu-build          CUDA 13.0 from PyPI wheels, then the `cuda` binaries into\n                     \
+                 target/gpu-carry for tools/gpu_check.sh on a GPU machine (no GPU needed here)"
             );
             if args.is_empty() {
                 Ok(())

@@ -1,0 +1,108 @@
+//! Which device a command computes on: `--device cpu|cuda`.
+//!
+//! PyTorch counterpart: `--device` of `main_pretrain.py` (`torch.device(args.device)`).
+//! `cuda` needs a build with the `cuda` feature (dfdx's `Cuda`, through cudarc) and an NVIDIA GPU;
+//! asked for where either is missing it is an error that says which.
+
+use std::fmt;
+use std::str::FromStr;
+
+use crate::error::TrainError;
+
+/// A compute device.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum DeviceKind {
+    /// The host CPU (our fused kernels).
+    #[default]
+    Cpu,
+    /// The first NVIDIA GPU (dfdx's `Cuda`).
+    Cuda,
+}
+
+impl FromStr for DeviceKind {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "cpu" => Ok(DeviceKind::Cpu),
+            "cuda" => Ok(DeviceKind::Cuda),
+            other => Err(TrainError::Config(format!(
+                "unknown device `{other}` (cpu or cuda)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for DeviceKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            DeviceKind::Cpu => "cpu",
+            DeviceKind::Cuda => "cuda",
+        })
+    }
+}
+
+/// GPU 0 with dfdx's RNG seeded by `seed`, or an error saying why there is none.
+#[cfg(feature = "cuda")]
+pub fn cuda_device(seed: u64) -> Result<mae_core::dfdx::prelude::Cuda, TrainError> {
+    // cudarc 0.9's `CudaDevice::new` unwraps `cuInit` and `cuDeviceGet`: ask the driver first, so
+    // that a machine without a GPU gets an error, not a panic
+    use cudarc::driver::result;
+    let no_gpu = |what: &str, e: result::DriverError| {
+        TrainError::Device(format!("--device cuda: {what}: driver error {:?}", e.0))
+    };
+    result::init().map_err(|e| no_gpu("the CUDA driver did not initialize", e))?;
+    let count = result::device::get_count().map_err(|e| no_gpu("no CUDA device", e))?;
+    if count < 1 {
+        return Err(TrainError::Device("--device cuda: no CUDA device".into()));
+    }
+    mae_core::dfdx::prelude::Cuda::try_build(0, seed).map_err(|e| {
+        TrainError::Device(format!(
+            "CUDA device 0 could not be opened: {}",
+            describe_cuda_error(&e)
+        ))
+    })
+}
+
+/// A CUDA error in words, without asking the driver: cudarc's `Debug` of a driver error calls
+/// `cuGetErrorString` and panics when that fails too (a broken or stub `libcuda`).
+#[cfg(feature = "cuda")]
+pub fn describe_cuda_error(e: &mae_core::dfdx::tensor::CudaError) -> String {
+    use mae_core::dfdx::tensor::CudaError;
+    match e {
+        CudaError::Driver(d) => format!("driver error {:?}", d.0),
+        CudaError::Blas(b) => format!("cuBLAS error {:?}", b.0),
+        CudaError::Cpu(c) => format!("{c:?}"),
+        #[allow(unreachable_patterns)]
+        _ => "CUDA error".to_string(),
+    }
+}
+
+/// The error of a build without the `cuda` feature asked for the GPU.
+pub fn cuda_missing() -> TrainError {
+    TrainError::Config(
+        "--device cuda: this `mae` was built without CUDA; build it with `cargo xtask gpu-build` \
+         (or `cargo build --release -p mae-cli --features cuda` where a CUDA toolkit is installed)"
+            .into(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_parse_and_print_back() {
+        for d in [DeviceKind::Cpu, DeviceKind::Cuda] {
+            assert_eq!(d.to_string().parse::<DeviceKind>().ok(), Some(d));
+        }
+        let err = "gpu"
+            .parse::<DeviceKind>()
+            .expect_err("not a device")
+            .to_string();
+        assert!(
+            err.contains("`gpu`") && err.contains("cpu or cuda"),
+            "{err}"
+        );
+    }
+}

@@ -1,0 +1,78 @@
+#!/usr/bin/env bash
+# The GPU checks of the CUDA issue (#7), in one call of a few minutes, on a machine with an NVIDIA
+# GPU, PyTorch with its CUDA 13 wheels, and no Rust: it runs what `cargo xtask gpu-build` left in
+# target/gpu-carry (carry that folder to the GPU machine with the working tree).
+#
+#  1. the card (nvidia-smi);
+#  2. the parity tests on the GPU (mae-core's fixtures, ≤ 1e-4 in f32, no TF32);
+#  3. one training step on the GPU against the same step on the CPU (mae-train's gpu_step);
+#  4. `mae bench --device cuda` for tiny b256, vit-b16 b64, vit-l16 b32, side by side with PyTorch
+#     eager f32 and fp16 autocast on the same card (tools/reference/torch_mae.py bench).
+#
+# Results go to $OUT (default target/gpu-check): one JSON line per bench in bench.jsonl, the
+# tests' output in *.log. Every step runs even when an earlier one failed; the exit status says
+# whether all passed. Environment: GPU_CARRY (target/gpu-carry), OUT, STEPS (bench steps, 5).
+set -uo pipefail
+root="$(cd "$(dirname "$0")/.." && pwd)"
+carry="${GPU_CARRY:-$root/target/gpu-carry}"
+out="${OUT:-$root/target/gpu-check}"
+steps="${STEPS:-5}"
+mkdir -p "$out"
+failed=0
+say() { echo "gpu-check: $*"; }
+fail() { say "FAILED: $*"; failed=1; }
+
+[ -x "$carry/bin/mae" ] || { say "no $carry/bin/mae: run cargo xtask gpu-build first"; exit 2; }
+nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv | tee "$out/gpu.txt"
+
+# The binaries link libcublas, libcublasLt and libnvrtc (CUDA 13), which PyTorch's wheels carry,
+# and the driver's libcuda.
+python="${PYTHON:-python3}"
+libdirs="$("$python" - <<'EOF'
+import glob, os, site, sys
+dirs = set()
+for base in site.getsitepackages() + [site.getusersitepackages()]:
+    for lib in glob.glob(os.path.join(base, "nvidia", "**", "lib*.so*"), recursive=True):
+        dirs.add(os.path.dirname(lib))
+print(":".join(sorted(dirs)))
+EOF
+)"
+export LD_LIBRARY_PATH="$libdirs${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+
+# dfdx compiles a few kernels at run time with NVRTC, with include paths fixed when it was built
+# (the CUDA headers and its own cuda_utils.cuh): put the carried copies at those paths.
+if [ -f "$carry/include-paths" ]; then
+  headers="${TMPDIR:-/tmp}/mae-gpu-include"
+  mkdir -p "$headers" && tar -xzf "$carry/include.tar.gz" -C "$headers"
+  while IFS=' ' read -r baked carried; do
+    [ -e "$baked" ] && continue
+    mkdir -p "$(dirname "$baked")"
+    ln -s "$headers/$carried" "$baked" || fail "cannot recreate $baked"
+  done <"$carry/include-paths"
+fi
+
+say "parity on the GPU"
+MAE_FIXTURES_DIR="$root/mae-core/tests/fixtures" "$carry/bin/test-parity" --nocapture \
+  >"$out/parity.log" 2>&1 || fail "parity (see $out/parity.log)"
+tail -n 5 "$out/parity.log"
+
+say "one training step, GPU against CPU"
+"$carry/bin/test-gpu_step" --nocapture >"$out/gpu_step.log" 2>&1 ||
+  fail "gpu_step (see $out/gpu_step.log)"
+tail -n 3 "$out/gpu_step.log"
+
+say "bench: ours (f32) and PyTorch (eager f32, fp16 autocast) on the same card"
+: >"$out/bench.jsonl"
+for pb in tiny:256 vit-b16:64 vit-l16:32; do
+  preset="${pb%%:*}" batch="${pb##*:}"
+  "$carry/bin/mae" bench --device cuda --preset "$preset" --batch-size "$batch" --steps "$steps" \
+    --json >>"$out/bench.jsonl" 2>>"$out/bench.err" || fail "mae bench $preset $batch"
+  for amp in "" "--amp"; do
+    "$python" "$root/tools/reference/torch_mae.py" bench --device cuda $amp --config "$preset" \
+      --batch "$batch" --steps "$steps" >>"$out/bench.jsonl" 2>>"$out/bench.err" ||
+      fail "torch bench $preset $batch $amp"
+  done
+done
+cat "$out/bench.jsonl"
+[ "$failed" = 0 ] && say "all passed" || say "some checks failed"
+exit "$failed"
