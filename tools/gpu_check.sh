@@ -5,7 +5,8 @@
 #
 #  1. the card (nvidia-smi);
 #  2. the parity tests on the GPU (mae-core's fixtures, ≤ 1e-4 in f32, no TF32);
-#  3. one training step on the GPU against the same step on the CPU (mae-train's gpu_step);
+#  3. one training step on the GPU against the same step on the CPU (mae-train's gpu_step), and
+#     60 steps of `mae pretrain --device cuda` on the bundled data;
 #  4. `mae bench --device cuda` for tiny b256, vit-b16 b64, vit-l16 b32, side by side with PyTorch
 #     eager f32 and fp16 autocast on the same card (tools/reference/torch_mae.py bench).
 #
@@ -60,6 +61,18 @@ say "one training step, GPU against CPU"
 "$carry/bin/test-gpu_step" --nocapture >"$out/gpu_step.log" 2>&1 ||
   fail "gpu_step (see $out/gpu_step.log)"
 tail -n 3 "$out/gpu_step.log"
+
+say "pretraining on the GPU: tiny, 60 steps on the bundled Fashion-MNIST"
+data="${TMPDIR:-/tmp}/mae-gpu-fmnist"
+if "$carry/bin/mae" data prepare --from idx "$root/data/fashion-mnist" --out "$data" --force \
+    >/dev/null 2>"$out/prepare.err"; then
+  "$carry/bin/mae" pretrain --device cuda --data "$data" --preset tiny --out "$out/pretrain" \
+    --batch-size 256 --max-steps 60 --log-every 10 --warmup-epochs 1 --blr 1e-3 --norm-pix-loss \
+    >"$out/pretrain.log" 2>&1 || fail "pretrain on cuda (see $out/pretrain.log)"
+  tail -n 4 "$out/pretrain.log"
+else
+  fail "data prepare (see $out/prepare.err)"
+fi
 
 say "bench: ours (f32) and PyTorch (eager f32, fp16 autocast) on the same card"
 : >"$out/bench.jsonl"

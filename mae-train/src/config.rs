@@ -86,6 +86,9 @@ pub struct PretrainOverrides {
     /// optimizer steps; the run stops with an error naming the ranks that drifted.
     #[cfg_attr(feature = "clap", arg(long))]
     pub check_sync_every: Option<u64>,
+    /// `cpu` (default) or `cuda` (the first NVIDIA GPU; needs a build with the `cuda` feature).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub device: Option<crate::device::DeviceKind>,
 }
 
 impl PretrainOverrides {
@@ -125,7 +128,8 @@ impl PretrainOverrides {
             log_every,
             input_size,
             eval_every,
-            check_sync_every
+            check_sync_every,
+            device
         )
     }
 }
@@ -177,6 +181,9 @@ pub struct PretrainConfig {
     /// Debug: compare a checksum of the weights across ranks every this many optimizer steps.
     #[serde(default)]
     pub check_sync_every: Option<u64>,
+    /// Where the run computes.
+    #[serde(default)]
+    pub device: crate::device::DeviceKind,
 }
 
 fn one() -> usize {
@@ -233,6 +240,7 @@ impl PretrainConfig {
             eval_every: given.eval_every,
             world_size,
             check_sync_every: given.check_sync_every,
+            device: given.device.unwrap_or_default(),
         };
         let bad = |m: String| Err(TrainError::Config(m));
         if config.batch_size == 0 || config.accum_iter == 0 || config.epochs == 0 {

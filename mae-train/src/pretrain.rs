@@ -20,11 +20,14 @@ use serde::Serialize;
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::PretrainConfig;
+use crate::device::DeviceKind;
 use crate::dist::{check_in_sync, Comm, GradSync, StepScalars};
 use crate::error::TrainError;
 use crate::optim::AdamW;
 use crate::runlog::RunLog;
 use crate::schedule::{lr_at, StepPlan};
+use mae_core::dfdx::tensor::Cache;
+use mae_core::MaeDevice;
 
 /// How a run ended.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -235,9 +238,35 @@ impl PresetVisitor for Run<'_> {
             mae_core::weights::write_atomic(&config_path, config_json.as_bytes())?;
         }
 
-        let dev = Cpu::seed_from_u64(cfg.seed);
+        match cfg.device {
+            DeviceKind::Cpu => {
+                self.train::<P, Cpu>(Cpu::seed_from_u64(cfg.seed), data, config_json)
+            }
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda => {
+                let dev = crate::device::cuda_device(cfg.seed)?;
+                self.train::<P, Cuda>(dev, data, config_json)
+            }
+            #[cfg(not(feature = "cuda"))]
+            DeviceKind::Cuda => Err(crate::device::cuda_missing()),
+        }
+    }
+}
+
+impl Run<'_> {
+    /// The loop itself, on device `D`.
+    fn train<P: MaePreset, D: MaeDevice + Cache + 'static>(
+        &self,
+        dev: D,
+        data: Arc<Dataset>,
+        config_json: String,
+    ) -> Result<RunSummary, TrainError> {
+        let cfg = self.config;
+        let m = data.manifest();
+        let comm = self.comm;
+        let main = comm.is_main();
         dev.enable_cache();
-        let mut model = Mae::<P, f32, Cpu>::new(&dev)?;
+        let mut model = Mae::<P, f32, D>::new(&dev)?;
         let mut opt = AdamW::new(cfg.weight_decay, decayed_names(&model)?);
         let mut state = TrainState {
             step: 0,
@@ -281,6 +310,11 @@ impl PresetVisitor for Run<'_> {
                 ..LoaderConfig::default()
             },
         )?;
+        if cfg.eval_every.is_some() && cfg.device != DeviceKind::Cpu {
+            return Err(TrainError::Config(
+                "--eval-every runs its kNN on the cpu device only, for now".into(),
+            ));
+        }
         if cfg.eval_every.is_some() && (data.val().is_empty() || m.classes.len() < 2) {
             return Err(TrainError::Config(format!(
                 "{}: --eval-every needs labeled data with a validation split ({} classes, {} val images)",
@@ -336,7 +370,7 @@ impl PresetVisitor for Run<'_> {
         let mut last_loss = None;
         let mut group_loss = 0.0f64;
         let mut lr = 0.0;
-        let save = |model: &Mae<P, f32, Cpu>, opt: &AdamW, state: &TrainState| {
+        let save = |model: &Mae<P, f32, D>, opt: &AdamW, state: &TrainState| {
             checkpoint::save(&cfg.out, model, opt, state, &config_json, cfg.keep_last)
         };
 
@@ -376,7 +410,8 @@ impl PresetVisitor for Run<'_> {
                     cfg.model.norm_pix_loss,
                     tape_from(&dev, grads),
                 )?;
-                let loss_value = out.loss.array();
+                // `as_vec` rather than `array`: the one read of the loss that every device has
+                let loss_value = out.loss.as_vec()[0];
                 if !loss_value.is_finite() {
                     return Err(TrainError::NonFiniteLoss {
                         step: state.step + 1,
@@ -428,7 +463,13 @@ impl PresetVisitor for Run<'_> {
                     && state.micro_step == 0
                     && cfg.eval_every.is_some_and(|n| state.epoch % n as u64 == 0)
                 {
-                    let line = knn_during_training(&model, &data, state.epoch, state.step)?;
+                    // refused up front on other devices (the kNN takes a Cpu encoder)
+                    let Some(model) = (&model as &dyn std::any::Any).downcast_ref() else {
+                        return Err(TrainError::Config(
+                            "--eval-every needs the cpu device".into(),
+                        ));
+                    };
+                    let line = knn_during_training::<P>(model, &data, state.epoch, state.step)?;
                     log.message(&format!(
                         "epoch {}: kNN (k=20, cls) val top-1 {:.2}%, top-5 {:.2}%",
                         line.epoch, line.knn_top1, line.knn_top5
