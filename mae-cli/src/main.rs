@@ -320,8 +320,20 @@ fn run(cli: Cli) -> Result<()> {
             feature,
             json,
         } => {
-            let acc =
-                mae_train::features::knn_eval(&source.source()?, k, temperature, feature.parse()?)?;
+            let comm = mae_train::dist::Comm::from_env()?;
+            let acc = train::on_every_rank(
+                &comm,
+                mae_train::features::knn_eval_with(
+                    &source.source()?,
+                    k,
+                    temperature,
+                    feature.parse()?,
+                    &comm,
+                ),
+            )?;
+            if !comm.is_main() {
+                return Ok(());
+            }
             if json {
                 println!(
                     "{}",

@@ -1,7 +1,7 @@
 //! Data-parallel runs under `mpirun` (built with `--features mpi`; needs Open MPI's `mpirun` on
 //! PATH): 2 ranks at batch B/2 give the weights of 1 rank at batch B, a run resumes across world
 //! sizes both ways, the ranks' weights stay identical (`--check-sync-every`), and a linear probe
-//! whose feature extraction is shared out over 2 ranks reports what one process reports.
+//! and a kNN whose feature extraction is shared out over 2 ranks report what one process reports.
 //!
 //! Run with `cargo test -p mae-cli --features mpi --test mpi` (`.ci/run` does).
 #![cfg(feature = "mpi")]
@@ -124,5 +124,22 @@ fn two_ranks_match_one_process_in_pretraining_resume_and_the_probe() {
         (&single["top1"], &single["top5"]),
         (&ranks["top1"], &ranks["top5"]),
         "1 process {single}, 2 ranks {ranks}"
+    );
+
+    // and kNN, the same way
+    let knn = [
+        "knn",
+        "--checkpoint",
+        ckpt.to_str().unwrap(),
+        "--data",
+        s.data(),
+        "--json",
+    ];
+    let single: serde_json::Value = serde_json::from_str(run_ok(&knn).trim()).unwrap();
+    let ranks: serde_json::Value = serde_json::from_str(mpirun_ok(2, &knn).trim()).unwrap();
+    assert_eq!(
+        (&single["top1"], &single["top5"]),
+        (&ranks["top1"], &ranks["top5"]),
+        "kNN: 1 process {single}, 2 ranks {ranks}"
     );
 }

@@ -731,7 +731,19 @@ pub fn knn_eval(
     temperature: f32,
     feature: FeatureKind,
 ) -> Result<Accuracy, TrainError> {
-    let (train, val, classes) = input.load()?;
+    knn_eval_with(input, k, temperature, feature, &crate::dist::Comm::single())
+}
+
+/// [`knn_eval`] with the encoder's passes over the images shared out over the ranks of `comm`
+/// ([`extract_sharded`]); every rank then classifies the same features.
+pub fn knn_eval_with(
+    input: &FeatureSource,
+    k: usize,
+    temperature: f32,
+    feature: FeatureKind,
+    comm: &crate::dist::Comm,
+) -> Result<Accuracy, TrainError> {
+    let (train, val, classes) = input.load_with(comm)?;
     knn_classify(
         train.select(feature),
         &train.labels,
