@@ -19,7 +19,8 @@ use mae_core::dfdx::nn::tensor_collection::{
     RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
 };
 use mae_core::dfdx::prelude::*;
-use mae_core::layers::host_vec;
+use mae_core::weights::named_tensors;
+use mae_core::{Mae, MaePreset};
 
 use crate::error::{device_err, TrainError};
 
@@ -365,52 +366,24 @@ impl<D: MaeDevice, F: FnMut(&str, &mut [f32])> TensorVisitor<f32, D> for GradVis
     }
 }
 
-/// XXH3-64 of every trainable parameter's values of `model`, in the module walk's order: equal
-/// on every rank while the ranks stay in step.
-pub fn weights_checksum<M: TensorCollection<f32, D>, D: MaeDevice>(
-    model: &mut M,
+/// XXH3-64 of every trainable parameter's values of `model` (the host copies
+/// `weights::named_tensors` makes, in its order): equal on every rank while the ranks stay in step.
+pub fn weights_checksum<P: MaePreset, D: Device<f32>>(
+    model: &Mae<P, f32, D>,
 ) -> Result<u64, TrainError> {
-    let mut visitor = Checksum {
-        hasher: xxhash_rust::xxh3::Xxh3::new(),
-    };
-    M::iter_tensors(&mut RecursiveWalker {
-        m: (model, String::new()),
-        f: &mut visitor,
-    })?;
-    Ok(visitor.hasher.digest())
-}
-
-struct Checksum {
-    hasher: xxhash_rust::xxh3::Xxh3,
-}
-
-impl<D: MaeDevice> TensorVisitor<f32, D> for Checksum {
-    type Viewer = (ViewTensorMut, ViewTensorName);
-    type Err = TrainError;
-    type E2 = f32;
-    type D2 = D;
-
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, f32, D>,
-        (param, _name): (&mut Tensor<S, f32, D>, String),
-    ) -> Result<Option<Tensor<S, f32, D>>, Self::Err> {
-        if opts.do_gradient_update {
-            let bytes: Vec<u8> = host_vec(param)?
-                .iter()
-                .flat_map(|v| v.to_le_bytes())
-                .collect();
-            self.hasher.update(&bytes);
-        }
-        Ok(None)
+    let mut hasher = xxhash_rust::xxh3::Xxh3::new();
+    for t in named_tensors(model)?.iter().filter(|t| t.trainable) {
+        let bytes: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        hasher.update(&bytes);
     }
+    Ok(hasher.digest())
 }
 
 /// Compares the weights' checksum across ranks (the `--check-sync-every` debug check): an error
 /// naming the ranks that differ from rank 0.
-pub fn check_in_sync<M: TensorCollection<f32, D>, D: MaeDevice>(
+pub fn check_in_sync<P: MaePreset, D: Device<f32>>(
     comm: &Comm,
-    model: &mut M,
+    model: &Mae<P, f32, D>,
     step: u64,
 ) -> Result<(), TrainError> {
     let sum = weights_checksum(model)?;

@@ -156,7 +156,9 @@ pub fn extract<P: MaePreset>(
 }
 
 /// The evaluation transform of preset `P` for data described by `manifest`.
-fn eval_augment<P: MaePreset>(manifest: &mae_data::Manifest) -> Result<Augment, TrainError> {
+pub(crate) fn eval_augment<P: MaePreset>(
+    manifest: &mae_data::Manifest,
+) -> Result<Augment, TrainError> {
     let (mean, std) = normalization(manifest, false);
     let s = P::IMG_SIZE;
     Ok(Augment::new(Transform::eval_for(s), s, &mean, &std, 0)?)

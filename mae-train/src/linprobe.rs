@@ -534,13 +534,7 @@ impl mae_core::PresetVisitor for AugmentedProbe<'_> {
             )?;
             trainer.epoch(epoch, f.select(self.feature), &f.labels)?;
         }
-        let eval = Augment::new(
-            Transform::eval_for(P::IMG_SIZE),
-            P::IMG_SIZE,
-            &mean,
-            &std,
-            0,
-        )?;
+        let eval = crate::features::eval_augment::<P>(m)?;
         let val = crate::features::extract_sharded(
             &encoder,
             data.val(),

@@ -447,7 +447,7 @@ impl Run<'_> {
                 last_loss = Some(group_loss as f32);
                 if let Some(every) = cfg.check_sync_every {
                     if state.step % every == 0 {
-                        check_in_sync(comm, &mut model, state.step)?;
+                        check_in_sync(comm, &model, state.step)?;
                     }
                 }
                 if state.micro_step >= plan.usable_micro {
