@@ -5,8 +5,9 @@
 //! by `2/sqrt(pi)` instead of `sqrt(2/pi)`, a gradient wrong by up to a factor sqrt(2) (see
 //! `NOTES.md`). PyTorch counterpart: `nn.GELU()` (approximate='none').
 //!
-//! The CPU device has a fused kernel; other devices get an exact composition of dfdx ops
-//! (forward value computed on the host, gradient through `(x − x₀)·gelu'(x₀) + gelu(x₀)`).
+//! The CPU device has a fused kernel; other devices get a composition of dfdx ops that runs where
+//! the tensor lies: `accurate_gelu` plus a term that is zero in value and corrects its gradient
+//! ([`gelu_composed`]).
 
 use dfdx::prelude::*;
 
@@ -76,26 +77,39 @@ pub trait MaeDevice: Device<f32> + ZerosTensor<usize> + CopySlice<usize> {
     }
 }
 
-/// GELU through dfdx ops on any device: the values of `gelu(x)` and `gelu'(x)` are computed on the
-/// host and `y = (x − x₀)·gelu'(x₀) + gelu(x₀)` with `x₀` a detached copy of `x`, which is exactly
-/// `gelu(x)` forward (`x − x₀ = 0`) and has gradient `gelu'(x)`.
+/// GELU through dfdx ops on any device, computed where the tensor lies (no copy to the host).
+///
+/// dfdx's `accurate_gelu` has the exact forward value but its backward is
+/// `Φ(x) + x·e^{-x²/2}/√π` where the derivative is `Φ(x) + x·e^{-x²/2}/√(2π)`: too large by
+/// `c(x) = x·e^{-x²/2}·(1 − 1/√2)/√π`. With `x₀` the same values off the tape,
+/// `y = accurate_gelu(x) − (x·c(x₀) − x₀·c(x₀))` has exactly `accurate_gelu`'s value (the
+/// bracket is zero) and the gradient `accurate_gelu'(x) − c(x) = gelu'(x)`.
 pub fn gelu_composed<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
     x: Tensor<S, f32, D, T>,
 ) -> Result<Tensor<S, f32, D, T>, MaeError> {
-    let shape = *x.shape();
-    let values = x.as_vec();
-    let dev = x.device().clone();
-    let value: Vec<f32> = values.iter().map(|&v| gelu_value(v)).collect();
-    let value = host_tensor(&dev, &value, shape)?;
     if !T::OWNS_TAPE {
-        return Ok(value.put_tape(x.split_tape().1));
+        return x.try_accurate_gelu().map_err(dev_err);
     }
-    let slope: Vec<f32> = values.iter().map(|&v| gelu_derivative(v)).collect();
-    let slope = host_tensor(&dev, &slope, shape)?;
-    let detached = host_tensor(&dev, &values, shape)?;
-    x.try_sub(detached)
-        .and_then(|t| t.try_mul(slope))
-        .and_then(|t| t.try_add(value))
+    let detached = x.retaped::<NoneTape>();
+    let excess = (1.0 - std::f32::consts::FRAC_1_SQRT_2) / std::f32::consts::PI.sqrt();
+    let correction = detached
+        .clone()
+        .try_square()
+        .and_then(|t| t.try_mul(-0.5))
+        .and_then(|t| t.try_exp())
+        .and_then(|t| t.try_mul(detached.clone()))
+        .and_then(|t| t.try_mul(excess))
+        .map_err(dev_err)?;
+    // `x·c − x₀·c`: two products of the same values by the same kernel, so exactly zero (a
+    // difference `x − x₀` cannot be taken directly: `x₀` shares `x`'s id in the gradient map)
+    let off_tape = detached.try_mul(correction.clone()).map_err(dev_err)?;
+    let zero = x
+        .with_empty_tape()
+        .try_mul(correction)
+        .and_then(|t| t.try_sub(off_tape))
+        .map_err(dev_err)?;
+    x.try_accurate_gelu()
+        .and_then(|t| t.try_sub(zero))
         .map_err(dev_err)
 }
 
@@ -203,7 +217,10 @@ mod tests {
         };
         let (v1, g1) = run(true);
         let (v2, g2) = run(false);
-        assert_eq!(v1, v2);
+        // the fused kernel's erf is our polynomial, dfdx's `accurate_gelu` calls libm's `erff`
+        for (a, b) in v1.iter().zip(&v2) {
+            assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{a} vs {b}");
+        }
         for ((a, b), (&xv, w)) in g1.iter().zip(&g2).zip(data.iter().zip(weights.as_vec())) {
             assert!((a - b).abs() <= 1e-6 * a.abs().max(1.0), "{a} vs {b}");
             assert!((a - gelu_derivative(xv) * w).abs() <= 1e-6 * a.abs().max(1.0));
