@@ -148,8 +148,9 @@ pub fn save<M: Checkpointable>(
 ) -> Result<PathBuf, TrainError> {
     let model_path = checkpoint_path(run_dir, state.step);
     // training state first
-    let mut tensors = Vec::with_capacity(2 * opt.state.len());
-    for (name, m) in &opt.state {
+    let moments = opt.moments()?;
+    let mut tensors = Vec::with_capacity(2 * moments.len());
+    for (name, m) in moments.iter() {
         for (kind, data) in [("exp_avg", &m.exp_avg), ("exp_avg_sq", &m.exp_avg_sq)] {
             tensors.push(NamedTensor {
                 name: format!("{kind}.{name}"),
@@ -272,7 +273,7 @@ pub fn load<M: Checkpointable>(
     opt.weight_decay = optimizer.weight_decay;
     opt.step = optimizer.step;
     opt.decayed = optimizer.decayed;
-    opt.state = moments;
+    opt.set_moments(moments);
     Ok(state)
 }
 

@@ -10,8 +10,16 @@
 //! The step, per parameter, as PyTorch's single-tensor AdamW computes it:
 //! `p ← p·(1 − lr·wd)`; `m ← β₁m + (1−β₁)g`; `v ← β₂v + (1−β₂)g²`;
 //! `p ← p − (lr / (1−β₁ᵗ)) · m / (sqrt(v) / sqrt(1−β₂ᵗ) + ε)`.
+//!
+//! On the `Cpu` the step reads the gradients where they lie and runs on all cores. On a device
+//! that keeps its buffers elsewhere (`Cuda`) the same step runs there as dfdx ops, with the
+//! moments kept on the device between steps ([`AdamW::update_on_device`]); they come back to the
+//! host only for a checkpoint ([`AdamW::moments`]).
 
+use std::any::Any;
+use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 
 use mae_core::dfdx::nn::tensor_collection::{
     RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
@@ -21,7 +29,7 @@ use mae_core::dfdx::prelude::*;
 use rayon::prelude::*;
 
 use mae_core::device::MaeDevice;
-use mae_core::layers::{host_copy_into, host_vec};
+use mae_core::layers::{host_copy_into, host_tensor, host_vec};
 
 use crate::error::{device_err, TrainError};
 
@@ -35,7 +43,6 @@ pub struct Moments {
 }
 
 /// AdamW state and hyper-parameters (the learning rate is given per step).
-#[derive(Debug, Clone, PartialEq)]
 pub struct AdamW {
     /// β₁, β₂.
     pub betas: (f64, f64),
@@ -47,11 +54,73 @@ pub struct AdamW {
     pub step: u64,
     /// Names of the parameters that get weight decay.
     pub decayed: BTreeSet<String>,
-    /// Moments by parameter name.
+    /// Moments by parameter name, on the host. While the steps run on a device
+    /// ([`AdamW::update_on_device`]) the moments there are the current ones: read them with
+    /// [`AdamW::moments`], replace them with [`AdamW::set_moments`].
     pub state: BTreeMap<String, Moments>,
     /// Learning-rate multipliers by parameter name (layer-wise decay in fine-tuning, as
     /// `param_group["lr_scale"]`); 1 for names not listed.
     pub lr_scale: BTreeMap<String, f64>,
+    /// The moments on the device, when the steps run there.
+    on_device: Option<Box<dyn DeviceMoments>>,
+}
+
+impl fmt::Debug for AdamW {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AdamW")
+            .field("betas", &self.betas)
+            .field("eps", &self.eps)
+            .field("weight_decay", &self.weight_decay)
+            .field("step", &self.step)
+            .field("parameters with moments", &self.state.len())
+            .field("moments on a device", &self.on_device.is_some())
+            .finish()
+    }
+}
+
+/// The moments of the parameters stepped on a device, by name.
+trait DeviceMoments {
+    /// Copies of the moments on the host.
+    fn download(&self) -> Result<BTreeMap<String, Moments>, TrainError>;
+    fn as_any_mut(&mut self) -> &mut dyn Any;
+}
+
+/// `exp_avg` and `exp_avg_sq` of each parameter as flat device tensors.
+struct MomentsOn<D: Storage<f32>> {
+    by_name: BTreeMap<String, [Tensor<(usize,), f32, D>; 2]>,
+}
+
+impl<D: Device<f32>> DeviceMoments for MomentsOn<D> {
+    fn download(&self) -> Result<BTreeMap<String, Moments>, TrainError> {
+        self.by_name
+            .iter()
+            .map(|(name, [m, v])| {
+                Ok((
+                    name.clone(),
+                    Moments {
+                        exp_avg: host_vec(m)?,
+                        exp_avg_sq: host_vec(v)?,
+                    },
+                ))
+            })
+            .collect()
+    }
+    fn as_any_mut(&mut self) -> &mut dyn Any {
+        self
+    }
+}
+
+/// The scalars of one parameter's step.
+struct StepScalars {
+    b1: f32,
+    b2: f32,
+    /// `lr / (1 − β₁ᵗ)`.
+    step_size: f32,
+    /// `sqrt(1 − β₂ᵗ)`.
+    bc2_sqrt: f32,
+    eps: f32,
+    /// `1 − lr·wd` for the decayed group, else 1.
+    decay: f32,
 }
 
 impl AdamW {
@@ -66,6 +135,44 @@ impl AdamW {
             decayed,
             state: BTreeMap::new(),
             lr_scale: BTreeMap::new(),
+            on_device: None,
+        }
+    }
+
+    /// The current moments by parameter name, copied from the device where the steps run there.
+    pub fn moments(&self) -> Result<Cow<'_, BTreeMap<String, Moments>>, TrainError> {
+        match &self.on_device {
+            None => Ok(Cow::Borrowed(&self.state)),
+            Some(device) => {
+                let mut all = self.state.clone();
+                all.extend(device.download()?);
+                Ok(Cow::Owned(all))
+            }
+        }
+    }
+
+    /// Replaces every moment (a loaded checkpoint's); a device takes them up at its next step.
+    pub fn set_moments(&mut self, moments: BTreeMap<String, Moments>) {
+        self.state = moments;
+        self.on_device = None;
+    }
+
+    /// The step's scalars for parameter `name` at learning rate `lr`.
+    fn scalars(&self, name: &str, lr: f64) -> StepScalars {
+        let lr = lr * self.lr_scale.get(name).copied().unwrap_or(1.0);
+        let (b1, b2) = self.betas;
+        let t = self.step.max(1) as i32;
+        StepScalars {
+            b1: b1 as f32,
+            b2: b2 as f32,
+            step_size: (lr / (1.0 - b1.powi(t))) as f32,
+            bc2_sqrt: (1.0 - b2.powi(t)).sqrt() as f32,
+            eps: self.eps as f32,
+            decay: if self.decayed.contains(name) {
+                (1.0 - lr * self.weight_decay) as f32
+            } else {
+                1.0
+            },
         }
     }
 
@@ -92,19 +199,14 @@ impl AdamW {
 
     /// The AdamW step of one parameter, with its learning-rate multiplier and decay group.
     fn apply(&mut self, name: &str, p: &mut [f32], grad: &[f32], lr: f64) {
-        let lr = lr * self.lr_scale.get(name).copied().unwrap_or(1.0);
-        let (b1, b2) = self.betas;
-        let t = self.step.max(1) as i32;
-        let bc1 = 1.0 - b1.powi(t);
-        let bc2 = 1.0 - b2.powi(t);
-        let step_size = (lr / bc1) as f32;
-        let bc2_sqrt = bc2.sqrt() as f32;
-        let eps = self.eps as f32;
-        let decay = if self.decayed.contains(name) {
-            (1.0 - lr * self.weight_decay) as f32
-        } else {
-            1.0
-        };
+        let StepScalars {
+            b1,
+            b2,
+            step_size,
+            bc2_sqrt,
+            eps,
+            decay,
+        } = self.scalars(name, lr);
         let m = self
             .state
             .entry(name.to_string())
@@ -112,7 +214,6 @@ impl AdamW {
                 exp_avg: vec![0.0; p.len()],
                 exp_avg_sq: vec![0.0; p.len()],
             });
-        let (b1f, b2f) = (b1 as f32, b2 as f32);
         // elementwise, so the result is the same whatever the number of threads
         const CHUNK: usize = 64 * 1024;
         p.par_chunks_mut(CHUNK)
@@ -126,24 +227,115 @@ impl AdamW {
                 for i in 0..p.len() {
                     let g = g[i];
                     p[i] *= decay;
-                    m1[i] = m1[i] * b1f + g * (1.0 - b1f);
-                    m2[i] = m2[i] * b2f + g * g * (1.0 - b2f);
+                    m1[i] = m1[i] * b1 + g * (1.0 - b1);
+                    m2[i] = m2[i] * b2 + g * g * (1.0 - b2);
                     let denom = m2[i].sqrt() / bc2_sqrt + eps;
                     p[i] -= step_size * m1[i] / denom;
                 }
             });
     }
 
+    /// The same step as [`AdamW::apply`] as dfdx ops on the parameter's own device, with the
+    /// moments kept there.
+    fn apply_on_device<S: Shape, D: Device<f32>>(
+        &mut self,
+        name: &str,
+        param: &mut Tensor<S, f32, D>,
+        grad: Tensor<S, f32, D>,
+        lr: f64,
+    ) -> Result<(), TrainError> {
+        let StepScalars {
+            b1,
+            b2,
+            step_size,
+            bc2_sqrt,
+            eps,
+            decay,
+        } = self.scalars(name, lr);
+        let n = param.shape().num_elements();
+        let dev = param.device().clone();
+        let store = self
+            .on_device
+            .get_or_insert_with(|| {
+                Box::new(MomentsOn::<D> {
+                    by_name: BTreeMap::new(),
+                })
+            })
+            .as_any_mut()
+            .downcast_mut::<MomentsOn<D>>()
+            .ok_or_else(|| {
+                TrainError::Config("AdamW's moments are on another device than the model".into())
+            })?;
+        let [m, v] = match store.by_name.remove(name) {
+            Some(moments) => moments,
+            // first step here: the host's moments (a loaded checkpoint's) or zeros
+            None => match self.state.get(name) {
+                Some(host) if host.exp_avg.len() == n && host.exp_avg_sq.len() == n => [
+                    host_tensor(&dev, &host.exp_avg, (n,))?,
+                    host_tensor(&dev, &host.exp_avg_sq, (n,))?,
+                ],
+                _ => [
+                    dev.try_zeros_like(&(n,)).map_err(device_err)?,
+                    dev.try_zeros_like(&(n,)).map_err(device_err)?,
+                ],
+            },
+        };
+        let g = grad.try_reshape_like(&(n,)).map_err(device_err)?;
+        let m = m
+            .try_mul(b1)
+            .and_then(|m| m.try_add(g.clone().try_mul(1.0 - b1)?))
+            .map_err(device_err)?;
+        let v = v
+            .try_mul(b2)
+            .and_then(|v| v.try_add(g.try_square()?.try_mul(1.0 - b2)?))
+            .map_err(device_err)?;
+        let update = v
+            .clone()
+            .try_sqrt()
+            .and_then(|d| d.try_div(bc2_sqrt)?.try_add(eps))
+            .and_then(|denom| m.clone().try_div(denom))
+            .and_then(|u| u.try_reshape_like(param.shape()))
+            .map_err(device_err)?;
+        // p ← decay·p − step_size·m/denom
+        param
+            .try_axpy(decay, &update, -step_size)
+            .map_err(device_err)?;
+        store.by_name.insert(name.to_string(), [m, v]);
+        Ok(())
+    }
+
     /// One step with learning rate `lr` over every trainable tensor of `model`, reading its
     /// gradient from `grads` (which must hold one for each, as `model.alloc_grads()` makes).
     ///
     /// `grads` is borrowed mutably so that on the `Cpu` the gradients are read where they lie
-    /// instead of copied out (their values are left unchanged).
+    /// instead of copied out (their values are left unchanged). Other devices run
+    /// [`AdamW::update_on_device`].
     pub fn update<M: TensorCollection<f32, D>, D: MaeDevice>(
         &mut self,
         model: &mut M,
         grads: &mut Gradients<f32, D>,
         lr: f64,
+    ) -> Result<(), TrainError> {
+        self.walk(model, grads, lr, false)
+    }
+
+    /// [`AdamW::update`] as dfdx ops on the model's device, with the moments kept there (what a
+    /// device without host buffers runs; on the `Cpu`, the tests' check of that path).
+    pub fn update_on_device<M: TensorCollection<f32, D>, D: MaeDevice>(
+        &mut self,
+        model: &mut M,
+        grads: &mut Gradients<f32, D>,
+        lr: f64,
+    ) -> Result<(), TrainError> {
+        self.walk(model, grads, lr, true)
+    }
+
+    fn walk<M: TensorCollection<f32, D>, D: MaeDevice>(
+        &mut self,
+        model: &mut M,
+        grads: &mut Gradients<f32, D>,
+        lr: f64,
+        on_device: bool,
     ) -> Result<(), TrainError> {
         if !lr.is_finite() || lr < 0.0 {
             return Err(TrainError::Config(format!(
@@ -155,6 +347,7 @@ impl AdamW {
             opt: self,
             grads,
             lr,
+            on_device,
             param_buffer: Vec::new(),
         };
         M::iter_tensors(&mut RecursiveWalker {
@@ -169,6 +362,8 @@ struct Step<'a, D: Storage<f32>> {
     opt: &'a mut AdamW,
     grads: &'a mut Gradients<f32, D>,
     lr: f64,
+    /// Step with dfdx ops on the device even where host slices are available.
+    on_device: bool,
     /// The host copy of the parameter being stepped, reused from one parameter to the next.
     param_buffer: Vec<f32>,
 }
@@ -187,23 +382,24 @@ impl<D: MaeDevice> TensorVisitor<f32, D> for Step<'_, D> {
         if !opts.do_gradient_update {
             return Ok(None);
         }
-        // the parameter: one memcpy out of its storage and one back (dfdx keeps storage private)
-        let n = param.shape().num_elements();
-        if self.param_buffer.len() < n {
-            self.param_buffer.resize(n, 0.0);
-        }
-        let p = &mut self.param_buffer[..n];
-        host_copy_into(param, p)?;
-        let grad = self.grads.get_or_alloc_mut(param).map_err(device_err)?;
-        match D::host_slice_mut(grad) {
-            // the gradient where it lies (Cpu)
-            Some(grad) => self.opt.apply(&name, p, grad, self.lr),
-            None => {
-                let grad = host_vec(&self.grads.get(param))?;
-                self.opt.apply(&name, p, &grad, self.lr)
+        if !self.on_device {
+            let grad = self.grads.get_or_alloc_mut(param).map_err(device_err)?;
+            if let Some(grad) = D::host_slice_mut(grad) {
+                // the gradient where it lies (Cpu); the parameter: one memcpy out of its storage
+                // and one back (dfdx keeps storage private)
+                let n = param.shape().num_elements();
+                if self.param_buffer.len() < n {
+                    self.param_buffer.resize(n, 0.0);
+                }
+                let p = &mut self.param_buffer[..n];
+                host_copy_into(param, p)?;
+                self.opt.apply(&name, p, grad, self.lr);
+                param.copy_from(p);
+                return Ok(None);
             }
         }
-        param.copy_from(p);
+        let grad = self.grads.get(param);
+        self.opt.apply_on_device(&name, param, grad, self.lr)?;
         Ok(None)
     }
 }

@@ -211,3 +211,77 @@ fn gradient_accumulation_equals_a_larger_batch() {
         );
     }
 }
+
+/// The step as dfdx ops with the moments on the device (what `Cuda` runs) against the host step:
+/// two steps on the same gradients, the moments read back, put back through the host, and a
+/// third step.
+#[test]
+fn the_device_path_matches_the_host_path() {
+    let fresh = || Model::new(&Cpu::seed_from_u64(3)).unwrap();
+    let (mut host, mut device) = (fresh(), fresh());
+    let start = by_name(&host);
+    assert_eq!(start, by_name(&device));
+    let dev = Cpu::seed_from_u64(4);
+    let noise: Vec<f32> = {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        (0..2 * 64).map(|_| rng.gen()).collect()
+    };
+    let masking = Masking::from_noise(&noise, 2, 64, 0.75).unwrap();
+    let imgs = images(2, 8);
+    let gradients = |model: &Model| {
+        let out = model
+            .forward(&imgs, &masking, true, tape_from(&dev, model.alloc_grads()))
+            .unwrap();
+        out.loss.backward()
+    };
+    let (mut g_host, mut g_device) = (gradients(&host), gradients(&device));
+    let mut opt_host = AdamW::new(0.05, decayed_names(&host).unwrap());
+    let mut opt_device = AdamW::new(0.05, decayed_names(&device).unwrap());
+    opt_host.lr_scale.insert("norm.weight".into(), 0.5);
+    opt_device.lr_scale.insert("norm.weight".into(), 0.5);
+
+    let compare = |a: &Model, b: &Model, what: &str| {
+        let (a, b) = (by_name(a), by_name(b));
+        for (name, x) in &a {
+            for (i, (p, q)) in x.iter().zip(&b[name]).enumerate() {
+                assert!(
+                    (p - q).abs() <= 1e-6 * p.abs().max(1e-3),
+                    "{what}: {name}[{i}] {p} vs {q}"
+                );
+            }
+        }
+    };
+    for lr in [1e-3, 2e-3] {
+        opt_host.update(&mut host, &mut g_host, lr).unwrap();
+        opt_device
+            .update_on_device(&mut device, &mut g_device, lr)
+            .unwrap();
+    }
+    compare(&host, &device, "after two steps");
+    let moved = by_name(&device)["blocks.0.attn.qkv.weight"]
+        .iter()
+        .zip(&start["blocks.0.attn.qkv.weight"])
+        .filter(|(a, b)| a != b)
+        .count();
+    assert!(moved > 1000, "the device step moved only {moved} weights");
+
+    // the moments come back from the device, and go back to it from the host
+    let moments = opt_device.moments().unwrap().into_owned();
+    assert_eq!(moments.len(), opt_host.state.len());
+    for (name, m) in &opt_host.state {
+        let d = &moments[name];
+        for (a, b) in m.exp_avg.iter().zip(&d.exp_avg) {
+            assert!((a - b).abs() <= 1e-6 * a.abs().max(1e-9), "{name} exp_avg");
+        }
+        for (a, b) in m.exp_avg_sq.iter().zip(&d.exp_avg_sq) {
+            assert!((a - b).abs() <= 1e-6 * a.abs().max(1e-12), "{name} exp_avg_sq");
+        }
+    }
+    opt_device.set_moments(moments);
+    opt_host.update(&mut host, &mut g_host, 1e-3).unwrap();
+    opt_device
+        .update_on_device(&mut device, &mut g_device, 1e-3)
+        .unwrap();
+    compare(&host, &device, "after a third step from the host's copy");
+    assert_eq!((opt_host.step, opt_device.step), (3, 3));
+}
