@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand};
 use mae_core::dfdx::prelude::*;
 use mae_core::{Mae, MaePreset, Preset, PresetVisitor, TensorFile};
 use mae_train::bench::{time_train_step_with, StepBench};
+use mae_train::device::DeviceKind;
 
 mod data;
 mod model_cmds;
@@ -115,6 +116,9 @@ enum Command {
         /// Images per encoder forward.
         #[arg(long, default_value_t = 256)]
         batch_size: usize,
+        /// Where the encoder runs: `cpu`, or `cuda` (needs a build with the `cuda` feature).
+        #[arg(long, default_value = "cpu")]
+        device: DeviceKind,
     },
     /// Show a checkpoint's preset, parameter counts, step and configuration.
     Info {
@@ -187,8 +191,8 @@ enum Command {
         #[arg(long)]
         mask_tokens_in_encoder: bool,
         /// `cpu`, or `cuda` (the first NVIDIA GPU; needs a build with the `cuda` feature).
-        #[arg(long, default_value = "cpu", value_parser = ["cpu", "cuda"])]
-        device: String,
+        #[arg(long, default_value = "cpu")]
+        device: DeviceKind,
         /// Print one JSON object instead of a line of text.
         #[arg(long)]
         json: bool,
@@ -210,6 +214,9 @@ struct FeatureArgs {
     /// Images per encoder forward.
     #[arg(long, default_value_t = 256)]
     eval_batch_size: usize,
+    /// Where the encoder runs: `cpu`, or `cuda` (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceKind,
 }
 
 impl FeatureArgs {
@@ -221,6 +228,7 @@ impl FeatureArgs {
                 checkpoint: c.clone(),
                 data: d.clone(),
                 batch: self.eval_batch_size.max(1),
+                device: self.device,
             })),
             _ => bail!("give --checkpoint C --data DIR, or --features FILE"),
         }
@@ -407,6 +415,7 @@ fn run(cli: Cli) -> Result<()> {
             image,
             out,
             batch_size,
+            device,
         } => {
             let (splits, classes) = match data {
                 Some(data) => {
@@ -414,12 +423,18 @@ fn run(cli: Cli) -> Result<()> {
                         checkpoint,
                         data,
                         batch: batch_size,
+                        device,
                     };
                     let (train, val, classes) = mae_train::features::extract_dataset(&input)?;
                     (vec![("train", train), ("val", val)], classes)
                 }
                 None => {
-                    let f = mae_train::features::extract_files(&checkpoint, &image, batch_size)?;
+                    let f = mae_train::features::extract_files(
+                        &checkpoint,
+                        &image,
+                        batch_size,
+                        device,
+                    )?;
                     (vec![("images", f)], 0)
                 }
             };
@@ -508,7 +523,7 @@ fn run(cli: Cli) -> Result<()> {
                     cache: true,
                     fused: kernels == "fused",
                     mask_tokens_in_encoder,
-                    device: device.parse()?,
+                    device,
                 },
                 &comm,
             )

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 use mae_core::Preset;
+use mae_train::device::DeviceKind;
 use mae_train::dist::Comm;
 use mae_train::finetune::FinetuneConfig;
 use mae_train::pretrain::pretrain_with;
@@ -199,13 +200,17 @@ pub struct FinetuneArgs {
     /// Print the results as one JSON object (the last line of the output).
     #[arg(long)]
     json: bool,
+    /// `cpu`, or `cuda` (the first NVIDIA GPU; needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceKind,
 }
 
 /// Runs fine-tuning; prints the best and last top-1 and writes `results.json`.
 pub fn finetune(a: FinetuneArgs) -> Result<()> {
     if a.eval {
         let checkpoint = a.checkpoint.context("--eval needs --checkpoint")?;
-        let acc = mae_train::finetune::evaluate_file(&checkpoint, a.preset, &a.data, 256)?;
+        let acc =
+            mae_train::finetune::evaluate_file(&checkpoint, a.preset, &a.data, 256, a.device)?;
         if a.json {
             println!(
                 "{}",
@@ -230,6 +235,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
     let comm = Comm::from_env()?;
     let mut cfg = FinetuneConfig::new(a.data, out, preset);
     cfg.world_size = comm.world_size();
+    cfg.device = a.device;
     cfg.checkpoint = a.checkpoint;
     cfg.epochs = a.epochs;
     cfg.max_steps = a.max_steps;

@@ -406,25 +406,62 @@ fn a_build_without_mpi_started_as_one_of_several_ranks_says_so() {
     assert!(!out.join("checkpoint-1.safetensors").exists());
 }
 
-/// `--device cuda` in a build without the `cuda` feature is one clear line, not a panic.
+/// `--device cuda` in a build without the `cuda` feature is one clear line, not a panic, on every
+/// command that computes.
 #[cfg(not(feature = "cuda"))]
 #[test]
 fn cuda_asked_of_a_cpu_build_says_how_to_get_one() {
-    let r = mae(&[
-        "bench",
-        "--device",
-        "cuda",
-        "--steps",
-        "1",
-        "--batch-size",
-        "2",
-    ]);
-    let err = String::from_utf8_lossy(&r.stderr);
-    assert!(!r.status.success());
-    assert!(
-        err.contains("built without CUDA")
-            && err.contains("gpu-build")
-            && !err.contains("panicked"),
-        "{err}"
-    );
+    let scratch = Scratch::new();
+    let dir = scratch.sub("cuda");
+    let ckpt = dir.join("init.safetensors");
+    let ckpt = ckpt.to_str().unwrap();
+    run_ok(&["init", "--preset", "tiny", "--out", ckpt]);
+    let (data, ft, emb) = (scratch.data(), dir.join("ft"), dir.join("emb.safetensors"));
+    let source = ["--checkpoint", ckpt, "--data", data, "--device", "cuda"];
+    let runs: Vec<Vec<&str>> = vec![
+        vec![
+            "bench",
+            "--device",
+            "cuda",
+            "--steps",
+            "1",
+            "--batch-size",
+            "2",
+        ],
+        [
+            &["pretrain", "--device", "cuda"][..],
+            &train_args(data, ft.to_str().unwrap(), "1")[1..],
+        ]
+        .concat(),
+        [&["knn"][..], &source[..]].concat(),
+        [&["linprobe", "--epochs", "1"][..], &source[..]].concat(),
+        [&["embed", "--out", emb.to_str().unwrap()][..], &source[..]].concat(),
+        vec![
+            "finetune",
+            "--from-scratch",
+            "--preset",
+            "tiny",
+            "--data",
+            data,
+            "--out",
+            ft.to_str().unwrap(),
+            "--max-steps",
+            "1",
+            "--device",
+            "cuda",
+        ],
+    ];
+    for args in runs {
+        let r = mae(&args);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(!r.status.success(), "mae {}", args.join(" "));
+        assert!(
+            err.contains("built without CUDA")
+                && err.contains("gpu-build")
+                && !err.contains("panicked"),
+            "mae {}: {err}",
+            args.join(" ")
+        );
+    }
+    assert!(!emb.exists());
 }

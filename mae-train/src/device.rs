@@ -7,6 +7,9 @@
 use std::fmt;
 use std::str::FromStr;
 
+use mae_core::device::MaeDevice;
+use mae_core::dfdx::prelude::{Cache, Cpu};
+
 use crate::error::TrainError;
 
 /// A compute device.
@@ -39,6 +42,28 @@ impl fmt::Display for DeviceKind {
             DeviceKind::Cpu => "cpu",
             DeviceKind::Cuda => "cuda",
         })
+    }
+}
+
+/// Code generic over the device, run on the one a [`DeviceKind`] names ([`DeviceKind::run`]).
+pub trait DeviceVisitor {
+    /// What the code returns.
+    type Output;
+    /// Runs on `dev`.
+    fn visit<D: MaeDevice + Cache + 'static>(self, dev: D) -> Result<Self::Output, TrainError>;
+}
+
+impl DeviceKind {
+    /// Opens the device (dfdx's RNG seeded with `seed`) and runs `visitor` on it; a clear error
+    /// where CUDA is asked for and this build or this machine has none.
+    pub fn run<V: DeviceVisitor>(self, seed: u64, visitor: V) -> Result<V::Output, TrainError> {
+        match self {
+            DeviceKind::Cpu => visitor.visit(Cpu::seed_from_u64(seed)),
+            #[cfg(feature = "cuda")]
+            DeviceKind::Cuda => visitor.visit(cuda_device(seed)?),
+            #[cfg(not(feature = "cuda"))]
+            DeviceKind::Cuda => Err(cuda_missing()),
+        }
     }
 }
 

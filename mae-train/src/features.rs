@@ -8,11 +8,15 @@
 use std::path::Path;
 
 use mae_core::dfdx::prelude::*;
+use std::marker::PhantomData;
+
+use mae_core::device::MaeDevice;
 use mae_core::{Encoder, MaePreset};
 use mae_data::augment::{normalization, Augment, Transform};
 use mae_data::resize::Resizer;
 use mae_data::Split;
 
+use crate::device::DeviceVisitor;
 use crate::error::TrainError;
 
 /// Features of one split: `[n, dim]` row-major, with labels.
@@ -139,8 +143,8 @@ pub fn check_channels<P: MaePreset>(manifest: &mae_data::Manifest) -> Result<(),
 
 /// Runs the encoder over every image of `split` (resized to the preset's size, normalized as in
 /// training, no masking), `batch` images at a time.
-pub fn extract<P: MaePreset>(
-    encoder: &Encoder<P, f32, Cpu>,
+pub fn extract<P: MaePreset, D: MaeDevice>(
+    encoder: &Encoder<P, f32, D>,
     split: &Split,
     manifest: &mae_data::Manifest,
     batch: usize,
@@ -165,8 +169,8 @@ pub(crate) fn eval_augment<P: MaePreset>(
 }
 
 /// [`extract`] with another transform (the augmented linear probe's random crops) at `epoch`.
-pub fn extract_with<P: MaePreset>(
-    encoder: &Encoder<P, f32, Cpu>,
+pub fn extract_with<P: MaePreset, D: MaeDevice>(
+    encoder: &Encoder<P, f32, D>,
     split: &Split,
     manifest: &mae_data::Manifest,
     augment: &Augment,
@@ -187,8 +191,8 @@ pub fn extract_with<P: MaePreset>(
 /// [`extract_with`] shared out over the ranks of `comm`: each rank runs the encoder over its
 /// contiguous shard of the split and every rank gets the whole split's features back, in order
 /// (an all-gather). With one rank it is [`extract_with`].
-pub fn extract_sharded<P: MaePreset>(
-    encoder: &Encoder<P, f32, Cpu>,
+pub fn extract_sharded<P: MaePreset, D: MaeDevice>(
+    encoder: &Encoder<P, f32, D>,
     split: &Split,
     manifest: &mae_data::Manifest,
     augment: &Augment,
@@ -234,8 +238,8 @@ pub fn extract_sharded<P: MaePreset>(
     Ok(out)
 }
 
-fn extract_range<P: MaePreset>(
-    encoder: &Encoder<P, f32, Cpu>,
+fn extract_range<P: MaePreset, D: MaeDevice>(
+    encoder: &Encoder<P, f32, D>,
     split: &Split,
     manifest: &mae_data::Manifest,
     augment: &Augment,
@@ -308,13 +312,24 @@ struct ExtractFiles<'a> {
     checkpoint: &'a Path,
     files: &'a [std::path::PathBuf],
     batch: usize,
+    device: crate::device::DeviceKind,
 }
 
 impl mae_core::PresetVisitor for ExtractFiles<'_> {
     type Output = Result<Features, TrainError>;
     fn visit<P: MaePreset>(self) -> Self::Output {
-        let file = mae_core::TensorFile::open(self.checkpoint)?;
-        let encoder = load_encoder::<P>(&file)?;
+        self.device.run(0, ExtractFilesOn::<P>(self, PhantomData))
+    }
+}
+
+struct ExtractFilesOn<'a, P>(ExtractFiles<'a>, PhantomData<P>);
+
+impl<P: MaePreset> DeviceVisitor for ExtractFilesOn<'_, P> {
+    type Output = Features;
+    fn visit<D: MaeDevice + Cache + 'static>(self, dev: D) -> Result<Features, TrainError> {
+        let ExtractFilesOn(this, _) = self;
+        let file = mae_core::TensorFile::open(this.checkpoint)?;
+        let encoder = load_encoder::<P, D>(&file, &dev)?;
         let (c, s) = (P::IN_CHANS, P::IMG_SIZE);
         let (mean, std) = training_normalization(&file, c)?;
         let transform = Transform::eval_for(s);
@@ -325,10 +340,10 @@ impl mae_core::PresetVisitor for ExtractFiles<'_> {
             Transform::Pretrain { .. } => s,
         };
         let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
-        let mut out = Features::with_capacity(dim, self.files.len());
+        let mut out = Features::with_capacity(dim, this.files.len());
         let (mut resizer, mut scratch) = (Resizer::new(), Vec::new());
         let per = c * s * s;
-        for chunk in self.files.chunks(self.batch.max(1)) {
+        for chunk in this.files.chunks(this.batch.max(1)) {
             let mut images = vec![0f32; chunk.len() * per];
             for (i, path) in chunk.iter().enumerate() {
                 let pixels = mae_data::prepare::load_image(path, side, c)?;
@@ -350,16 +365,19 @@ impl mae_core::PresetVisitor for ExtractFiles<'_> {
     }
 }
 
-/// Encoder features of image files (labels −1), in order: `mae embed --image`.
+/// Encoder features of image files (labels −1), in order, computed on `device`:
+/// `mae embed --image`.
 pub fn extract_files(
     checkpoint: &Path,
     files: &[std::path::PathBuf],
     batch: usize,
+    device: crate::device::DeviceKind,
 ) -> Result<Features, TrainError> {
     crate::checkpoint::preset_of(checkpoint)?.visit(ExtractFiles {
         checkpoint,
         files,
         batch,
+        device,
     })
 }
 
@@ -657,15 +675,18 @@ pub struct EvalInput {
     pub data: std::path::PathBuf,
     /// Images per encoder forward.
     pub batch: usize,
+    /// Where the encoder runs.
+    pub device: crate::device::DeviceKind,
 }
 
-/// The encoder of a checkpoint (full MAE or encoder-only file), without building a decoder.
-pub fn load_encoder<P: MaePreset>(
+/// The encoder of a checkpoint (full MAE or encoder-only file) on `dev`, without building a
+/// decoder.
+pub fn load_encoder<P: MaePreset, D: MaeDevice>(
     file: &mae_core::TensorFile,
-) -> Result<Encoder<P, f32, Cpu>, TrainError> {
+    dev: &D,
+) -> Result<Encoder<P, f32, D>, TrainError> {
     use mae_core::dfdx::nn::BuildModule;
-    let mut encoder =
-        Encoder::<P, f32, Cpu>::try_build(&Cpu::default()).map_err(crate::error::device_err)?;
+    let mut encoder = Encoder::<P, f32, D>::try_build(dev).map_err(crate::error::device_err)?;
     encoder.load_from(file, "")?;
     Ok(encoder)
 }
@@ -675,8 +696,17 @@ struct Extract<'a>(&'a EvalInput, &'a crate::dist::Comm);
 impl mae_core::PresetVisitor for Extract<'_> {
     type Output = Result<(Features, Features, usize), TrainError>;
     fn visit<P: MaePreset>(self) -> Self::Output {
-        let (input, comm) = (self.0, self.1);
-        let encoder = load_encoder::<P>(&mae_core::TensorFile::open(&input.checkpoint)?)?;
+        self.0.device.run(0, ExtractOn::<P>(self, PhantomData))
+    }
+}
+
+struct ExtractOn<'a, P>(Extract<'a>, PhantomData<P>);
+
+impl<P: MaePreset> DeviceVisitor for ExtractOn<'_, P> {
+    type Output = (Features, Features, usize);
+    fn visit<D: MaeDevice + Cache + 'static>(self, dev: D) -> Result<Self::Output, TrainError> {
+        let Extract(input, comm) = self.0;
+        let encoder = load_encoder::<P, D>(&mae_core::TensorFile::open(&input.checkpoint)?, &dev)?;
         let data = mae_data::Dataset::open(&input.data)?;
         let m = data.manifest();
         let eval = eval_augment::<P>(m)?;

@@ -13,10 +13,12 @@
 //! resumption work as in pretraining (model + optimizer state, position in the epoch).
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
+use mae_core::device::MaeDevice;
 use mae_core::dfdx::prelude::*;
 use mae_core::layers::BranchScales;
 use mae_core::weights::official_shape;
@@ -31,6 +33,7 @@ use mae_data::{Dataset, Split, SplitName};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainState};
+use crate::device::DeviceVisitor;
 use crate::dist::{Comm, GradSync, StepScalars};
 use crate::error::{device_err, TrainError};
 use crate::features::{check_channels, for_each_eval_batch, topk_hits, Accuracy};
@@ -104,6 +107,9 @@ pub struct FinetuneConfig {
     /// `batch_size · accum_iter · world_size`.
     #[serde(default = "one")]
     pub world_size: usize,
+    /// Where the model trains (`--device cpu|cuda`).
+    #[serde(default)]
+    pub device: crate::device::DeviceKind,
 }
 
 fn one() -> usize {
@@ -144,6 +150,7 @@ impl FinetuneConfig {
             log_every: 20,
             eval_batch_size: 256,
             world_size: 1,
+            device: crate::device::DeviceKind::Cpu,
         }
     }
 
@@ -227,8 +234,8 @@ pub fn param_groups_lrd(
 }
 
 /// Top-1/top-5 of a classifier on a split (evaluation transform, no randomness).
-pub fn evaluate<P: MaePreset>(
-    model: &Classifier<P, Cpu>,
+pub fn evaluate<P: MaePreset, D: MaeDevice>(
+    model: &Classifier<P, D>,
     split: &Split,
     manifest: &mae_data::Manifest,
     batch: usize,
@@ -255,33 +262,44 @@ struct EvaluateFile<'a> {
     checkpoint: &'a std::path::Path,
     data: &'a std::path::Path,
     batch: usize,
+    device: crate::device::DeviceKind,
 }
 
 impl PresetVisitor for EvaluateFile<'_> {
     type Output = Result<Accuracy, TrainError>;
     fn visit<P: MaePreset>(self) -> Self::Output {
-        let file = TensorFile::open(self.checkpoint)?;
+        self.device.run(0, EvaluateOn::<P>(self, PhantomData))
+    }
+}
+
+struct EvaluateOn<'a, P>(EvaluateFile<'a>, PhantomData<P>);
+
+impl<P: MaePreset> DeviceVisitor for EvaluateOn<'_, P> {
+    type Output = Accuracy;
+    fn visit<D: MaeDevice + Cache + 'static>(self, dev: D) -> Result<Accuracy, TrainError> {
+        let this = self.0;
+        let file = TensorFile::open(this.checkpoint)?;
         let classes = file
             .shape("head.bias")?
             .and_then(|s| s.first().copied())
             .ok_or_else(|| {
                 TrainError::checkpoint(
-                    self.checkpoint,
+                    this.checkpoint,
                     "no `head.bias`: not a fine-tuned classifier (use mae knn / linprobe for an MAE checkpoint)",
                 )
             })?;
-        let mut model = Classifier::<P, Cpu>::new(&Cpu::default(), classes)?;
+        let mut model = Classifier::<P, D>::new(&dev, classes)?;
         model.load_from(&file, "")?;
-        let data = Dataset::open(self.data)?;
+        let data = Dataset::open(this.data)?;
         if data.manifest().classes.len() != classes {
             return Err(TrainError::Config(format!(
                 "{} has {classes} classes, {} has {}",
-                self.checkpoint.display(),
-                self.data.display(),
+                this.checkpoint.display(),
+                this.data.display(),
                 data.manifest().classes.len()
             )));
         }
-        evaluate(&model, data.val(), data.manifest(), self.batch)
+        evaluate(&model, data.val(), data.manifest(), this.batch)
     }
 }
 
@@ -293,6 +311,7 @@ pub fn evaluate_file(
     preset: Option<Preset>,
     data: &std::path::Path,
     batch: usize,
+    device: crate::device::DeviceKind,
 ) -> Result<Accuracy, TrainError> {
     let preset = match preset {
         Some(p) => p,
@@ -302,6 +321,7 @@ pub fn evaluate_file(
         checkpoint,
         data,
         batch: batch.max(1),
+        device,
     })
 }
 
@@ -375,17 +395,56 @@ pub fn finetune_with(
 }
 
 /// The AdamW step of a tensor outside the module walk (the head), after `opt.update` of the step.
-fn step_host_tensor<S: Shape>(
+fn step_host_tensor<S: Shape, D: MaeDevice>(
     opt: &mut AdamW,
     name: &str,
-    t: &mut Tensor<S, f32, Cpu>,
-    grads: &Gradients<f32, Cpu>,
+    t: &mut Tensor<S, f32, D>,
+    grads: &Gradients<f32, D>,
     lr: f64,
 ) -> Result<(), TrainError> {
     let mut p = t.as_vec();
     opt.update_named(name, &mut p, &grads.get(&*t).as_vec(), lr)?;
     t.copy_from(&p);
     Ok(())
+}
+
+/// [`GradSync::all_reduce`] of the classifier's gradients: the head lies outside the module walk,
+/// so its two gradients ride along as extras. One rank returns at once.
+fn all_reduce_with_head<P: MaePreset, D: MaeDevice>(
+    sync: &mut GradSync,
+    comm: &Comm,
+    model: &mut Classifier<P, D>,
+    grads: &mut Gradients<f32, D>,
+    scalars: StepScalars,
+) -> Result<StepScalars, TrainError> {
+    if comm.world_size() == 1 {
+        return Ok(scalars);
+    }
+    let mut head_w = host_grad(grads, &model.head.weight)?.to_vec();
+    let mut head_b = host_grad(grads, &model.head.bias)?.to_vec();
+    let reduced = sync.all_reduce(
+        comm,
+        &mut model.vit,
+        grads,
+        &mut [&mut head_w[..], &mut head_b[..]],
+        scalars,
+    )?;
+    host_grad(grads, &model.head.weight)?.copy_from_slice(&head_w);
+    host_grad(grads, &model.head.bias)?.copy_from_slice(&head_b);
+    Ok(reduced)
+}
+
+/// The gradient of `t` in place, on devices that keep it in host memory.
+fn host_grad<'g, S: Shape, D: MaeDevice>(
+    grads: &'g mut Gradients<f32, D>,
+    t: &Tensor<S, f32, D>,
+) -> Result<&'g mut [f32], TrainError> {
+    let g = grads.get_or_alloc_mut(t).map_err(device_err)?;
+    D::host_slice_mut(g).ok_or_else(|| {
+        TrainError::Dist(
+            "the MPI gradient all-reduce needs gradients in host memory (the cpu device)".into(),
+        )
+    })
 }
 
 struct Run<'a> {
@@ -438,9 +497,48 @@ impl PresetVisitor for Run<'_> {
             mae_core::weights::write_atomic(&cfg.out.join("config.json"), config_json.as_bytes())?;
         }
 
-        let dev = Cpu::seed_from_u64(cfg.seed);
+        cfg.device.run(
+            cfg.seed,
+            FinetuneOn::<P> {
+                run: &self,
+                data,
+                config_json,
+                preset: PhantomData,
+            },
+        )
+    }
+}
+
+/// [`Run::train`] on the device the configuration names.
+struct FinetuneOn<'a, P> {
+    run: &'a Run<'a>,
+    data: Arc<Dataset>,
+    config_json: String,
+    preset: PhantomData<P>,
+}
+
+impl<P: MaePreset> DeviceVisitor for FinetuneOn<'_, P> {
+    type Output = FinetuneSummary;
+    fn visit<D: MaeDevice + Cache + 'static>(self, dev: D) -> Result<FinetuneSummary, TrainError> {
+        self.run.train::<P, D>(dev, self.data, self.config_json)
+    }
+}
+
+impl Run<'_> {
+    /// The loop itself, on device `D`.
+    fn train<P: MaePreset, D: MaeDevice + Cache + 'static>(
+        &self,
+        dev: D,
+        data: Arc<Dataset>,
+        config_json: String,
+    ) -> Result<FinetuneSummary, TrainError> {
+        let cfg = self.cfg;
+        let m = data.manifest();
+        let classes = m.classes.len();
+        let comm = self.comm;
+        let main = comm.is_main();
         dev.enable_cache();
-        let mut model = Classifier::<P, Cpu>::new(&dev, classes)?;
+        let mut model = Classifier::<P, D>::new(&dev, classes)?;
         let init = match &cfg.checkpoint {
             None => "random init".to_string(),
             Some(path) => {
@@ -589,7 +687,7 @@ impl PresetVisitor for Run<'_> {
         let mut group_loss = 0.0f64;
         let mut lr = 0.0;
         let mut outcome = Outcome::Finished;
-        let save = |model: &Classifier<P, Cpu>, opt: &AdamW, state: &TrainState| {
+        let save = |model: &Classifier<P, D>, opt: &AdamW, state: &TrainState| {
             checkpoint::save(&cfg.out, model, opt, state, &config_json, cfg.keep_last)
         };
         'epochs: while (state.epoch as usize) < cfg.epochs && state.step < total_steps {
@@ -634,7 +732,7 @@ impl PresetVisitor for Run<'_> {
                     .collect();
                 let logits = model.forward(&images, &scales, tape_from(&dev, grads))?;
                 let loss = soft_target_cross_entropy(logits, &targets)?;
-                let loss_value = loss.array();
+                let loss_value = loss.as_vec()[0];
                 if !loss_value.is_finite() {
                     return Err(TrainError::NonFiniteLoss {
                         step: state.step + 1,
@@ -650,36 +748,12 @@ impl PresetVisitor for Run<'_> {
                     continue;
                 }
                 let asked = self.stop.load(Ordering::SeqCst);
-                let reduced = {
-                    // the head lies outside the module walk: its gradients ride along as extras
-                    let mut head_w = std::mem::take(
-                        &mut **grads
-                            .get_or_alloc_mut(&model.head.weight)
-                            .map_err(device_err)?,
-                    );
-                    let mut head_b = std::mem::take(
-                        &mut **grads
-                            .get_or_alloc_mut(&model.head.bias)
-                            .map_err(device_err)?,
-                    );
-                    let reduced = sync.all_reduce(
-                        comm,
-                        &mut model.vit,
-                        &mut grads,
-                        &mut [&mut head_w[..], &mut head_b[..]],
-                        StepScalars {
-                            loss: group_loss,
-                            stop: if asked { 1.0 } else { 0.0 },
-                        },
-                    );
-                    **grads
-                        .get_or_alloc_mut(&model.head.weight)
-                        .map_err(device_err)? = head_w;
-                    **grads
-                        .get_or_alloc_mut(&model.head.bias)
-                        .map_err(device_err)? = head_b;
-                    reduced?
+                let scalars = StepScalars {
+                    loss: group_loss,
+                    stop: if asked { 1.0 } else { 0.0 },
                 };
+                let reduced =
+                    all_reduce_with_head(&mut sync, comm, &mut model, &mut grads, scalars)?;
                 group_loss = reduced.loss / comm.world_size() as f64;
                 let stop = reduced.stop > 0.0;
                 opt.update(&mut model.vit, &mut grads, lr)?;

@@ -11,6 +11,7 @@
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
+use std::marker::PhantomData;
 
 use crate::error::TrainError;
 use crate::features::{Accuracy, FeatureSource};
@@ -506,10 +507,27 @@ impl mae_core::PresetVisitor for AugmentedProbe<'_> {
     /// The probe, the val features and the number of training images.
     type Output = Result<(LinearProbe, crate::features::Features, usize), TrainError>;
     fn visit<P: mae_core::MaePreset>(self) -> Self::Output {
+        self.input
+            .device
+            .run(self.cfg.seed, AugmentedProbeOn::<P>(self, PhantomData))
+    }
+}
+
+struct AugmentedProbeOn<'a, P>(AugmentedProbe<'a>, PhantomData<P>);
+
+impl<P: mae_core::MaePreset> crate::device::DeviceVisitor for AugmentedProbeOn<'_, P> {
+    type Output = (LinearProbe, crate::features::Features, usize);
+    fn visit<D: mae_core::device::MaeDevice + mae_core::dfdx::prelude::Cache + 'static>(
+        self,
+        dev: D,
+    ) -> Result<Self::Output, TrainError> {
         use mae_data::augment::{normalization, Augment, Transform};
-        let input = self.input;
-        let encoder =
-            crate::features::load_encoder::<P>(&mae_core::TensorFile::open(&input.checkpoint)?)?;
+        let this = self.0;
+        let input = this.input;
+        let encoder = crate::features::load_encoder::<P, D>(
+            &mae_core::TensorFile::open(&input.checkpoint)?,
+            &dev,
+        )?;
         let data = mae_data::Dataset::open(&input.data)?;
         let m = data.manifest();
         let (mean, std) = normalization(m, false);
@@ -519,10 +537,10 @@ impl mae_core::PresetVisitor for AugmentedProbe<'_> {
             ratio: (3.0 / 4.0, 4.0 / 3.0),
             hflip: true,
         };
-        let augment = Augment::new(crop, P::IMG_SIZE, &mean, &std, self.cfg.seed)?;
+        let augment = Augment::new(crop, P::IMG_SIZE, &mean, &std, this.cfg.seed)?;
         let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
-        let mut trainer = ProbeTrainer::new(dim, m.classes.len(), self.cfg)?;
-        for epoch in 0..self.cfg.epochs {
+        let mut trainer = ProbeTrainer::new(dim, m.classes.len(), this.cfg)?;
+        for epoch in 0..this.cfg.epochs {
             let f = crate::features::extract_sharded(
                 &encoder,
                 data.train(),
@@ -530,9 +548,9 @@ impl mae_core::PresetVisitor for AugmentedProbe<'_> {
                 &augment,
                 epoch as u64,
                 input.batch,
-                self.comm,
+                this.comm,
             )?;
-            trainer.epoch(epoch, f.select(self.feature), &f.labels)?;
+            trainer.epoch(epoch, f.select(this.feature), &f.labels)?;
         }
         let eval = crate::features::eval_augment::<P>(m)?;
         let val = crate::features::extract_sharded(
@@ -542,7 +560,7 @@ impl mae_core::PresetVisitor for AugmentedProbe<'_> {
             &eval,
             0,
             input.batch,
-            self.comm,
+            this.comm,
         )?;
         Ok((trainer.finish(), val, data.train().len()))
     }

@@ -5,6 +5,7 @@
 //! the loss is divided by `accum_iter`, gradients accumulate, and every `accum_iter` micro-batches
 //! the optimizer steps and gradients are zeroed. A non-finite loss stops the run.
 
+use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -20,7 +21,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::PretrainConfig;
-use crate::device::DeviceKind;
+use crate::device::DeviceVisitor;
 use crate::dist::{check_in_sync, Comm, GradSync, StepScalars};
 use crate::error::TrainError;
 use crate::optim::AdamW;
@@ -163,8 +164,8 @@ pub struct KnnLine {
     pub knn_top5: f64,
 }
 
-fn knn_during_training<P: MaePreset>(
-    model: &Mae<P, f32, Cpu>,
+fn knn_during_training<P: MaePreset, D: MaeDevice>(
+    model: &Mae<P, f32, D>,
     data: &Dataset,
     epoch: u64,
     step: u64,
@@ -238,18 +239,30 @@ impl PresetVisitor for Run<'_> {
             mae_core::weights::write_atomic(&config_path, config_json.as_bytes())?;
         }
 
-        match cfg.device {
-            DeviceKind::Cpu => {
-                self.train::<P, Cpu>(Cpu::seed_from_u64(cfg.seed), data, config_json)
-            }
-            #[cfg(feature = "cuda")]
-            DeviceKind::Cuda => {
-                let dev = crate::device::cuda_device(cfg.seed)?;
-                self.train::<P, Cuda>(dev, data, config_json)
-            }
-            #[cfg(not(feature = "cuda"))]
-            DeviceKind::Cuda => Err(crate::device::cuda_missing()),
-        }
+        cfg.device.run(
+            cfg.seed,
+            TrainOn::<P> {
+                run: &self,
+                data,
+                config_json,
+                preset: PhantomData,
+            },
+        )
+    }
+}
+
+/// [`Run::train`] on the device the configuration names.
+struct TrainOn<'a, P> {
+    run: &'a Run<'a>,
+    data: Arc<Dataset>,
+    config_json: String,
+    preset: PhantomData<P>,
+}
+
+impl<P: MaePreset> DeviceVisitor for TrainOn<'_, P> {
+    type Output = RunSummary;
+    fn visit<D: MaeDevice + Cache + 'static>(self, dev: D) -> Result<RunSummary, TrainError> {
+        self.run.train::<P, D>(dev, self.data, self.config_json)
     }
 }
 
@@ -310,11 +323,6 @@ impl Run<'_> {
                 ..LoaderConfig::default()
             },
         )?;
-        if cfg.eval_every.is_some() && cfg.device != DeviceKind::Cpu {
-            return Err(TrainError::Config(
-                "--eval-every runs its kNN on the cpu device only, for now".into(),
-            ));
-        }
         if cfg.eval_every.is_some() && (data.val().is_empty() || m.classes.len() < 2) {
             return Err(TrainError::Config(format!(
                 "{}: --eval-every needs labeled data with a validation split ({} classes, {} val images)",
@@ -463,13 +471,7 @@ impl Run<'_> {
                     && state.micro_step == 0
                     && cfg.eval_every.is_some_and(|n| state.epoch % n as u64 == 0)
                 {
-                    // refused up front on other devices (the kNN takes a Cpu encoder)
-                    let Some(model) = (&model as &dyn std::any::Any).downcast_ref() else {
-                        return Err(TrainError::Config(
-                            "--eval-every needs the cpu device".into(),
-                        ));
-                    };
-                    let line = knn_during_training::<P>(model, &data, state.epoch, state.step)?;
+                    let line = knn_during_training(&model, &data, state.epoch, state.step)?;
                     log.message(&format!(
                         "epoch {}: kNN (k=20, cls) val top-1 {:.2}%, top-5 {:.2}%",
                         line.epoch, line.knn_top1, line.knn_top5

@@ -30,6 +30,7 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
         checkpoint,
         data,
         batch: 7,
+        device: mae_train::device::DeviceKind::Cpu,
     };
     let (train, val, classes) = extract_dataset(&input).unwrap();
     assert_eq!(

@@ -117,6 +117,7 @@ fn a_probe_on_bundled_fashion_mnist_beats_chance_by_a_wide_margin() {
         checkpoint,
         data,
         batch: 100,
+        device: mae_train::device::DeviceKind::Cpu,
     });
     let cfg = ProbeConfig {
         epochs: 20,

@@ -274,7 +274,10 @@ fn the_device_path_matches_the_host_path() {
             assert!((a - b).abs() <= 1e-6 * a.abs().max(1e-9), "{name} exp_avg");
         }
         for (a, b) in m.exp_avg_sq.iter().zip(&d.exp_avg_sq) {
-            assert!((a - b).abs() <= 1e-6 * a.abs().max(1e-12), "{name} exp_avg_sq");
+            assert!(
+                (a - b).abs() <= 1e-6 * a.abs().max(1e-12),
+                "{name} exp_avg_sq"
+            );
         }
     }
     opt_device.set_moments(moments);
