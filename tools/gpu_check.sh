@@ -6,7 +6,8 @@
 #  1. the card (nvidia-smi);
 #  2. the parity tests on the GPU (mae-core's fixtures, ≤ 1e-4 in f32, no TF32);
 #  3. one training step on the GPU against the same step on the CPU (mae-train's gpu_step), and
-#     60 steps of `mae pretrain --device cuda` on the bundled data;
+#     60 steps of `mae pretrain --device cuda` on the bundled data, the kNN of the result on the
+#     GPU against the CPU, and 40 steps of `mae finetune --device cuda` from it;
 #  4. `mae bench --device cuda` for tiny b256, vit-b16 b64, vit-l16 b32, side by side with PyTorch
 #     eager f32 and fp16 autocast on the same card (tools/reference/torch_mae.py bench).
 #
@@ -70,6 +71,27 @@ if "$carry/bin/mae" data prepare --from idx "$root/data/fashion-mnist" --out "$d
     --batch-size 256 --max-steps 60 --log-every 10 --warmup-epochs 1 --blr 1e-3 --norm-pix-loss \
     >"$out/pretrain.log" 2>&1 || fail "pretrain on cuda (see $out/pretrain.log)"
   tail -n 4 "$out/pretrain.log"
+  ckpt="$(ls "$out"/pretrain/checkpoint-*.safetensors 2>/dev/null | grep -v state | tail -n 1)"
+  if [ -n "$ckpt" ]; then
+    say "kNN of that encoder on the GPU and on the CPU (same top-1 up to ties)"
+    for d in cuda cpu; do
+      "$carry/bin/mae" knn --device "$d" --checkpoint "$ckpt" --data "$data" --json \
+        >"$out/knn-$d.json" 2>>"$out/knn.err" || fail "knn on $d (see $out/knn.err)"
+    done
+    "$python" - "$out/knn-cuda.json" "$out/knn-cpu.json" <<'EOF2' || fail "kNN differs between cuda and cpu"
+import json, sys
+gpu, cpu = (json.load(open(p)) for p in sys.argv[1:3])
+print(f"kNN top-1 cuda {gpu['top1']:.2f}% cpu {cpu['top1']:.2f}%")
+sys.exit(0 if abs(gpu["top1"] - cpu["top1"]) <= 0.2 else 1)
+EOF2
+    say "fine-tuning on the GPU: 40 steps from that checkpoint"
+    "$carry/bin/mae" finetune --device cuda --checkpoint "$ckpt" --data "$data" \
+      --out "$out/finetune" --batch-size 64 --max-steps 40 --log-every 10 --warmup-epochs 0.2 \
+      >"$out/finetune.log" 2>&1 || fail "finetune on cuda (see $out/finetune.log)"
+    tail -n 3 "$out/finetune.log"
+  else
+    fail "pretrain on cuda left no checkpoint"
+  fi
 else
   fail "data prepare (see $out/prepare.err)"
 fi
