@@ -417,6 +417,9 @@ fn run(cli: Cli) -> Result<()> {
             batch_size,
             device,
         } => {
+            // under mpirun the ranks share the encoder's passes over a dataset; image files are
+            // few, rank 0 embeds them alone
+            let comm = mae_train::dist::Comm::from_env()?;
             let (splits, classes) = match data {
                 Some(data) => {
                     let input = mae_train::features::EvalInput {
@@ -425,9 +428,13 @@ fn run(cli: Cli) -> Result<()> {
                         batch: batch_size,
                         device,
                     };
-                    let (train, val, classes) = mae_train::features::extract_dataset(&input)?;
+                    let (train, val, classes) = train::on_every_rank(
+                        &comm,
+                        mae_train::features::extract_dataset_with(&input, &comm),
+                    )?;
                     (vec![("train", train), ("val", val)], classes)
                 }
+                None if !comm.is_main() => return Ok(()),
                 None => {
                     let f = mae_train::features::extract_files(
                         &checkpoint,
@@ -438,6 +445,9 @@ fn run(cli: Cli) -> Result<()> {
                     (vec![("images", f)], 0)
                 }
             };
+            if !comm.is_main() {
+                return Ok(());
+            }
             let refs: Vec<(&str, &mae_train::features::Features)> =
                 splits.iter().map(|(n, f)| (*n, f)).collect();
             let files = mae_train::features::write_features(&out, &refs, classes)?;

@@ -142,4 +142,31 @@ fn two_ranks_match_one_process_in_pretraining_resume_and_the_probe() {
         (&ranks["top1"], &ranks["top5"]),
         "kNN: 1 process {single}, 2 ranks {ranks}"
     );
+
+    // and the features `mae embed` writes
+    let dir = s.sub("embed");
+    let (single, ranks) = (dir.join("one.safetensors"), dir.join("two.safetensors"));
+    let c = ckpt.to_str().unwrap();
+    run_ok(&[
+        "embed",
+        "--checkpoint",
+        c,
+        "--data",
+        s.data(),
+        "--out",
+        single.to_str().unwrap(),
+    ]);
+    mpirun_ok(
+        2,
+        &[
+            "embed",
+            "--checkpoint",
+            c,
+            "--data",
+            s.data(),
+            "--out",
+            ranks.to_str().unwrap(),
+        ],
+    );
+    assert_close_files(&ranks, &single, 1e-6);
 }

@@ -107,26 +107,35 @@ use mae_core::{HostTensor, TensorFile};
 /// file, after checking that both hold the same names and shapes (`what` names the tensor and the
 /// two files, for messages).
 fn for_each_tensor_pair(a: &Path, b: &Path, mut f: impl FnMut(&str, &str, HostTensor, HostTensor)) {
-    for (x, y) in [
-        (a.to_path_buf(), b.to_path_buf()),
-        (
-            mae_train::checkpoint::state_path(a),
-            mae_train::checkpoint::state_path(b),
-        ),
-    ] {
-        let (fx, fy) = (TensorFile::open(&x).unwrap(), TensorFile::open(&y).unwrap());
-        let names = fx.names().unwrap();
-        assert_eq!(names, fy.names().unwrap());
-        for name in names {
-            let (tx, ty) = (
-                fx.read(&name).unwrap().unwrap(),
-                fy.read(&name).unwrap().unwrap(),
-            );
-            let what = format!("{name} ({} vs {})", x.display(), y.display());
-            assert_eq!(tx.shape, ty.shape, "{what}");
-            f(&name, &what, tx, ty);
-        }
+    for_each_tensor_of(a, b, &mut f);
+    for_each_tensor_of(
+        &mae_train::checkpoint::state_path(a),
+        &mae_train::checkpoint::state_path(b),
+        &mut f,
+    );
+}
+
+/// [`for_each_tensor_pair`] for two safetensors files.
+fn for_each_tensor_of(x: &Path, y: &Path, f: &mut impl FnMut(&str, &str, HostTensor, HostTensor)) {
+    let (fx, fy) = (TensorFile::open(x).unwrap(), TensorFile::open(y).unwrap());
+    let names = fx.names().unwrap();
+    assert_eq!(names, fy.names().unwrap());
+    for name in names {
+        let (tx, ty) = (
+            fx.read(&name).unwrap().unwrap(),
+            fy.read(&name).unwrap().unwrap(),
+        );
+        let what = format!("{name} ({} vs {})", x.display(), y.display());
+        assert_eq!(tx.shape, ty.shape, "{what}");
+        f(&name, &what, tx, ty);
     }
+}
+
+/// Every tensor of two safetensors files (same names and shapes) to `rel` (L2 per tensor).
+pub fn assert_close_files(a: &Path, b: &Path, rel: f64) {
+    for_each_tensor_of(a, b, &mut |_, what, tx, ty| {
+        assert_close(what, &tx.data, &ty.data, rel)
+    });
 }
 
 /// Compares every tensor of two checkpoints (model and training state) bit for bit. The metadata
