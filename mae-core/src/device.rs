@@ -75,6 +75,11 @@ pub trait MaeDevice: Device<f32> + ZerosTensor<usize> + CopySlice<usize> {
     fn host_slice_mut(_buffer: &mut <Self as Storage<f32>>::Vec) -> Option<&mut [f32]> {
         None
     }
+
+    /// Whether [`MaeDevice::host_slice_mut`] gives the buffers in place (they lie in host memory).
+    fn keeps_host_memory() -> bool {
+        false
+    }
 }
 
 /// GELU through dfdx ops on any device, computed where the tensor lies (no copy to the host).
@@ -116,6 +121,10 @@ pub fn gelu_composed<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
 impl MaeDevice for Cpu {
     fn host_slice_mut(buffer: &mut <Self as Storage<f32>>::Vec) -> Option<&mut [f32]> {
         Some(&mut buffer[..])
+    }
+
+    fn keeps_host_memory() -> bool {
+        true
     }
 
     fn gelu<S: Shape, T: Tape<f32, Self>>(

@@ -54,8 +54,6 @@ fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
     }
 }
 
-/// Running record of the comparisons of one fixture.
-
 /// Where the checks run: the first GPU in a build with the `cuda` feature (`cargo xtask
 /// gpu-build`, run on a GPU machine by `tools/gpu_check.sh`), the CPU otherwise. Same fixtures,
 /// same tolerances.
@@ -64,6 +62,7 @@ type Dev = Cuda;
 #[cfg(not(feature = "cuda"))]
 type Dev = Cpu;
 
+/// Running record of the comparisons of one fixture.
 struct Report {
     file: String,
     worst: (f64, String),

@@ -67,7 +67,8 @@ impl DeviceKind {
     }
 }
 
-/// GPU 0 with dfdx's RNG seeded by `seed`, or an error saying why there is none.
+/// The GPU of this rank (GPU `local_rank % GPUs`: GPU 0 for one process) with dfdx's RNG seeded
+/// by `seed`, or an error saying why there is none.
 #[cfg(feature = "cuda")]
 pub fn cuda_device(seed: u64) -> Result<mae_core::dfdx::prelude::Cuda, TrainError> {
     // cudarc 0.9's `CudaDevice::new` unwraps `cuInit` and `cuDeviceGet`: ask the driver first, so
@@ -81,9 +82,11 @@ pub fn cuda_device(seed: u64) -> Result<mae_core::dfdx::prelude::Cuda, TrainErro
     if count < 1 {
         return Err(TrainError::Device("--device cuda: no CUDA device".into()));
     }
-    mae_core::dfdx::prelude::Cuda::try_build(0, seed).map_err(|e| {
+    // under mpirun each rank of a node takes its own GPU
+    let ordinal = crate::dist::local_rank() % count as usize;
+    mae_core::dfdx::prelude::Cuda::try_build(ordinal, seed).map_err(|e| {
         TrainError::Device(format!(
-            "CUDA device 0 could not be opened: {}",
+            "CUDA device {ordinal} could not be opened: {}",
             describe_cuda_error(&e)
         ))
     })

@@ -27,6 +27,29 @@ use crate::error::{device_err, TrainError};
 /// DDP's default bucket: 25 MiB of f32 gradients per all-reduce call.
 pub const BUCKET_ELEMS: usize = 25 * 1024 * 1024 / 4;
 
+/// DDP's bucket rule for gradients of `lens` values, in order: fill a bucket of up to `cap` values,
+/// start the next when the next gradient would overflow it; a gradient larger than `cap` gets a
+/// bucket of its own. Returns the bucket sizes and each gradient's (bucket, offset).
+#[cfg_attr(not(feature = "nccl"), allow(dead_code))]
+pub(crate) fn bucket_layout(lens: &[usize], cap: usize) -> (Vec<usize>, Vec<(usize, usize)>) {
+    let mut sizes: Vec<usize> = Vec::new();
+    let mut slots = Vec::with_capacity(lens.len());
+    for &n in lens {
+        let bucket = sizes.len();
+        match sizes.last_mut() {
+            Some(size) if *size + n <= cap => {
+                slots.push((bucket - 1, *size));
+                *size += n;
+            }
+            _ => {
+                slots.push((bucket, 0));
+                sizes.push(n);
+            }
+        }
+    }
+    (sizes, slots)
+}
+
 /// The process group of a run: rank, world size and the collectives the training loops use.
 pub struct Comm {
     inner: Inner,
@@ -56,6 +79,16 @@ pub fn launcher_world_size() -> Option<usize> {
     var("OMPI_COMM_WORLD_SIZE")
         .or_else(|| var("PMI_SIZE"))
         .or_else(|| std::env::var_os("PMIX_RANK").and_then(|_| var("SLURM_NTASKS")))
+}
+/// This process's rank among the ranks of its node, from the launcher (`mpirun`'s
+/// `OMPI_COMM_WORLD_LOCAL_RANK`, Hydra's `MPI_LOCALRANKID`, Slurm's `SLURM_LOCALID`); 0 when none
+/// says. Each rank of a node takes GPU `local_rank % GPUs`.
+pub fn local_rank() -> usize {
+    let var = |k: &str| std::env::var(k).ok()?.trim().parse::<usize>().ok();
+    var("OMPI_COMM_WORLD_LOCAL_RANK")
+        .or_else(|| var("MPI_LOCALRANKID"))
+        .or_else(|| var("SLURM_LOCALID"))
+        .unwrap_or(0)
 }
 
 impl Comm {
@@ -205,6 +238,18 @@ impl Comm {
         }
     }
 
+    /// Rank 0's `buf` into every rank's `buf` (the same length everywhere).
+    pub fn broadcast_bytes(&self, buf: &mut [u8]) {
+        #[cfg(feature = "mpi")]
+        if let Inner::Mpi { world, .. } = &self.inner {
+            use mpi::collective::Root;
+            use mpi::topology::Communicator;
+            world.process_at_rank(0).broadcast_into(buf);
+        }
+        #[cfg(not(feature = "mpi"))]
+        let _ = buf;
+    }
+
     /// Waits for every rank.
     pub fn barrier(&self) {
         #[cfg(feature = "mpi")]
@@ -243,6 +288,9 @@ pub struct GradSync {
     pub calls: u64,
     /// Values summed per step (every gradient, plus the scalars).
     pub values: usize,
+    /// The GPU path: NCCL over the gradients where they lie.
+    #[cfg(feature = "nccl")]
+    nccl: Option<crate::nccl::NcclSync>,
 }
 
 /// Scalars that ride along with the gradients in the last bucket (one all-reduce per step).
@@ -258,8 +306,9 @@ impl GradSync {
     /// Averages every trainable parameter's gradient of `model` over the ranks (`Σ / world`),
     /// with `extra` host gradients (a head kept outside the module walk) after them, in buckets
     /// of [`BUCKET_ELEMS`]; `scalars` are summed over the ranks in the same calls. With one rank
-    /// it returns at once. Gradients must lie in host memory (`Cpu`); GPU gradients go through
-    /// NCCL, not here.
+    /// it returns at once. Gradients in host memory (`Cpu`) go through MPI; on `Cuda` (a build
+    /// with the `nccl` feature) the buckets stay on the GPU and go through NCCL, and the extras
+    /// and scalars through MPI.
     pub fn all_reduce<M: TensorCollection<f32, D>, D: MaeDevice>(
         &mut self,
         comm: &Comm,
@@ -271,6 +320,9 @@ impl GradSync {
         let world = comm.world_size();
         if world == 1 {
             return Ok(scalars);
+        }
+        if !D::keeps_host_memory() {
+            return self.all_reduce_on_device(comm, model, grads, extra, scalars);
         }
         let t0 = Instant::now();
         self.flat.clear();
@@ -315,6 +367,75 @@ impl GradSync {
         self.copy_time += (t1 - t0) + t2.elapsed();
         Ok(out)
     }
+
+    /// [`GradSync::all_reduce`] of gradients that lie on a GPU.
+    #[cfg(feature = "nccl")]
+    fn all_reduce_on_device<M: TensorCollection<f32, D>, D: MaeDevice>(
+        &mut self,
+        comm: &Comm,
+        model: &mut M,
+        grads: &mut Gradients<f32, D>,
+        extra: &mut [&mut [f32]],
+        scalars: StepScalars,
+    ) -> Result<StepScalars, TrainError> {
+        let t0 = Instant::now();
+        let nccl = match &mut self.nccl {
+            Some(n) => n,
+            empty => empty.insert(crate::nccl::NcclSync::new(comm, model, grads)?),
+        };
+        let calls = nccl.average(model, grads)?;
+        self.calls += calls;
+        self.values = nccl.values();
+        self.reduce_time += t0.elapsed();
+        self.reduce_host(comm, extra, scalars)
+    }
+
+    #[cfg(not(feature = "nccl"))]
+    fn all_reduce_on_device<M: TensorCollection<f32, D>, D: MaeDevice>(
+        &mut self,
+        _comm: &Comm,
+        _model: &mut M,
+        _grads: &mut Gradients<f32, D>,
+        _extra: &mut [&mut [f32]],
+        _scalars: StepScalars,
+    ) -> Result<StepScalars, TrainError> {
+        Err(TrainError::Dist(
+            "several ranks on a GPU average their gradients with NCCL: build with \
+             `--features nccl` (`cargo xtask gpu-build` does)"
+                .into(),
+        ))
+    }
+
+    /// The host part of a GPU step's all-reduce: `extra` averaged, `scalars` summed, one call.
+    #[cfg(feature = "nccl")]
+    fn reduce_host(
+        &mut self,
+        comm: &Comm,
+        extra: &mut [&mut [f32]],
+        scalars: StepScalars,
+    ) -> Result<StepScalars, TrainError> {
+        self.flat.clear();
+        for g in extra.iter() {
+            self.flat.extend_from_slice(g);
+        }
+        self.flat.push(scalars.loss as f32);
+        self.flat.push(scalars.stop as f32);
+        self.reduced.resize(self.flat.len(), 0.0);
+        comm.all_reduce_sum(&self.flat, &mut self.reduced)?;
+        self.calls += 1;
+        let scale = 1.0 / comm.world_size() as f32;
+        let mut at = 0;
+        for g in extra.iter_mut() {
+            for (d, &s) in g.iter_mut().zip(&self.reduced[at..]) {
+                *d = s * scale;
+            }
+            at += g.len();
+        }
+        Ok(StepScalars {
+            loss: self.reduced[at] as f64,
+            stop: self.reduced[at + 1] as f64,
+        })
+    }
 }
 
 /// Calls `f(name, gradient)` for every trainable parameter of `model`, in the module walk's order
@@ -323,7 +444,51 @@ impl GradSync {
 pub fn for_each_grad<M: TensorCollection<f32, D>, D: MaeDevice>(
     model: &mut M,
     grads: &mut Gradients<f32, D>,
-    f: impl FnMut(&str, &mut [f32]),
+    mut f: impl FnMut(&str, &mut [f32]),
+) -> Result<(), TrainError> {
+    for_each_grad_buffer(model, grads, |name, grad| match D::host_slice_mut(grad) {
+        Some(g) => {
+            f(name, g);
+            Ok(())
+        }
+        None => Err(TrainError::Dist(format!(
+            "`{name}`: the MPI gradient all-reduce needs gradients in host memory (the cpu device)"
+        ))),
+    })
+}
+
+/// Overwrites the gradient of `t` with `values` (host memory or, with the `nccl` feature, a GPU).
+pub(crate) fn set_grad<S: Shape, D: MaeDevice>(
+    grads: &mut Gradients<f32, D>,
+    t: &Tensor<S, f32, D>,
+    values: &[f32],
+) -> Result<(), TrainError> {
+    let grad = grads.get_or_alloc_mut(t).map_err(device_err)?;
+    if let Some(g) = D::host_slice_mut(grad) {
+        if g.len() != values.len() {
+            return Err(TrainError::Dist(format!(
+                "{} gradient values for a tensor of {}",
+                values.len(),
+                g.len()
+            )));
+        }
+        g.copy_from_slice(values);
+        return Ok(());
+    }
+    #[cfg(feature = "nccl")]
+    return crate::nccl::set_cuda_grad(grads, t, values);
+    #[cfg(not(feature = "nccl"))]
+    Err(TrainError::Dist(
+        "gradients on a GPU are averaged with NCCL: build with `--features nccl`".into(),
+    ))
+}
+
+/// Calls `f(name, buffer)` with the gradient buffer of every trainable parameter of `model`, in
+/// the module walk's order, whatever the device keeps it in.
+pub(crate) fn for_each_grad_buffer<M: TensorCollection<f32, D>, D: MaeDevice>(
+    model: &mut M,
+    grads: &mut Gradients<f32, D>,
+    f: impl FnMut(&str, &mut <D as Storage<f32>>::Vec) -> Result<(), TrainError>,
 ) -> Result<(), TrainError> {
     let mut visitor = GradVisitor { grads, f };
     M::iter_tensors(&mut RecursiveWalker {
@@ -338,7 +503,9 @@ struct GradVisitor<'a, D: Storage<f32>, F> {
     f: F,
 }
 
-impl<D: MaeDevice, F: FnMut(&str, &mut [f32])> TensorVisitor<f32, D> for GradVisitor<'_, D, F> {
+impl<D: MaeDevice, F: FnMut(&str, &mut <D as Storage<f32>>::Vec) -> Result<(), TrainError>>
+    TensorVisitor<f32, D> for GradVisitor<'_, D, F>
+{
     type Viewer = (ViewTensorMut, ViewTensorName);
     type Err = TrainError;
     type E2 = f32;
@@ -353,15 +520,7 @@ impl<D: MaeDevice, F: FnMut(&str, &mut [f32])> TensorVisitor<f32, D> for GradVis
             return Ok(None);
         }
         let grad = self.grads.get_or_alloc_mut(param).map_err(device_err)?;
-        match D::host_slice_mut(grad) {
-            Some(g) => (self.f)(&name, g),
-            None => {
-                return Err(TrainError::Dist(format!(
-                    "`{name}`: the MPI gradient all-reduce needs gradients in host memory (the \
-                     cpu device)"
-                )))
-            }
-        }
+        (self.f)(&name, grad)?;
         Ok(None)
     }
 }
@@ -396,5 +555,21 @@ pub fn check_in_sync<P: MaePreset, D: Device<f32>>(
             "after step {step} the weights of rank(s) {differ:?} differ from rank 0's \
              (checksums {all:016x?})"
         )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn buckets_fill_in_order_and_a_large_gradient_gets_its_own() {
+        let (sizes, slots) = bucket_layout(&[3, 4, 2, 9, 1, 1], 8);
+        assert_eq!(sizes, vec![7, 2, 9, 2]);
+        assert_eq!(slots, vec![(0, 0), (0, 3), (1, 0), (2, 0), (3, 0), (3, 1)]);
+        // every value has one place, and the buckets hold exactly the gradients
+        let total: usize = sizes.iter().sum();
+        assert_eq!(total, 20);
+        assert_eq!(bucket_layout(&[], 8), (vec![], vec![]));
     }
 }

@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainState};
 use crate::device::DeviceVisitor;
-use crate::dist::{Comm, GradSync, StepScalars};
-use crate::error::{device_err, TrainError};
+use crate::dist::{set_grad, Comm, GradSync, StepScalars};
+use crate::error::TrainError;
 use crate::features::{check_channels, for_each_eval_batch, topk_hits, Accuracy};
 use crate::optim::AdamW;
 use crate::pretrain::{append_json_line, position_rng, Outcome, Resume};
@@ -420,8 +420,8 @@ fn all_reduce_with_head<P: MaePreset, D: MaeDevice>(
     if comm.world_size() == 1 {
         return Ok(scalars);
     }
-    let mut head_w = host_grad(grads, &model.head.weight)?.to_vec();
-    let mut head_b = host_grad(grads, &model.head.bias)?.to_vec();
+    let mut head_w = grads.get(&model.head.weight).as_vec();
+    let mut head_b = grads.get(&model.head.bias).as_vec();
     let reduced = sync.all_reduce(
         comm,
         &mut model.vit,
@@ -429,22 +429,9 @@ fn all_reduce_with_head<P: MaePreset, D: MaeDevice>(
         &mut [&mut head_w[..], &mut head_b[..]],
         scalars,
     )?;
-    host_grad(grads, &model.head.weight)?.copy_from_slice(&head_w);
-    host_grad(grads, &model.head.bias)?.copy_from_slice(&head_b);
+    set_grad(grads, &model.head.weight, &head_w)?;
+    set_grad(grads, &model.head.bias, &head_b)?;
     Ok(reduced)
-}
-
-/// The gradient of `t` in place, on devices that keep it in host memory.
-fn host_grad<'g, S: Shape, D: MaeDevice>(
-    grads: &'g mut Gradients<f32, D>,
-    t: &Tensor<S, f32, D>,
-) -> Result<&'g mut [f32], TrainError> {
-    let g = grads.get_or_alloc_mut(t).map_err(device_err)?;
-    D::host_slice_mut(g).ok_or_else(|| {
-        TrainError::Dist(
-            "the MPI gradient all-reduce needs gradients in host memory (the cpu device)".into(),
-        )
-    })
 }
 
 struct Run<'a> {

@@ -11,6 +11,8 @@ pub mod error;
 pub mod features;
 pub mod finetune;
 pub mod linprobe;
+#[cfg(feature = "nccl")]
+mod nccl;
 pub mod optim;
 pub mod plot;
 pub mod pretrain;
