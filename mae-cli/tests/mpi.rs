@@ -1,7 +1,8 @@
 //! Data-parallel runs under `mpirun` (built with `--features mpi`; needs Open MPI's `mpirun` on
 //! PATH): 2 ranks at batch B/2 give the weights of 1 rank at batch B, a run resumes across world
-//! sizes both ways, the ranks' weights stay identical (`--check-sync-every`), and a linear probe
-//! and a kNN whose feature extraction is shared out over 2 ranks report what one process reports.
+//! sizes both ways, the ranks' weights stay identical (`--check-sync-every`), fine-tuning on 2
+//! ranks ends where one process does, and a linear probe, a kNN and `mae embed` whose feature
+//! extraction is shared out over 2 ranks report what one process reports.
 //!
 //! Run with `cargo test -p mae-cli --features mpi --test mpi` (`.ci/run` does).
 #![cfg(feature = "mpi")]
@@ -169,4 +170,49 @@ fn two_ranks_match_one_process_in_pretraining_resume_and_the_probe() {
         ],
     );
     assert_close_files(&ranks, &single, 1e-6);
+}
+
+/// Fine-tuning with the per-rank draws turned off (no mixup, cutmix, erasing or drop path): 2
+/// ranks at batch 8 end where 1 process at batch 16 does, head included (its gradients ride
+/// along with the encoder's in the all-reduce).
+#[test]
+fn two_ranks_match_one_process_in_fine_tuning() {
+    let s = Scratch::new();
+    let (one, two) = (s.sub("ft-one"), s.sub("ft-two"));
+    let ft = |out: &Path, batch: &'static str| -> Vec<String> {
+        [
+            "finetune",
+            "--from-scratch",
+            "--preset",
+            "tiny",
+            "--data",
+            s.data(),
+            "--out",
+            out.to_str().unwrap(),
+            "--batch-size",
+            batch,
+            "--max-steps",
+            "3",
+            "--mixup",
+            "0",
+            "--cutmix",
+            "0",
+            "--reprob",
+            "0",
+            "--drop-path",
+            "0",
+            "--workers",
+            "1",
+            "--blr",
+            "1e-3",
+            "--warmup-epochs",
+            "0.01",
+        ]
+        .map(String::from)
+        .to_vec()
+    };
+    let (a, b) = (ft(&one, "16"), ft(&two, "8"));
+    run_ok(&a.iter().map(String::as_str).collect::<Vec<_>>());
+    mpirun_ok(2, &b.iter().map(String::as_str).collect::<Vec<_>>());
+    assert_close_checkpoint(&checkpoint(&two, 3), &checkpoint(&one, 3), 1e-5);
 }
