@@ -34,6 +34,9 @@ pub struct ReconstructArgs {
     /// Number of dataset images.
     #[arg(long, default_value_t = 8)]
     count: usize,
+    /// Where the model runs: `cpu`, or `cuda` (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: mae_train::device::DeviceKind,
 }
 
 /// Writes the Figure-2 grid.
@@ -50,6 +53,7 @@ pub fn run_reconstruct(a: ReconstructArgs) -> Result<()> {
         mask_ratio: a.mask_ratio,
         seed: a.seed,
         count: a.count,
+        device: a.device,
     })?;
     println!(
         "wrote {} ({} images, loss {:.4}{})",

@@ -417,6 +417,7 @@ fn cuda_asked_of_a_cpu_build_says_how_to_get_one() {
     let ckpt = ckpt.to_str().unwrap();
     run_ok(&["init", "--preset", "tiny", "--out", ckpt]);
     let (data, ft, emb) = (scratch.data(), dir.join("ft"), dir.join("emb.safetensors"));
+    let png = dir.join("grid.png");
     let source = ["--checkpoint", ckpt, "--data", data, "--device", "cuda"];
     let runs: Vec<Vec<&str>> = vec![
         vec![
@@ -436,6 +437,11 @@ fn cuda_asked_of_a_cpu_build_says_how_to_get_one() {
         [&["knn"][..], &source[..]].concat(),
         [&["linprobe", "--epochs", "1"][..], &source[..]].concat(),
         [&["embed", "--out", emb.to_str().unwrap()][..], &source[..]].concat(),
+        [
+            &["reconstruct", "--out", png.to_str().unwrap()][..],
+            &source[..],
+        ]
+        .concat(),
         vec![
             "finetune",
             "--from-scratch",
@@ -463,5 +469,5 @@ fn cuda_asked_of_a_cpu_build_says_how_to_get_one() {
             args.join(" ")
         );
     }
-    assert!(!emb.exists());
+    assert!(!emb.exists() && !png.exists());
 }

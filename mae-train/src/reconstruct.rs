@@ -5,9 +5,11 @@
 //! the predicted patches are un-normalized with the true patches' mean and variance before
 //! display, which the image's caption says.
 
+use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
+use mae_core::device::MaeDevice;
 use mae_core::dfdx::prelude::*;
 use mae_core::{Mae, MaePreset, Masking, PatchGeometry, PresetVisitor, TensorFile};
 use mae_data::augment::{normalization, Augment, Transform};
@@ -18,6 +20,7 @@ use rand::SeedableRng;
 
 use crate::checkpoint::preset_of;
 use crate::config::PretrainConfig;
+use crate::device::DeviceVisitor;
 use crate::error::TrainError;
 
 /// Where the images come from.
@@ -44,6 +47,8 @@ pub struct ReconstructOptions {
     pub seed: u64,
     /// Number of images (for `Data`).
     pub count: usize,
+    /// Where the model runs.
+    pub device: crate::device::DeviceKind,
 }
 
 /// What [`reconstruct`] did.
@@ -67,9 +72,20 @@ struct Run<'a>(&'a ReconstructOptions);
 impl PresetVisitor for Run<'_> {
     type Output = Result<ReconstructSummary, TrainError>;
     fn visit<P: MaePreset>(self) -> Self::Output {
-        let opts = self.0;
-        let dev = Cpu::default();
-        let mut model = Mae::<P, f32, Cpu>::new(&dev)?;
+        self.0.device.run(0, RunOn::<P>(self, PhantomData))
+    }
+}
+
+struct RunOn<'a, P>(Run<'a>, PhantomData<P>);
+
+impl<P: MaePreset> DeviceVisitor for RunOn<'_, P> {
+    type Output = ReconstructSummary;
+    fn visit<D: MaeDevice + Cache + 'static>(
+        self,
+        dev: D,
+    ) -> Result<ReconstructSummary, TrainError> {
+        let opts = self.0 .0;
+        let mut model = Mae::<P, f32, D>::new(&dev)?;
         let file = TensorFile::open(&opts.checkpoint)?;
         model.load_from(&file, "")?;
         let config: Option<PretrainConfig> = file
@@ -142,7 +158,7 @@ impl PresetVisitor for Run<'_> {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(opts.seed);
         let masking = Masking::random(&mut rng, n, l, mask_ratio)?;
         let out = model.forward(&pixels, &masking, norm_pix, NoneTape)?;
-        let loss = out.loss.array();
+        let loss = out.loss.as_vec()[0];
         let mut pred = out.pred.as_vec();
         let target = geometry.patchify(&pixels)?;
         let pd = geometry.patch_dim();
