@@ -9,6 +9,8 @@
 //! The update is the training loop's own [`AdamW`] (β 0.9/0.95, weight decay 0.05 on the
 //! weights, not on biases and norms), so the step timed is the step `mae pretrain` takes.
 
+use std::marker::PhantomData;
+
 use std::time::Instant;
 
 use mae_core::dfdx::prelude::*;
@@ -18,7 +20,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use serde::Serialize;
 
-use crate::device::DeviceKind;
+use crate::device::{DeviceKind, DeviceVisitor};
 use crate::dist::{Comm, GradSync, StepScalars};
 use crate::optim::AdamW;
 use crate::pretrain::decayed_names;
@@ -118,19 +120,24 @@ impl PresetVisitor for Run<'_> {
     type Output = Result<StepTiming, MaeError>;
     fn visit<P: MaePreset>(self) -> Self::Output {
         let (cfg, comm) = (self.0, self.1);
-        match cfg.device {
-            DeviceKind::Cpu => {
-                mae_core::kernels::set_fused(cfg.fused);
-                time_on::<P, Cpu>(Cpu::seed_from_u64(0), &cfg, comm)
-            }
-            #[cfg(feature = "cuda")]
-            DeviceKind::Cuda => {
-                let dev = crate::device::cuda_device(0).map_err(train_err)?;
-                time_on::<P, Cuda>(dev, &cfg, comm)
-            }
-            #[cfg(not(feature = "cuda"))]
-            DeviceKind::Cuda => Err(train_err(crate::device::cuda_missing())),
+        if cfg.device == DeviceKind::Cpu {
+            mae_core::kernels::set_fused(cfg.fused);
         }
+        cfg.device
+            .run(0, TimeOn::<P>(&cfg, comm, PhantomData))
+            .map_err(train_err)
+    }
+}
+
+struct TimeOn<'a, P>(&'a StepBench, &'a Comm, PhantomData<P>);
+
+impl<P: MaePreset> DeviceVisitor for TimeOn<'_, P> {
+    type Output = StepTiming;
+    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
+        self,
+        dev: D,
+    ) -> Result<StepTiming, crate::TrainError> {
+        Ok(time_on::<P, D>(dev, self.0, self.1)?)
     }
 }
 

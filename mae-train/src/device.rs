@@ -8,7 +8,7 @@ use std::fmt;
 use std::str::FromStr;
 
 use mae_core::device::MaeDevice;
-use mae_core::dfdx::prelude::{Cache, Cpu};
+use mae_core::dfdx::prelude::{Cache, Cpu, Synchronize};
 
 use crate::error::TrainError;
 
@@ -50,7 +50,10 @@ pub trait DeviceVisitor {
     /// What the code returns.
     type Output;
     /// Runs on `dev`.
-    fn visit<D: MaeDevice + Cache + 'static>(self, dev: D) -> Result<Self::Output, TrainError>;
+    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
+        self,
+        dev: D,
+    ) -> Result<Self::Output, TrainError>;
 }
 
 impl DeviceKind {

@@ -326,7 +326,10 @@ struct ExtractFilesOn<'a, P>(ExtractFiles<'a>, PhantomData<P>);
 
 impl<P: MaePreset> DeviceVisitor for ExtractFilesOn<'_, P> {
     type Output = Features;
-    fn visit<D: MaeDevice + Cache + 'static>(self, dev: D) -> Result<Features, TrainError> {
+    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
+        self,
+        dev: D,
+    ) -> Result<Features, TrainError> {
         let ExtractFilesOn(this, _) = self;
         let file = mae_core::TensorFile::open(this.checkpoint)?;
         let encoder = load_encoder::<P, D>(&file, &dev)?;
@@ -704,7 +707,10 @@ struct ExtractOn<'a, P>(Extract<'a>, PhantomData<P>);
 
 impl<P: MaePreset> DeviceVisitor for ExtractOn<'_, P> {
     type Output = (Features, Features, usize);
-    fn visit<D: MaeDevice + Cache + 'static>(self, dev: D) -> Result<Self::Output, TrainError> {
+    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
+        self,
+        dev: D,
+    ) -> Result<Self::Output, TrainError> {
         let Extract(input, comm) = self.0;
         let encoder = load_encoder::<P, D>(&mae_core::TensorFile::open(&input.checkpoint)?, &dev)?;
         let data = mae_data::Dataset::open(&input.data)?;

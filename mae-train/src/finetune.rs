@@ -276,7 +276,10 @@ struct EvaluateOn<'a, P>(EvaluateFile<'a>, PhantomData<P>);
 
 impl<P: MaePreset> DeviceVisitor for EvaluateOn<'_, P> {
     type Output = Accuracy;
-    fn visit<D: MaeDevice + Cache + 'static>(self, dev: D) -> Result<Accuracy, TrainError> {
+    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
+        self,
+        dev: D,
+    ) -> Result<Accuracy, TrainError> {
         let this = self.0;
         let file = TensorFile::open(this.checkpoint)?;
         let classes = file
@@ -506,7 +509,10 @@ struct FinetuneOn<'a, P> {
 
 impl<P: MaePreset> DeviceVisitor for FinetuneOn<'_, P> {
     type Output = FinetuneSummary;
-    fn visit<D: MaeDevice + Cache + 'static>(self, dev: D) -> Result<FinetuneSummary, TrainError> {
+    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
+        self,
+        dev: D,
+    ) -> Result<FinetuneSummary, TrainError> {
         self.run.train::<P, D>(dev, self.data, self.config_json)
     }
 }

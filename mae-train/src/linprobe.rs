@@ -517,7 +517,12 @@ struct AugmentedProbeOn<'a, P>(AugmentedProbe<'a>, PhantomData<P>);
 
 impl<P: mae_core::MaePreset> crate::device::DeviceVisitor for AugmentedProbeOn<'_, P> {
     type Output = (LinearProbe, crate::features::Features, usize);
-    fn visit<D: mae_core::device::MaeDevice + mae_core::dfdx::prelude::Cache + 'static>(
+    fn visit<
+        D: mae_core::device::MaeDevice
+            + mae_core::dfdx::prelude::Cache
+            + mae_core::dfdx::prelude::Synchronize
+            + 'static,
+    >(
         self,
         dev: D,
     ) -> Result<Self::Output, TrainError> {

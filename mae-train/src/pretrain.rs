@@ -261,7 +261,10 @@ struct TrainOn<'a, P> {
 
 impl<P: MaePreset> DeviceVisitor for TrainOn<'_, P> {
     type Output = RunSummary;
-    fn visit<D: MaeDevice + Cache + 'static>(self, dev: D) -> Result<RunSummary, TrainError> {
+    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
+        self,
+        dev: D,
+    ) -> Result<RunSummary, TrainError> {
         self.run.train::<P, D>(dev, self.data, self.config_json)
     }
 }

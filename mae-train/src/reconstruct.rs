@@ -80,7 +80,7 @@ struct RunOn<'a, P>(Run<'a>, PhantomData<P>);
 
 impl<P: MaePreset> DeviceVisitor for RunOn<'_, P> {
     type Output = ReconstructSummary;
-    fn visit<D: MaeDevice + Cache + 'static>(
+    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
         self,
         dev: D,
     ) -> Result<ReconstructSummary, TrainError> {
