@@ -5,10 +5,14 @@
 //! asked for where either is missing it is an error that says which.
 
 use std::fmt;
+use std::marker::PhantomData;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use mae_core::device::MaeDevice;
 use mae_core::dfdx::prelude::{Cache, Cpu, Synchronize};
+use mae_core::MaePreset;
+use mae_data::Dataset;
 
 use crate::error::TrainError;
 
@@ -54,6 +58,57 @@ pub trait DeviceVisitor {
         self,
         dev: D,
     ) -> Result<Self::Output, TrainError>;
+}
+
+/// A training loop over a dataset, generic over the device: [`LoopOn`] runs it on the one a
+/// [`DeviceKind`] names.
+pub(crate) trait TrainLoop {
+    /// What the loop reports.
+    type Summary;
+    /// The loop of preset `P` on `dev`.
+    fn train<P: MaePreset, D: MaeDevice + Cache + Synchronize + 'static>(
+        &self,
+        dev: D,
+        data: Arc<Dataset>,
+        config_json: String,
+    ) -> Result<Self::Summary, TrainError>;
+}
+
+/// Runs `run`'s loop of preset `P` on `device` (seeded with `seed`).
+pub(crate) fn run_loop<L: TrainLoop, P: MaePreset>(
+    device: DeviceKind,
+    seed: u64,
+    run: &L,
+    data: Arc<Dataset>,
+    config_json: String,
+) -> Result<L::Summary, TrainError> {
+    device.run(
+        seed,
+        LoopOn::<L, P> {
+            run,
+            data,
+            config_json,
+            preset: PhantomData,
+        },
+    )
+}
+
+/// [`TrainLoop::train`] as a [`DeviceVisitor`].
+struct LoopOn<'a, L, P> {
+    run: &'a L,
+    data: Arc<Dataset>,
+    config_json: String,
+    preset: PhantomData<P>,
+}
+
+impl<L: TrainLoop, P: MaePreset> DeviceVisitor for LoopOn<'_, L, P> {
+    type Output = L::Summary;
+    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
+        self,
+        dev: D,
+    ) -> Result<L::Summary, TrainError> {
+        self.run.train::<P, D>(dev, self.data, self.config_json)
+    }
 }
 
 impl DeviceKind {

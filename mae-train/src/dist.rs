@@ -327,11 +327,7 @@ impl GradSync {
         let t0 = Instant::now();
         self.flat.clear();
         for_each_grad(model, grads, |_, g| self.flat.extend_from_slice(g))?;
-        for g in extra.iter() {
-            self.flat.extend_from_slice(g);
-        }
-        self.flat.push(scalars.loss as f32);
-        self.flat.push(scalars.stop as f32);
+        push_tail(&mut self.flat, extra, scalars);
         self.reduced.resize(self.flat.len(), 0.0);
         self.values = self.flat.len();
         let t1 = Instant::now();
@@ -348,21 +344,10 @@ impl GradSync {
         let mut at = 0;
         let reduced = &self.reduced;
         for_each_grad(model, grads, |_, g| {
-            for (d, &s) in g.iter_mut().zip(&reduced[at..]) {
-                *d = s * scale;
-            }
+            scale_into(g, &reduced[at..], scale);
             at += g.len();
         })?;
-        for g in extra.iter_mut() {
-            for (d, &s) in g.iter_mut().zip(&reduced[at..]) {
-                *d = s * scale;
-            }
-            at += g.len();
-        }
-        let out = StepScalars {
-            loss: reduced[at] as f64,
-            stop: reduced[at + 1] as f64,
-        };
+        let out = read_tail(&reduced[at..], extra, scale);
         self.reduce_time += t2 - t1;
         self.copy_time += (t1 - t0) + t2.elapsed();
         Ok(out)
@@ -400,8 +385,8 @@ impl GradSync {
         _scalars: StepScalars,
     ) -> Result<StepScalars, TrainError> {
         Err(TrainError::Dist(
-            "several ranks on a GPU average their gradients with NCCL: build with \
-             `--features nccl` (`cargo xtask gpu-build` does)"
+            "several ranks on GPUs average their gradients with NCCL: build with \
+             `--features nccl` (needs a CUDA toolkit with NCCL, and MPI)"
                 .into(),
         ))
     }
@@ -415,26 +400,45 @@ impl GradSync {
         scalars: StepScalars,
     ) -> Result<StepScalars, TrainError> {
         self.flat.clear();
-        for g in extra.iter() {
-            self.flat.extend_from_slice(g);
-        }
-        self.flat.push(scalars.loss as f32);
-        self.flat.push(scalars.stop as f32);
+        push_tail(&mut self.flat, extra, scalars);
         self.reduced.resize(self.flat.len(), 0.0);
         comm.all_reduce_sum(&self.flat, &mut self.reduced)?;
         self.calls += 1;
-        let scale = 1.0 / comm.world_size() as f32;
-        let mut at = 0;
-        for g in extra.iter_mut() {
-            for (d, &s) in g.iter_mut().zip(&self.reduced[at..]) {
-                *d = s * scale;
-            }
-            at += g.len();
-        }
-        Ok(StepScalars {
-            loss: self.reduced[at] as f64,
-            stop: self.reduced[at + 1] as f64,
-        })
+        Ok(read_tail(
+            &self.reduced,
+            extra,
+            1.0 / comm.world_size() as f32,
+        ))
+    }
+}
+
+/// Appends the extra gradients and the two scalars to an all-reduce buffer.
+fn push_tail(flat: &mut Vec<f32>, extra: &[&mut [f32]], scalars: StepScalars) {
+    for g in extra {
+        flat.extend_from_slice(g);
+    }
+    flat.push(scalars.loss as f32);
+    flat.push(scalars.stop as f32);
+}
+
+/// `dst ← scale · src` over `dst`'s length.
+fn scale_into(dst: &mut [f32], src: &[f32], scale: f32) {
+    for (d, &s) in dst.iter_mut().zip(src) {
+        *d = s * scale;
+    }
+}
+
+/// Reads back what [`push_tail`] appended, once summed over the ranks: the extras averaged
+/// (`× scale`) into place, the scalars' sums returned.
+fn read_tail(reduced: &[f32], extra: &mut [&mut [f32]], scale: f32) -> StepScalars {
+    let mut at = 0;
+    for g in extra.iter_mut() {
+        scale_into(g, &reduced[at..], scale);
+        at += g.len();
+    }
+    StepScalars {
+        loss: reduced[at] as f64,
+        stop: reduced[at + 1] as f64,
     }
 }
 

@@ -33,7 +33,7 @@ use mae_data::{Dataset, Split, SplitName};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainState};
-use crate::device::DeviceVisitor;
+use crate::device::{run_loop, DeviceVisitor, TrainLoop};
 use crate::dist::{set_grad, Comm, GradSync, StepScalars};
 use crate::error::TrainError;
 use crate::features::{check_channels, for_each_eval_batch, topk_hits, Accuracy};
@@ -487,39 +487,15 @@ impl PresetVisitor for Run<'_> {
             mae_core::weights::write_atomic(&cfg.out.join("config.json"), config_json.as_bytes())?;
         }
 
-        cfg.device.run(
-            cfg.seed,
-            FinetuneOn::<P> {
-                run: &self,
-                data,
-                config_json,
-                preset: PhantomData,
-            },
-        )
+        run_loop::<_, P>(cfg.device, cfg.seed, &self, data, config_json)
     }
 }
 
-/// [`Run::train`] on the device the configuration names.
-struct FinetuneOn<'a, P> {
-    run: &'a Run<'a>,
-    data: Arc<Dataset>,
-    config_json: String,
-    preset: PhantomData<P>,
-}
+impl TrainLoop for Run<'_> {
+    type Summary = FinetuneSummary;
 
-impl<P: MaePreset> DeviceVisitor for FinetuneOn<'_, P> {
-    type Output = FinetuneSummary;
-    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
-        self,
-        dev: D,
-    ) -> Result<FinetuneSummary, TrainError> {
-        self.run.train::<P, D>(dev, self.data, self.config_json)
-    }
-}
-
-impl Run<'_> {
     /// The loop itself, on device `D`.
-    fn train<P: MaePreset, D: MaeDevice + Cache + 'static>(
+    fn train<P: MaePreset, D: MaeDevice + Cache + Synchronize + 'static>(
         &self,
         dev: D,
         data: Arc<Dataset>,

@@ -14,12 +14,10 @@ use std::sync::Arc;
 use cudarc::driver::{CudaDevice, CudaSlice, DeviceSlice};
 use cudarc::nccl::safe::{Comm as NcclComm, Id, ReduceOp};
 use mae_core::device::MaeDevice;
-use mae_core::dfdx::nn::tensor_collection::{
-    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
-};
+use mae_core::dfdx::nn::tensor_collection::TensorCollection;
 use mae_core::dfdx::prelude::*;
 
-use crate::dist::{bucket_layout, Comm, BUCKET_ELEMS};
+use crate::dist::{bucket_layout, for_each_grad_buffer, Comm, BUCKET_ELEMS};
 use crate::error::{device_err, TrainError};
 
 /// A NCCL communicator over the ranks, and the device buckets of one model's gradients.
@@ -159,29 +157,21 @@ pub(crate) fn set_cuda_grad<S: Shape, D: MaeDevice>(
     t: &Tensor<S, f32, D>,
     values: &[f32],
 ) -> Result<(), TrainError> {
-    let (grads, t) = as_cuda(grads, t)?;
-    let g = &mut **grads.get_or_alloc_mut(t).map_err(device_err)?;
+    let g = cuda_slice::<D>(grads.get_or_alloc_mut(t).map_err(device_err)?)?;
     g.device()
         .htod_sync_copy_into(values, g)
         .map_err(driver_err("writing a gradient"))
 }
 
-/// A gradient map and one of its tensors, on the GPU.
-type OnCuda<'g, 't, S> = (&'g mut Gradients<f32, Cuda>, &'t Tensor<S, f32, Cuda>);
-
-/// `grads` and `t` as what they are when `D` is `Cuda`; an error on another device.
-fn as_cuda<'g, 't, S: Shape, D: MaeDevice>(
-    grads: &'g mut Gradients<f32, D>,
-    t: &'t Tensor<S, f32, D>,
-) -> Result<OnCuda<'g, 't, S>, TrainError> {
-    let not_cuda = || TrainError::Dist("NCCL needs the model on the cuda device".into());
-    let grads = (grads as &mut dyn Any)
-        .downcast_mut::<Gradients<f32, Cuda>>()
-        .ok_or_else(not_cuda)?;
-    let t = (t as &dyn Any)
-        .downcast_ref::<Tensor<S, f32, Cuda>>()
-        .ok_or_else(not_cuda)?;
-    Ok((grads, t))
+/// A gradient buffer of device `D` as the `CudaSlice` it is when `D` is `Cuda`; an error on
+/// another device. (dfdx's buffer type is not nameable, its projection is.)
+fn cuda_slice<D: MaeDevice>(
+    buffer: &mut <D as Storage<f32>>::Vec,
+) -> Result<&mut CudaSlice<f32>, TrainError> {
+    (buffer as &mut dyn Any)
+        .downcast_mut::<<Cuda as Storage<f32>>::Vec>()
+        .map(|b| &mut **b)
+        .ok_or_else(|| TrainError::Dist("NCCL needs the model on the cuda device".into()))
 }
 
 /// Calls `f(name, gradient)` with the device buffer of every trainable gradient of `model`, in
@@ -189,40 +179,9 @@ fn as_cuda<'g, 't, S: Shape, D: MaeDevice>(
 fn for_each_cuda_grad<M: TensorCollection<f32, D>, D: MaeDevice>(
     model: &mut M,
     grads: &mut Gradients<f32, D>,
-    f: impl FnMut(&str, &mut CudaSlice<f32>) -> Result<(), TrainError>,
+    mut f: impl FnMut(&str, &mut CudaSlice<f32>) -> Result<(), TrainError>,
 ) -> Result<(), TrainError> {
-    let mut visitor = CudaGrads { grads, f };
-    M::iter_tensors(&mut RecursiveWalker {
-        m: (model, String::new()),
-        f: &mut visitor,
-    })?;
-    Ok(())
-}
-
-struct CudaGrads<'a, D: Storage<f32>, F> {
-    grads: &'a mut Gradients<f32, D>,
-    f: F,
-}
-
-impl<D: MaeDevice, F: FnMut(&str, &mut CudaSlice<f32>) -> Result<(), TrainError>>
-    TensorVisitor<f32, D> for CudaGrads<'_, D, F>
-{
-    type Viewer = (ViewTensorMut, ViewTensorName);
-    type Err = TrainError;
-    type E2 = f32;
-    type D2 = D;
-
-    fn visit<S: Shape>(
-        &mut self,
-        opts: TensorOptions<S, f32, D>,
-        (param, name): (&mut Tensor<S, f32, D>, String),
-    ) -> Result<Option<Tensor<S, f32, D>>, Self::Err> {
-        if !opts.do_gradient_update {
-            return Ok(None);
-        }
-        let (grads, param) = as_cuda(self.grads, param)?;
-        let g = grads.get_or_alloc_mut(param).map_err(device_err)?;
-        (self.f)(&name, g)?;
-        Ok(None)
-    }
+    for_each_grad_buffer(model, grads, |name, buffer| {
+        f(name, cuda_slice::<D>(buffer)?)
+    })
 }

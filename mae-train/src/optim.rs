@@ -199,14 +199,9 @@ impl AdamW {
 
     /// The AdamW step of one parameter, with its learning-rate multiplier and decay group.
     fn apply(&mut self, name: &str, p: &mut [f32], grad: &[f32], lr: f64) {
-        let StepScalars {
-            b1,
-            b2,
-            step_size,
-            bc2_sqrt,
-            eps,
-            decay,
-        } = self.scalars(name, lr);
+        let sc = self.scalars(name, lr);
+        let (b1, b2, step_size, bc2_sqrt, eps, decay) =
+            (sc.b1, sc.b2, sc.step_size, sc.bc2_sqrt, sc.eps, sc.decay);
         let m = self
             .state
             .entry(name.to_string())
@@ -244,14 +239,7 @@ impl AdamW {
         grad: Tensor<S, f32, D>,
         lr: f64,
     ) -> Result<(), TrainError> {
-        let StepScalars {
-            b1,
-            b2,
-            step_size,
-            bc2_sqrt,
-            eps,
-            decay,
-        } = self.scalars(name, lr);
+        let sc = self.scalars(name, lr);
         let n = param.shape().num_elements();
         let dev = param.device().clone();
         let store = self
@@ -282,23 +270,23 @@ impl AdamW {
         };
         let g = grad.try_reshape_like(&(n,)).map_err(device_err)?;
         let m = m
-            .try_mul(b1)
-            .and_then(|m| m.try_add(g.clone().try_mul(1.0 - b1)?))
+            .try_mul(sc.b1)
+            .and_then(|m| m.try_add(g.clone().try_mul(1.0 - sc.b1)?))
             .map_err(device_err)?;
         let v = v
-            .try_mul(b2)
-            .and_then(|v| v.try_add(g.try_square()?.try_mul(1.0 - b2)?))
+            .try_mul(sc.b2)
+            .and_then(|v| v.try_add(g.try_square()?.try_mul(1.0 - sc.b2)?))
             .map_err(device_err)?;
         let update = v
             .clone()
             .try_sqrt()
-            .and_then(|d| d.try_div(bc2_sqrt)?.try_add(eps))
+            .and_then(|d| d.try_div(sc.bc2_sqrt)?.try_add(sc.eps))
             .and_then(|denom| m.clone().try_div(denom))
             .and_then(|u| u.try_reshape_like(param.shape()))
             .map_err(device_err)?;
         // p ← decay·p − step_size·m/denom
         param
-            .try_axpy(decay, &update, -step_size)
+            .try_axpy(sc.decay, &update, -sc.step_size)
             .map_err(device_err)?;
         store.by_name.insert(name.to_string(), [m, v]);
         Ok(())

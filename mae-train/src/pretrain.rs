@@ -5,7 +5,6 @@
 //! the loss is divided by `accum_iter`, gradients accumulate, and every `accum_iter` micro-batches
 //! the optimizer steps and gradients are zeroed. A non-finite loss stops the run.
 
-use std::marker::PhantomData;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -21,7 +20,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::PretrainConfig;
-use crate::device::DeviceVisitor;
+use crate::device::{run_loop, TrainLoop};
 use crate::dist::{check_in_sync, Comm, GradSync, StepScalars};
 use crate::error::TrainError;
 use crate::optim::AdamW;
@@ -239,39 +238,15 @@ impl PresetVisitor for Run<'_> {
             mae_core::weights::write_atomic(&config_path, config_json.as_bytes())?;
         }
 
-        cfg.device.run(
-            cfg.seed,
-            TrainOn::<P> {
-                run: &self,
-                data,
-                config_json,
-                preset: PhantomData,
-            },
-        )
+        run_loop::<_, P>(cfg.device, cfg.seed, &self, data, config_json)
     }
 }
 
-/// [`Run::train`] on the device the configuration names.
-struct TrainOn<'a, P> {
-    run: &'a Run<'a>,
-    data: Arc<Dataset>,
-    config_json: String,
-    preset: PhantomData<P>,
-}
+impl TrainLoop for Run<'_> {
+    type Summary = RunSummary;
 
-impl<P: MaePreset> DeviceVisitor for TrainOn<'_, P> {
-    type Output = RunSummary;
-    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
-        self,
-        dev: D,
-    ) -> Result<RunSummary, TrainError> {
-        self.run.train::<P, D>(dev, self.data, self.config_json)
-    }
-}
-
-impl Run<'_> {
     /// The loop itself, on device `D`.
-    fn train<P: MaePreset, D: MaeDevice + Cache + 'static>(
+    fn train<P: MaePreset, D: MaeDevice + Cache + Synchronize + 'static>(
         &self,
         dev: D,
         data: Arc<Dataset>,
