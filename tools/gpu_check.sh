@@ -13,7 +13,8 @@
 #
 # Results go to $OUT (default target/gpu-check): one JSON line per bench in bench.jsonl, the
 # tests' output in *.log. Every step runs even when an earlier one failed; the exit status says
-# whether all passed. Environment: GPU_CARRY (target/gpu-carry), OUT, STEPS (bench steps, 5).
+# whether all passed. Environment: GPU_CARRY (target/gpu-carry), OUT, STEPS (bench steps, 5),
+# BENCHES (preset:batch list, "tiny:256 vit-b16:64 vit-l16:32"), PYTHON (python3).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 carry="${GPU_CARRY:-$root/target/gpu-carry}"
@@ -98,7 +99,7 @@ fi
 
 say "bench: ours (f32) and PyTorch (eager f32, fp16 autocast) on the same card"
 : >"$out/bench.jsonl"
-for pb in tiny:256 vit-b16:64 vit-l16:32; do
+for pb in ${BENCHES:-tiny:256 vit-b16:64 vit-l16:32}; do
   preset="${pb%%:*}" batch="${pb##*:}"
   "$carry/bin/mae" bench --device cuda --preset "$preset" --batch-size "$batch" --steps "$steps" \
     --json >>"$out/bench.jsonl" 2>>"$out/bench.err" || fail "mae bench $preset $batch"
