@@ -469,5 +469,6 @@ fn cuda_asked_of_a_cpu_build_says_how_to_get_one() {
             args.join(" ")
         );
     }
-    assert!(!emb.exists() && !png.exists());
+    // nothing written: no run folder, no config.json, no features, no grid
+    assert!(!ft.exists() && !emb.exists() && !png.exists());
 }

@@ -6,6 +6,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
+use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -74,20 +75,28 @@ pub(crate) trait TrainLoop {
     ) -> Result<Self::Summary, TrainError>;
 }
 
-/// Runs `run`'s loop of preset `P` on `device` (seeded with `seed`).
+/// A run's output folder and configuration: the folder is made and `config.json` written (by
+/// the main rank) once the device is open, so that a run that cannot start leaves nothing behind.
+pub(crate) struct RunDir<'a> {
+    pub(crate) out: &'a Path,
+    pub(crate) config_json: String,
+    pub(crate) main: bool,
+}
+
+/// Runs `run`'s loop of preset `P` on `device` (seeded with `seed`), writing its `run_dir` first.
 pub(crate) fn run_loop<L: TrainLoop, P: MaePreset>(
     device: DeviceKind,
     seed: u64,
     run: &L,
     data: Arc<Dataset>,
-    config_json: String,
+    run_dir: RunDir<'_>,
 ) -> Result<L::Summary, TrainError> {
     device.run(
         seed,
         LoopOn::<L, P> {
             run,
             data,
-            config_json,
+            run_dir,
             preset: PhantomData,
         },
     )
@@ -97,7 +106,7 @@ pub(crate) fn run_loop<L: TrainLoop, P: MaePreset>(
 struct LoopOn<'a, L, P> {
     run: &'a L,
     data: Arc<Dataset>,
-    config_json: String,
+    run_dir: RunDir<'a>,
     preset: PhantomData<P>,
 }
 
@@ -107,7 +116,16 @@ impl<L: TrainLoop, P: MaePreset> DeviceVisitor for LoopOn<'_, L, P> {
         self,
         dev: D,
     ) -> Result<L::Summary, TrainError> {
-        self.run.train::<P, D>(dev, self.data, self.config_json)
+        let RunDir {
+            out,
+            config_json,
+            main,
+        } = self.run_dir;
+        std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
+        if main {
+            mae_core::weights::write_atomic(&out.join("config.json"), config_json.as_bytes())?;
+        }
+        self.run.train::<P, D>(dev, self.data, config_json)
     }
 }
 

@@ -33,7 +33,7 @@ use mae_data::{Dataset, Split, SplitName};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainState};
-use crate::device::{run_loop, DeviceVisitor, TrainLoop};
+use crate::device::{run_loop, DeviceVisitor, RunDir, TrainLoop};
 use crate::dist::{set_grad, Comm, GradSync, StepScalars};
 use crate::error::TrainError;
 use crate::features::{check_channels, for_each_eval_batch, topk_hits, Accuracy};
@@ -478,16 +478,14 @@ impl PresetVisitor for Run<'_> {
                 cfg.data.display()
             )));
         }
-        std::fs::create_dir_all(&cfg.out).map_err(|e| TrainError::io(&cfg.out, e))?;
         let config_json =
             serde_json::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
-        let comm = self.comm;
-        let main = comm.is_main();
-        if main {
-            mae_core::weights::write_atomic(&cfg.out.join("config.json"), config_json.as_bytes())?;
-        }
-
-        run_loop::<_, P>(cfg.device, cfg.seed, &self, data, config_json)
+        let run_dir = RunDir {
+            out: &cfg.out,
+            config_json,
+            main: self.comm.is_main(),
+        };
+        run_loop::<_, P>(cfg.device, cfg.seed, &self, data, run_dir)
     }
 }
 

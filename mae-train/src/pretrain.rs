@@ -20,7 +20,7 @@ use serde::Serialize;
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::PretrainConfig;
-use crate::device::{run_loop, TrainLoop};
+use crate::device::{run_loop, RunDir, TrainLoop};
 use crate::dist::{check_in_sync, Comm, GradSync, StepScalars};
 use crate::error::TrainError;
 use crate::optim::AdamW;
@@ -228,17 +228,14 @@ impl PresetVisitor for Run<'_> {
                 cfg.data.display()
             )));
         }
-        std::fs::create_dir_all(&cfg.out).map_err(|e| TrainError::io(&cfg.out, e))?;
         let config_json =
             serde_json::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
-        let comm = self.comm;
-        let main = comm.is_main();
-        if main {
-            let config_path = cfg.out.join("config.json");
-            mae_core::weights::write_atomic(&config_path, config_json.as_bytes())?;
-        }
-
-        run_loop::<_, P>(cfg.device, cfg.seed, &self, data, config_json)
+        let run_dir = RunDir {
+            out: &cfg.out,
+            config_json,
+            main: self.comm.is_main(),
+        };
+        run_loop::<_, P>(cfg.device, cfg.seed, &self, data, run_dir)
     }
 }
 
