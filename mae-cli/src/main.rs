@@ -544,9 +544,12 @@ fn run(cli: Cli) -> Result<()> {
             if json {
                 println!("{}", serde_json::to_string(&t)?);
             } else {
-                let rss = t
+                let mut rss = t
                     .peak_rss_mb
                     .map_or("unknown".into(), |m| format!("{m:.0} MiB"));
+                if let Some(gpu) = t.peak_gpu_mb {
+                    rss += &format!(", GPU memory in use {gpu:.0} MiB");
+                }
                 println!(
                     "{} batch {}{}: {:.3} s/step (median of {}), {:.1} images/s, peak RSS {rss} ({} kernels on {})",
                     t.config,

@@ -83,6 +83,10 @@ pub struct StepTiming {
     pub update_s: f64,
     /// Peak resident memory of the process (`VmHWM`), MiB; `None` where the OS does not say.
     pub peak_rss_mb: Option<f64>,
+    /// On a GPU: device memory in use after the timed steps, MiB
+    /// ([`crate::device::gpu_memory_used_mb`]: the steps' high-water mark with the allocation
+    /// cache on, plus the CUDA context); `None` on the CPU.
+    pub peak_gpu_mb: Option<f64>,
     /// `"fused"` or `"dfdx"`.
     pub kernels: &'static str,
     /// Whether the encoder ran over every patch (the Table 1c ablation).
@@ -215,6 +219,11 @@ fn time_on<P: MaePreset, D: MaeDevice + Cache + Synchronize>(
         all_s: times,
         update_s: median(&update_times),
         peak_rss_mb: peak_rss_mb(),
+        peak_gpu_mb: if D::keeps_host_memory() {
+            None
+        } else {
+            crate::device::gpu_memory_used_mb()
+        },
         kernels: match (cfg.device, cfg.fused) {
             (DeviceKind::Cpu, true) => "fused",
             (DeviceKind::Cpu, false) => "dfdx",

@@ -182,6 +182,20 @@ pub fn describe_cuda_error(e: &mae_core::dfdx::tensor::CudaError) -> String {
     }
 }
 
+/// Device memory in use on this thread's GPU (`total − free` of `cuMemGetInfo`), MiB; `None` in
+/// a build without CUDA or where the driver does not say. With dfdx's allocation cache on, freed
+/// buffers stay allocated, so after a few training steps this is their high-water mark plus the
+/// CUDA context: an upper bound of what PyTorch's `max_memory_allocated` counts.
+pub fn gpu_memory_used_mb() -> Option<f64> {
+    #[cfg(feature = "cuda")]
+    {
+        let (free, total) = cudarc::driver::result::mem_get_info().ok()?;
+        Some(total.saturating_sub(free) as f64 / (1024.0 * 1024.0))
+    }
+    #[cfg(not(feature = "cuda"))]
+    None
+}
+
 /// The error of a build without the `cuda` feature asked for the GPU.
 pub fn cuda_missing() -> TrainError {
     TrainError::Config(
