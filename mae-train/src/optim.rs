@@ -386,6 +386,8 @@ impl<D: MaeDevice> TensorVisitor<f32, D> for Step<'_, D> {
                 return Ok(None);
             }
         }
+        // a parameter the step did not reach has a zero gradient (`get` panics on a missing one)
+        self.grads.try_alloc_for(param).map_err(device_err)?;
         let grad = self.grads.get(param);
         self.opt.apply_on_device(&name, param, grad, self.lr)?;
         Ok(None)
