@@ -35,7 +35,7 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::{self, TrainState};
 use crate::device::{run_loop, DeviceVisitor, RunDir, TrainLoop};
 use crate::dist::{set_grad, Comm, GradSync, StepScalars};
-use crate::error::TrainError;
+use crate::error::{device_err, TrainError};
 use crate::features::{check_channels, for_each_eval_batch, topk_hits, Accuracy};
 use crate::optim::AdamW;
 use crate::pretrain::{append_json_line, position_rng, Outcome, Resume};
@@ -423,6 +423,8 @@ fn all_reduce_with_head<P: MaePreset, D: MaeDevice>(
     if comm.world_size() == 1 {
         return Ok(scalars);
     }
+    grads.try_alloc_for(&model.head.weight).map_err(device_err)?;
+    grads.try_alloc_for(&model.head.bias).map_err(device_err)?;
     let mut head_w = grads.get(&model.head.weight).as_vec();
     let mut head_b = grads.get(&model.head.bias).as_vec();
     let reduced = sync.all_reduce(
