@@ -423,7 +423,9 @@ fn all_reduce_with_head<P: MaePreset, D: MaeDevice>(
     if comm.world_size() == 1 {
         return Ok(scalars);
     }
-    grads.try_alloc_for(&model.head.weight).map_err(device_err)?;
+    grads
+        .try_alloc_for(&model.head.weight)
+        .map_err(device_err)?;
     grads.try_alloc_for(&model.head.bias).map_err(device_err)?;
     let mut head_w = grads.get(&model.head.weight).as_vec();
     let mut head_b = grads.get(&model.head.bias).as_vec();
