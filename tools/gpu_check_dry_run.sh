@@ -3,15 +3,15 @@
 # (data, checkpoint pick, kNN comparison, fine-tuning, bench lines) is known good before GPU time
 # is spent on it. CI runs it.
 #
-# It builds the plain CPU `mae` (the dev profile, which `cargo test` has built already: this checks
-# plumbing, not speed) and runs gpu_check.sh against a stand-in carry: `mae` maps
+# It builds the plain CPU `mae` (release: in CI the build plus the faster run beat the dev
+# profile's slower run) and runs gpu_check.sh against a stand-in carry: `mae` maps
 # `--device cuda` to `cpu`, the two GPU test binaries are stand-ins that say so, `nvidia-smi` is a
 # shim, and PyTorch's bench runs on the CPU when torch is installed (a stand-in line otherwise).
 # The real checks need the real carry (`cargo xtask gpu-build`) on a GPU machine.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$root"
-cargo build -q -p mae-cli
+cargo build --release -q -p mae-cli
 fake="$(mktemp -d "${TMPDIR:-/tmp}/mae-gpu-dry.XXXXXX")"
 trap 'rm -rf "$fake"' EXIT
 mkdir -p "$fake/bin" "$fake/shim"
@@ -19,7 +19,7 @@ mkdir -p "$fake/bin" "$fake/shim"
 cat >"$fake/bin/mae" <<EOF2
 #!/usr/bin/env bash
 args=(); for a in "\$@"; do [ "\$a" = cuda ] && a=cpu; args+=("\$a"); done
-exec "$root/target/debug/mae" "\${args[@]}"
+exec "$root/target/release/mae" "\${args[@]}"
 EOF2
 for t in test-parity test-gpu_step; do
   printf '#!/usr/bin/env bash\necho "dry run: %s stand-in (the real one runs on a GPU)"\n' "$t" >"$fake/bin/$t"
