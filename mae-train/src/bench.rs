@@ -10,7 +10,6 @@
 //! weights, not on biases and norms), so the step timed is the step `mae pretrain` takes.
 
 use std::marker::PhantomData;
-
 use std::time::Instant;
 
 use mae_core::dfdx::prelude::*;
@@ -20,7 +19,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use serde::Serialize;
 
-use crate::device::{DeviceKind, DeviceVisitor};
+use crate::device::{DeviceKind, DeviceVisitor, RunDevice};
 use crate::dist::{Comm, GradSync, StepScalars};
 use crate::optim::AdamW;
 use crate::pretrain::decayed_names;
@@ -137,16 +136,15 @@ struct TimeOn<'a, P>(&'a StepBench, &'a Comm, PhantomData<P>);
 
 impl<P: MaePreset> DeviceVisitor for TimeOn<'_, P> {
     type Output = StepTiming;
-    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
-        self,
-        dev: D,
-    ) -> Result<StepTiming, crate::TrainError> {
+    fn visit<D: RunDevice>(self, dev: D) -> Result<StepTiming, crate::TrainError> {
         Ok(time_on::<P, D>(dev, self.0, self.1)?)
     }
 }
 
 fn train_err(e: crate::TrainError) -> MaeError {
     match e {
+        // the timed loop's own errors come back as they were
+        crate::TrainError::Model(e) => e,
         crate::TrainError::Device(message) => MaeError::Device(message),
         other => MaeError::Device(other.to_string()),
     }

@@ -50,15 +50,17 @@ impl fmt::Display for DeviceKind {
     }
 }
 
+/// A device the loops and evaluations run on: dfdx's `Cpu`, or `Cuda` in a `cuda` build.
+pub trait RunDevice: MaeDevice + Cache + Synchronize + 'static {}
+
+impl<D: MaeDevice + Cache + Synchronize + 'static> RunDevice for D {}
+
 /// Code generic over the device, run on the one a [`DeviceKind`] names ([`DeviceKind::run`]).
 pub trait DeviceVisitor {
     /// What the code returns.
     type Output;
     /// Runs on `dev`.
-    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
-        self,
-        dev: D,
-    ) -> Result<Self::Output, TrainError>;
+    fn visit<D: RunDevice>(self, dev: D) -> Result<Self::Output, TrainError>;
 }
 
 /// A training loop over a dataset, generic over the device: [`LoopOn`] runs it on the one a
@@ -67,7 +69,7 @@ pub(crate) trait TrainLoop {
     /// What the loop reports.
     type Summary;
     /// The loop of preset `P` on `dev`.
-    fn train<P: MaePreset, D: MaeDevice + Cache + Synchronize + 'static>(
+    fn train<P: MaePreset, D: RunDevice>(
         &self,
         dev: D,
         data: Arc<Dataset>,
@@ -75,28 +77,28 @@ pub(crate) trait TrainLoop {
     ) -> Result<Self::Summary, TrainError>;
 }
 
-/// A run's output folder and configuration: the folder is made and `config.json` written (by
-/// the main rank) once the device is open, so that a run that cannot start leaves nothing behind.
-pub(crate) struct RunDir<'a> {
-    pub(crate) out: &'a Path,
-    pub(crate) config_json: String,
-    pub(crate) main: bool,
-}
-
-/// Runs `run`'s loop of preset `P` on `device` (seeded with `seed`), writing its `run_dir` first.
+/// Runs `run`'s loop of preset `P` on `device` (seeded with `seed`). Once the device is open,
+/// the output folder `out` is made and (by the `main` rank) `config` written to
+/// `out/config.json`, so that a run that cannot start leaves nothing behind.
 pub(crate) fn run_loop<L: TrainLoop, P: MaePreset>(
     device: DeviceKind,
     seed: u64,
     run: &L,
     data: Arc<Dataset>,
-    run_dir: RunDir<'_>,
+    out: &Path,
+    config: &impl serde::Serialize,
+    main: bool,
 ) -> Result<L::Summary, TrainError> {
+    let config_json =
+        serde_json::to_string_pretty(config).map_err(|e| TrainError::Config(e.to_string()))?;
     device.run(
         seed,
         LoopOn::<L, P> {
             run,
             data,
-            run_dir,
+            out,
+            config_json,
+            main,
             preset: PhantomData,
         },
     )
@@ -106,26 +108,22 @@ pub(crate) fn run_loop<L: TrainLoop, P: MaePreset>(
 struct LoopOn<'a, L, P> {
     run: &'a L,
     data: Arc<Dataset>,
-    run_dir: RunDir<'a>,
+    out: &'a Path,
+    config_json: String,
+    main: bool,
     preset: PhantomData<P>,
 }
 
 impl<L: TrainLoop, P: MaePreset> DeviceVisitor for LoopOn<'_, L, P> {
     type Output = L::Summary;
-    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
-        self,
-        dev: D,
-    ) -> Result<L::Summary, TrainError> {
-        let RunDir {
-            out,
-            config_json,
-            main,
-        } = self.run_dir;
+    fn visit<D: RunDevice>(self, dev: D) -> Result<L::Summary, TrainError> {
+        let out = self.out;
         std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-        if main {
-            mae_core::weights::write_atomic(&out.join("config.json"), config_json.as_bytes())?;
+        if self.main {
+            let config = self.config_json.as_bytes();
+            mae_core::weights::write_atomic(&out.join("config.json"), config)?;
         }
-        self.run.train::<P, D>(dev, self.data, config_json)
+        self.run.train::<P, D>(dev, self.data, self.config_json)
     }
 }
 

@@ -80,6 +80,7 @@ pub fn launcher_world_size() -> Option<usize> {
         .or_else(|| var("PMI_SIZE"))
         .or_else(|| std::env::var_os("PMIX_RANK").and_then(|_| var("SLURM_NTASKS")))
 }
+
 /// This process's rank among the ranks of its node, from the launcher (`mpirun`'s
 /// `OMPI_COMM_WORLD_LOCAL_RANK`, Hydra's `MPI_LOCALRANKID`, Slurm's `SLURM_LOCALID`); 0 when none
 /// says. Each rank of a node takes GPU `local_rank % GPUs`.
@@ -353,8 +354,7 @@ impl GradSync {
         Ok(out)
     }
 
-    /// [`GradSync::all_reduce`] of gradients that lie on a GPU.
-    #[cfg(feature = "nccl")]
+    /// [`GradSync::all_reduce`] of gradients that lie on a GPU (NCCL, in a build with `nccl`).
     fn all_reduce_on_device<M: TensorCollection<f32, D>, D: MaeDevice>(
         &mut self,
         comm: &Comm,
@@ -363,32 +363,24 @@ impl GradSync {
         extra: &mut [&mut [f32]],
         scalars: StepScalars,
     ) -> Result<StepScalars, TrainError> {
-        let t0 = Instant::now();
-        let nccl = match &mut self.nccl {
-            Some(n) => n,
-            empty => empty.insert(crate::nccl::NcclSync::new(comm, model, grads)?),
-        };
-        let calls = nccl.average(model, grads)?;
-        self.calls += calls;
-        self.values = nccl.values();
-        self.reduce_time += t0.elapsed();
-        self.reduce_host(comm, extra, scalars)
-    }
-
-    #[cfg(not(feature = "nccl"))]
-    fn all_reduce_on_device<M: TensorCollection<f32, D>, D: MaeDevice>(
-        &mut self,
-        _comm: &Comm,
-        _model: &mut M,
-        _grads: &mut Gradients<f32, D>,
-        _extra: &mut [&mut [f32]],
-        _scalars: StepScalars,
-    ) -> Result<StepScalars, TrainError> {
-        Err(TrainError::Dist(
-            "several ranks on GPUs average their gradients with NCCL: build with \
-             `--features nccl` (needs a CUDA toolkit with NCCL, and MPI)"
-                .into(),
-        ))
+        #[cfg(feature = "nccl")]
+        {
+            let t0 = Instant::now();
+            let nccl = match &mut self.nccl {
+                Some(n) => n,
+                empty => empty.insert(crate::nccl::NcclSync::new(comm, model, grads)?),
+            };
+            let calls = nccl.average(model, grads)?;
+            self.calls += calls;
+            self.values = nccl.values();
+            self.reduce_time += t0.elapsed();
+            self.reduce_host(comm, extra, scalars)
+        }
+        #[cfg(not(feature = "nccl"))]
+        {
+            let _ = (comm, model, grads, extra, scalars);
+            Err(nccl_missing())
+        }
     }
 
     /// The host part of a GPU step's all-reduce: `extra` averaged, `scalars` summed, one call.
@@ -482,9 +474,17 @@ pub(crate) fn set_grad<S: Shape, D: MaeDevice>(
     #[cfg(feature = "nccl")]
     return crate::nccl::set_cuda_grad(grads, t, values);
     #[cfg(not(feature = "nccl"))]
-    Err(TrainError::Dist(
-        "gradients on a GPU are averaged with NCCL: build with `--features nccl`".into(),
-    ))
+    Err(nccl_missing())
+}
+
+/// The error of a build without the `nccl` feature whose ranks hold their gradients on GPUs.
+#[cfg(not(feature = "nccl"))]
+fn nccl_missing() -> TrainError {
+    TrainError::Dist(
+        "several ranks on GPUs average their gradients with NCCL: build with `--features nccl` \
+         (needs a CUDA toolkit with NCCL, and MPI)"
+            .into(),
+    )
 }
 
 /// Calls `f(name, buffer)` with the gradient buffer of every trainable parameter of `model`, in

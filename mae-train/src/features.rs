@@ -5,18 +5,17 @@
 //! `knn_classifier` (`eval_knn.py`): L2-normalized features, cosine similarity, the `k` nearest
 //! training samples vote with weight `exp(sim / T)`, T = 0.07.
 
+use std::marker::PhantomData;
 use std::path::Path;
 
-use mae_core::dfdx::prelude::*;
-use std::marker::PhantomData;
-
 use mae_core::device::MaeDevice;
+use mae_core::dfdx::prelude::*;
 use mae_core::{Encoder, MaePreset};
 use mae_data::augment::{normalization, Augment, Transform};
 use mae_data::resize::Resizer;
 use mae_data::Split;
 
-use crate::device::DeviceVisitor;
+use crate::device::{DeviceVisitor, RunDevice};
 use crate::error::TrainError;
 
 /// Features of one split: `[n, dim]` row-major, with labels.
@@ -326,10 +325,7 @@ struct ExtractFilesOn<'a, P>(ExtractFiles<'a>, PhantomData<P>);
 
 impl<P: MaePreset> DeviceVisitor for ExtractFilesOn<'_, P> {
     type Output = Features;
-    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
-        self,
-        dev: D,
-    ) -> Result<Features, TrainError> {
+    fn visit<D: RunDevice>(self, dev: D) -> Result<Features, TrainError> {
         let ExtractFilesOn(this, _) = self;
         let file = mae_core::TensorFile::open(this.checkpoint)?;
         let encoder = load_encoder::<P, D>(&file, &dev)?;
@@ -707,10 +703,7 @@ struct ExtractOn<'a, P>(Extract<'a>, PhantomData<P>);
 
 impl<P: MaePreset> DeviceVisitor for ExtractOn<'_, P> {
     type Output = (Features, Features, usize);
-    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
-        self,
-        dev: D,
-    ) -> Result<Self::Output, TrainError> {
+    fn visit<D: RunDevice>(self, dev: D) -> Result<Self::Output, TrainError> {
         let Extract(input, comm) = self.0;
         let encoder = load_encoder::<P, D>(&mae_core::TensorFile::open(&input.checkpoint)?, &dev)?;
         let data = mae_data::Dataset::open(&input.data)?;

@@ -33,7 +33,7 @@ use mae_data::{Dataset, Split, SplitName};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, TrainState};
-use crate::device::{run_loop, DeviceVisitor, RunDir, TrainLoop};
+use crate::device::{run_loop, DeviceVisitor, RunDevice, TrainLoop};
 use crate::dist::{set_grad, Comm, GradSync, StepScalars};
 use crate::error::{device_err, TrainError};
 use crate::features::{check_channels, for_each_eval_batch, topk_hits, Accuracy};
@@ -276,10 +276,7 @@ struct EvaluateOn<'a, P>(EvaluateFile<'a>, PhantomData<P>);
 
 impl<P: MaePreset> DeviceVisitor for EvaluateOn<'_, P> {
     type Output = Accuracy;
-    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
-        self,
-        dev: D,
-    ) -> Result<Accuracy, TrainError> {
+    fn visit<D: RunDevice>(self, dev: D) -> Result<Accuracy, TrainError> {
         let this = self.0;
         let file = TensorFile::open(this.checkpoint)?;
         let classes = file
@@ -482,14 +479,8 @@ impl PresetVisitor for Run<'_> {
                 cfg.data.display()
             )));
         }
-        let config_json =
-            serde_json::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
-        let run_dir = RunDir {
-            out: &cfg.out,
-            config_json,
-            main: self.comm.is_main(),
-        };
-        run_loop::<_, P>(cfg.device, cfg.seed, &self, data, run_dir)
+        let main = self.comm.is_main();
+        run_loop::<_, P>(cfg.device, cfg.seed, &self, data, &cfg.out, cfg, main)
     }
 }
 
@@ -497,7 +488,7 @@ impl TrainLoop for Run<'_> {
     type Summary = FinetuneSummary;
 
     /// The loop itself, on device `D`.
-    fn train<P: MaePreset, D: MaeDevice + Cache + Synchronize + 'static>(
+    fn train<P: MaePreset, D: RunDevice>(
         &self,
         dev: D,
         data: Arc<Dataset>,

@@ -8,10 +8,11 @@
 //! is frozen, so its features are computed once (`--no-aug`, the official recipe minus the crop
 //! augmentation) and the head trains on them in plain Rust.
 
+use std::marker::PhantomData;
+
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
-use std::marker::PhantomData;
 
 use crate::error::TrainError;
 use crate::features::{Accuracy, FeatureSource};
@@ -517,15 +518,7 @@ struct AugmentedProbeOn<'a, P>(AugmentedProbe<'a>, PhantomData<P>);
 
 impl<P: mae_core::MaePreset> crate::device::DeviceVisitor for AugmentedProbeOn<'_, P> {
     type Output = (LinearProbe, crate::features::Features, usize);
-    fn visit<
-        D: mae_core::device::MaeDevice
-            + mae_core::dfdx::prelude::Cache
-            + mae_core::dfdx::prelude::Synchronize
-            + 'static,
-    >(
-        self,
-        dev: D,
-    ) -> Result<Self::Output, TrainError> {
+    fn visit<D: crate::device::RunDevice>(self, dev: D) -> Result<Self::Output, TrainError> {
         use mae_data::augment::{normalization, Augment, Transform};
         let this = self.0;
         let input = this.input;

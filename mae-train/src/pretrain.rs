@@ -20,13 +20,12 @@ use serde::Serialize;
 
 use crate::checkpoint::{self, TrainState};
 use crate::config::PretrainConfig;
-use crate::device::{run_loop, RunDir, TrainLoop};
+use crate::device::{run_loop, RunDevice, TrainLoop};
 use crate::dist::{check_in_sync, Comm, GradSync, StepScalars};
 use crate::error::TrainError;
 use crate::optim::AdamW;
 use crate::runlog::RunLog;
 use crate::schedule::{lr_at, StepPlan};
-use mae_core::dfdx::tensor::Cache;
 use mae_core::MaeDevice;
 
 /// How a run ended.
@@ -228,14 +227,8 @@ impl PresetVisitor for Run<'_> {
                 cfg.data.display()
             )));
         }
-        let config_json =
-            serde_json::to_string_pretty(cfg).map_err(|e| TrainError::Config(e.to_string()))?;
-        let run_dir = RunDir {
-            out: &cfg.out,
-            config_json,
-            main: self.comm.is_main(),
-        };
-        run_loop::<_, P>(cfg.device, cfg.seed, &self, data, run_dir)
+        let main = self.comm.is_main();
+        run_loop::<_, P>(cfg.device, cfg.seed, &self, data, &cfg.out, cfg, main)
     }
 }
 
@@ -243,7 +236,7 @@ impl TrainLoop for Run<'_> {
     type Summary = RunSummary;
 
     /// The loop itself, on device `D`.
-    fn train<P: MaePreset, D: MaeDevice + Cache + Synchronize + 'static>(
+    fn train<P: MaePreset, D: RunDevice>(
         &self,
         dev: D,
         data: Arc<Dataset>,

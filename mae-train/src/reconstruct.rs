@@ -9,7 +9,6 @@ use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
-use mae_core::device::MaeDevice;
 use mae_core::dfdx::prelude::*;
 use mae_core::{Mae, MaePreset, Masking, PatchGeometry, PresetVisitor, TensorFile};
 use mae_data::augment::{normalization, Augment, Transform};
@@ -20,7 +19,7 @@ use rand::SeedableRng;
 
 use crate::checkpoint::preset_of;
 use crate::config::PretrainConfig;
-use crate::device::DeviceVisitor;
+use crate::device::{DeviceVisitor, RunDevice};
 use crate::error::TrainError;
 
 /// Where the images come from.
@@ -80,10 +79,7 @@ struct RunOn<'a, P>(Run<'a>, PhantomData<P>);
 
 impl<P: MaePreset> DeviceVisitor for RunOn<'_, P> {
     type Output = ReconstructSummary;
-    fn visit<D: MaeDevice + Cache + Synchronize + 'static>(
-        self,
-        dev: D,
-    ) -> Result<ReconstructSummary, TrainError> {
+    fn visit<D: RunDevice>(self, dev: D) -> Result<ReconstructSummary, TrainError> {
         let opts = self.0 .0;
         let mut model = Mae::<P, f32, D>::new(&dev)?;
         let file = TensorFile::open(&opts.checkpoint)?;
