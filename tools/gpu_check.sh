@@ -5,16 +5,19 @@
 #
 #  1. the card (nvidia-smi);
 #  2. the parity tests on the GPU (mae-core's fixtures, ≤ 1e-4 in f32, no TF32);
-#  3. one training step on the GPU against the same step on the CPU (mae-train's gpu_step), and
-#     60 steps of `mae pretrain --device cuda` on the bundled data, the kNN of the result on the
-#     GPU against the CPU, and 40 steps of `mae finetune --device cuda` from it;
-#  4. `mae bench --device cuda` for tiny b256, vit-b16 b64, vit-l16 b32, side by side with PyTorch
-#     eager f32 and fp16 autocast on the same card (tools/reference/torch_mae.py bench).
+#  3. one training step on the GPU against the same step on the CPU (mae-train's gpu_step, f32
+#     and amp-f16), and 60 steps of `mae pretrain --device cuda` on the bundled data (f32, then
+#     amp-f16 against it), the kNN of the result on the GPU against the CPU, and 40 steps of
+#     `mae finetune --device cuda` from it;
+#  4. `mae bench --device cuda` (f32 and amp-f16) for tiny b256, vit-b16 b64, vit-l16 b32, side by
+#     side with PyTorch eager f32 and fp16 autocast on the same card
+#     (tools/reference/torch_mae.py bench).
 #
 # Results go to $OUT (default target/gpu-check): one JSON line per bench in bench.jsonl, the
 # tests' output in *.log. Every step runs even when an earlier one failed; the exit status says
 # whether all passed. Environment: GPU_CARRY (target/gpu-carry), OUT, STEPS (bench steps, 5),
-# BENCHES (preset:batch list, "tiny:256 vit-b16:64 vit-l16:32"), PYTHON (python3).
+# BENCHES (preset:batch list, "tiny:256 vit-b16:64 vit-l16:32"), PRETRAIN_STEPS (60) and
+# PRETRAIN_BATCH (256) of the two pretraining runs, PYTHON (python3).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 carry="${GPU_CARRY:-$root/target/gpu-carry}"
@@ -64,14 +67,28 @@ say "one training step, GPU against CPU"
   fail "gpu_step (see $out/gpu_step.log)"
 tail -n 3 "$out/gpu_step.log"
 
-say "pretraining on the GPU: tiny, 60 steps on the bundled Fashion-MNIST"
+pretrain_steps="${PRETRAIN_STEPS:-60}" pretrain_batch="${PRETRAIN_BATCH:-256}"
+say "pretraining on the GPU: tiny, $pretrain_steps steps on the bundled Fashion-MNIST"
 data="${TMPDIR:-/tmp}/mae-gpu-fmnist"
 if "$carry/bin/mae" data prepare --from idx "$root/data/fashion-mnist" --out "$data" --force \
     >/dev/null 2>"$out/prepare.err"; then
   "$carry/bin/mae" pretrain --device cuda --data "$data" --preset tiny --out "$out/pretrain" \
-    --batch-size 256 --max-steps 60 --log-every 10 --warmup-epochs 1 --blr 1e-3 --norm-pix-loss \
-    >"$out/pretrain.log" 2>&1 || fail "pretrain on cuda (see $out/pretrain.log)"
+    --batch-size "$pretrain_batch" --max-steps "$pretrain_steps" --log-every 10 --warmup-epochs 1 \
+    --blr 1e-3 --norm-pix-loss >"$out/pretrain.log" 2>&1 || fail "pretrain on cuda (see $out/pretrain.log)"
   tail -n 4 "$out/pretrain.log"
+  say "the same steps in mixed precision (--precision amp-f16): the last loss within 5% of f32's"
+  "$carry/bin/mae" pretrain --device cuda --precision amp-f16 --data "$data" --preset tiny \
+    --out "$out/pretrain-amp" --batch-size "$pretrain_batch" --max-steps "$pretrain_steps" \
+    --log-every 10 --warmup-epochs 1 --blr 1e-3 --norm-pix-loss >"$out/pretrain-amp.log" 2>&1 ||
+    fail "pretrain amp-f16 on cuda (see $out/pretrain-amp.log)"
+  tail -n 3 "$out/pretrain-amp.log"
+  "$python" - "$out/pretrain/metrics.jsonl" "$out/pretrain-amp/metrics.jsonl" <<'EOF2' ||
+import json, sys
+last = [json.loads(open(p).read().splitlines()[-1])["loss"] for p in sys.argv[1:3]]
+print(f"last loss f32 {last[0]:.4f} amp-f16 {last[1]:.4f}")
+sys.exit(0 if abs(last[1] - last[0]) <= 0.05 * last[0] else 1)
+EOF2
+    fail "amp-f16 pretraining does not follow f32's"
   ckpt="$(ls "$out"/pretrain/checkpoint-*.safetensors 2>/dev/null | grep -v state | tail -n 1)"
   if [ -n "$ckpt" ]; then
     say "kNN of that encoder on the GPU and on the CPU (same top-1 up to ties)"
@@ -97,12 +114,15 @@ else
   fail "data prepare (see $out/prepare.err)"
 fi
 
-say "bench: ours (f32) and PyTorch (eager f32, fp16 autocast) on the same card"
+say "bench: ours (f32, amp-f16) and PyTorch (eager f32, fp16 autocast) on the same card"
 : >"$out/bench.jsonl"
 for pb in ${BENCHES:-tiny:256 vit-b16:64 vit-l16:32}; do
   preset="${pb%%:*}" batch="${pb##*:}"
-  "$carry/bin/mae" bench --device cuda --preset "$preset" --batch-size "$batch" --steps "$steps" \
-    --json >>"$out/bench.jsonl" 2>>"$out/bench.err" || fail "mae bench $preset $batch"
+  for precision in f32 amp-f16; do
+    "$carry/bin/mae" bench --device cuda --precision "$precision" --preset "$preset" \
+      --batch-size "$batch" --steps "$steps" --json >>"$out/bench.jsonl" 2>>"$out/bench.err" ||
+      fail "mae bench $preset $batch $precision"
+  done
   for amp in "" "--amp"; do
     "$python" "$root/tools/reference/torch_mae.py" bench --device cuda $amp --config "$preset" \
       --batch "$batch" --steps "$steps" >>"$out/bench.jsonl" 2>>"$out/bench.err" ||

@@ -43,4 +43,5 @@ EOF2
 chmod +x "$fake"/bin/* "$fake"/shim/*
 
 PATH="$fake/shim:$PATH" GPU_CARRY="$fake" OUT="$fake/out" PYTHON="$fake/shim/python" \
-  BENCHES="${BENCHES:-tiny:16}" STEPS="${STEPS:-2}" bash tools/gpu_check.sh
+  BENCHES="${BENCHES:-tiny:16}" STEPS="${STEPS:-2}" PRETRAIN_STEPS="${PRETRAIN_STEPS:-10}" \
+  PRETRAIN_BATCH="${PRETRAIN_BATCH:-32}" bash tools/gpu_check.sh

@@ -8,6 +8,7 @@ use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use mae_core::dfdx::prelude::*;
 use mae_core::{Mae, MaePreset, Preset, PresetVisitor, TensorFile};
+use mae_train::amp::Precision;
 use mae_train::bench::{time_train_step_with, StepBench};
 use mae_train::device::DeviceKind;
 
@@ -193,6 +194,9 @@ enum Command {
         /// `cpu`, or `cuda` (the first NVIDIA GPU; needs a build with the `cuda` feature).
         #[arg(long, default_value = "cpu")]
         device: DeviceKind,
+        /// `f32`, or `amp-f16` (the step of `mae pretrain --precision amp-f16`).
+        #[arg(long, default_value = "f32")]
+        precision: Precision,
         /// Print one JSON object instead of a line of text.
         #[arg(long)]
         json: bool,
@@ -518,6 +522,7 @@ fn run(cli: Cli) -> Result<()> {
             kernels,
             mask_tokens_in_encoder,
             device,
+            precision,
             json,
         } => {
             if batch_size == 0 || steps == 0 {
@@ -534,6 +539,7 @@ fn run(cli: Cli) -> Result<()> {
                     fused: kernels == "fused",
                     mask_tokens_in_encoder,
                     device,
+                    precision,
                 },
                 &comm,
             )
@@ -551,7 +557,7 @@ fn run(cli: Cli) -> Result<()> {
                     rss += &format!(", GPU memory in use {gpu:.0} MiB");
                 }
                 println!(
-                    "{} batch {}{}: {:.3} s/step (median of {}), {:.1} images/s, peak RSS {rss} ({} kernels on {})",
+                    "{} batch {}{}: {:.3} s/step (median of {}), {:.1} images/s, peak RSS {rss} ({} kernels on {}, {})",
                     t.config,
                     t.batch,
                     if t.mask_tokens_in_encoder { ", mask tokens in encoder" } else { "" },
@@ -560,6 +566,7 @@ fn run(cli: Cli) -> Result<()> {
                     t.img_per_s,
                     t.kernels,
                     t.device,
+                    t.precision,
                 );
                 if t.ranks > 1 {
                     println!(

@@ -234,6 +234,74 @@ fn bad_input_gets_one_clear_line_and_a_non_zero_exit() {
     }
 }
 
+/// `--precision amp-f16`: the first loss is the f32 run's to half precision, the loss scaler is
+/// saved in the checkpoint, and a stopped run resumes to the same bits (the scale included).
+#[test]
+fn mixed_precision_trains_saves_its_loss_scale_and_resumes_exactly() {
+    let scratch = Scratch::new();
+    let with_amp = |out: &str, steps: &'static str| {
+        let mut args: Vec<String> = train_args(scratch.data(), out, steps)
+            .into_iter()
+            .map(String::from)
+            .collect();
+        args.extend(["--precision".into(), "amp-f16".into()]);
+        args
+    };
+    let run = |args: &[String]| run_ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let straight = scratch.sub("amp");
+    let stdout = run(&with_amp(straight.to_str().unwrap(), "4"));
+    assert!(stdout.contains("amp-f16: loss scale"), "{stdout}");
+    let f32_run = scratch.sub("f32");
+    run_ok(&train_args(scratch.data(), f32_run.to_str().unwrap(), "4"));
+    let losses = |dir: &std::path::Path| -> Vec<f64> {
+        std::fs::read_to_string(dir.join("metrics.jsonl"))
+            .unwrap()
+            .lines()
+            .map(|l| {
+                serde_json::from_str::<serde_json::Value>(l).unwrap()["loss"]
+                    .as_f64()
+                    .unwrap()
+            })
+            .collect()
+    };
+    let (half, full) = (losses(&straight), losses(&f32_run));
+    assert_eq!(half.len(), 4);
+    // the first step's loss is the same model's on the same batch, in half precision; later
+    // ones differ more (a step skipped on overflow leaves the run one update behind)
+    assert!(
+        (half[0] - full[0]).abs() <= 5e-3 * full[0],
+        "amp {half:?} vs f32 {full:?}"
+    );
+    assert!(half.iter().all(|l| l.is_finite()), "{half:?}");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(straight.join("config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["precision"], "amp-f16");
+    let state = |path: &std::path::Path| -> serde_json::Value {
+        let file = mae_core::TensorFile::open(mae_train::checkpoint::state_path(path)).unwrap();
+        let meta = file.metadata().unwrap();
+        serde_json::from_str(&meta["train_state"]).unwrap()
+    };
+    let saved = state(&straight.join("checkpoint-4.safetensors"));
+    let scaler = &saved["loss_scaler"];
+    let scale = scaler["scale"].as_f64().unwrap();
+    assert!((1.0..=65536.0).contains(&scale), "{saved}");
+    let counted = scaler["good_steps"].as_u64().unwrap() + scaler["skipped"].as_u64().unwrap();
+    assert_eq!(counted, 4, "{saved}");
+
+    let split = scratch.sub("amp-split");
+    run(&with_amp(split.to_str().unwrap(), "2"));
+    let mut args = with_amp(split.to_str().unwrap(), "4");
+    args.extend(["--resume".into(), "auto".into()]);
+    run(&args);
+    let resumed = state(&split.join("checkpoint-4.safetensors"));
+    assert_eq!(resumed["loss_scaler"], saved["loss_scaler"]);
+    assert_same_checkpoint(
+        &straight.join("checkpoint-4.safetensors"),
+        &split.join("checkpoint-4.safetensors"),
+    );
+}
+
 #[test]
 fn a_non_finite_loss_stops_the_run_naming_the_step() {
     let scratch = Scratch::new();

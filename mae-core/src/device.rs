@@ -8,6 +8,12 @@
 //! The CPU device has a fused kernel; other devices get a composition of dfdx ops that runs where
 //! the tensor lies: `accurate_gelu` plus a term that is zero in value and corrects its gradient
 //! ([`gelu_composed`]).
+//!
+//! [`MaeDtype`] names the element types a model computes in: `f32`, and [`AmpF16`] (dfdx's
+//! `AMP<f16>`: values stored in half precision, arithmetic in f32), the forward/backward dtype of
+//! `--precision amp-f16` (PyTorch counterpart: `torch.cuda.amp.autocast()`).
+
+use std::borrow::Cow;
 
 use dfdx::prelude::*;
 
@@ -50,29 +56,72 @@ pub fn gelu_derivative(x: f32) -> f32 {
     cdf + x * pdf
 }
 
-/// A dfdx device the MAE model runs on.
-pub trait MaeDevice: Device<f32> + ZerosTensor<usize> + CopySlice<usize> {
+/// Half precision, as dfdx's automatic mixed precision stores it: `f16` values, with reductions,
+/// matmuls (f32 accumulation) and transcendental functions computed in f32.
+pub type AmpF16 = dfdx::dtypes::AMP<half::f16>;
+
+/// An element type the model computes in: `f32`, or [`AmpF16`] for mixed precision.
+pub trait MaeDtype: Dtype + Send + Sync + 'static {
+    /// The nearest value of this type (saturating to ±infinity past the type's range).
+    fn of_f64(value: f64) -> Self;
+    /// The value as an `f32` (exact for both types).
+    fn to_f32(self) -> f32;
+    /// Host `f32` values in this type: borrowed for `f32`, converted otherwise.
+    fn from_f32_slice(values: &[f32]) -> Cow<'_, [Self]>;
+}
+
+impl MaeDtype for f32 {
+    fn of_f64(value: f64) -> Self {
+        value as f32
+    }
+    fn to_f32(self) -> f32 {
+        self
+    }
+    fn from_f32_slice(values: &[f32]) -> Cow<'_, [Self]> {
+        Cow::Borrowed(values)
+    }
+}
+
+impl MaeDtype for AmpF16 {
+    fn of_f64(value: f64) -> Self {
+        dfdx::dtypes::AMP(half::f16::from_f64(value))
+    }
+    fn to_f32(self) -> f32 {
+        self.0.to_f32()
+    }
+    fn from_f32_slice(values: &[f32]) -> Cow<'_, [Self]> {
+        Cow::Owned(
+            values
+                .iter()
+                .map(|&v| dfdx::dtypes::AMP(half::f16::from_f32(v)))
+                .collect(),
+        )
+    }
+}
+
+/// A dfdx device the MAE model runs on in element type `E` (`f32` unless named).
+pub trait MaeDevice<E: MaeDtype = f32>: Device<E> + ZerosTensor<usize> + CopySlice<usize> {
     /// Exact erf GELU with a correct gradient.
-    fn gelu<S: Shape, T: Tape<f32, Self>>(
-        x: Tensor<S, f32, Self, T>,
-    ) -> Result<Tensor<S, f32, Self, T>, MaeError> {
+    fn gelu<S: Shape, T: Tape<E, Self>>(
+        x: Tensor<S, E, Self, T>,
+    ) -> Result<Tensor<S, E, Self, T>, MaeError> {
         gelu_composed(x)
     }
 
     /// One pre-norm transformer block (with optional drop-path scales); the default is the
     /// composition of dfdx ops, [`Block::forward_composed`].
-    fn block<Tr: TransformerDims, T: Tape<f32, Self>>(
-        block: &Block<Tr, f32, Self>,
-        x: Act<Tr::Model, Self, T>,
+    fn block<Tr: TransformerDims, T: Tape<E, Self>>(
+        block: &Block<Tr, E, Self>,
+        x: Act<Tr::Model, Self, T, E>,
         scales: Option<&BranchScales>,
-    ) -> Result<Act<Tr::Model, Self, T>, MaeError> {
+    ) -> Result<Act<Tr::Model, Self, T, E>, MaeError> {
         block.forward_composed(x, scales)
     }
 
     /// The values of a gradient buffer as a host slice, borrowed in place, where the device keeps
     /// its buffers in host memory (`Cpu`); `None` elsewhere, where callers copy through
     /// `Gradients::get`.
-    fn host_slice_mut(_buffer: &mut <Self as Storage<f32>>::Vec) -> Option<&mut [f32]> {
+    fn host_slice_mut(_buffer: &mut <Self as Storage<E>>::Vec) -> Option<&mut [E]> {
         None
     }
 
@@ -89,21 +138,21 @@ pub trait MaeDevice: Device<f32> + ZerosTensor<usize> + CopySlice<usize> {
 /// `c(x) = x·e^{-x²/2}·(1 − 1/√2)/√π`. With `x₀` the same values off the tape,
 /// `y = accurate_gelu(x) − (x·c(x₀) − x₀·c(x₀))` has exactly `accurate_gelu`'s value (the
 /// bracket is zero) and the gradient `accurate_gelu'(x) − c(x) = gelu'(x)`.
-pub fn gelu_composed<S: Shape, D: Device<f32>, T: Tape<f32, D>>(
-    x: Tensor<S, f32, D, T>,
-) -> Result<Tensor<S, f32, D, T>, MaeError> {
+pub fn gelu_composed<S: Shape, E: MaeDtype, D: Device<E>, T: Tape<E, D>>(
+    x: Tensor<S, E, D, T>,
+) -> Result<Tensor<S, E, D, T>, MaeError> {
     if !T::OWNS_TAPE {
         return x.try_accurate_gelu().map_err(dev_err);
     }
     let detached = x.retaped::<NoneTape>();
-    let excess = (1.0 - std::f32::consts::FRAC_1_SQRT_2) / std::f32::consts::PI.sqrt();
+    let excess = (1.0 - std::f64::consts::FRAC_1_SQRT_2) / std::f64::consts::PI.sqrt();
     let correction = detached
         .clone()
         .try_square()
-        .and_then(|t| t.try_mul(-0.5))
+        .and_then(|t| t.try_mul(E::of_f64(-0.5)))
         .and_then(|t| t.try_exp())
         .and_then(|t| t.try_mul(detached.clone()))
-        .and_then(|t| t.try_mul(excess))
+        .and_then(|t| t.try_mul(E::of_f64(excess)))
         .map_err(dev_err)?;
     // `x·c − x₀·c`: two products of the same values by the same kernel, so exactly zero (a
     // difference `x − x₀` cannot be taken directly: `x₀` shares `x`'s id in the gradient map)
@@ -163,8 +212,22 @@ impl MaeDevice for Cpu {
     }
 }
 
+/// Mixed precision on the CPU: dfdx's ops in `AMP<f16>` (slow; for checking the path here).
+impl MaeDevice<AmpF16> for Cpu {
+    fn host_slice_mut(buffer: &mut <Self as Storage<AmpF16>>::Vec) -> Option<&mut [AmpF16]> {
+        Some(&mut buffer[..])
+    }
+
+    fn keeps_host_memory() -> bool {
+        true
+    }
+}
+
 #[cfg(feature = "cuda")]
 impl MaeDevice for Cuda {}
+
+#[cfg(feature = "cuda")]
+impl MaeDevice<AmpF16> for Cuda {}
 
 #[cfg(test)]
 mod tests {

@@ -16,15 +16,15 @@ use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions
 use dfdx::prelude::*;
 use rand_distr::Uniform;
 
-use crate::device::MaeDevice;
+use crate::device::{MaeDevice, MaeDtype};
 use crate::error::MaeError;
 use crate::preset::TransformerDims;
 
 /// The LayerNorm epsilon of every norm in MAE.
 pub const LAYER_NORM_EPS: f64 = 1e-6;
 
-/// A `[batch, tokens, W]` activation.
-pub type Act<W, D, T> = Tensor<(usize, usize, W), f32, D, T>;
+/// A `[batch, tokens, W]` activation (of element type `E`, `f32` unless named).
+pub type Act<W, D, T, E = f32> = Tensor<(usize, usize, W), E, D, T>;
 
 pub(crate) fn dev_err<E: std::fmt::Debug>(e: E) -> MaeError {
     MaeError::device(e)
@@ -81,19 +81,34 @@ pub struct Linear<I: ConstDim, O: ConstDim, E: Dtype, D: Storage<E>> {
     pub bias: Tensor<(O,), E, D>,
 }
 
+/// Draws from an `f32` distribution and rounds to the model's element type, so that a model in
+/// any [`MaeDtype`] draws the values (and advances the RNG) as the `f32` model does.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct DrawnInF32<Dist>(pub Dist);
+
+impl<E: MaeDtype, Dist: rand_distr::Distribution<f32>> rand_distr::Distribution<E>
+    for DrawnInF32<Dist>
+{
+    fn sample<R: rand::Rng + ?Sized>(&self, rng: &mut R) -> E {
+        E::of_f64(self.0.sample(rng) as f64)
+    }
+}
+
 /// Fills a `[out, in]` weight with xavier-uniform values, `U(±sqrt(6 / (in + out)))`.
-pub fn xavier_uniform<O: ConstDim, I: ConstDim, D: Device<f32>>(
-    t: &mut Tensor<(O, I), f32, D>,
+pub fn xavier_uniform<O: ConstDim, I: ConstDim, E: MaeDtype, D: Device<E>>(
+    t: &mut Tensor<(O, I), E, D>,
 ) -> Result<(), D::Err> {
     let (o, i) = *t.shape();
     let bound = (6.0 / (i.size() + o.size()) as f64).sqrt() as f32;
-    t.try_fill_with_distr(Uniform::new(-bound, bound))
+    t.try_fill_with_distr(DrawnInF32(Uniform::new(-bound, bound)))
 }
 
-impl<I: ConstDim, O: ConstDim, D: Device<f32>> TensorCollection<f32, D> for Linear<I, O, f32, D> {
+impl<I: ConstDim, O: ConstDim, E: MaeDtype, D: Device<E>> TensorCollection<E, D>
+    for Linear<I, O, E, D>
+{
     type To<E2: Dtype, D2: Device<E2>> = Linear<I, O, E2, D2>;
 
-    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
         visitor: &mut V,
     ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
@@ -116,9 +131,9 @@ impl<I: ConstDim, O: ConstDim, D: Device<f32>> TensorCollection<f32, D> for Line
     }
 }
 
-impl<I: ConstDim, O: ConstDim, D: MaeDevice> Linear<I, O, f32, D> {
+impl<I: ConstDim, O: ConstDim, E: MaeDtype, D: MaeDevice<E>> Linear<I, O, E, D> {
     /// Applies the layer to `[batch, tokens, I]`, as one `[batch·tokens, I]` matmul.
-    pub fn forward<T: Tape<f32, D>>(&self, x: Act<I, D, T>) -> Result<Act<O, D, T>, MaeError> {
+    pub fn forward<T: Tape<E, D>>(&self, x: Act<I, D, T, E>) -> Result<Act<O, D, T, E>, MaeError> {
         let (b, s, i) = *x.shape();
         let o = self.weight.shape().0;
         let x2 = x.try_reshape_like(&(b * s, i)).map_err(dev_err)?;
@@ -146,10 +161,10 @@ pub struct LayerNorm<M: ConstDim, E: Dtype, D: Storage<E>> {
     pub bias: Tensor<(M,), E, D>,
 }
 
-impl<M: ConstDim, D: Device<f32>> TensorCollection<f32, D> for LayerNorm<M, f32, D> {
+impl<M: ConstDim, E: MaeDtype, D: Device<E>> TensorCollection<E, D> for LayerNorm<M, E, D> {
     type To<E2: Dtype, D2: Device<E2>> = LayerNorm<M, E2, D2>;
 
-    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
         visitor: &mut V,
     ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
@@ -172,9 +187,9 @@ impl<M: ConstDim, D: Device<f32>> TensorCollection<f32, D> for LayerNorm<M, f32,
     }
 }
 
-impl<M: ConstDim, D: MaeDevice> LayerNorm<M, f32, D> {
+impl<M: ConstDim, E: MaeDtype, D: MaeDevice<E>> LayerNorm<M, E, D> {
     /// Normalizes each token of `[batch, tokens, M]`.
-    pub fn forward<T: Tape<f32, D>>(&self, x: Act<M, D, T>) -> Result<Act<M, D, T>, MaeError> {
+    pub fn forward<T: Tape<E, D>>(&self, x: Act<M, D, T, E>) -> Result<Act<M, D, T, E>, MaeError> {
         let shape = *x.shape();
         let x = x
             .try_normalize::<Axis<2>>(LAYER_NORM_EPS)
@@ -207,10 +222,12 @@ pub struct Attention<Tr: TransformerDims, E: Dtype, D: Storage<E>> {
     pub proj: Linear<Tr::Model, Tr::Model, E, D>,
 }
 
-impl<Tr: TransformerDims, D: Device<f32>> TensorCollection<f32, D> for Attention<Tr, f32, D> {
+impl<Tr: TransformerDims, E: MaeDtype, D: Device<E>> TensorCollection<E, D>
+    for Attention<Tr, E, D>
+{
     type To<E2: Dtype, D2: Device<E2>> = Attention<Tr, E2, D2>;
 
-    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
         visitor: &mut V,
     ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
@@ -223,17 +240,17 @@ impl<Tr: TransformerDims, D: Device<f32>> TensorCollection<f32, D> for Attention
     }
 }
 
-impl<Tr: TransformerDims, D: MaeDevice> Attention<Tr, f32, D> {
+impl<Tr: TransformerDims, E: MaeDtype, D: MaeDevice<E>> Attention<Tr, E, D> {
     /// `softmax(q·kᵀ / sqrt(head_dim))·v` per head, heads concatenated, then `proj`.
-    pub fn forward<T: Tape<f32, D>>(
+    pub fn forward<T: Tape<E, D>>(
         &self,
-        x: Act<Tr::Model, D, T>,
-    ) -> Result<Act<Tr::Model, D, T>, MaeError> {
+        x: Act<Tr::Model, D, T, E>,
+    ) -> Result<Act<Tr::Model, D, T, E>, MaeError> {
         let (b, s, m) = *x.shape();
         let (h, dh) = (Tr::NUM_HEADS, Tr::HEAD_DIM);
         let qkv = self.qkv.forward(x)?;
         let width = m.size();
-        let split = |t: Act<Tr::Qkv, D, T>, part: usize| {
+        let split = |t: Act<Tr::Qkv, D, T, E>, part: usize| {
             t.try_slice((.., .., part * width..(part + 1) * width))
                 .and_then(|t| t.try_reshape_like(&(b, s, h, dh)))
                 .and_then(|t| t.try_permute::<_, Axes4<0, 2, 1, 3>>())
@@ -246,7 +263,7 @@ impl<Tr: TransformerDims, D: MaeDevice> Attention<Tr, f32, D> {
         let scores = q
             .try_matmul(k.try_permute::<_, Axes4<0, 1, 3, 2>>().map_err(dev_err)?)
             .map_err(dev_err)?
-            .try_mul(scale as f32)
+            .try_mul(E::of_f64(scale as f32 as f64))
             .map_err(dev_err)?;
         let attn = scores.try_softmax::<Axis<3>>().map_err(dev_err)?;
         let out = attn
@@ -267,10 +284,10 @@ pub struct Mlp<Tr: TransformerDims, E: Dtype, D: Storage<E>> {
     pub fc2: Linear<Tr::Mlp, Tr::Model, E, D>,
 }
 
-impl<Tr: TransformerDims, D: Device<f32>> TensorCollection<f32, D> for Mlp<Tr, f32, D> {
+impl<Tr: TransformerDims, E: MaeDtype, D: Device<E>> TensorCollection<E, D> for Mlp<Tr, E, D> {
     type To<E2: Dtype, D2: Device<E2>> = Mlp<Tr, E2, D2>;
 
-    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
         visitor: &mut V,
     ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
@@ -283,12 +300,12 @@ impl<Tr: TransformerDims, D: Device<f32>> TensorCollection<f32, D> for Mlp<Tr, f
     }
 }
 
-impl<Tr: TransformerDims, D: MaeDevice> Mlp<Tr, f32, D> {
+impl<Tr: TransformerDims, E: MaeDtype, D: MaeDevice<E>> Mlp<Tr, E, D> {
     /// `fc2(gelu(fc1(x)))`.
-    pub fn forward<T: Tape<f32, D>>(
+    pub fn forward<T: Tape<E, D>>(
         &self,
-        x: Act<Tr::Model, D, T>,
-    ) -> Result<Act<Tr::Model, D, T>, MaeError> {
+        x: Act<Tr::Model, D, T, E>,
+    ) -> Result<Act<Tr::Model, D, T, E>, MaeError> {
         let hidden = self.fc1.forward(x)?;
         let hidden = D::gelu(hidden)?;
         self.fc2.forward(hidden)
@@ -308,10 +325,10 @@ pub struct Block<Tr: TransformerDims, E: Dtype, D: Storage<E>> {
     pub mlp: Mlp<Tr, E, D>,
 }
 
-impl<Tr: TransformerDims, D: Device<f32>> TensorCollection<f32, D> for Block<Tr, f32, D> {
+impl<Tr: TransformerDims, E: MaeDtype, D: Device<E>> TensorCollection<E, D> for Block<Tr, E, D> {
     type To<E2: Dtype, D2: Device<E2>> = Block<Tr, E2, D2>;
 
-    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
         visitor: &mut V,
     ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
@@ -378,34 +395,34 @@ impl BranchScales {
 
 /// Multiplies each sample of a `[batch, tokens, M]` branch output by its scale (one per sample,
 /// checked by [`BranchScales::check`]).
-fn scale_samples<M: ConstDim, D: MaeDevice, T: Tape<f32, D>>(
-    x: Act<M, D, T>,
+fn scale_samples<M: ConstDim, E: MaeDtype, D: MaeDevice<E>, T: Tape<E, D>>(
+    x: Act<M, D, T, E>,
     scales: &[f32],
-) -> Result<Act<M, D, T>, MaeError> {
+) -> Result<Act<M, D, T, E>, MaeError> {
     let shape = *x.shape();
-    let s = host_tensor(x.device(), scales, (shape.0,))?
+    let s = host_tensor(x.device(), &E::from_f32_slice(scales), (shape.0,))?
         .try_broadcast_like::<_, Axes2<1, 2>>(&shape)
         .map_err(dev_err)?;
     x.try_mul(s).map_err(dev_err)
 }
 
-impl<Tr: TransformerDims, D: MaeDevice> Block<Tr, f32, D> {
+impl<Tr: TransformerDims, E: MaeDtype, D: MaeDevice<E>> Block<Tr, E, D> {
     /// One pre-norm block.
-    pub fn forward<T: Tape<f32, D>>(
+    pub fn forward<T: Tape<E, D>>(
         &self,
-        x: Act<Tr::Model, D, T>,
-    ) -> Result<Act<Tr::Model, D, T>, MaeError> {
+        x: Act<Tr::Model, D, T, E>,
+    ) -> Result<Act<Tr::Model, D, T, E>, MaeError> {
         self.forward_scaled(x, None)
     }
 
     /// One pre-norm block with stochastic depth: `x + s₁·attn(norm1(x))`, then
     /// `x + s₂·mlp(norm2(x))`, with per-sample `s` from `scales` (no scaling when `None`).
     /// Runs the device's block kernel ([`MaeDevice::block`]: fused on `Cpu`).
-    pub fn forward_scaled<T: Tape<f32, D>>(
+    pub fn forward_scaled<T: Tape<E, D>>(
         &self,
-        x: Act<Tr::Model, D, T>,
+        x: Act<Tr::Model, D, T, E>,
         scales: Option<&BranchScales>,
-    ) -> Result<Act<Tr::Model, D, T>, MaeError> {
+    ) -> Result<Act<Tr::Model, D, T, E>, MaeError> {
         if let Some(s) = scales {
             s.check(x.shape().0)?;
         }
@@ -414,11 +431,11 @@ impl<Tr: TransformerDims, D: MaeDevice> Block<Tr, f32, D> {
 
     /// [`Block::forward_scaled`] composed of dfdx ops (Linear, LayerNorm, attention, MLP): what
     /// devices without a fused block run, and the reference the fused kernel is tested against.
-    pub fn forward_composed<T: Tape<f32, D>>(
+    pub fn forward_composed<T: Tape<E, D>>(
         &self,
-        x: Act<Tr::Model, D, T>,
+        x: Act<Tr::Model, D, T, E>,
         scales: Option<&BranchScales>,
-    ) -> Result<Act<Tr::Model, D, T>, MaeError> {
+    ) -> Result<Act<Tr::Model, D, T, E>, MaeError> {
         if let Some(s) = scales {
             s.check(x.shape().0)?;
         }
@@ -444,10 +461,10 @@ pub struct Blocks<Tr: TransformerDims, E: Dtype, D: Storage<E>> {
     pub blocks: Vec<Block<Tr, E, D>>,
 }
 
-impl<Tr: TransformerDims, D: Device<f32>> TensorCollection<f32, D> for Blocks<Tr, f32, D> {
+impl<Tr: TransformerDims, E: MaeDtype, D: Device<E>> TensorCollection<E, D> for Blocks<Tr, E, D> {
     type To<E2: Dtype, D2: Device<E2>> = Blocks<Tr, E2, D2>;
 
-    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
         visitor: &mut V,
     ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         let names: Vec<String> = (0..Tr::DEPTH).map(|i| i.to_string()).collect();
@@ -464,22 +481,22 @@ impl<Tr: TransformerDims, D: Device<f32>> TensorCollection<f32, D> for Blocks<Tr
     }
 }
 
-impl<Tr: TransformerDims, D: MaeDevice> Blocks<Tr, f32, D> {
+impl<Tr: TransformerDims, E: MaeDtype, D: MaeDevice<E>> Blocks<Tr, E, D> {
     /// All blocks in order.
-    pub fn forward<T: Tape<f32, D>>(
+    pub fn forward<T: Tape<E, D>>(
         &self,
-        x: Act<Tr::Model, D, T>,
-    ) -> Result<Act<Tr::Model, D, T>, MaeError> {
+        x: Act<Tr::Model, D, T, E>,
+    ) -> Result<Act<Tr::Model, D, T, E>, MaeError> {
         self.forward_scaled(x, &[])
     }
 
     /// All blocks in order, block `i` with stochastic depth `scales[i]` where given (blocks past
     /// the end of `scales`, or with `None`, run unscaled).
-    pub fn forward_scaled<T: Tape<f32, D>>(
+    pub fn forward_scaled<T: Tape<E, D>>(
         &self,
-        mut x: Act<Tr::Model, D, T>,
+        mut x: Act<Tr::Model, D, T, E>,
         scales: &[Option<BranchScales>],
-    ) -> Result<Act<Tr::Model, D, T>, MaeError> {
+    ) -> Result<Act<Tr::Model, D, T, E>, MaeError> {
         for (i, block) in self.blocks.iter().enumerate() {
             x = block.forward_scaled(x, scales.get(i).and_then(|s| s.as_ref()))?;
         }

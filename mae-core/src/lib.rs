@@ -16,10 +16,10 @@ pub mod preset;
 pub mod vit;
 pub mod weights;
 
-pub use device::MaeDevice;
+pub use device::{AmpF16, MaeDevice, MaeDtype};
 pub use error::MaeError;
 pub use masking::Masking;
-pub use model::{tape_from, Decoder, Encoder, Mae, MaeOutput};
+pub use model::{tape_from, Decoder, Encoder, Mae, MaeOutput, ScaledLoss};
 pub use patch::PatchGeometry;
 pub use preset::{presets, MaeConfig, MaePreset, Preset, PresetVisitor, TransformerDims};
 pub use vit::{soft_target_cross_entropy, Classifier, PretrainedLoad, VisionTransformer};

@@ -10,9 +10,11 @@ use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions
 use dfdx::prelude::*;
 use rand_distr::{Distribution, StandardNormal, Uniform};
 
-use crate::device::MaeDevice;
+use crate::device::{MaeDevice, MaeDtype};
 use crate::error::MaeError;
-use crate::layers::{dev_err, host_tensor, xavier_uniform, Act, Blocks, LayerNorm, Linear};
+use crate::layers::{
+    dev_err, host_tensor, xavier_uniform, Act, Blocks, DrawnInF32, LayerNorm, Linear,
+};
 use crate::masking::Masking;
 use crate::patch::{normalize_patches, PatchGeometry};
 use crate::pos_embed::pos_embed_2d_sincos;
@@ -33,29 +35,29 @@ impl Distribution<f32> for Normal {
     }
 }
 
-pub(crate) fn token_init<M: ConstDim, D: Device<f32>>(
-    t: &mut Tensor<(M,), f32, D>,
+pub(crate) fn token_init<M: ConstDim, E: MaeDtype, D: Device<E>>(
+    t: &mut Tensor<(M,), E, D>,
 ) -> Result<(), D::Err> {
-    t.try_fill_with_distr(Normal(0.02))
+    t.try_fill_with_distr(DrawnInF32(Normal(0.02)))
 }
 
 /// Fills a `[1 + L, D]` table with the fixed sin-cos embedding (`L` a square).
-pub(crate) fn sincos_init<N: ConstDim, M: ConstDim, D: Device<f32>>(
-    t: &mut Tensor<(N, M), f32, D>,
+pub(crate) fn sincos_init<N: ConstDim, M: ConstDim, E: MaeDtype, D: Device<E>>(
+    t: &mut Tensor<(N, M), E, D>,
 ) -> Result<(), D::Err> {
     let (n, m) = *t.shape();
     let grid = ((n.size() - 1) as f64).sqrt().round() as usize;
     let table = pos_embed_2d_sincos(m.size(), grid);
-    t.copy_from(&table);
+    t.copy_from(&E::from_f32_slice(&table));
     Ok(())
 }
 
 /// Conv2d's default bias init, `U(±1/sqrt(fan_in))` with `fan_in = C·p·p` (the patch vector length `I`).
-fn patch_bias_init<I: ConstDim, O: ConstDim, D: Device<f32>>(
-    t: &mut Tensor<(O,), f32, D>,
+fn patch_bias_init<I: ConstDim, O: ConstDim, E: MaeDtype, D: Device<E>>(
+    t: &mut Tensor<(O,), E, D>,
 ) -> Result<(), D::Err> {
     let bound = 1.0 / (I::default().size() as f32).sqrt();
-    t.try_fill_with_distr(Uniform::new(-bound, bound))
+    t.try_fill_with_distr(DrawnInF32(Uniform::new(-bound, bound)))
 }
 
 /// Patch embedding: the stride-`p` convolution as a Linear over `(c, p, q)`-ordered patch vectors.
@@ -66,12 +68,12 @@ pub struct PatchEmbed<I: ConstDim, O: ConstDim, E: Dtype, D: Storage<E>> {
     pub proj: Linear<I, O, E, D>,
 }
 
-impl<I: ConstDim, O: ConstDim, D: Device<f32>> TensorCollection<f32, D>
-    for PatchEmbed<I, O, f32, D>
+impl<I: ConstDim, O: ConstDim, E: MaeDtype, D: Device<E>> TensorCollection<E, D>
+    for PatchEmbed<I, O, E, D>
 {
     type To<E2: Dtype, D2: Device<E2>> = PatchEmbed<I, O, E2, D2>;
 
-    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
         visitor: &mut V,
     ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
@@ -86,7 +88,7 @@ impl<I: ConstDim, O: ConstDim, D: Device<f32>> TensorCollection<f32, D>
                     "proj.bias",
                     |s| &s.proj.bias,
                     |s| &mut s.proj.bias,
-                    TensorOptions::reset_with(patch_bias_init::<I, O, D>),
+                    TensorOptions::reset_with(patch_bias_init::<I, O, E, D>),
                 ),
             ),
             |(weight, bias)| PatchEmbed {
@@ -112,10 +114,10 @@ pub struct Encoder<P: MaePreset, E: Dtype, D: Storage<E>> {
     pub norm: LayerNorm<EncDim<P>, E, D>,
 }
 
-impl<P: MaePreset, D: Device<f32>> TensorCollection<f32, D> for Encoder<P, f32, D> {
+impl<P: MaePreset, E: MaeDtype, D: Device<E>> TensorCollection<E, D> for Encoder<P, E, D> {
     type To<E2: Dtype, D2: Device<E2>> = Encoder<P, E2, D2>;
 
-    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
         visitor: &mut V,
     ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
@@ -164,10 +166,10 @@ pub struct Decoder<P: MaePreset, E: Dtype, D: Storage<E>> {
     pub decoder_pred: Linear<DecDim<P>, P::PatchDim, E, D>,
 }
 
-impl<P: MaePreset, D: Device<f32>> TensorCollection<f32, D> for Decoder<P, f32, D> {
+impl<P: MaePreset, E: MaeDtype, D: Device<E>> TensorCollection<E, D> for Decoder<P, E, D> {
     type To<E2: Dtype, D2: Device<E2>> = Decoder<P, E2, D2>;
 
-    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
         visitor: &mut V,
     ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
@@ -242,10 +244,10 @@ pub struct Mae<P: MaePreset, E: Dtype, D: Storage<E>> {
     pub decoder: Decoder<P, E, D>,
 }
 
-impl<P: MaePreset, D: Device<f32>> TensorCollection<f32, D> for Mae<P, f32, D> {
+impl<P: MaePreset, E: MaeDtype, D: Device<E>> TensorCollection<E, D> for Mae<P, E, D> {
     type To<E2: Dtype, D2: Device<E2>> = Mae<P, E2, D2>;
 
-    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
         visitor: &mut V,
     ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
@@ -261,25 +263,25 @@ impl<P: MaePreset, D: Device<f32>> TensorCollection<f32, D> for Mae<P, f32, D> {
 /// What [`Mae::forward`] returns: the loss (carrying the tape, if any) and the detached
 /// prediction, latent and masking.
 #[derive(Debug)]
-pub struct MaeOutput<P: MaePreset, D: Device<f32>, T> {
+pub struct MaeOutput<P: MaePreset, D: Device<E>, T, E: Dtype = f32> {
     /// Mean squared error over the masked patches.
-    pub loss: Tensor<Rank0, f32, D, T>,
+    pub loss: Tensor<Rank0, E, D, T>,
     /// `[N, L, p·p·C]` reconstruction of every patch (visible ones too).
-    pub pred: Tensor<(usize, usize, P::PatchDim), f32, D>,
+    pub pred: Tensor<(usize, usize, P::PatchDim), E, D>,
     /// `[N, 1 + len_keep, D]` encoder output after the final norm, cls first.
-    pub latent: Tensor<(usize, usize, EncDim<P>), f32, D>,
+    pub latent: Tensor<(usize, usize, EncDim<P>), E, D>,
     /// The masking used: `mask` (1 = removed) and `ids_restore` among it.
     pub masking: Masking,
 }
 
 /// An [`OwnedTape`] that records into `grads` (for instance `model.alloc_grads()`, which keeps
 /// only the parameters' gradients).
-pub fn tape_from<D: Device<f32>>(dev: &D, grads: Gradients<f32, D>) -> OwnedTape<f32, D> {
-    let anchor: Tensor<Rank0, f32, D> = dev.zeros();
+pub fn tape_from<E: Dtype, D: Device<E>>(dev: &D, grads: Gradients<E, D>) -> OwnedTape<E, D> {
+    let anchor: Tensor<Rank0, E, D> = dev.zeros();
     anchor.traced(grads).split_tape().1
 }
 
-fn index_tensor<D: MaeDevice>(
+fn index_tensor<E: MaeDtype, D: MaeDevice<E>>(
     dev: &D,
     ids: &[usize],
     rows: usize,
@@ -289,18 +291,18 @@ fn index_tensor<D: MaeDevice>(
 }
 
 /// The patch projection of NCHW images: `[N, L, D]` tokens before position embeddings.
-pub(crate) fn project_patches<P: MaePreset, D: MaeDevice, T: Tape<f32, D>>(
-    patch_embed: &PatchEmbed<P::PatchDim, EncDim<P>, f32, D>,
+pub(crate) fn project_patches<P: MaePreset, E: MaeDtype, D: MaeDevice<E>, T: Tape<E, D>>(
+    patch_embed: &PatchEmbed<P::PatchDim, EncDim<P>, E, D>,
     imgs: &[f32],
     tape: T,
-) -> Result<Act<EncDim<P>, D, T>, MaeError> {
+) -> Result<Act<EncDim<P>, D, T, E>, MaeError> {
     let geometry = PatchGeometry::of::<P>();
     let batch = geometry.batch_of(imgs)?;
     let l = geometry.num_patches();
     let dev = patch_embed.proj.bias.device();
     let patches = host_tensor(
         dev,
-        &geometry.patch_embed_input(imgs)?,
+        &E::from_f32_slice(&geometry.patch_embed_input(imgs)?),
         (batch, l, P::PatchDim::default()),
     )?
     .put_tape(tape);
@@ -308,10 +310,10 @@ pub(crate) fn project_patches<P: MaePreset, D: MaeDevice, T: Tape<f32, D>>(
 }
 
 /// Prepends the cls token (`cls_token + pos_embed[0]`, given as `cls`) to `[N, L, D]` tokens.
-pub(crate) fn prepend_cls<M: ConstDim, D: MaeDevice, T: Tape<f32, D>>(
-    cls: Tensor<(M,), f32, D, T>,
-    x: Act<M, D, T>,
-) -> Result<Act<M, D, T>, MaeError> {
+pub(crate) fn prepend_cls<M: ConstDim, E: MaeDtype, D: MaeDevice<E>, T: Tape<E, D>>(
+    cls: Tensor<(M,), E, D, T>,
+    x: Act<M, D, T, E>,
+) -> Result<Act<M, D, T, E>, MaeError> {
     let (batch, _, m) = *x.shape();
     let cls = cls
         .try_broadcast_like(&(batch, 1usize, m))
@@ -319,20 +321,20 @@ pub(crate) fn prepend_cls<M: ConstDim, D: MaeDevice, T: Tape<f32, D>>(
     (cls, x).try_concat_along(Axis::<1>).map_err(dev_err)
 }
 
-impl<P: MaePreset, D: MaeDevice> Encoder<P, f32, D> {
+impl<P: MaePreset, E: MaeDtype, D: MaeDevice<E>> Encoder<P, E, D> {
     /// Patch embedding plus (fixed) position embedding of NCHW images: `[N, L, D]`. With
     /// `keep` (`[N, L]`, 1 visible / 0 removed), removed patches become a zero token (plus their
     /// position embedding).
-    fn embed_patches<T: Tape<f32, D>>(
+    fn embed_patches<T: Tape<E, D>>(
         &self,
         imgs: &[f32],
         keep: Option<&[f32]>,
         tape: T,
-    ) -> Result<Act<EncDim<P>, D, T>, MaeError> {
-        let mut x = project_patches::<P, D, T>(&self.patch_embed, imgs, tape)?;
+    ) -> Result<Act<EncDim<P>, D, T, E>, MaeError> {
+        let mut x = project_patches::<P, E, D, T>(&self.patch_embed, imgs, tape)?;
         let shape = *x.shape();
         if let Some(keep) = keep {
-            let keep = host_tensor(x.device(), keep, (shape.0, shape.1))?
+            let keep = host_tensor(x.device(), &E::from_f32_slice(keep), (shape.0, shape.1))?
                 .try_broadcast_like::<_, Axis<2>>(&shape)
                 .map_err(dev_err)?;
             x = x.try_mul(keep).map_err(dev_err)?;
@@ -347,10 +349,10 @@ impl<P: MaePreset, D: MaeDevice> Encoder<P, f32, D> {
     }
 
     /// Prepends `cls_token + pos_embed[0]`, runs the blocks and the final norm.
-    fn encode_tokens<T: Tape<f32, D>>(
+    fn encode_tokens<T: Tape<E, D>>(
         &self,
-        x: Act<EncDim<P>, D, T>,
-    ) -> Result<Act<EncDim<P>, D, T>, MaeError> {
+        x: Act<EncDim<P>, D, T, E>,
+    ) -> Result<Act<EncDim<P>, D, T, E>, MaeError> {
         let m = x.shape().2;
         let cls_pos = self
             .pos_embed
@@ -370,12 +372,12 @@ impl<P: MaePreset, D: MaeDevice> Encoder<P, f32, D> {
 
     /// `forward_encoder`: embeds the patches, keeps the visible ones, encodes them.
     /// Returns the latent `[N, 1 + len_keep, D]`.
-    pub fn forward_masked<T: Tape<f32, D>>(
+    pub fn forward_masked<T: Tape<E, D>>(
         &self,
         imgs: &[f32],
         masking: &Masking,
         tape: T,
-    ) -> Result<Act<EncDim<P>, D, T>, MaeError> {
+    ) -> Result<Act<EncDim<P>, D, T, E>, MaeError> {
         let x = self.embed_patches(imgs, None, tape)?;
         let (batch, l, _) = *x.shape();
         check_masking(masking, batch, l)?;
@@ -386,11 +388,11 @@ impl<P: MaePreset, D: MaeDevice> Encoder<P, f32, D> {
 
     /// The encoder over every patch, no masking: `[N, 1 + L, D]` tokens after the final norm
     /// (cls first), for fine-tuning, linear probing and feature extraction.
-    pub fn forward_features<T: Tape<f32, D>>(
+    pub fn forward_features<T: Tape<E, D>>(
         &self,
         imgs: &[f32],
         tape: T,
-    ) -> Result<Act<EncDim<P>, D, T>, MaeError> {
+    ) -> Result<Act<EncDim<P>, D, T, E>, MaeError> {
         let x = self.embed_patches(imgs, None, tape)?;
         self.encode_tokens(x)
     }
@@ -399,12 +401,12 @@ impl<P: MaePreset, D: MaeDevice> Encoder<P, f32, D> {
     /// a removed one as a mask token at its position. Returns `[N, 1 + L, D]`. The mask token
     /// here is zero (plus the position embedding) and not a trained parameter: the mode exists to
     /// measure what skipping the removed patches saves (`mae bench --mask-tokens-in-encoder`).
-    pub fn forward_with_mask_tokens<T: Tape<f32, D>>(
+    pub fn forward_with_mask_tokens<T: Tape<E, D>>(
         &self,
         imgs: &[f32],
         masking: &Masking,
         tape: T,
-    ) -> Result<Act<EncDim<P>, D, T>, MaeError> {
+    ) -> Result<Act<EncDim<P>, D, T, E>, MaeError> {
         let geometry = PatchGeometry::of::<P>();
         check_masking(masking, geometry.batch_of(imgs)?, geometry.num_patches())?;
         let keep: Vec<f32> = masking.mask.iter().map(|m| 1.0 - m).collect();
@@ -427,14 +429,14 @@ fn check_masking(masking: &Masking, batch: usize, l: usize) -> Result<(), MaeErr
     Ok(())
 }
 
-impl<P: MaePreset, D: MaeDevice> Decoder<P, f32, D> {
+impl<P: MaePreset, E: MaeDtype, D: MaeDevice<E>> Decoder<P, E, D> {
     /// `forward_decoder`: embeds the latent, appends mask tokens, un-shuffles, adds position
     /// embeddings, decodes, predicts pixels. Returns `[N, L, p·p·C]` (cls dropped).
-    pub fn forward<T: Tape<f32, D>>(
+    pub fn forward<T: Tape<E, D>>(
         &self,
-        latent: Act<EncDim<P>, D, T>,
+        latent: Act<EncDim<P>, D, T, E>,
         masking: &Masking,
-    ) -> Result<Act<P::PatchDim, D, T>, MaeError> {
+    ) -> Result<Act<P::PatchDim, D, T, E>, MaeError> {
         let x = self.decoder_embed.forward(latent)?;
         let (batch, tokens, md) = *x.shape();
         let l = masking.num_patches;
@@ -459,19 +461,19 @@ impl<P: MaePreset, D: MaeDevice> Decoder<P, f32, D> {
 
     /// The decoder of the "encoder w/ [M]" ablation: the latent already holds every position
     /// (`[N, 1 + L, D]`, in order), so there is nothing to append or un-shuffle.
-    pub fn forward_all_tokens<T: Tape<f32, D>>(
+    pub fn forward_all_tokens<T: Tape<E, D>>(
         &self,
-        latent: Act<EncDim<P>, D, T>,
-    ) -> Result<Act<P::PatchDim, D, T>, MaeError> {
+        latent: Act<EncDim<P>, D, T, E>,
+    ) -> Result<Act<P::PatchDim, D, T, E>, MaeError> {
         let x = self.decoder_embed.forward(latent)?;
         self.decode(x)
     }
 
     /// Adds position embeddings to `[N, 1 + L, Dd]`, decodes, predicts pixels, drops cls.
-    fn decode<T: Tape<f32, D>>(
+    fn decode<T: Tape<E, D>>(
         &self,
-        x: Act<DecDim<P>, D, T>,
-    ) -> Result<Act<P::PatchDim, D, T>, MaeError> {
+        x: Act<DecDim<P>, D, T, E>,
+    ) -> Result<Act<P::PatchDim, D, T, E>, MaeError> {
         let (batch, tokens, md) = *x.shape();
         let l = tokens - 1;
         let pos = self
@@ -488,7 +490,7 @@ impl<P: MaePreset, D: MaeDevice> Decoder<P, f32, D> {
     }
 }
 
-impl<P: MaePreset, D: MaeDevice> Mae<P, f32, D> {
+impl<P: MaePreset, E: MaeDtype, D: MaeDevice<E>> Mae<P, E, D> {
     /// A freshly initialized model, as `MaskedAutoencoderViT.initialize_weights` initializes it
     /// (xavier-uniform Linear weights and patch projection, zero biases, N(0, 0.02) tokens, unit
     /// norms, fixed sin-cos position embeddings). Random draws come from the device's RNG
@@ -500,49 +502,38 @@ impl<P: MaePreset, D: MaeDevice> Mae<P, f32, D> {
     /// `forward`: encoder on the visible patches of NCHW `imgs`, decoder, and the loss on the
     /// removed patches. `tape` is [`NoneTape`] for inference or an [`OwnedTape`] (see
     /// [`tape_from`]) for training.
-    pub fn forward<T: Tape<f32, D>>(
+    pub fn forward<T: Tape<E, D>>(
         &self,
         imgs: &[f32],
         masking: &Masking,
         norm_pix_loss: bool,
         tape: T,
-    ) -> Result<MaeOutput<P, D, T>, MaeError> {
+    ) -> Result<MaeOutput<P, D, T, E>, MaeError> {
         self.forward_impl(imgs, masking, norm_pix_loss, false, tape)
     }
 
     /// [`Mae::forward`] in the paper's "encoder w/ [M]" ablation (Table 1c): the encoder runs
     /// over every patch, removed ones as (untrained, zero) mask tokens; see
     /// [`Encoder::forward_with_mask_tokens`]. For timing the encoder's saving, not for training.
-    pub fn forward_mask_tokens_in_encoder<T: Tape<f32, D>>(
+    pub fn forward_mask_tokens_in_encoder<T: Tape<E, D>>(
         &self,
         imgs: &[f32],
         masking: &Masking,
         norm_pix_loss: bool,
         tape: T,
-    ) -> Result<MaeOutput<P, D, T>, MaeError> {
+    ) -> Result<MaeOutput<P, D, T, E>, MaeError> {
         self.forward_impl(imgs, masking, norm_pix_loss, true, tape)
     }
 
-    fn forward_impl<T: Tape<f32, D>>(
+    fn forward_impl<T: Tape<E, D>>(
         &self,
         imgs: &[f32],
         masking: &Masking,
         norm_pix_loss: bool,
         mask_tokens_in_encoder: bool,
         tape: T,
-    ) -> Result<MaeOutput<P, D, T>, MaeError> {
-        if masking.num_masked() == 0 {
-            return Err(MaeError::NothingMasked);
-        }
-        let (latent, pred) = if mask_tokens_in_encoder {
-            let latent = self.encoder.forward_with_mask_tokens(imgs, masking, tape)?;
-            let out = latent.retaped::<NoneTape>();
-            (out, self.decoder.forward_all_tokens(latent)?)
-        } else {
-            let latent = self.encoder.forward_masked(imgs, masking, tape)?;
-            let out = latent.retaped::<NoneTape>();
-            (out, self.decoder.forward(latent, masking)?)
-        };
+    ) -> Result<MaeOutput<P, D, T, E>, MaeError> {
+        let (latent, pred) = self.predict(imgs, masking, mask_tokens_in_encoder, tape)?;
         let pred_out = pred.retaped::<NoneTape>();
         let loss = self.loss(imgs, pred, masking, norm_pix_loss)?;
         Ok(MaeOutput {
@@ -553,16 +544,60 @@ impl<P: MaePreset, D: MaeDevice> Mae<P, f32, D> {
         })
     }
 
+    /// The encoder and decoder: the detached latent, and the prediction with the tape.
+    #[allow(clippy::type_complexity)]
+    fn predict<T: Tape<E, D>>(
+        &self,
+        imgs: &[f32],
+        masking: &Masking,
+        mask_tokens_in_encoder: bool,
+        tape: T,
+    ) -> Result<
+        (
+            Tensor<(usize, usize, EncDim<P>), E, D>,
+            Act<P::PatchDim, D, T, E>,
+        ),
+        MaeError,
+    > {
+        if masking.num_masked() == 0 {
+            return Err(MaeError::NothingMasked);
+        }
+        Ok(if mask_tokens_in_encoder {
+            let latent = self.encoder.forward_with_mask_tokens(imgs, masking, tape)?;
+            let out = latent.retaped::<NoneTape>();
+            (out, self.decoder.forward_all_tokens(latent)?)
+        } else {
+            let latent = self.encoder.forward_masked(imgs, masking, tape)?;
+            let out = latent.retaped::<NoneTape>();
+            (out, self.decoder.forward(latent, masking)?)
+        })
+    }
+
+    /// [`Mae::forward`] for mixed-precision training with loss scaling (PyTorch counterpart:
+    /// `GradScaler.scale(loss).backward()` after a forward under `autocast`): the loss's value, and
+    /// a scalar whose gradients are those of `grad_scale · loss`. See [`Mae::scaled_loss`].
+    pub fn forward_scaled<T: Tape<E, D>>(
+        &self,
+        imgs: &[f32],
+        masking: &Masking,
+        norm_pix_loss: bool,
+        grad_scale: f64,
+        tape: T,
+    ) -> Result<ScaledLoss<E, D, T>, MaeError> {
+        let (_, pred) = self.predict(imgs, masking, false, tape)?;
+        self.scaled_loss(imgs, pred, masking, norm_pix_loss, grad_scale)
+    }
+
     /// `forward` with masking drawn from the given noise (`[N, L]`), as the reference's
     /// `forward(imgs, mask_ratio, noise)`.
-    pub fn forward_with_noise<T: Tape<f32, D>>(
+    pub fn forward_with_noise<T: Tape<E, D>>(
         &self,
         imgs: &[f32],
         noise: &[f32],
         mask_ratio: f64,
         norm_pix_loss: bool,
         tape: T,
-    ) -> Result<MaeOutput<P, D, T>, MaeError> {
+    ) -> Result<MaeOutput<P, D, T, E>, MaeError> {
         let geometry = PatchGeometry::of::<P>();
         let batch = geometry.batch_of(imgs)?;
         let masking = Masking::from_noise(noise, batch, geometry.num_patches(), mask_ratio)?;
@@ -571,32 +606,96 @@ impl<P: MaePreset, D: MaeDevice> Mae<P, f32, D> {
 
     /// `forward_loss`: `((pred − target)²).mean(−1)` averaged over the removed patches, with the
     /// target `patchify(imgs)`, per-patch normalized when `norm_pix_loss`.
-    pub fn loss<T: Tape<f32, D>>(
+    pub fn loss<T: Tape<E, D>>(
         &self,
         imgs: &[f32],
-        pred: Act<P::PatchDim, D, T>,
+        pred: Act<P::PatchDim, D, T, E>,
         masking: &Masking,
         norm_pix_loss: bool,
-    ) -> Result<Tensor<Rank0, f32, D, T>, MaeError> {
+    ) -> Result<Tensor<Rank0, E, D, T>, MaeError> {
+        let (per_patch, mask) = self.per_patch_loss(imgs, pred, masking, norm_pix_loss)?;
+        per_patch
+            .try_mul(mask)
+            .and_then(|m| m.try_sum::<Rank0, _>())
+            .and_then(|s| s.try_div(E::of_f64(masking.num_masked() as f32 as f64)))
+            .map_err(dev_err)
+    }
+
+    /// [`Mae::loss`] in the form mixed precision needs, where every stored value is a half:
+    /// `loss` is the mean over all `N·L` patches of the masked per-patch errors, times
+    /// `N·L / masked` (no intermediate sum that could pass f16's 65504), and `backward` is
+    /// `Σ per_patch · mask · grad_scale / masked`, whose gradient is that of `grad_scale · loss`
+    /// with the scale folded into the per-patch weights, so that no gradient on the way (the
+    /// first is `grad_scale / masked`, not `grad_scale`) leaves f16's range. Its own value may
+    /// overflow to infinity; nothing reads it.
+    pub fn scaled_loss<T: Tape<E, D>>(
+        &self,
+        imgs: &[f32],
+        pred: Act<P::PatchDim, D, T, E>,
+        masking: &Masking,
+        norm_pix_loss: bool,
+        grad_scale: f64,
+    ) -> Result<ScaledLoss<E, D, T>, MaeError> {
+        let (per_patch, mask) = self.per_patch_loss(imgs, pred, masking, norm_pix_loss)?;
+        let (batch, l) = *mask.shape();
+        let masked = masking.num_masked() as f64;
+        let loss = per_patch
+            .retaped::<NoneTape>()
+            .try_mul(mask.clone())
+            .and_then(|m| m.try_mean::<Rank0, _>())
+            .and_then(|m| m.try_mul(E::of_f64((batch * l) as f64 / masked)))
+            .map_err(dev_err)?;
+        let weights = mask
+            .try_mul(E::of_f64(grad_scale / masked))
+            .map_err(dev_err)?;
+        let backward = per_patch
+            .try_mul(weights)
+            .and_then(|m| m.try_sum::<Rank0, _>())
+            .map_err(dev_err)?;
+        Ok(ScaledLoss { loss, backward })
+    }
+
+    /// The per-patch mean squared error `[N, L]` (with the tape) and the mask (1 = removed).
+    #[allow(clippy::type_complexity)]
+    fn per_patch_loss<T: Tape<E, D>>(
+        &self,
+        imgs: &[f32],
+        pred: Act<P::PatchDim, D, T, E>,
+        masking: &Masking,
+        norm_pix_loss: bool,
+    ) -> Result<
+        (
+            Tensor<(usize, usize), E, D, T>,
+            Tensor<(usize, usize), E, D>,
+        ),
+        MaeError,
+    > {
         let geometry = PatchGeometry::of::<P>();
         let (batch, l, pd) = *pred.shape();
         let mut target = geometry.patchify(imgs)?;
         if norm_pix_loss {
             normalize_patches(&mut target, pd.size());
         }
-        let masked = masking.num_masked();
-        if masked == 0 {
+        if masking.num_masked() == 0 {
             return Err(MaeError::NothingMasked);
         }
         let dev = pred.device().clone();
-        let target = host_tensor(&dev, &target, (batch, l, pd))?;
-        let mask = host_tensor(&dev, &masking.mask, (batch, l))?;
-        pred.try_sub(target)
+        let target = host_tensor(&dev, &E::from_f32_slice(&target), (batch, l, pd))?;
+        let mask = host_tensor(&dev, &E::from_f32_slice(&masking.mask), (batch, l))?;
+        let per_patch = pred
+            .try_sub(target)
             .and_then(|d| d.try_square())
             .and_then(|d| d.try_mean::<(usize, usize), Axis<2>>())
-            .and_then(|per_patch| per_patch.try_mul(mask))
-            .and_then(|m| m.try_sum::<Rank0, _>())
-            .and_then(|s| s.try_div(masked as f32))
-            .map_err(dev_err)
+            .map_err(dev_err)?;
+        Ok((per_patch, mask))
     }
+}
+
+/// What [`Mae::forward_scaled`] returns.
+#[derive(Debug)]
+pub struct ScaledLoss<E: Dtype, D: Device<E>, T> {
+    /// The loss (mean squared error over the masked patches), off the tape.
+    pub loss: Tensor<Rank0, E, D>,
+    /// The scalar to call `backward` on: its gradients are `grad_scale` times the loss's.
+    pub backward: Tensor<Rank0, E, D, T>,
 }

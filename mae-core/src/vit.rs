@@ -177,7 +177,7 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
         tape: T,
     ) -> Result<Tensor<(usize, usize), f32, D, T>, MaeError> {
         let vit = &self.vit;
-        let x = project_patches::<P, D, T>(&vit.patch_embed, imgs, tape)?;
+        let x = project_patches::<P, f32, D, T>(&vit.patch_embed, imgs, tape)?;
         let shape = *x.shape();
         let (batch, l, m) = shape;
         let pos = vit.pos_embed.retaped::<T>();

@@ -13,12 +13,12 @@ use std::marker::PhantomData;
 use std::time::Instant;
 
 use mae_core::dfdx::prelude::*;
-use mae_core::dfdx::tensor::{Cache, Synchronize};
 use mae_core::{tape_from, Mae, MaeError, MaePreset, Masking, Preset, PresetVisitor};
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use serde::Serialize;
 
+use crate::amp::{LossScaler, MixedPrecision, Precision};
 use crate::device::{DeviceKind, DeviceVisitor, RunDevice};
 use crate::dist::{Comm, GradSync, StepScalars};
 use crate::optim::AdamW;
@@ -44,6 +44,9 @@ pub struct StepBench {
     pub mask_tokens_in_encoder: bool,
     /// Where the step runs.
     pub device: DeviceKind,
+    /// `f32`, or `amp-f16` (half-precision forward and backward on a half copy of the f32
+    /// weights, loss scaling, the f32 update: the step `mae pretrain --precision amp-f16` takes).
+    pub precision: Precision,
 }
 
 impl Default for StepBench {
@@ -57,6 +60,7 @@ impl Default for StepBench {
             fused: true,
             mask_tokens_in_encoder: false,
             device: DeviceKind::Cpu,
+            precision: Precision::F32,
         }
     }
 }
@@ -92,6 +96,8 @@ pub struct StepTiming {
     pub mask_tokens_in_encoder: bool,
     /// `cpu` or `cuda`.
     pub device: DeviceKind,
+    /// `f32` or `amp-f16` (the PyTorch reference's key).
+    pub precision: Precision,
     /// Data-parallel ranks (`mpirun -np N mae bench`); `batch` is per rank.
     pub ranks: usize,
     /// Median seconds of the gradient all-reduce in a step (the MPI calls; 0 with one rank).
@@ -151,7 +157,7 @@ fn train_err(e: crate::TrainError) -> MaeError {
 }
 
 /// The timed loop on device `D`.
-fn time_on<P: MaePreset, D: MaeDevice + Cache + Synchronize>(
+fn time_on<P: MaePreset, D: RunDevice>(
     dev: D,
     cfg: &StepBench,
     comm: &Comm,
@@ -172,28 +178,57 @@ fn time_on<P: MaePreset, D: MaeDevice + Cache + Synchronize>(
     let mut sync = GradSync::default();
     // the gradient buffers are allocated once and zeroed after each step, as in training
     let mut grads = model.alloc_grads();
+    let mut amp = match cfg.precision {
+        Precision::F32 => None,
+        Precision::AmpF16 if cfg.mask_tokens_in_encoder => {
+            return Err(MaeError::Device(
+                "--mask-tokens-in-encoder is timed in f32 only".into(),
+            ))
+        }
+        Precision::AmpF16 => Some(MixedPrecision::<P, D>::new(LossScaler::default())),
+    };
     for step in 0..=cfg.steps {
         let masking = Masking::random(&mut rng, cfg.batch, P::num_patches(), cfg.mask_ratio)?;
         let start = Instant::now();
-        let tape = tape_from(&dev, grads);
-        let out = if cfg.mask_tokens_in_encoder {
-            model.forward_mask_tokens_in_encoder(&imgs, &masking, true, tape)?
+        if let Some(amp) = &mut amp {
+            grads = amp
+                .forward_backward(&dev, &model, grads, &imgs, &masking, true, 1)
+                .map_err(train_err)?
+                .1;
         } else {
-            model.forward(&imgs, &masking, true, tape)?
-        };
-        grads = out.loss.backward();
+            let tape = tape_from(&dev, grads);
+            let out = if cfg.mask_tokens_in_encoder {
+                model.forward_mask_tokens_in_encoder(&imgs, &masking, true, tape)?
+            } else {
+                model.forward(&imgs, &masking, true, tape)?
+            };
+            grads = out.loss.backward();
+        }
         let (reduce_before, copy_before) = (sync.reduce_time, sync.copy_time);
-        sync.all_reduce(
-            comm,
-            &mut model,
-            &mut grads,
-            &mut [],
-            StepScalars::default(),
-        )
-        .map_err(train_err)?;
-        let update_start = Instant::now();
-        opt.update(&mut model, &mut grads, 1.5e-4)
+        let reduced = sync
+            .all_reduce(
+                comm,
+                &mut model,
+                &mut grads,
+                &mut [],
+                StepScalars {
+                    overflow: match &amp {
+                        Some(amp) if amp.overflowed() => 1.0,
+                        _ => 0.0,
+                    },
+                    ..StepScalars::default()
+                },
+            )
             .map_err(train_err)?;
+        let update_start = Instant::now();
+        let skip = reduced.overflow > 0.0;
+        if !skip {
+            opt.update(&mut model, &mut grads, 1.5e-4)
+                .map_err(train_err)?;
+        }
+        if let Some(amp) = &mut amp {
+            amp.end_step(skip);
+        }
         model.zero_grads(&mut grads);
         // the host waits for the device's queue to drain (a no-op on the Cpu), so the time is the
         // step's and not its launch's
@@ -217,7 +252,7 @@ fn time_on<P: MaePreset, D: MaeDevice + Cache + Synchronize>(
         all_s: times,
         update_s: median(&update_times),
         peak_rss_mb: peak_rss_mb(),
-        peak_gpu_mb: if D::keeps_host_memory() {
+        peak_gpu_mb: if <D as MaeDevice>::keeps_host_memory() {
             None
         } else {
             crate::device::gpu_memory_used_mb()
@@ -229,6 +264,7 @@ fn time_on<P: MaePreset, D: MaeDevice + Cache + Synchronize>(
         },
         mask_tokens_in_encoder: cfg.mask_tokens_in_encoder,
         device: cfg.device,
+        precision: cfg.precision,
         ranks: comm.world_size(),
         allreduce_s: median(&reduce_times),
         allreduce_copy_s: median(&copy_times),

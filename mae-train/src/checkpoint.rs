@@ -27,7 +27,7 @@ use crate::error::TrainError;
 use crate::optim::{AdamW, Moments};
 
 /// Where training stands.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 pub struct TrainState {
     /// Optimizer steps taken.
     pub step: u64,
@@ -42,6 +42,9 @@ pub struct TrainState {
     /// checkpoints from before this field: taken as unchanged).
     #[serde(default)]
     pub global_micro_batch: usize,
+    /// The loss scaler of a mixed-precision run (`None` in f32).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loss_scaler: Option<crate::amp::LossScaler>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

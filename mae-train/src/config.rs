@@ -89,6 +89,10 @@ pub struct PretrainOverrides {
     /// `cpu` (default) or `cuda` (the first NVIDIA GPU; needs a build with the `cuda` feature).
     #[cfg_attr(feature = "clap", arg(long))]
     pub device: Option<crate::device::DeviceKind>,
+    /// `f32` (default) or `amp-f16`: forward and backward in half precision with f32 master
+    /// weights and dynamic loss scaling (the official code's `autocast` + `GradScaler`).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub precision: Option<crate::amp::Precision>,
 }
 
 impl PretrainOverrides {
@@ -129,7 +133,8 @@ impl PretrainOverrides {
             input_size,
             eval_every,
             check_sync_every,
-            device
+            device,
+            precision
         )
     }
 }
@@ -184,6 +189,9 @@ pub struct PretrainConfig {
     /// Where the run computes.
     #[serde(default)]
     pub device: crate::device::DeviceKind,
+    /// Element type of the forward and backward passes.
+    #[serde(default)]
+    pub precision: crate::amp::Precision,
 }
 
 fn one() -> usize {
@@ -241,6 +249,7 @@ impl PretrainConfig {
             world_size,
             check_sync_every: given.check_sync_every,
             device: given.device.unwrap_or_default(),
+            precision: given.precision.unwrap_or_default(),
         };
         let bad = |m: String| Err(TrainError::Config(m));
         if config.batch_size == 0 || config.accum_iter == 0 || config.epochs == 0 {

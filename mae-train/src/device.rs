@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use mae_core::device::MaeDevice;
 use mae_core::dfdx::prelude::{Cache, Cpu, Synchronize};
-use mae_core::MaePreset;
+use mae_core::{AmpF16, MaePreset};
 use mae_data::Dataset;
 
 use crate::error::TrainError;
@@ -50,10 +50,11 @@ impl fmt::Display for DeviceKind {
     }
 }
 
-/// A device the loops and evaluations run on: dfdx's `Cpu`, or `Cuda` in a `cuda` build.
-pub trait RunDevice: MaeDevice + Cache + Synchronize + 'static {}
+/// A device the loops and evaluations run on: dfdx's `Cpu`, or `Cuda` in a `cuda` build, in
+/// `f32` and in mixed precision.
+pub trait RunDevice: MaeDevice + MaeDevice<AmpF16> + Cache + Synchronize + 'static {}
 
-impl<D: MaeDevice + Cache + Synchronize + 'static> RunDevice for D {}
+impl<D: MaeDevice + MaeDevice<AmpF16> + Cache + Synchronize + 'static> RunDevice for D {}
 
 /// Code generic over the device, run on the one a [`DeviceKind`] names ([`DeviceKind::run`]).
 pub trait DeviceVisitor {

@@ -301,6 +301,9 @@ pub struct StepScalars {
     pub loss: f64,
     /// 1 where this rank was asked to stop (SIGINT/SIGTERM), else 0.
     pub stop: f64,
+    /// 1 where this rank's loss-scaled gradients overflowed (mixed precision), else 0: any
+    /// rank's overflow makes every rank skip the step.
+    pub overflow: f64,
 }
 
 impl GradSync {
@@ -404,13 +407,14 @@ impl GradSync {
     }
 }
 
-/// Appends the extra gradients and the two scalars to an all-reduce buffer.
+/// Appends the extra gradients and the step's scalars to an all-reduce buffer.
 fn push_tail(flat: &mut Vec<f32>, extra: &[&mut [f32]], scalars: StepScalars) {
     for g in extra {
         flat.extend_from_slice(g);
     }
     flat.push(scalars.loss as f32);
     flat.push(scalars.stop as f32);
+    flat.push(scalars.overflow as f32);
 }
 
 /// `dst ← scale · src` over `dst`'s length.
@@ -431,6 +435,7 @@ fn read_tail(reduced: &[f32], extra: &mut [&mut [f32]], scale: f32) -> StepScala
     StepScalars {
         loss: reduced[at] as f64,
         stop: reduced[at + 1] as f64,
+        overflow: reduced[at + 2] as f64,
     }
 }
 

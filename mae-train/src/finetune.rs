@@ -538,6 +538,7 @@ impl TrainLoop for Run<'_> {
             micro_step: 0,
             seed: cfg.seed,
             global_micro_batch: cfg.batch_size * comm.world_size(),
+            loss_scaler: None,
         };
         match self.resume {
             Resume::No => {}
@@ -713,6 +714,7 @@ impl TrainLoop for Run<'_> {
                 let scalars = StepScalars {
                     loss: group_loss,
                     stop: if asked { 1.0 } else { 0.0 },
+                    overflow: 0.0,
                 };
                 let reduced =
                     all_reduce_with_head(&mut sync, comm, &mut model, &mut grads, scalars)?;

@@ -2,6 +2,7 @@
 //!
 //! It owns time (steps, epochs); models come from `mae-core`, batches from `mae-data`.
 
+pub mod amp;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;

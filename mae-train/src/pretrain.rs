@@ -18,6 +18,7 @@ use mae_data::{Dataset, SplitName};
 use rand::SeedableRng;
 use serde::Serialize;
 
+use crate::amp::{MixedPrecision, Precision};
 use crate::checkpoint::{self, TrainState};
 use crate::config::PretrainConfig;
 use crate::device::{run_loop, RunDevice, TrainLoop};
@@ -189,6 +190,14 @@ fn knn_during_training<P: MaePreset, D: MaeDevice>(
     })
 }
 
+/// The error that stops a run whose loss is not finite (as `main_pretrain.py` exits).
+fn check_loss(loss: f32, step: u64, epoch: u64) -> Result<(), TrainError> {
+    if loss.is_finite() {
+        return Ok(());
+    }
+    Err(TrainError::NonFiniteLoss { step, epoch, loss })
+}
+
 /// Appends one JSON line to `path`.
 pub(crate) fn append_json_line(
     path: &std::path::Path,
@@ -255,6 +264,7 @@ impl TrainLoop for Run<'_> {
             micro_step: 0,
             seed: cfg.seed,
             global_micro_batch: cfg.batch_size * cfg.world_size,
+            loss_scaler: None,
         };
         let resumed_from = match self.resume {
             Resume::No => None,
@@ -340,6 +350,15 @@ impl TrainLoop for Run<'_> {
                 state.step
             ));
         }
+        let mut amp = (cfg.precision == Precision::AmpF16)
+            .then(|| MixedPrecision::<P, D>::new(state.loss_scaler.unwrap_or_default()));
+        if amp.is_some() && <D as MaeDevice>::keeps_host_memory() {
+            log.message(
+                "--precision amp-f16 on the cpu runs dfdx's half-precision CPU kernels, about 20x \
+                 slower than f32 (one thread, a conversion per value): it is there to check the \
+                 path; mixed precision pays on a GPU (--device cuda)",
+            );
+        }
         let mut sync = GradSync::default();
         let mut grads = model.alloc_grads();
         let mut last_checkpoint = None;
@@ -380,23 +399,37 @@ impl TrainLoop for Run<'_> {
                     P::num_patches(),
                     cfg.model.mask_ratio,
                 )?;
-                let out = model.forward(
-                    &batch.images,
-                    &masking,
-                    cfg.model.norm_pix_loss,
-                    tape_from(&dev, grads),
-                )?;
-                // `as_vec` rather than `array`: the one read of the loss that every device has
-                let loss_value = out.loss.as_vec()[0];
-                if !loss_value.is_finite() {
-                    return Err(TrainError::NonFiniteLoss {
-                        step: state.step + 1,
-                        epoch,
-                        loss: loss_value,
-                    });
-                }
+                let loss_value = match &mut amp {
+                    None => {
+                        let out = model.forward(
+                            &batch.images,
+                            &masking,
+                            cfg.model.norm_pix_loss,
+                            tape_from(&dev, grads),
+                        )?;
+                        // `as_vec` rather than `array`: the one read of the loss that every
+                        // device has
+                        let loss_value = out.loss.as_vec()[0];
+                        check_loss(loss_value, state.step + 1, epoch)?;
+                        grads = (out.loss / cfg.accum_iter as f32).backward();
+                        loss_value
+                    }
+                    Some(amp) => {
+                        let (loss_value, g) = amp.forward_backward(
+                            &dev,
+                            &model,
+                            grads,
+                            &batch.images,
+                            &masking,
+                            cfg.model.norm_pix_loss,
+                            cfg.accum_iter,
+                        )?;
+                        grads = g;
+                        check_loss(loss_value, state.step + 1, epoch)?;
+                        loss_value
+                    }
+                };
                 group_loss += loss_value as f64 / cfg.accum_iter as f64;
-                grads = (out.loss / cfg.accum_iter as f32).backward();
                 log.images(batch.len() * comm.world_size());
                 state.micro_step = k + 1;
                 if (k + 1) % cfg.accum_iter != 0 {
@@ -413,11 +446,23 @@ impl TrainLoop for Run<'_> {
                     StepScalars {
                         loss: group_loss,
                         stop: if asked { 1.0 } else { 0.0 },
+                        overflow: match &amp {
+                            Some(amp) if amp.overflowed() => 1.0,
+                            _ => 0.0,
+                        },
                     },
                 )?;
                 group_loss = reduced.loss / comm.world_size() as f64;
                 let stop = reduced.stop > 0.0;
-                opt.update(&mut model, &mut grads, lr)?;
+                // mixed precision: gradients that overflowed on any rank skip the step everywhere
+                let skip = reduced.overflow > 0.0;
+                if !skip {
+                    opt.update(&mut model, &mut grads, lr)?;
+                }
+                if let Some(amp) = &mut amp {
+                    amp.end_step(skip);
+                    state.loss_scaler = Some(amp.scaler);
+                }
                 model.zero_grads(&mut grads);
                 state.step += 1;
                 last_loss = Some(group_loss as f32);
@@ -472,6 +517,12 @@ impl TrainLoop for Run<'_> {
                 sync.reduce_time.as_secs_f64(),
                 sync.calls,
                 sync.copy_time.as_secs_f64()
+            ));
+        }
+        if let Some(amp) = &amp {
+            log.message(&format!(
+                "amp-f16: loss scale {}, {} step(s) skipped on gradient overflow",
+                amp.scaler.scale, amp.scaler.skipped
             ));
         }
         log.finish();

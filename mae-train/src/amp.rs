@@ -1,0 +1,354 @@
+//! Mixed precision: `--precision f32|amp-f16`.
+//!
+//! PyTorch counterpart: `torch.cuda.amp.autocast()` around the forward and the loss, and
+//! `GradScaler` (the official code's `NativeScalerWithGradNormCount`) around the backward and the
+//! optimizer step.
+//!
+//! The weights, the optimizer's moments and the gradients the optimizer reads stay `f32` (the
+//! master copy). At the start of every optimizer step the weights are cast to a half copy
+//! ([`AmpF16`]: dfdx's `AMP<f16>`, values stored in half precision, matmuls accumulated and
+//! reductions and transcendental functions computed in f32); each micro-batch runs its forward
+//! and backward on that copy with the loss scaled ([`LossScaler`]), and its half gradients are
+//! added, unscaled, into the `f32` gradients ([`add_unscaled_grads`]). Gradients that overflowed
+//! (an infinity or NaN anywhere) make the step a skipped one: no update, the scale halved, as
+//! `GradScaler` does; after 2000 steps without overflow the scale doubles.
+//!
+//! A dfdx tape holds one dtype, so the casts cannot be ops on the tape as `autocast` makes them;
+//! moving the gradients back across is a small op of its own: the backward of
+//! `Σ sum(w · g) / scale` over the parameters `w` (on the `f32` tape) with `g` their half
+//! gradients as `f32`, which adds `g / scale` to each `w`'s gradient where the tensors lie.
+
+use std::fmt;
+use std::str::FromStr;
+
+use mae_core::dfdx::nn::tensor_collection::{
+    RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorRef,
+};
+use mae_core::dfdx::prelude::*;
+use mae_core::{tape_from, AmpF16, Mae, MaeDevice, MaeDtype, MaePreset, Masking};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{device_err, TrainError};
+
+/// The element type of the forward and backward passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub enum Precision {
+    /// Everything in f32 (default).
+    #[default]
+    #[serde(rename = "f32")]
+    F32,
+    /// Forward and backward in half precision with f32 master weights and dynamic loss scaling.
+    #[serde(rename = "amp-f16")]
+    AmpF16,
+}
+
+impl FromStr for Precision {
+    type Err = TrainError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "f32" => Ok(Precision::F32),
+            "amp-f16" => Ok(Precision::AmpF16),
+            other => Err(TrainError::Config(format!(
+                "unknown precision `{other}` (f32 or amp-f16)"
+            ))),
+        }
+    }
+}
+
+impl fmt::Display for Precision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Precision::F32 => "f32",
+            Precision::AmpF16 => "amp-f16",
+        })
+    }
+}
+
+/// Steps without overflow after which the scale doubles (`GradScaler`'s `growth_interval`).
+pub const GROWTH_INTERVAL: u32 = 2000;
+
+/// Dynamic loss scaling, as `torch.cuda.amp.GradScaler` with its defaults (initial scale 2¹⁶,
+/// halved on overflow, doubled after [`GROWTH_INTERVAL`] steps without one). Saved in
+/// checkpoints, as the official code saves `scaler.state_dict()`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct LossScaler {
+    /// The factor the loss is multiplied by before the backward.
+    pub scale: f64,
+    /// Steps without overflow since the scale last changed.
+    pub good_steps: u32,
+    /// Steps skipped on overflow over the whole run.
+    pub skipped: u64,
+}
+
+impl Default for LossScaler {
+    fn default() -> Self {
+        LossScaler {
+            scale: 65536.0,
+            good_steps: 0,
+            skipped: 0,
+        }
+    }
+}
+
+impl LossScaler {
+    /// After an optimizer step: `overflow` says whether its gradients overflowed (and so the
+    /// step was skipped).
+    pub fn update(&mut self, overflow: bool) {
+        if overflow {
+            self.scale *= 0.5;
+            self.good_steps = 0;
+            self.skipped += 1;
+        } else {
+            self.good_steps += 1;
+            if self.good_steps == GROWTH_INTERVAL {
+                self.scale *= 2.0;
+                self.good_steps = 0;
+            }
+        }
+    }
+}
+
+/// The half copy of the weights for one optimizer step, and its gradients.
+type HalfCopy<P, D> = (Mae<P, AmpF16, D>, Gradients<AmpF16, D>);
+
+/// The mixed-precision side of a pretraining loop: the loss scaler, the half copy of the weights
+/// for the current optimizer step, and whether its gradients overflowed. Per micro-batch,
+/// [`MixedPrecision::forward_backward`] takes the place of `forward` + `backward`; after the
+/// gradients' all-reduce, [`MixedPrecision::end_step`] is told whether the step was skipped.
+pub struct MixedPrecision<P: MaePreset, D: MaeDevice<AmpF16>> {
+    /// The loss scale and its history.
+    pub scaler: LossScaler,
+    half: Option<HalfCopy<P, D>>,
+    overflow: bool,
+}
+
+impl<P: MaePreset, D: MaeDevice + MaeDevice<AmpF16>> MixedPrecision<P, D> {
+    /// Starts with `scaler` (a resumed run's, or the default).
+    pub fn new(scaler: LossScaler) -> Self {
+        MixedPrecision {
+            scaler,
+            half: None,
+            overflow: false,
+        }
+    }
+
+    /// One micro-batch of `accum_iter`: the forward and backward in half precision on the half
+    /// copy of `model` (made at the first micro-batch of a step), with the loss scaled by
+    /// `scale / accum_iter`, and the gradients added, unscaled, into `grads` (unless this step's
+    /// gradients already overflowed). Returns the loss and the gradients.
+    #[allow(clippy::too_many_arguments)]
+    pub fn forward_backward(
+        &mut self,
+        dev: &D,
+        model: &Mae<P, f32, D>,
+        grads: Gradients<f32, D>,
+        imgs: &[f32],
+        masking: &Masking,
+        norm_pix_loss: bool,
+        accum_iter: usize,
+    ) -> Result<(f32, Gradients<f32, D>), TrainError> {
+        let (half, half_grads) = match self.half.take() {
+            Some(h) => h,
+            None => {
+                let h = to_half(model)?;
+                let g = h.alloc_grads();
+                (h, g)
+            }
+        };
+        let out = half.forward_scaled(
+            imgs,
+            masking,
+            norm_pix_loss,
+            self.scaler.scale / accum_iter as f64,
+            tape_from(dev, half_grads),
+        )?;
+        let loss = out.loss.as_vec()[0].to_f32();
+        let mut half_grads = out.backward.try_backward().map_err(device_err)?;
+        let mut grads = grads;
+        if !self.overflow {
+            let (g, finite) =
+                add_unscaled_grads(dev, model, grads, &half, &mut half_grads, self.scaler.scale)?;
+            grads = g;
+            self.overflow = !finite;
+        }
+        half.try_zero_grads(&mut half_grads).map_err(device_err)?;
+        self.half = Some((half, half_grads));
+        Ok((loss, grads))
+    }
+
+    /// Whether this step's gradients overflowed on this rank so far.
+    pub fn overflowed(&self) -> bool {
+        self.overflow
+    }
+
+    /// After the optimizer step: `skipped` says whether it was skipped for an overflow (on any
+    /// rank). Updates the scale; the next step makes a new half copy.
+    pub fn end_step(&mut self, skipped: bool) {
+        self.scaler.update(skipped);
+        self.overflow = false;
+        self.half = None;
+    }
+}
+
+/// The half copy of an `f32` model (`M::To<AmpF16, D>`), for one optimizer step.
+pub fn to_half<M, D>(model: &M) -> Result<M::To<AmpF16, D>, TrainError>
+where
+    M: TensorCollection<f32, D>,
+    D: MaeDevice + MaeDevice<AmpF16>,
+{
+    use mae_core::dfdx::nn::ToDtype;
+    model.try_to_dtype::<AmpF16>().map_err(device_err)
+}
+
+/// Adds the half gradients of `half` (a copy of `master` made by [`to_half`]), divided by
+/// `scale`, into `master_grads`, where the tensors lie. Returns the gradients and whether the
+/// half gradients were all finite; where they were not, nothing is added (the step is to be
+/// skipped). `half_grads` is left as it was, for the caller to zero.
+pub fn add_unscaled_grads<M, D>(
+    dev: &D,
+    master: &M,
+    master_grads: Gradients<f32, D>,
+    half: &M::To<AmpF16, D>,
+    half_grads: &mut Gradients<AmpF16, D>,
+    scale: f64,
+) -> Result<(Gradients<f32, D>, bool), TrainError>
+where
+    M: TensorCollection<f32, D>,
+    M::To<AmpF16, D>: TensorCollection<AmpF16, D>,
+    D: MaeDevice + MaeDevice<AmpF16>,
+{
+    let mut from = Flatten {
+        grads: Some(half_grads),
+        out: Vec::new(),
+    };
+    <M::To<AmpF16, D>>::iter_tensors(&mut RecursiveWalker {
+        m: half,
+        f: &mut from,
+    })
+    .map_err(device_err)?;
+    let half_flat = from.out;
+    let mut to = Flatten::<f32, D> {
+        grads: None,
+        out: Vec::new(),
+    };
+    M::iter_tensors(&mut RecursiveWalker {
+        m: master,
+        f: &mut to,
+    })
+    .map_err(device_err)?;
+    let weights = to.out;
+    if weights.len() != half_flat.len()
+        || weights
+            .iter()
+            .zip(&half_flat)
+            .any(|(w, g)| w.shape() != g.shape())
+    {
+        return Err(TrainError::Config(
+            "the half copy of the model does not have the model's parameters".into(),
+        ));
+    }
+    // one read of one number: the sum of every gradient is finite exactly when every gradient
+    // is (each is at most f16's 65504, far from f32's range)
+    let mut grads32 = Vec::with_capacity(half_flat.len());
+    let mut total: Tensor<Rank0, f32, D> = dev.try_zeros().map_err(device_err)?;
+    for g in half_flat {
+        let g = g.try_to_dtype::<f32>().map_err(device_err)?;
+        let sum = g.clone().try_sum::<Rank0, _>().map_err(device_err)?;
+        total = total.try_add(sum).map_err(device_err)?;
+        grads32.push(g);
+    }
+    if !total.as_vec()[0].is_finite() {
+        return Ok((master_grads, false));
+    }
+    let mut tape = Some(tape_from(dev, master_grads));
+    let mut probe: Option<Tensor<Rank0, f32, D, OwnedTape<f32, D>>> = None;
+    for (w, g) in weights.into_iter().zip(grads32) {
+        let w = match tape.take() {
+            Some(t) => w.put_tape(t),
+            None => w.retaped::<OwnedTape<f32, D>>(),
+        };
+        let term = w
+            .try_mul(g)
+            .and_then(|t| t.try_sum::<Rank0, _>())
+            .map_err(device_err)?;
+        probe = Some(match probe {
+            None => term,
+            Some(p) => p.try_add(term).map_err(device_err)?,
+        });
+    }
+    let Some(probe) = probe else {
+        return Err(TrainError::Config("the model has no parameters".into()));
+    };
+    let grads = probe
+        .try_mul((1.0 / scale) as f32)
+        .and_then(|p| p.try_backward())
+        .map_err(device_err)?;
+    Ok((grads, true))
+}
+
+/// Every trainable parameter, flattened to `[n]`, in the module walk's order: the parameters
+/// themselves, or (with `grads`) their gradients.
+struct Flatten<'a, E: Dtype, D: Storage<E>> {
+    grads: Option<&'a mut Gradients<E, D>>,
+    out: Vec<Tensor<(usize,), E, D>>,
+}
+
+impl<E: Dtype, D: Device<E>> TensorVisitor<E, D> for Flatten<'_, E, D> {
+    type Viewer = ViewTensorRef;
+    type Err = D::Err;
+    type E2 = E;
+    type D2 = D;
+
+    fn visit<S: Shape>(
+        &mut self,
+        opts: TensorOptions<S, E, D>,
+        t: &Tensor<S, E, D>,
+    ) -> Result<Option<Tensor<S, E, D>>, Self::Err> {
+        if !opts.do_gradient_update {
+            return Ok(None);
+        }
+        let n = t.shape().num_elements();
+        let value = match &mut self.grads {
+            Some(grads) => {
+                grads.try_alloc_for(t)?;
+                grads.get(t)
+            }
+            None => t.clone(),
+        };
+        self.out.push(value.try_reshape_like(&(n,))?);
+        Ok(None)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_scale_halves_on_overflow_and_doubles_after_the_growth_interval() {
+        let mut s = LossScaler::default();
+        assert_eq!(s.scale, 65536.0);
+        s.update(true);
+        assert_eq!((s.scale, s.skipped), (32768.0, 1));
+        for _ in 0..GROWTH_INTERVAL - 1 {
+            s.update(false);
+        }
+        assert_eq!(s.scale, 32768.0);
+        s.update(false);
+        assert_eq!((s.scale, s.good_steps), (65536.0, 0));
+        // an overflow resets the count towards growth
+        for _ in 0..10 {
+            s.update(false);
+        }
+        s.update(true);
+        assert_eq!((s.scale, s.good_steps, s.skipped), (32768.0, 0, 2));
+    }
+
+    #[test]
+    fn names_parse_and_print_back() {
+        for p in [Precision::F32, Precision::AmpF16] {
+            assert_eq!(p.to_string().parse::<Precision>().ok(), Some(p));
+        }
+        assert!("fp16".parse::<Precision>().is_err());
+    }
+}
