@@ -8,7 +8,7 @@
 #  3. one training step on the GPU against the same step on the CPU (mae-train's gpu_step, f32
 #     and amp-f16), and 60 steps of `mae pretrain --device cuda` on the bundled data (f32, then
 #     amp-f16 against it), the kNN of the result on the GPU against the CPU, and 40 steps of
-#     `mae finetune --device cuda` from it;
+#     `mae finetune --device cuda` from it (f32 and amp-f16);
 #  4. `mae bench --device cuda` (f32 and amp-f16) for tiny b256, vit-b16 b64, vit-l16 b32, side by
 #     side with PyTorch eager f32 and fp16 autocast on the same card
 #     (tools/reference/torch_mae.py bench).
@@ -17,7 +17,7 @@
 # tests' output in *.log. Every step runs even when an earlier one failed; the exit status says
 # whether all passed. Environment: GPU_CARRY (target/gpu-carry), OUT, STEPS (bench steps, 5),
 # BENCHES (preset:batch list, "tiny:256 vit-b16:64 vit-l16:32"), PRETRAIN_STEPS (60) and
-# PRETRAIN_BATCH (256) of the two pretraining runs, PYTHON (python3).
+# PRETRAIN_BATCH (256) of the two pretraining runs, FINETUNE_STEPS (40), PYTHON (python3).
 set -uo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
 carry="${GPU_CARRY:-$root/target/gpu-carry}"
@@ -102,11 +102,16 @@ gpu, cpu = (json.load(open(p)) for p in sys.argv[1:3])
 print(f"kNN top-1 cuda {gpu['top1']:.2f}% cpu {cpu['top1']:.2f}%")
 sys.exit(0 if abs(gpu["top1"] - cpu["top1"]) <= 0.2 else 1)
 EOF2
-    say "fine-tuning on the GPU: 40 steps from that checkpoint"
-    "$carry/bin/mae" finetune --device cuda --checkpoint "$ckpt" --data "$data" \
-      --out "$out/finetune" --batch-size 64 --max-steps 40 --log-every 10 --warmup-epochs 0.2 \
-      >"$out/finetune.log" 2>&1 || fail "finetune on cuda (see $out/finetune.log)"
-    tail -n 3 "$out/finetune.log"
+    finetune_steps="${FINETUNE_STEPS:-40}"
+    for precision in f32 amp-f16; do
+      say "fine-tuning on the GPU ($precision): $finetune_steps steps from that checkpoint"
+      "$carry/bin/mae" finetune --device cuda --precision "$precision" --checkpoint "$ckpt" \
+        --data "$data" --out "$out/finetune-$precision" --batch-size 64 \
+        --max-steps "$finetune_steps" --log-every 10 --warmup-epochs 0.2 \
+        >"$out/finetune-$precision.log" 2>&1 ||
+        fail "finetune $precision on cuda (see $out/finetune-$precision.log)"
+      tail -n 3 "$out/finetune-$precision.log"
+    done
   else
     fail "pretrain on cuda left no checkpoint"
   fi

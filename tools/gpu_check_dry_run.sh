@@ -44,4 +44,4 @@ chmod +x "$fake"/bin/* "$fake"/shim/*
 
 PATH="$fake/shim:$PATH" GPU_CARRY="$fake" OUT="$fake/out" PYTHON="$fake/shim/python" \
   BENCHES="${BENCHES:-tiny:16}" STEPS="${STEPS:-2}" PRETRAIN_STEPS="${PRETRAIN_STEPS:-10}" \
-  PRETRAIN_BATCH="${PRETRAIN_BATCH:-32}" bash tools/gpu_check.sh
+  PRETRAIN_BATCH="${PRETRAIN_BATCH:-32}" FINETUNE_STEPS="${FINETUNE_STEPS:-10}" bash tools/gpu_check.sh

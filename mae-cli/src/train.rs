@@ -7,6 +7,7 @@ use std::sync::Arc;
 use anyhow::{Context, Result};
 use clap::Args;
 use mae_core::Preset;
+use mae_train::amp::Precision;
 use mae_train::device::DeviceKind;
 use mae_train::dist::Comm;
 use mae_train::finetune::FinetuneConfig;
@@ -203,6 +204,10 @@ pub struct FinetuneArgs {
     /// `cpu`, or `cuda` (the first NVIDIA GPU; needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     device: DeviceKind,
+    /// `f32`, or `amp-f16`: forward and backward in half precision with f32 master weights and
+    /// dynamic loss scaling (the official code's `autocast` + `GradScaler`).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 /// Runs fine-tuning; prints the best and last top-1 and writes `results.json`.
@@ -236,6 +241,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
     let mut cfg = FinetuneConfig::new(a.data, out, preset);
     cfg.world_size = comm.world_size();
     cfg.device = a.device;
+    cfg.precision = a.precision;
     cfg.checkpoint = a.checkpoint;
     cfg.epochs = a.epochs;
     cfg.max_steps = a.max_steps;

@@ -419,6 +419,41 @@ fn finetune_runs_and_its_classifier_evaluates_to_the_same_numbers() {
     let eval: serde_json::Value = serde_json::from_str(eval.trim()).unwrap();
     assert_eq!(eval["top1"].as_f64(), Some(top1));
 
+    // in mixed precision: it trains, and the loss scaler is saved with the state
+    let amp = run.join("ft-amp");
+    let out = run_ok(&[
+        "finetune",
+        "--from-scratch",
+        "--preset",
+        "tiny",
+        "--data",
+        scratch.data(),
+        "--out",
+        amp.to_str().unwrap(),
+        "--batch-size",
+        "8",
+        "--max-steps",
+        "3",
+        "--workers",
+        "1",
+        "--precision",
+        "amp-f16",
+        "--json",
+    ]);
+    let summary: serde_json::Value =
+        serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(summary["outcome"], "MaxSteps", "{out}");
+    let state = mae_core::TensorFile::open(mae_train::checkpoint::state_path(
+        &amp.join("checkpoint-3.safetensors"),
+    ))
+    .unwrap()
+    .metadata()
+    .unwrap();
+    let state: serde_json::Value = serde_json::from_str(&state["train_state"]).unwrap();
+    let scaler = &state["loss_scaler"];
+    let counted = scaler["good_steps"].as_u64().unwrap() + scaler["skipped"].as_u64().unwrap();
+    assert_eq!(counted, 3, "{state}");
+
     // an MAE checkpoint is not a classifier; --from-scratch needs a preset
     let mae_ckpt = run.join("mae.safetensors");
     run_ok(&[

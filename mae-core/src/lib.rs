@@ -22,7 +22,10 @@ pub use masking::Masking;
 pub use model::{tape_from, Decoder, Encoder, Mae, MaeOutput, ScaledLoss};
 pub use patch::PatchGeometry;
 pub use preset::{presets, MaeConfig, MaePreset, Preset, PresetVisitor, TransformerDims};
-pub use vit::{soft_target_cross_entropy, Classifier, PretrainedLoad, VisionTransformer};
+pub use vit::{
+    soft_target_cross_entropy, soft_target_cross_entropy_scaled, Classifier, PretrainedLoad,
+    VisionTransformer,
+};
 pub use weights::{HostTensor, NamedTensor, TensorFile};
 
 /// dfdx, re-exported so that users name the same version.

@@ -18,10 +18,12 @@ use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions
 use dfdx::prelude::*;
 use rand_distr::{Distribution, StandardNormal};
 
-use crate::device::MaeDevice;
+use crate::device::{MaeDevice, MaeDtype};
 use crate::error::MaeError;
 use crate::layers::{dev_err, host_tensor, Blocks, BranchScales, LayerNorm};
-use crate::model::{prepend_cls, project_patches, sincos_init, token_init, EncDim, PatchEmbed};
+use crate::model::{
+    prepend_cls, project_patches, sincos_init, token_init, EncDim, PatchEmbed, ScaledLoss,
+};
 use crate::patch::PatchGeometry;
 use crate::pos_embed::interpolate_pos_embed;
 use crate::preset::{MaePreset, TransformerDims};
@@ -45,10 +47,12 @@ pub struct VisionTransformer<P: MaePreset, E: Dtype, D: Storage<E>> {
     pub fc_norm: LayerNorm<EncDim<P>, E, D>,
 }
 
-impl<P: MaePreset, D: Device<f32>> TensorCollection<f32, D> for VisionTransformer<P, f32, D> {
+impl<P: MaePreset, E: MaeDtype, D: Device<E>> TensorCollection<E, D>
+    for VisionTransformer<P, E, D>
+{
     type To<E2: Dtype, D2: Device<E2>> = VisionTransformer<P, E2, D2>;
 
-    fn iter_tensors<V: ModuleVisitor<Self, f32, D>>(
+    fn iter_tensors<V: ModuleVisitor<Self, E, D>>(
         visitor: &mut V,
     ) -> Result<Option<Self::To<V::E2, V::D2>>, V::Err> {
         visitor.visit_fields(
@@ -82,11 +86,11 @@ impl<P: MaePreset, D: Device<f32>> TensorCollection<f32, D> for VisionTransforme
 
 /// The linear head: `[classes, D]` weight and `[classes]` bias.
 #[derive(Debug, Clone)]
-pub struct Head<P: MaePreset, D: Storage<f32>> {
+pub struct Head<P: MaePreset, D: Storage<E>, E: Dtype = f32> {
     /// `head.weight`.
-    pub weight: Tensor<(usize, EncDim<P>), f32, D>,
+    pub weight: Tensor<(usize, EncDim<P>), E, D>,
     /// `head.bias`.
-    pub bias: Tensor<(usize,), f32, D>,
+    pub bias: Tensor<(usize,), E, D>,
 }
 
 /// The classifier: ViT + head.
@@ -101,12 +105,15 @@ pub struct Head<P: MaePreset, D: Storage<f32>> {
 /// let logits = model.forward(&imgs, &[], NoneTape).unwrap();
 /// assert_eq!(logits.shape().1, 10);
 /// ```
+///
+/// `E` is the element type: `f32`, or [`crate::AmpF16`] for the half copy mixed precision
+/// computes with ([`Classifier::to_dtype`]).
 #[derive(Debug, Clone)]
-pub struct Classifier<P: MaePreset, D: Storage<f32>> {
+pub struct Classifier<P: MaePreset, D: Storage<E>, E: Dtype = f32> {
     /// Everything but the head.
-    pub vit: VisionTransformer<P, f32, D>,
+    pub vit: VisionTransformer<P, E, D>,
     /// The head.
-    pub head: Head<P, D>,
+    pub head: Head<P, D, E>,
 }
 
 /// What [`Classifier::load_pretrained`] did.
@@ -138,31 +145,7 @@ fn geometry<P: MaePreset>() -> PatchGeometry {
     PatchGeometry::of::<P>()
 }
 
-impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
-    /// A fresh classifier for `num_classes` classes: the ViT initialized as the MAE encoder is,
-    /// a unit `fc_norm`, the head weight `trunc_normal(std=2e-5)` and a zero bias.
-    pub fn new(dev: &D, num_classes: usize) -> Result<Self, MaeError> {
-        if num_classes == 0 {
-            return Err(MaeError::InputShape {
-                what: "number of classes",
-                expected: "at least 1".into(),
-                got: "0".into(),
-            });
-        }
-        let vit = VisionTransformer::<P, f32, D>::try_build(dev).map_err(dev_err)?;
-        let mut weight: Tensor<(usize, EncDim<P>), f32, D> = dev
-            .try_zeros_like(&(num_classes, EncDim::<P>::default()))
-            .map_err(dev_err)?;
-        weight
-            .try_fill_with_distr(TruncNormal(2e-5))
-            .map_err(dev_err)?;
-        let bias = dev.try_zeros_like(&(num_classes,)).map_err(dev_err)?;
-        Ok(Classifier {
-            vit,
-            head: Head { weight, bias },
-        })
-    }
-
+impl<P: MaePreset, E: MaeDtype, D: MaeDevice<E>> Classifier<P, D, E> {
     /// Number of classes.
     pub fn num_classes(&self) -> usize {
         self.head.bias.shape().0
@@ -170,14 +153,14 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
 
     /// Logits `[N, classes]` of NCHW `imgs`. `drop_path[i]` is block `i`'s stochastic depth
     /// (empty for evaluation). `tape` as in [`crate::Mae::forward`].
-    pub fn forward<T: Tape<f32, D>>(
+    pub fn forward<T: Tape<E, D>>(
         &self,
         imgs: &[f32],
         drop_path: &[Option<BranchScales>],
         tape: T,
-    ) -> Result<Tensor<(usize, usize), f32, D, T>, MaeError> {
+    ) -> Result<Tensor<(usize, usize), E, D, T>, MaeError> {
         let vit = &self.vit;
-        let x = project_patches::<P, f32, D, T>(&vit.patch_embed, imgs, tape)?;
+        let x = project_patches::<P, E, D, T>(&vit.patch_embed, imgs, tape)?;
         let shape = *x.shape();
         let (batch, l, m) = shape;
         let pos = vit.pos_embed.retaped::<T>();
@@ -226,7 +209,7 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
     }
 
     /// Gradients for every trainable tensor, head included (what a tape should record into).
-    pub fn alloc_grads(&self) -> Result<Gradients<f32, D>, MaeError> {
+    pub fn alloc_grads(&self) -> Result<Gradients<E, D>, MaeError> {
         let mut grads = self.vit.try_alloc_grads().map_err(dev_err)?;
         grads.try_alloc_for(&self.head.weight).map_err(dev_err)?;
         grads.try_alloc_for(&self.head.bias).map_err(dev_err)?;
@@ -240,13 +223,54 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
     }
 
     /// Zeroes the gradients of every trainable tensor, head included.
-    pub fn zero_grads(&self, grads: &mut Gradients<f32, D>) -> Result<(), MaeError> {
+    pub fn zero_grads(&self, grads: &mut Gradients<E, D>) -> Result<(), MaeError> {
         self.vit.try_zero_grads(grads).map_err(dev_err)?;
         let dev = self.head.bias.device().clone();
         dev.try_fill_with_zeros(grads.get_or_alloc_mut(&self.head.weight).map_err(dev_err)?)
             .map_err(dev_err)?;
         dev.try_fill_with_zeros(grads.get_or_alloc_mut(&self.head.bias).map_err(dev_err)?)
             .map_err(dev_err)
+    }
+}
+
+impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
+    /// A copy in element type `E2` (the half copy of mixed precision: `E2 =` [`crate::AmpF16`]).
+    pub fn to_dtype<E2: MaeDtype>(&self) -> Result<Classifier<P, D, E2>, MaeError>
+    where
+        D: MaeDevice<E2>,
+    {
+        use dfdx::nn::ToDtype;
+        Ok(Classifier {
+            vit: self.vit.try_to_dtype::<E2>().map_err(dev_err)?,
+            head: Head {
+                weight: self.head.weight.clone().try_to_dtype().map_err(dev_err)?,
+                bias: self.head.bias.clone().try_to_dtype().map_err(dev_err)?,
+            },
+        })
+    }
+
+    /// A fresh classifier for `num_classes` classes: the ViT initialized as the MAE encoder is,
+    /// a unit `fc_norm`, the head weight `trunc_normal(std=2e-5)` and a zero bias.
+    pub fn new(dev: &D, num_classes: usize) -> Result<Self, MaeError> {
+        if num_classes == 0 {
+            return Err(MaeError::InputShape {
+                what: "number of classes",
+                expected: "at least 1".into(),
+                got: "0".into(),
+            });
+        }
+        let vit = VisionTransformer::<P, f32, D>::try_build(dev).map_err(dev_err)?;
+        let mut weight: Tensor<(usize, EncDim<P>), f32, D> = dev
+            .try_zeros_like(&(num_classes, EncDim::<P>::default()))
+            .map_err(dev_err)?;
+        weight
+            .try_fill_with_distr(TruncNormal(2e-5))
+            .map_err(dev_err)?;
+        let bias = dev.try_zeros_like(&(num_classes,)).map_err(dev_err)?;
+        Ok(Classifier {
+            vit,
+            head: Head { weight, bias },
+        })
     }
 
     /// Every tensor (all trainable), official names and shapes, head last.
@@ -446,10 +470,34 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
 /// `main_finetune.py` trains with under mixup/cutmix (with label smoothing inside the targets);
 /// with smoothed one-hot targets it equals `LabelSmoothingCrossEntropy`. `targets` is `[N, C]`
 /// row-major.
-pub fn soft_target_cross_entropy<D: MaeDevice, T: Tape<f32, D>>(
-    logits: Tensor<(usize, usize), f32, D, T>,
+pub fn soft_target_cross_entropy<E: MaeDtype, D: MaeDevice<E>, T: Tape<E, D>>(
+    logits: Tensor<(usize, usize), E, D, T>,
     targets: &[f32],
-) -> Result<Tensor<Rank0, f32, D, T>, MaeError> {
+) -> Result<Tensor<Rank0, E, D, T>, MaeError> {
+    let n = check_targets(&logits, targets)?;
+    weighted_log_probs(logits, targets, 1.0, -1.0 / n as f64)
+}
+
+/// [`soft_target_cross_entropy`] for mixed-precision training with loss scaling (as
+/// [`crate::Mae::scaled_loss`]): the loss's value off the tape, and a scalar whose gradients are
+/// `grad_scale` times the loss's, the scale folded into the per-class weights (`−grad_scale ·
+/// target / N`) so that no gradient on the way leaves f16's range.
+pub fn soft_target_cross_entropy_scaled<E: MaeDtype, D: MaeDevice<E>, T: Tape<E, D>>(
+    logits: Tensor<(usize, usize), E, D, T>,
+    targets: &[f32],
+    grad_scale: f64,
+) -> Result<ScaledLoss<E, D, T>, MaeError> {
+    let n = check_targets(&logits, targets)?;
+    let loss = weighted_log_probs(logits.retaped::<NoneTape>(), targets, 1.0, -1.0 / n as f64)?;
+    let backward = weighted_log_probs(logits, targets, -grad_scale / n as f64, 1.0)?;
+    Ok(ScaledLoss { loss, backward })
+}
+
+/// The batch size, or an error unless `targets` holds `[N, C]` values for `N ≥ 1`.
+fn check_targets<E: Dtype, D: Storage<E>, T>(
+    logits: &Tensor<(usize, usize), E, D, T>,
+    targets: &[f32],
+) -> Result<usize, MaeError> {
     let shape = *logits.shape();
     if targets.len() != shape.0 * shape.1 || shape.0 == 0 {
         return Err(MaeError::InputShape {
@@ -458,11 +506,29 @@ pub fn soft_target_cross_entropy<D: MaeDevice, T: Tape<f32, D>>(
             got: targets.len().to_string(),
         });
     }
-    let t = host_tensor(logits.device(), targets, shape)?;
-    logits
+    Ok(shape.0)
+}
+
+/// `sum_weight · Σ (target_weight · target) · log_softmax(logits)` (a weight of 1 is no op).
+fn weighted_log_probs<E: MaeDtype, D: MaeDevice<E>, T: Tape<E, D>>(
+    logits: Tensor<(usize, usize), E, D, T>,
+    targets: &[f32],
+    target_weight: f64,
+    sum_weight: f64,
+) -> Result<Tensor<Rank0, E, D, T>, MaeError> {
+    let shape = *logits.shape();
+    let mut t = host_tensor(logits.device(), &E::from_f32_slice(targets), shape)?;
+    if target_weight != 1.0 {
+        t = t.try_mul(E::of_f64(target_weight)).map_err(dev_err)?;
+    }
+    let sum = logits
         .try_log_softmax::<Axis<1>>()
         .and_then(|l| l.try_mul(t))
         .and_then(|l| l.try_sum::<Rank0, _>())
-        .and_then(|s| s.try_mul(-1.0 / shape.0 as f32))
+        .map_err(dev_err)?;
+    if sum_weight == 1.0 {
+        return Ok(sum);
+    }
+    sum.try_mul(E::of_f64(sum_weight as f32 as f64))
         .map_err(dev_err)
 }

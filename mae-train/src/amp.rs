@@ -9,7 +9,7 @@
 //! ([`AmpF16`]: dfdx's `AMP<f16>`, values stored in half precision, matmuls accumulated and
 //! reductions and transcendental functions computed in f32); each micro-batch runs its forward
 //! and backward on that copy with the loss scaled ([`LossScaler`]), and its half gradients are
-//! added, unscaled, into the `f32` gradients ([`add_unscaled_grads`]). Gradients that overflowed
+//! added, unscaled, into the `f32` gradients ([`MixedPrecision::forward_backward`]). Gradients that overflowed
 //! (an infinity or NaN anywhere) make the step a skipped one: no update, the scale halved, as
 //! `GradScaler` does; after 2000 steps without overflow the scale doubles.
 //!
@@ -25,7 +25,10 @@ use mae_core::dfdx::nn::tensor_collection::{
     RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorRef,
 };
 use mae_core::dfdx::prelude::*;
-use mae_core::{tape_from, AmpF16, Mae, MaeDevice, MaeDtype, MaePreset, Masking};
+use mae_core::{tape_from, AmpF16, Classifier, Mae, MaeDevice, MaeDtype, MaePreset, ScaledLoss};
+
+#[cfg(doc)]
+use mae_core::soft_target_cross_entropy_scaled;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{device_err, TrainError};
@@ -63,6 +66,11 @@ impl fmt::Display for Precision {
         })
     }
 }
+
+/// What a run in mixed precision on the CPU logs: it works, slowly.
+pub const ON_THE_CPU: &str = "--precision amp-f16 on the cpu runs dfdx's half-precision CPU \
+    kernels, about 20x slower than f32 (one thread, a conversion per value): it is there to check \
+    the path; mixed precision pays on a GPU (--device cuda)";
 
 /// Steps without overflow after which the scale doubles (`GradScaler`'s `growth_interval`).
 pub const GROWTH_INTERVAL: u32 = 2000;
@@ -108,21 +116,130 @@ impl LossScaler {
     }
 }
 
-/// The half copy of the weights for one optimizer step, and its gradients.
-type HalfCopy<P, D> = (Mae<P, AmpF16, D>, Gradients<AmpF16, D>);
+/// A model trained in mixed precision: it makes its half copy, and lists its trainable
+/// parameters (and the half copy's gradients) flattened, in one order.
+pub trait AmpModel<D: MaeDevice + MaeDevice<AmpF16>> {
+    /// The half copy.
+    type Half;
+    /// A half copy of the weights.
+    fn to_half(&self) -> Result<Self::Half, TrainError>;
+    /// Gradients for every trainable tensor of the half copy.
+    fn alloc_half_grads(half: &Self::Half) -> Result<Gradients<AmpF16, D>, TrainError>;
+    /// Zeroes them.
+    fn zero_half_grads(
+        half: &Self::Half,
+        grads: &mut Gradients<AmpF16, D>,
+    ) -> Result<(), TrainError>;
+    /// Every trainable parameter, flattened to `[n]`.
+    fn flat_params(&self) -> Result<Vec<Flat<f32, D>>, TrainError>;
+    /// The gradient of every trainable parameter of the half copy, in the order of
+    /// [`AmpModel::flat_params`].
+    fn flat_half_grads(
+        half: &Self::Half,
+        grads: &mut Gradients<AmpF16, D>,
+    ) -> Result<Vec<Flat<AmpF16, D>>, TrainError>;
+}
 
-/// The mixed-precision side of a pretraining loop: the loss scaler, the half copy of the weights
+/// A tensor flattened to `[n]`.
+pub type Flat<E, D> = Tensor<(usize,), E, D>;
+
+impl<P: MaePreset, D: MaeDevice + MaeDevice<AmpF16>> AmpModel<D> for Mae<P, f32, D> {
+    type Half = Mae<P, AmpF16, D>;
+    fn to_half(&self) -> Result<Self::Half, TrainError> {
+        use mae_core::dfdx::nn::ToDtype;
+        self.try_to_dtype::<AmpF16>().map_err(device_err)
+    }
+    fn alloc_half_grads(half: &Self::Half) -> Result<Gradients<AmpF16, D>, TrainError> {
+        half.try_alloc_grads().map_err(device_err)
+    }
+    fn zero_half_grads(
+        half: &Self::Half,
+        grads: &mut Gradients<AmpF16, D>,
+    ) -> Result<(), TrainError> {
+        half.try_zero_grads(grads).map_err(device_err)
+    }
+    fn flat_params(&self) -> Result<Vec<Flat<f32, D>>, TrainError> {
+        flatten(self, None)
+    }
+    fn flat_half_grads(
+        half: &Self::Half,
+        grads: &mut Gradients<AmpF16, D>,
+    ) -> Result<Vec<Flat<AmpF16, D>>, TrainError> {
+        flatten(half, Some(grads))
+    }
+}
+
+impl<P: MaePreset, D: MaeDevice + MaeDevice<AmpF16>> AmpModel<D> for Classifier<P, D> {
+    type Half = Classifier<P, D, AmpF16>;
+    fn to_half(&self) -> Result<Self::Half, TrainError> {
+        Ok(self.to_dtype::<AmpF16>()?)
+    }
+    fn alloc_half_grads(half: &Self::Half) -> Result<Gradients<AmpF16, D>, TrainError> {
+        Ok(half.alloc_grads()?)
+    }
+    fn zero_half_grads(
+        half: &Self::Half,
+        grads: &mut Gradients<AmpF16, D>,
+    ) -> Result<(), TrainError> {
+        Ok(half.zero_grads(grads)?)
+    }
+    fn flat_params(&self) -> Result<Vec<Flat<f32, D>>, TrainError> {
+        let mut out = flatten(&self.vit, None)?;
+        out.push(flat(self.head.weight.clone())?);
+        out.push(flat(self.head.bias.clone())?);
+        Ok(out)
+    }
+    fn flat_half_grads(
+        half: &Self::Half,
+        grads: &mut Gradients<AmpF16, D>,
+    ) -> Result<Vec<Flat<AmpF16, D>>, TrainError> {
+        let mut out = flatten(&half.vit, Some(grads))?;
+        for t in [&half.head.weight] {
+            grads.try_alloc_for(t).map_err(device_err)?;
+            out.push(flat(grads.get(t))?);
+        }
+        grads.try_alloc_for(&half.head.bias).map_err(device_err)?;
+        out.push(flat(grads.get(&half.head.bias))?);
+        Ok(out)
+    }
+}
+
+/// `t` as `[n]`.
+fn flat<S: Shape, E: Dtype, D: Device<E>>(t: Tensor<S, E, D>) -> Result<Flat<E, D>, TrainError> {
+    let n = t.shape().num_elements();
+    t.try_reshape_like(&(n,)).map_err(device_err)
+}
+
+/// The trainable parameters of `model` (or, with `grads`, their gradients), flattened, in the
+/// module walk's order.
+fn flatten<M: TensorCollection<E, D>, E: Dtype, D: Device<E>>(
+    model: &M,
+    grads: Option<&mut Gradients<E, D>>,
+) -> Result<Vec<Flat<E, D>>, TrainError> {
+    let mut visitor = Flatten {
+        grads,
+        out: Vec::new(),
+    };
+    M::iter_tensors(&mut RecursiveWalker {
+        m: model,
+        f: &mut visitor,
+    })
+    .map_err(device_err)?;
+    Ok(visitor.out)
+}
+
+/// The mixed-precision side of a training loop: the loss scaler, the half copy of the weights
 /// for the current optimizer step, and whether its gradients overflowed. Per micro-batch,
 /// [`MixedPrecision::forward_backward`] takes the place of `forward` + `backward`; after the
 /// gradients' all-reduce, [`MixedPrecision::end_step`] is told whether the step was skipped.
-pub struct MixedPrecision<P: MaePreset, D: MaeDevice<AmpF16>> {
+pub struct MixedPrecision<M: AmpModel<D>, D: MaeDevice + MaeDevice<AmpF16>> {
     /// The loss scale and its history.
     pub scaler: LossScaler,
-    half: Option<HalfCopy<P, D>>,
+    half: Option<(M::Half, Gradients<AmpF16, D>)>,
     overflow: bool,
 }
 
-impl<P: MaePreset, D: MaeDevice + MaeDevice<AmpF16>> MixedPrecision<P, D> {
+impl<M: AmpModel<D>, D: MaeDevice + MaeDevice<AmpF16>> MixedPrecision<M, D> {
     /// Starts with `scaler` (a resumed run's, or the default).
     pub fn new(scaler: LossScaler) -> Self {
         MixedPrecision {
@@ -132,46 +249,47 @@ impl<P: MaePreset, D: MaeDevice + MaeDevice<AmpF16>> MixedPrecision<P, D> {
         }
     }
 
-    /// One micro-batch of `accum_iter`: the forward and backward in half precision on the half
-    /// copy of `model` (made at the first micro-batch of a step), with the loss scaled by
-    /// `scale / accum_iter`, and the gradients added, unscaled, into `grads` (unless this step's
-    /// gradients already overflowed). Returns the loss and the gradients.
-    #[allow(clippy::too_many_arguments)]
+    /// One micro-batch of `accum_iter`: `forward` runs on the half copy of `model` (made at the
+    /// first micro-batch of a step) with a tape and the loss scale `scale / accum_iter`, and
+    /// returns the scaled loss ([`Mae::forward_scaled`], [`soft_target_cross_entropy_scaled`]);
+    /// the backward follows, and the gradients are added, unscaled, into `grads` (unless this
+    /// step's gradients already overflowed). Returns the loss and the gradients.
     pub fn forward_backward(
         &mut self,
         dev: &D,
-        model: &Mae<P, f32, D>,
+        model: &M,
         grads: Gradients<f32, D>,
-        imgs: &[f32],
-        masking: &Masking,
-        norm_pix_loss: bool,
         accum_iter: usize,
+        forward: impl FnOnce(
+            &M::Half,
+            OwnedTape<AmpF16, D>,
+            f64,
+        ) -> Result<ScaledLoss<AmpF16, D, OwnedTape<AmpF16, D>>, TrainError>,
     ) -> Result<(f32, Gradients<f32, D>), TrainError> {
         let (half, half_grads) = match self.half.take() {
             Some(h) => h,
             None => {
-                let h = to_half(model)?;
-                let g = h.alloc_grads();
+                let h = model.to_half()?;
+                let g = M::alloc_half_grads(&h)?;
                 (h, g)
             }
         };
-        let out = half.forward_scaled(
-            imgs,
-            masking,
-            norm_pix_loss,
-            self.scaler.scale / accum_iter as f64,
+        let out = forward(
+            &half,
             tape_from(dev, half_grads),
+            self.scaler.scale / accum_iter as f64,
         )?;
         let loss = out.loss.as_vec()[0].to_f32();
         let mut half_grads = out.backward.try_backward().map_err(device_err)?;
         let mut grads = grads;
         if !self.overflow {
-            let (g, finite) =
-                add_unscaled_grads(dev, model, grads, &half, &mut half_grads, self.scaler.scale)?;
+            let weights = model.flat_params()?;
+            let half_flat = M::flat_half_grads(&half, &mut half_grads)?;
+            let (g, finite) = add_unscaled(dev, grads, weights, half_flat, self.scaler.scale)?;
             grads = g;
             self.overflow = !finite;
         }
-        half.try_zero_grads(&mut half_grads).map_err(device_err)?;
+        M::zero_half_grads(&half, &mut half_grads)?;
         self.half = Some((half, half_grads));
         Ok((loss, grads))
     }
@@ -190,57 +308,21 @@ impl<P: MaePreset, D: MaeDevice + MaeDevice<AmpF16>> MixedPrecision<P, D> {
     }
 }
 
-/// The half copy of an `f32` model (`M::To<AmpF16, D>`), for one optimizer step.
-pub fn to_half<M, D>(model: &M) -> Result<M::To<AmpF16, D>, TrainError>
-where
-    M: TensorCollection<f32, D>,
-    D: MaeDevice + MaeDevice<AmpF16>,
-{
-    use mae_core::dfdx::nn::ToDtype;
-    model.try_to_dtype::<AmpF16>().map_err(device_err)
-}
-
-/// Adds the half gradients of `half` (a copy of `master` made by [`to_half`]), divided by
-/// `scale`, into `master_grads`, where the tensors lie. Returns the gradients and whether the
-/// half gradients were all finite; where they were not, nothing is added (the step is to be
-/// skipped). `half_grads` is left as it was, for the caller to zero.
-pub fn add_unscaled_grads<M, D>(
+/// Adds the half gradients `half_grads` (of the parameters `weights`, in the same order),
+/// divided by `scale`, into `master_grads`, where the tensors lie. Returns the gradients and
+/// whether the half gradients were all finite; where they were not, nothing is added (the step
+/// is to be skipped).
+fn add_unscaled<D: MaeDevice + MaeDevice<AmpF16>>(
     dev: &D,
-    master: &M,
     master_grads: Gradients<f32, D>,
-    half: &M::To<AmpF16, D>,
-    half_grads: &mut Gradients<AmpF16, D>,
+    weights: Vec<Flat<f32, D>>,
+    half_grads: Vec<Flat<AmpF16, D>>,
     scale: f64,
-) -> Result<(Gradients<f32, D>, bool), TrainError>
-where
-    M: TensorCollection<f32, D>,
-    M::To<AmpF16, D>: TensorCollection<AmpF16, D>,
-    D: MaeDevice + MaeDevice<AmpF16>,
-{
-    let mut from = Flatten {
-        grads: Some(half_grads),
-        out: Vec::new(),
-    };
-    <M::To<AmpF16, D>>::iter_tensors(&mut RecursiveWalker {
-        m: half,
-        f: &mut from,
-    })
-    .map_err(device_err)?;
-    let half_flat = from.out;
-    let mut to = Flatten::<f32, D> {
-        grads: None,
-        out: Vec::new(),
-    };
-    M::iter_tensors(&mut RecursiveWalker {
-        m: master,
-        f: &mut to,
-    })
-    .map_err(device_err)?;
-    let weights = to.out;
-    if weights.len() != half_flat.len()
+) -> Result<(Gradients<f32, D>, bool), TrainError> {
+    if weights.len() != half_grads.len()
         || weights
             .iter()
-            .zip(&half_flat)
+            .zip(&half_grads)
             .any(|(w, g)| w.shape() != g.shape())
     {
         return Err(TrainError::Config(
@@ -249,9 +331,9 @@ where
     }
     // one read of one number: the sum of every gradient is finite exactly when every gradient
     // is (each is at most f16's 65504, far from f32's range)
-    let mut grads32 = Vec::with_capacity(half_flat.len());
+    let mut grads32 = Vec::with_capacity(half_grads.len());
     let mut total: Tensor<Rank0, f32, D> = dev.try_zeros().map_err(device_err)?;
-    for g in half_flat {
+    for g in half_grads {
         let g = g.try_to_dtype::<f32>().map_err(device_err)?;
         let sum = g.clone().try_sum::<Rank0, _>().map_err(device_err)?;
         total = total.try_add(sum).map_err(device_err)?;

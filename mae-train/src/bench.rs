@@ -185,14 +185,18 @@ fn time_on<P: MaePreset, D: RunDevice>(
                 "--mask-tokens-in-encoder is timed in f32 only".into(),
             ))
         }
-        Precision::AmpF16 => Some(MixedPrecision::<P, D>::new(LossScaler::default())),
+        Precision::AmpF16 => Some(MixedPrecision::<Mae<P, f32, D>, D>::new(
+            LossScaler::default(),
+        )),
     };
     for step in 0..=cfg.steps {
         let masking = Masking::random(&mut rng, cfg.batch, P::num_patches(), cfg.mask_ratio)?;
         let start = Instant::now();
         if let Some(amp) = &mut amp {
             grads = amp
-                .forward_backward(&dev, &model, grads, &imgs, &masking, true, 1)
+                .forward_backward(&dev, &model, grads, 1, |half, tape, scale| {
+                    Ok(half.forward_scaled(&imgs, &masking, true, scale, tape)?)
+                })
                 .map_err(train_err)?
                 .1;
         } else {

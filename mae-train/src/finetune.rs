@@ -23,8 +23,8 @@ use mae_core::dfdx::prelude::*;
 use mae_core::layers::BranchScales;
 use mae_core::weights::official_shape;
 use mae_core::{
-    soft_target_cross_entropy, tape_from, Classifier, MaePreset, NamedTensor, Preset,
-    PresetVisitor, TensorFile, TransformerDims,
+    soft_target_cross_entropy, soft_target_cross_entropy_scaled, tape_from, Classifier, MaePreset,
+    NamedTensor, Preset, PresetVisitor, TensorFile, TransformerDims,
 };
 use mae_data::augment::{normalization, Augment, Transform};
 use mae_data::loader::{Loader, LoaderConfig};
@@ -32,13 +32,14 @@ use mae_data::mixup::{mixup_targets, random_erase, Mixup};
 use mae_data::{Dataset, Split, SplitName};
 use serde::{Deserialize, Serialize};
 
+use crate::amp::{MixedPrecision, Precision};
 use crate::checkpoint::{self, TrainState};
 use crate::device::{run_loop, DeviceVisitor, RunDevice, TrainLoop};
 use crate::dist::{set_grad, Comm, GradSync, StepScalars};
 use crate::error::{device_err, TrainError};
 use crate::features::{check_channels, for_each_eval_batch, topk_hits, Accuracy};
 use crate::optim::AdamW;
-use crate::pretrain::{append_json_line, position_rng, Outcome, Resume};
+use crate::pretrain::{append_json_line, check_loss, position_rng, Outcome, Resume};
 use crate::runlog::RunLog;
 use crate::schedule::{absolute_lr, lr_at, StepPlan};
 
@@ -110,6 +111,9 @@ pub struct FinetuneConfig {
     /// Where the model trains (`--device cpu|cuda`).
     #[serde(default)]
     pub device: crate::device::DeviceKind,
+    /// Element type of the forward and backward passes (`--precision f32|amp-f16`).
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 fn one() -> usize {
@@ -151,6 +155,7 @@ impl FinetuneConfig {
             eval_batch_size: 256,
             world_size: 1,
             device: crate::device::DeviceKind::Cpu,
+            precision: Precision::F32,
         }
     }
 
@@ -644,6 +649,12 @@ impl TrainLoop for Run<'_> {
             cfg.lr
         ));
         let eval_path = cfg.out.join("eval.jsonl");
+        let mut amp = (cfg.precision == Precision::AmpF16).then(|| {
+            MixedPrecision::<Classifier<P, D>, D>::new(state.loss_scaler.unwrap_or_default())
+        });
+        if amp.is_some() && <D as MaeDevice>::keeps_host_memory() {
+            log.message(crate::amp::ON_THE_CPU);
+        }
         let mut grads = model.alloc_grads()?;
         let mut last_checkpoint = None;
         let mut last_eval = None;
@@ -693,18 +704,32 @@ impl TrainLoop for Run<'_> {
                     .iter()
                     .map(|&p| (p > 0.0).then(|| BranchScales::sample(&mut rng, batch.len(), p)))
                     .collect();
-                let logits = model.forward(&images, &scales, tape_from(&dev, grads))?;
-                let loss = soft_target_cross_entropy(logits, &targets)?;
-                let loss_value = loss.as_vec()[0];
-                if !loss_value.is_finite() {
-                    return Err(TrainError::NonFiniteLoss {
-                        step: state.step + 1,
-                        epoch,
-                        loss: loss_value,
-                    });
-                }
+                let loss_value = match &mut amp {
+                    None => {
+                        let logits = model.forward(&images, &scales, tape_from(&dev, grads))?;
+                        let loss = soft_target_cross_entropy(logits, &targets)?;
+                        let loss_value = loss.as_vec()[0];
+                        check_loss(loss_value, state.step + 1, epoch)?;
+                        grads = (loss / cfg.accum_iter as f32).backward();
+                        loss_value
+                    }
+                    Some(amp) => {
+                        let (loss_value, g) = amp.forward_backward(
+                            &dev,
+                            &model,
+                            grads,
+                            cfg.accum_iter,
+                            |half, tape, scale| {
+                                let logits = half.forward(&images, &scales, tape)?;
+                                Ok(soft_target_cross_entropy_scaled(logits, &targets, scale)?)
+                            },
+                        )?;
+                        grads = g;
+                        check_loss(loss_value, state.step + 1, epoch)?;
+                        loss_value
+                    }
+                };
                 group_loss += loss_value as f64 / cfg.accum_iter as f64;
-                grads = (loss / cfg.accum_iter as f32).backward();
                 log.images(batch.len() * comm.world_size());
                 state.micro_step = k + 1;
                 if (k + 1) % cfg.accum_iter != 0 {
@@ -714,15 +739,26 @@ impl TrainLoop for Run<'_> {
                 let scalars = StepScalars {
                     loss: group_loss,
                     stop: if asked { 1.0 } else { 0.0 },
-                    overflow: 0.0,
+                    overflow: match &amp {
+                        Some(amp) if amp.overflowed() => 1.0,
+                        _ => 0.0,
+                    },
                 };
                 let reduced =
                     all_reduce_with_head(&mut sync, comm, &mut model, &mut grads, scalars)?;
                 group_loss = reduced.loss / comm.world_size() as f64;
                 let stop = reduced.stop > 0.0;
-                opt.update(&mut model.vit, &mut grads, lr)?;
-                step_host_tensor(&mut opt, "head.weight", &mut model.head.weight, &grads, lr)?;
-                step_host_tensor(&mut opt, "head.bias", &mut model.head.bias, &grads, lr)?;
+                // mixed precision: gradients that overflowed on any rank skip the step everywhere
+                let skip = reduced.overflow > 0.0;
+                if !skip {
+                    opt.update(&mut model.vit, &mut grads, lr)?;
+                    step_host_tensor(&mut opt, "head.weight", &mut model.head.weight, &grads, lr)?;
+                    step_host_tensor(&mut opt, "head.bias", &mut model.head.bias, &grads, lr)?;
+                }
+                if let Some(amp) = &mut amp {
+                    amp.end_step(skip);
+                    state.loss_scaler = Some(amp.scaler);
+                }
                 model.zero_grads(&mut grads)?;
                 state.step += 1;
                 let epoch_done = state.micro_step >= plan.usable_micro;
@@ -778,6 +814,12 @@ impl TrainLoop for Run<'_> {
                 state.epoch += 1;
                 state.micro_step = 0;
             }
+        }
+        if let Some(amp) = &amp {
+            log.message(&format!(
+                "amp-f16: loss scale {}, {} step(s) skipped on gradient overflow",
+                amp.scaler.scale, amp.scaler.skipped
+            ));
         }
         log.finish();
         if main && last_eval.is_none() && outcome != Outcome::Interrupted {

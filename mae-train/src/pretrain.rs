@@ -18,7 +18,7 @@ use mae_data::{Dataset, SplitName};
 use rand::SeedableRng;
 use serde::Serialize;
 
-use crate::amp::{MixedPrecision, Precision};
+use crate::amp::{self, MixedPrecision, Precision};
 use crate::checkpoint::{self, TrainState};
 use crate::config::PretrainConfig;
 use crate::device::{run_loop, RunDevice, TrainLoop};
@@ -191,7 +191,7 @@ fn knn_during_training<P: MaePreset, D: MaeDevice>(
 }
 
 /// The error that stops a run whose loss is not finite (as `main_pretrain.py` exits).
-fn check_loss(loss: f32, step: u64, epoch: u64) -> Result<(), TrainError> {
+pub(crate) fn check_loss(loss: f32, step: u64, epoch: u64) -> Result<(), TrainError> {
     if loss.is_finite() {
         return Ok(());
     }
@@ -350,14 +350,11 @@ impl TrainLoop for Run<'_> {
                 state.step
             ));
         }
-        let mut amp = (cfg.precision == Precision::AmpF16)
-            .then(|| MixedPrecision::<P, D>::new(state.loss_scaler.unwrap_or_default()));
+        let mut amp = (cfg.precision == Precision::AmpF16).then(|| {
+            MixedPrecision::<Mae<P, f32, D>, D>::new(state.loss_scaler.unwrap_or_default())
+        });
         if amp.is_some() && <D as MaeDevice>::keeps_host_memory() {
-            log.message(
-                "--precision amp-f16 on the cpu runs dfdx's half-precision CPU kernels, about 20x \
-                 slower than f32 (one thread, a conversion per value): it is there to check the \
-                 path; mixed precision pays on a GPU (--device cuda)",
-            );
+            log.message(amp::ON_THE_CPU);
         }
         let mut sync = GradSync::default();
         let mut grads = model.alloc_grads();
@@ -415,14 +412,22 @@ impl TrainLoop for Run<'_> {
                         loss_value
                     }
                     Some(amp) => {
+                        let norm_pix_loss = cfg.model.norm_pix_loss;
                         let (loss_value, g) = amp.forward_backward(
                             &dev,
                             &model,
                             grads,
-                            &batch.images,
-                            &masking,
-                            cfg.model.norm_pix_loss,
                             cfg.accum_iter,
+                            |half, tape, scale| {
+                                let imgs = &batch.images;
+                                Ok(half.forward_scaled(
+                                    imgs,
+                                    &masking,
+                                    norm_pix_loss,
+                                    scale,
+                                    tape,
+                                )?)
+                            },
                         )?;
                         grads = g;
                         check_loss(loss_value, state.step + 1, epoch)?;

@@ -129,20 +129,14 @@ fn one_mixed_precision_step_on_the_gpu_matches_the_f32_step_on_the_cpu() {
     let masking = Masking::random(&mut rng, batch, P::num_patches(), 0.75).unwrap();
 
     let (loss_c, grads_c, _) = step(&cpu, &mut on_cpu, &imgs, &masking);
-    let mut amp = MixedPrecision::<P, Cuda>::new(LossScaler {
+    let mut amp = MixedPrecision::<Mae<P, f32, Cuda>, Cuda>::new(LossScaler {
         scale: 1024.0,
         ..LossScaler::default()
     });
     let (loss_g, grads) = amp
-        .forward_backward(
-            &gpu,
-            &on_gpu,
-            on_gpu.alloc_grads(),
-            &imgs,
-            &masking,
-            true,
-            1,
-        )
+        .forward_backward(&gpu, &on_gpu, on_gpu.alloc_grads(), 1, |h, tape, scale| {
+            Ok(h.forward_scaled(&imgs, &masking, true, scale, tape)?)
+        })
         .unwrap();
     assert!(!amp.overflowed(), "overflow at scale 1024");
     assert!(
