@@ -194,10 +194,8 @@ impl<P: MaePreset, D: MaeDevice + MaeDevice<AmpF16>> AmpModel<D> for Classifier<
         grads: &mut Gradients<AmpF16, D>,
     ) -> Result<Vec<Flat<AmpF16, D>>, TrainError> {
         let mut out = flatten(&half.vit, Some(grads))?;
-        for t in [&half.head.weight] {
-            grads.try_alloc_for(t).map_err(device_err)?;
-            out.push(flat(grads.get(t))?);
-        }
+        grads.try_alloc_for(&half.head.weight).map_err(device_err)?;
+        out.push(flat(grads.get(&half.head.weight))?);
         grads.try_alloc_for(&half.head.bias).map_err(device_err)?;
         out.push(flat(grads.get(&half.head.bias))?);
         Ok(out)
