@@ -141,5 +141,8 @@ cp "$dfdx_out"/*.cuh "$stage/dfdx-out/"
 tar -czf "$carry/include.tar.gz" -C "$stage" cuda dfdx-out
 printf '%s cuda\n%s dfdx-out\n' "$cuda_root/include" "$dfdx_out" >"$carry/include-paths"
 strip "$carry"/bin/* 2>/dev/null || true
+# the binaries are mostly embedded PTX text: gzip takes them from 53 MB to about 14 (the carry
+# travels with the working tree under a size limit); gpu_check.sh unpacks them
+gzip -9 -f "$carry"/bin/mae "$carry"/bin/test-*
 du -sh "$carry"
 say "done: carry ${carry#"$root"/} and run: bash tools/gpu_check.sh"

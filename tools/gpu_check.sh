@@ -28,7 +28,17 @@ failed=0
 say() { echo "gpu-check: $*"; }
 fail() { say "FAILED: $*"; failed=1; }
 
-[ -x "$carry/bin/mae" ] || { say "no $carry/bin/mae: run cargo xtask gpu-build first"; exit 2; }
+# gpu-build leaves the binaries gzipped (bin/*.gz): unpack them next to the results
+bin="$carry/bin"
+if [ -f "$bin/mae.gz" ]; then
+  bin="${TMPDIR:-/tmp}/mae-gpu-bin"
+  mkdir -p "$bin"
+  for f in "$carry"/bin/*.gz; do
+    name="$(basename "$f" .gz)"
+    gzip -dc "$f" >"$bin/$name" && chmod +x "$bin/$name" || { say "cannot unpack $f"; exit 2; }
+  done
+fi
+[ -x "$bin/mae" ] || { say "no $carry/bin/mae(.gz): run cargo xtask gpu-build first"; exit 2; }
 nvidia-smi --query-gpu=name,driver_version,memory.total,compute_cap --format=csv | tee "$out/gpu.txt"
 
 # The binaries link libcublas, libcublasLt and libnvrtc (CUDA 13), which PyTorch's wheels carry,
@@ -58,26 +68,26 @@ if [ -f "$carry/include-paths" ]; then
 fi
 
 say "parity on the GPU"
-MAE_FIXTURES_DIR="$root/mae-core/tests/fixtures" "$carry/bin/test-parity" --nocapture \
+MAE_FIXTURES_DIR="$root/mae-core/tests/fixtures" "$bin/test-parity" --nocapture \
   >"$out/parity.log" 2>&1 || fail "parity (see $out/parity.log)"
 tail -n 5 "$out/parity.log"
 
 say "one training step, GPU against CPU"
-"$carry/bin/test-gpu_step" --nocapture >"$out/gpu_step.log" 2>&1 ||
+"$bin/test-gpu_step" --nocapture >"$out/gpu_step.log" 2>&1 ||
   fail "gpu_step (see $out/gpu_step.log)"
 tail -n 3 "$out/gpu_step.log"
 
 pretrain_steps="${PRETRAIN_STEPS:-60}" pretrain_batch="${PRETRAIN_BATCH:-256}"
 say "pretraining on the GPU: tiny, $pretrain_steps steps on the bundled Fashion-MNIST"
 data="${TMPDIR:-/tmp}/mae-gpu-fmnist"
-if "$carry/bin/mae" data prepare --from idx "$root/data/fashion-mnist" --out "$data" --force \
+if "$bin/mae" data prepare --from idx "$root/data/fashion-mnist" --out "$data" --force \
     >/dev/null 2>"$out/prepare.err"; then
-  "$carry/bin/mae" pretrain --device cuda --data "$data" --preset tiny --out "$out/pretrain" \
+  "$bin/mae" pretrain --device cuda --data "$data" --preset tiny --out "$out/pretrain" \
     --batch-size "$pretrain_batch" --max-steps "$pretrain_steps" --log-every 10 --warmup-epochs 1 \
     --blr 1e-3 --norm-pix-loss >"$out/pretrain.log" 2>&1 || fail "pretrain on cuda (see $out/pretrain.log)"
   tail -n 4 "$out/pretrain.log"
   say "the same steps in mixed precision (--precision amp-f16): the last loss within 5% of f32's"
-  "$carry/bin/mae" pretrain --device cuda --precision amp-f16 --data "$data" --preset tiny \
+  "$bin/mae" pretrain --device cuda --precision amp-f16 --data "$data" --preset tiny \
     --out "$out/pretrain-amp" --batch-size "$pretrain_batch" --max-steps "$pretrain_steps" \
     --log-every 10 --warmup-epochs 1 --blr 1e-3 --norm-pix-loss >"$out/pretrain-amp.log" 2>&1 ||
     fail "pretrain amp-f16 on cuda (see $out/pretrain-amp.log)"
@@ -93,7 +103,7 @@ EOF2
   if [ -n "$ckpt" ]; then
     say "kNN of that encoder on the GPU and on the CPU (same top-1 up to ties)"
     for d in cuda cpu; do
-      "$carry/bin/mae" knn --device "$d" --checkpoint "$ckpt" --data "$data" --json \
+      "$bin/mae" knn --device "$d" --checkpoint "$ckpt" --data "$data" --json \
         >"$out/knn-$d.json" 2>>"$out/knn.err" || fail "knn on $d (see $out/knn.err)"
     done
     "$python" - "$out/knn-cuda.json" "$out/knn-cpu.json" <<'EOF2' || fail "kNN differs between cuda and cpu"
@@ -105,7 +115,7 @@ EOF2
     finetune_steps="${FINETUNE_STEPS:-40}"
     for precision in f32 amp-f16; do
       say "fine-tuning on the GPU ($precision): $finetune_steps steps from that checkpoint"
-      "$carry/bin/mae" finetune --device cuda --precision "$precision" --checkpoint "$ckpt" \
+      "$bin/mae" finetune --device cuda --precision "$precision" --checkpoint "$ckpt" \
         --data "$data" --out "$out/finetune-$precision" --batch-size 64 \
         --max-steps "$finetune_steps" --log-every 10 --warmup-epochs 0.2 \
         >"$out/finetune-$precision.log" 2>&1 ||
@@ -124,7 +134,7 @@ say "bench: ours (f32, amp-f16) and PyTorch (eager f32, fp16 autocast) on the sa
 for pb in ${BENCHES:-tiny:256 vit-b16:64 vit-l16:32}; do
   preset="${pb%%:*}" batch="${pb##*:}"
   for precision in f32 amp-f16; do
-    "$carry/bin/mae" bench --device cuda --precision "$precision" --preset "$preset" \
+    "$bin/mae" bench --device cuda --precision "$precision" --preset "$preset" \
       --batch-size "$batch" --steps "$steps" --json >>"$out/bench.jsonl" 2>>"$out/bench.err" ||
       fail "mae bench $preset $batch $precision"
   done

@@ -384,23 +384,28 @@ fn finetune_runs_and_its_classifier_evaluates_to_the_same_numbers() {
     let run = scratch.sub("finetune");
     let ft = run.join("ft");
     let ft = ft.to_str().unwrap();
-    let out = run_ok(&[
-        "finetune",
-        "--from-scratch",
-        "--preset",
-        "tiny",
-        "--data",
-        scratch.data(),
-        "--out",
-        ft,
-        "--batch-size",
-        "8",
-        "--max-steps",
-        "3",
-        "--workers",
-        "1",
-        "--json",
-    ]);
+    let finetune = |out: &str, precision: &str| {
+        run_ok(&[
+            "finetune",
+            "--from-scratch",
+            "--preset",
+            "tiny",
+            "--data",
+            scratch.data(),
+            "--out",
+            out,
+            "--batch-size",
+            "8",
+            "--max-steps",
+            "3",
+            "--workers",
+            "1",
+            "--precision",
+            precision,
+            "--json",
+        ])
+    };
+    let out = finetune(ft, "f32");
     // progress lines first, the JSON summary last
     let summary: serde_json::Value =
         serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
@@ -421,25 +426,7 @@ fn finetune_runs_and_its_classifier_evaluates_to_the_same_numbers() {
 
     // in mixed precision: it trains, and the loss scaler is saved with the state
     let amp = run.join("ft-amp");
-    let out = run_ok(&[
-        "finetune",
-        "--from-scratch",
-        "--preset",
-        "tiny",
-        "--data",
-        scratch.data(),
-        "--out",
-        amp.to_str().unwrap(),
-        "--batch-size",
-        "8",
-        "--max-steps",
-        "3",
-        "--workers",
-        "1",
-        "--precision",
-        "amp-f16",
-        "--json",
-    ]);
+    let out = finetune(amp.to_str().unwrap(), "amp-f16");
     let summary: serde_json::Value =
         serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
     assert_eq!(summary["outcome"], "MaxSteps", "{out}");

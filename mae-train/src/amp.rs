@@ -297,6 +297,23 @@ impl<M: AmpModel<D>, D: MaeDevice + MaeDevice<AmpF16>> MixedPrecision<M, D> {
         self.overflow
     }
 
+    /// The all-reduce's overflow scalar of a step ([`crate::dist::StepScalars::overflow`]): 1
+    /// where `amp` is on and this step's gradients overflowed on this rank.
+    pub fn overflow_flag(amp: Option<&Self>) -> f64 {
+        match amp {
+            Some(amp) if amp.overflow => 1.0,
+            _ => 0.0,
+        }
+    }
+
+    /// The line a run logs at its end.
+    pub fn summary(&self) -> String {
+        format!(
+            "amp-f16: loss scale {}, {} step(s) skipped on gradient overflow",
+            self.scaler.scale, self.scaler.skipped
+        )
+    }
+
     /// After the optimizer step: `skipped` says whether it was skipped for an overflow (on any
     /// rank). Updates the scale; the next step makes a new half copy.
     pub fn end_step(&mut self, skipped: bool) {

@@ -216,10 +216,7 @@ fn time_on<P: MaePreset, D: RunDevice>(
                 &mut grads,
                 &mut [],
                 StepScalars {
-                    overflow: match &amp {
-                        Some(amp) if amp.overflowed() => 1.0,
-                        _ => 0.0,
-                    },
+                    overflow: MixedPrecision::<Mae<P, f32, D>, D>::overflow_flag(amp.as_ref()),
                     ..StepScalars::default()
                 },
             )

@@ -739,10 +739,7 @@ impl TrainLoop for Run<'_> {
                 let scalars = StepScalars {
                     loss: group_loss,
                     stop: if asked { 1.0 } else { 0.0 },
-                    overflow: match &amp {
-                        Some(amp) if amp.overflowed() => 1.0,
-                        _ => 0.0,
-                    },
+                    overflow: MixedPrecision::<Classifier<P, D>, D>::overflow_flag(amp.as_ref()),
                 };
                 let reduced =
                     all_reduce_with_head(&mut sync, comm, &mut model, &mut grads, scalars)?;
@@ -816,10 +813,7 @@ impl TrainLoop for Run<'_> {
             }
         }
         if let Some(amp) = &amp {
-            log.message(&format!(
-                "amp-f16: loss scale {}, {} step(s) skipped on gradient overflow",
-                amp.scaler.scale, amp.scaler.skipped
-            ));
+            log.message(&amp.summary());
         }
         log.finish();
         if main && last_eval.is_none() && outcome != Outcome::Interrupted {

@@ -451,10 +451,7 @@ impl TrainLoop for Run<'_> {
                     StepScalars {
                         loss: group_loss,
                         stop: if asked { 1.0 } else { 0.0 },
-                        overflow: match &amp {
-                            Some(amp) if amp.overflowed() => 1.0,
-                            _ => 0.0,
-                        },
+                        overflow: MixedPrecision::<Mae<P, f32, D>, D>::overflow_flag(amp.as_ref()),
                     },
                 )?;
                 group_loss = reduced.loss / comm.world_size() as f64;
@@ -525,10 +522,7 @@ impl TrainLoop for Run<'_> {
             ));
         }
         if let Some(amp) = &amp {
-            log.message(&format!(
-                "amp-f16: loss scale {}, {} step(s) skipped on gradient overflow",
-                amp.scaler.scale, amp.scaler.skipped
-            ));
+            log.message(&amp.summary());
         }
         log.finish();
         if main && last_checkpoint.is_none() && state.step > 0 {

@@ -64,3 +64,38 @@ pub fn bundled_subset(dir: &Path, train: usize, val: usize) -> PathBuf {
         .unwrap();
     subset
 }
+
+/// `‖a − b‖ / ‖b‖` (L2).
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    let (mut d, mut n) = (0.0f64, 0.0f64);
+    for (&x, &y) in a.iter().zip(b) {
+        d += (x as f64 - y as f64).powi(2);
+        n += (y as f64).powi(2);
+    }
+    d.sqrt() / n.sqrt().max(1e-30)
+}
+
+/// The largest [`rel_err`] over the named tensors of `a` against `b` (same names in the same
+/// order) and its tensor's name. The key third of each `attn.qkv.bias` is left out: its gradient
+/// is zero in exact arithmetic (softmax does not change when every key's score moves by the same
+/// amount; NOTES.md), so on both sides it is rounding noise.
+pub fn worst_rel_err(a: &[mae_core::NamedTensor], b: &[mae_core::NamedTensor]) -> (f64, String) {
+    assert_eq!(a.len(), b.len());
+    let mut out = (0.0, String::new());
+    for (x, y) in a.iter().zip(b) {
+        assert_eq!((&x.name, &x.shape), (&y.name, &y.shape));
+        let n = x.data.len();
+        let parts: &[(usize, usize)] = if x.name.ends_with("attn.qkv.bias") {
+            &[(0, n / 3), (2 * n / 3, n)]
+        } else {
+            &[(0, n)]
+        };
+        for &(s, e) in parts {
+            let err = rel_err(&x.data[s..e], &y.data[s..e]);
+            if err > out.0 {
+                out = (err, x.name.clone());
+            }
+        }
+    }
+    out
+}
