@@ -112,6 +112,15 @@ gpu, cpu = (json.load(open(p)) for p in sys.argv[1:3])
 print(f"kNN top-1 cuda {gpu['top1']:.2f}% cpu {cpu['top1']:.2f}%")
 sys.exit(0 if abs(gpu["top1"] - cpu["top1"]) <= 0.2 else 1)
 EOF2
+    say "kNN with the encoder in half precision (--precision amp-f16): top-1 within 1 point of f32's"
+    "$bin/mae" knn --device cuda --precision amp-f16 --checkpoint "$ckpt" --data "$data" --json \
+      >"$out/knn-cuda-amp.json" 2>>"$out/knn.err" || fail "knn amp-f16 on cuda (see $out/knn.err)"
+    "$python" - "$out/knn-cuda-amp.json" "$out/knn-cuda.json" <<'EOF2' || fail "kNN in amp-f16 is off"
+import json, sys
+half, full = (json.load(open(p)) for p in sys.argv[1:3])
+print(f"kNN top-1 amp-f16 {half['top1']:.2f}% f32 {full['top1']:.2f}%")
+sys.exit(0 if abs(half["top1"] - full["top1"]) <= 1.0 else 1)
+EOF2
     finetune_steps="${FINETUNE_STEPS:-40}"
     for precision in f32 amp-f16; do
       say "fine-tuning on the GPU ($precision): $finetune_steps steps from that checkpoint"

@@ -221,6 +221,10 @@ struct FeatureArgs {
     /// Where the encoder runs: `cpu`, or `cuda` (needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     device: DeviceKind,
+    /// `f32`, or `amp-f16`: the encoder's passes in half precision (as the official linear
+    /// probe runs under `autocast`).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
 }
 
 impl FeatureArgs {
@@ -233,6 +237,7 @@ impl FeatureArgs {
                 data: d.clone(),
                 batch: self.eval_batch_size.max(1),
                 device: self.device,
+                precision: self.precision,
             })),
             _ => bail!("give --checkpoint C --data DIR, or --features FILE"),
         }
@@ -431,6 +436,7 @@ fn run(cli: Cli) -> Result<()> {
                         data,
                         batch: batch_size,
                         device,
+                        precision: Precision::F32,
                     };
                     let (train, val, classes) = train::on_every_rank(
                         &comm,

@@ -68,6 +68,8 @@ pub trait MaeDtype: Dtype + Send + Sync + 'static {
     fn to_f32(self) -> f32;
     /// Host `f32` values in this type: borrowed for `f32`, converted otherwise.
     fn from_f32_slice(values: &[f32]) -> Cow<'_, [Self]>;
+    /// Host values of this type as `f32`: moved for `f32`, converted otherwise.
+    fn into_f32_vec(values: Vec<Self>) -> Vec<f32>;
 }
 
 impl MaeDtype for f32 {
@@ -79,6 +81,9 @@ impl MaeDtype for f32 {
     }
     fn from_f32_slice(values: &[f32]) -> Cow<'_, [Self]> {
         Cow::Borrowed(values)
+    }
+    fn into_f32_vec(values: Vec<Self>) -> Vec<f32> {
+        values
     }
 }
 
@@ -96,6 +101,9 @@ impl MaeDtype for AmpF16 {
                 .map(|&v| dfdx::dtypes::AMP(half::f16::from_f32(v)))
                 .collect(),
         )
+    }
+    fn into_f32_vec(values: Vec<Self>) -> Vec<f32> {
+        values.into_iter().map(|v| v.0.to_f32()).collect()
     }
 }
 

@@ -140,14 +140,22 @@ pub trait AmpModel<D: MaeDevice + MaeDevice<AmpF16>> {
     ) -> Result<Vec<Flat<AmpF16, D>>, TrainError>;
 }
 
+/// The half copy of an `f32` module (for instance an [`mae_core::Encoder`] whose passes run in
+/// half precision).
+pub fn to_half<M: TensorCollection<f32, D>, D: MaeDevice + MaeDevice<AmpF16>>(
+    module: &M,
+) -> Result<M::To<AmpF16, D>, TrainError> {
+    use mae_core::dfdx::nn::ToDtype;
+    module.try_to_dtype::<AmpF16>().map_err(device_err)
+}
+
 /// A tensor flattened to `[n]`.
 pub type Flat<E, D> = Tensor<(usize,), E, D>;
 
 impl<P: MaePreset, D: MaeDevice + MaeDevice<AmpF16>> AmpModel<D> for Mae<P, f32, D> {
     type Half = Mae<P, AmpF16, D>;
     fn to_half(&self) -> Result<Self::Half, TrainError> {
-        use mae_core::dfdx::nn::ToDtype;
-        self.try_to_dtype::<AmpF16>().map_err(device_err)
+        to_half(self)
     }
     fn alloc_half_grads(half: &Self::Half) -> Result<Gradients<AmpF16, D>, TrainError> {
         half.try_alloc_grads().map_err(device_err)

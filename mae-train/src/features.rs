@@ -10,11 +10,12 @@ use std::path::Path;
 
 use mae_core::device::MaeDevice;
 use mae_core::dfdx::prelude::*;
-use mae_core::{Encoder, MaePreset};
+use mae_core::{Encoder, MaeDtype, MaePreset};
 use mae_data::augment::{normalization, Augment, Transform};
 use mae_data::resize::Resizer;
 use mae_data::Split;
 
+use crate::amp::{to_half, Precision};
 use crate::device::{DeviceVisitor, RunDevice};
 use crate::error::TrainError;
 
@@ -142,8 +143,8 @@ pub fn check_channels<P: MaePreset>(manifest: &mae_data::Manifest) -> Result<(),
 
 /// Runs the encoder over every image of `split` (resized to the preset's size, normalized as in
 /// training, no masking), `batch` images at a time.
-pub fn extract<P: MaePreset, D: MaeDevice>(
-    encoder: &Encoder<P, f32, D>,
+pub fn extract<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
+    encoder: &Encoder<P, E, D>,
     split: &Split,
     manifest: &mae_data::Manifest,
     batch: usize,
@@ -168,8 +169,8 @@ pub(crate) fn eval_augment<P: MaePreset>(
 }
 
 /// [`extract`] with another transform (the augmented linear probe's random crops) at `epoch`.
-pub fn extract_with<P: MaePreset, D: MaeDevice>(
-    encoder: &Encoder<P, f32, D>,
+pub fn extract_with<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
+    encoder: &Encoder<P, E, D>,
     split: &Split,
     manifest: &mae_data::Manifest,
     augment: &Augment,
@@ -190,8 +191,8 @@ pub fn extract_with<P: MaePreset, D: MaeDevice>(
 /// [`extract_with`] shared out over the ranks of `comm`: each rank runs the encoder over its
 /// contiguous shard of the split and every rank gets the whole split's features back, in order
 /// (an all-gather). With one rank it is [`extract_with`].
-pub fn extract_sharded<P: MaePreset, D: MaeDevice>(
-    encoder: &Encoder<P, f32, D>,
+pub fn extract_sharded<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
+    encoder: &Encoder<P, E, D>,
     split: &Split,
     manifest: &mae_data::Manifest,
     augment: &Augment,
@@ -237,8 +238,8 @@ pub fn extract_sharded<P: MaePreset, D: MaeDevice>(
     Ok(out)
 }
 
-fn extract_range<P: MaePreset, D: MaeDevice>(
-    encoder: &Encoder<P, f32, D>,
+fn extract_range<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
+    encoder: &Encoder<P, E, D>,
     split: &Split,
     manifest: &mae_data::Manifest,
     augment: &Augment,
@@ -259,7 +260,7 @@ fn extract_range<P: MaePreset, D: MaeDevice>(
         range,
         |images, labels| {
             out.labels.extend_from_slice(labels);
-            let tokens = encoder.forward_features(images, NoneTape)?.as_vec();
+            let tokens = E::into_f32_vec(encoder.forward_features(images, NoneTape)?.as_vec());
             push_pooled(&mut out, &tokens, labels.len());
             Ok(())
         },
@@ -676,6 +677,9 @@ pub struct EvalInput {
     pub batch: usize,
     /// Where the encoder runs.
     pub device: crate::device::DeviceKind,
+    /// The encoder's precision: `amp-f16` runs it in half precision (as the official linear
+    /// probe runs under `autocast`).
+    pub precision: Precision,
 }
 
 /// The encoder of a checkpoint (full MAE or encoder-only file) on `dev`, without building a
@@ -707,12 +711,25 @@ impl<P: MaePreset> DeviceVisitor for ExtractOn<'_, P> {
         let Extract(input, comm) = self.0;
         let encoder = load_encoder::<P, D>(&mae_core::TensorFile::open(&input.checkpoint)?, &dev)?;
         let data = mae_data::Dataset::open(&input.data)?;
-        let m = data.manifest();
-        let eval = eval_augment::<P>(m)?;
-        let train = extract_sharded(&encoder, data.train(), m, &eval, 0, input.batch, comm)?;
-        let val = extract_sharded(&encoder, data.val(), m, &eval, 0, input.batch, comm)?;
-        Ok((train, val, m.classes.len()))
+        match input.precision {
+            Precision::F32 => extract_splits(&encoder, &data, input.batch, comm),
+            Precision::AmpF16 => extract_splits(&to_half(&encoder)?, &data, input.batch, comm),
+        }
     }
+}
+
+/// The features of both splits of `data` through `encoder`, and the number of classes.
+fn extract_splits<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
+    encoder: &Encoder<P, E, D>,
+    data: &mae_data::Dataset,
+    batch: usize,
+    comm: &crate::dist::Comm,
+) -> Result<(Features, Features, usize), TrainError> {
+    let m = data.manifest();
+    let eval = eval_augment::<P>(m)?;
+    let train = extract_sharded(encoder, data.train(), m, &eval, 0, batch, comm)?;
+    let val = extract_sharded(encoder, data.val(), m, &eval, 0, batch, comm)?;
+    Ok((train, val, m.classes.len()))
 }
 
 /// Features of both splits, and the number of classes.

@@ -14,6 +14,9 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
+use mae_core::MaeDevice;
+
+use crate::amp::Precision;
 use crate::error::TrainError;
 use crate::features::{Accuracy, FeatureSource};
 use crate::schedule::lr_at;
@@ -519,49 +522,55 @@ struct AugmentedProbeOn<'a, P>(AugmentedProbe<'a>, PhantomData<P>);
 impl<P: mae_core::MaePreset> crate::device::DeviceVisitor for AugmentedProbeOn<'_, P> {
     type Output = (LinearProbe, crate::features::Features, usize);
     fn visit<D: crate::device::RunDevice>(self, dev: D) -> Result<Self::Output, TrainError> {
-        use mae_data::augment::{normalization, Augment, Transform};
         let this = self.0;
         let input = this.input;
         let encoder = crate::features::load_encoder::<P, D>(
             &mae_core::TensorFile::open(&input.checkpoint)?,
             &dev,
         )?;
-        let data = mae_data::Dataset::open(&input.data)?;
-        let m = data.manifest();
-        let (mean, std) = normalization(m, false);
-        // main_linprobe.py: RandomResizedCrop(224, interpolation=3) (scale 0.08–1) + flip
-        let crop = Transform::Pretrain {
-            scale: (0.08, 1.0),
-            ratio: (3.0 / 4.0, 4.0 / 3.0),
-            hflip: true,
-        };
-        let augment = Augment::new(crop, P::IMG_SIZE, &mean, &std, this.cfg.seed)?;
-        let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
-        let mut trainer = ProbeTrainer::new(dim, m.classes.len(), this.cfg)?;
-        for epoch in 0..this.cfg.epochs {
-            let f = crate::features::extract_sharded(
-                &encoder,
-                data.train(),
-                m,
-                &augment,
-                epoch as u64,
-                input.batch,
-                this.comm,
-            )?;
-            trainer.epoch(epoch, f.select(this.feature), &f.labels)?;
+        match input.precision {
+            Precision::F32 => augmented_probe(&encoder, &this),
+            Precision::AmpF16 => augmented_probe(&crate::amp::to_half(&encoder)?, &this),
         }
-        let eval = crate::features::eval_augment::<P>(m)?;
-        let val = crate::features::extract_sharded(
-            &encoder,
-            data.val(),
+    }
+}
+
+/// The augmented probe's epochs with `encoder` (in its precision): fresh augmented train features
+/// every epoch, then the val features.
+fn augmented_probe<P: mae_core::MaePreset, E: mae_core::MaeDtype, D: MaeDevice<E>>(
+    encoder: &mae_core::Encoder<P, E, D>,
+    this: &AugmentedProbe<'_>,
+) -> Result<(LinearProbe, crate::features::Features, usize), TrainError> {
+    use mae_data::augment::{normalization, Augment, Transform};
+    let input = this.input;
+    let data = mae_data::Dataset::open(&input.data)?;
+    let m = data.manifest();
+    let (mean, std) = normalization(m, false);
+    // main_linprobe.py: RandomResizedCrop(224, interpolation=3) (scale 0.08–1) + flip
+    let crop = Transform::Pretrain {
+        scale: (0.08, 1.0),
+        ratio: (3.0 / 4.0, 4.0 / 3.0),
+        hflip: true,
+    };
+    let augment = Augment::new(crop, P::IMG_SIZE, &mean, &std, this.cfg.seed)?;
+    let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
+    let mut trainer = ProbeTrainer::new(dim, m.classes.len(), this.cfg)?;
+    for epoch in 0..this.cfg.epochs {
+        let f = crate::features::extract_sharded(
+            encoder,
+            data.train(),
             m,
-            &eval,
-            0,
+            &augment,
+            epoch as u64,
             input.batch,
             this.comm,
         )?;
-        Ok((trainer.finish(), val, data.train().len()))
+        trainer.epoch(epoch, f.select(this.feature), &f.labels)?;
     }
+    let eval = crate::features::eval_augment::<P>(m)?;
+    let val =
+        crate::features::extract_sharded(encoder, data.val(), m, &eval, 0, input.batch, this.comm)?;
+    Ok((trainer.finish(), val, data.train().len()))
 }
 
 /// `mae linprobe`: a probe trained on the train split (on cached features, or on fresh augmented

@@ -31,6 +31,7 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
         data,
         batch: 7,
         device: mae_train::device::DeviceKind::Cpu,
+        precision: mae_train::amp::Precision::F32,
     };
     let (train, val, classes) = extract_dataset(&input).unwrap();
     assert_eq!(
@@ -67,6 +68,19 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
         ..Default::default()
     };
     let probe = linprobe(&source, FeatureKind::Cls, &augmented).unwrap();
+    assert_eq!((probe.top1, probe.train), (100.0, 30), "{probe:?}");
+
+    // the encoder in half precision (`--precision amp-f16`): the same features to f16 rounding
+    // of its activations, and the same probe results
+    let half_input = EvalInput {
+        precision: mae_train::amp::Precision::AmpF16,
+        ..input.clone()
+    };
+    let (half_train, _, _) = extract_dataset(&half_input).unwrap();
+    let err = common::rel_err(&half_train.cls, &train.cls);
+    assert!(err > 0.0 && err < 1e-2, "relative error {err:e}");
+    let half_source = FeatureSource::Model(half_input);
+    let probe = linprobe(&half_source, FeatureKind::Cls, &augmented).unwrap();
     assert_eq!((probe.top1, probe.train), (100.0, 30), "{probe:?}");
 
     let out = dir.join("features.safetensors");

@@ -118,6 +118,7 @@ fn a_probe_on_bundled_fashion_mnist_beats_chance_by_a_wide_margin() {
         data,
         batch: 100,
         device: mae_train::device::DeviceKind::Cpu,
+        precision: mae_train::amp::Precision::F32,
     });
     let cfg = ProbeConfig {
         epochs: 20,
