@@ -9,9 +9,9 @@
 //! ([`AmpF16`]: dfdx's `AMP<f16>`, values stored in half precision, matmuls accumulated and
 //! reductions and transcendental functions computed in f32); each micro-batch runs its forward
 //! and backward on that copy with the loss scaled ([`LossScaler`]), and its half gradients are
-//! added, unscaled, into the `f32` gradients ([`MixedPrecision::forward_backward`]). Gradients that overflowed
-//! (an infinity or NaN anywhere) make the step a skipped one: no update, the scale halved, as
-//! `GradScaler` does; after 2000 steps without overflow the scale doubles.
+//! added, unscaled, into the `f32` gradients ([`MixedPrecision::forward_backward`]). Gradients
+//! that overflowed (an infinity or NaN anywhere) make the step a skipped one: no update, the scale
+//! halved, as `GradScaler` does; after 2000 steps without overflow the scale doubles.
 //!
 //! A dfdx tape holds one dtype, so the casts cannot be ops on the tape as `autocast` makes them;
 //! moving the gradients back across is a small op of its own: the backward of
