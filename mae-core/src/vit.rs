@@ -474,30 +474,45 @@ pub fn soft_target_cross_entropy<E: MaeDtype, D: MaeDevice<E>, T: Tape<E, D>>(
     logits: Tensor<(usize, usize), E, D, T>,
     targets: &[f32],
 ) -> Result<Tensor<Rank0, E, D, T>, MaeError> {
-    let n = check_targets(&logits, targets)?;
-    weighted_log_probs(logits, targets, 1.0, -1.0 / n as f64)
+    let (log_probs, t) = log_probs_and_targets(logits, targets)?;
+    mean_cross_entropy(log_probs, t)
 }
 
 /// [`soft_target_cross_entropy`] for mixed-precision training with loss scaling (as
 /// [`crate::Mae::scaled_loss`]): the loss's value off the tape, and a scalar whose gradients are
 /// `grad_scale` times the loss's, the scale folded into the per-class weights (`−grad_scale ·
-/// target / N`) so that no gradient on the way leaves f16's range.
+/// target / N`) so that no gradient on the way leaves f16's range. One `log_softmax` serves both.
 pub fn soft_target_cross_entropy_scaled<E: MaeDtype, D: MaeDevice<E>, T: Tape<E, D>>(
     logits: Tensor<(usize, usize), E, D, T>,
     targets: &[f32],
     grad_scale: f64,
 ) -> Result<ScaledLoss<E, D, T>, MaeError> {
-    let n = check_targets(&logits, targets)?;
-    let loss = weighted_log_probs(logits.retaped::<NoneTape>(), targets, 1.0, -1.0 / n as f64)?;
-    let backward = weighted_log_probs(logits, targets, -grad_scale / n as f64, 1.0)?;
+    let (log_probs, t) = log_probs_and_targets(logits, targets)?;
+    let n = t.shape().0;
+    let loss = mean_cross_entropy(log_probs.retaped::<NoneTape>(), t.clone())?;
+    let weights = t
+        .try_mul(E::of_f64(-grad_scale / n as f64))
+        .map_err(dev_err)?;
+    let backward = log_probs
+        .try_mul(weights)
+        .and_then(|l| l.try_sum::<Rank0, _>())
+        .map_err(dev_err)?;
     Ok(ScaledLoss { loss, backward })
 }
 
-/// The batch size, or an error unless `targets` holds `[N, C]` values for `N ≥ 1`.
-fn check_targets<E: Dtype, D: Storage<E>, T>(
-    logits: &Tensor<(usize, usize), E, D, T>,
+/// `log_softmax(logits)` over the classes and the targets as a tensor, after checking that
+/// `targets` holds `[N, C]` values for `N ≥ 1`.
+#[allow(clippy::type_complexity)]
+fn log_probs_and_targets<E: MaeDtype, D: MaeDevice<E>, T: Tape<E, D>>(
+    logits: Tensor<(usize, usize), E, D, T>,
     targets: &[f32],
-) -> Result<usize, MaeError> {
+) -> Result<
+    (
+        Tensor<(usize, usize), E, D, T>,
+        Tensor<(usize, usize), E, D>,
+    ),
+    MaeError,
+> {
     let shape = *logits.shape();
     if targets.len() != shape.0 * shape.1 || shape.0 == 0 {
         return Err(MaeError::InputShape {
@@ -506,29 +521,20 @@ fn check_targets<E: Dtype, D: Storage<E>, T>(
             got: targets.len().to_string(),
         });
     }
-    Ok(shape.0)
+    let t = host_tensor(logits.device(), &E::from_f32_slice(targets), shape)?;
+    let log_probs = logits.try_log_softmax::<Axis<1>>().map_err(dev_err)?;
+    Ok((log_probs, t))
 }
 
-/// `sum_weight · Σ (target_weight · target) · log_softmax(logits)` (a weight of 1 is no op).
-fn weighted_log_probs<E: MaeDtype, D: MaeDevice<E>, T: Tape<E, D>>(
-    logits: Tensor<(usize, usize), E, D, T>,
-    targets: &[f32],
-    target_weight: f64,
-    sum_weight: f64,
+/// `−(1/N) Σ target · log_probs`.
+fn mean_cross_entropy<E: MaeDtype, D: MaeDevice<E>, T: Tape<E, D>>(
+    log_probs: Tensor<(usize, usize), E, D, T>,
+    targets: Tensor<(usize, usize), E, D>,
 ) -> Result<Tensor<Rank0, E, D, T>, MaeError> {
-    let shape = *logits.shape();
-    let mut t = host_tensor(logits.device(), &E::from_f32_slice(targets), shape)?;
-    if target_weight != 1.0 {
-        t = t.try_mul(E::of_f64(target_weight)).map_err(dev_err)?;
-    }
-    let sum = logits
-        .try_log_softmax::<Axis<1>>()
-        .and_then(|l| l.try_mul(t))
+    let n = targets.shape().0;
+    log_probs
+        .try_mul(targets)
         .and_then(|l| l.try_sum::<Rank0, _>())
-        .map_err(dev_err)?;
-    if sum_weight == 1.0 {
-        return Ok(sum);
-    }
-    sum.try_mul(E::of_f64(sum_weight as f32 as f64))
+        .and_then(|s| s.try_mul(E::of_f64((-1.0 / n as f64) as f32 as f64)))
         .map_err(dev_err)
 }
