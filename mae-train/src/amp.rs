@@ -193,8 +193,8 @@ impl<P: MaePreset, D: MaeDevice + MaeDevice<AmpF16>> AmpModel<D> for Classifier<
     }
     fn flat_params(&self) -> Result<Vec<Flat<f32, D>>, TrainError> {
         let mut out = flatten(&self.vit, None)?;
-        out.push(flat(self.head.weight.clone())?);
-        out.push(flat(self.head.bias.clone())?);
+        out.push(flat(self.head.weight.clone()).map_err(device_err)?);
+        out.push(flat(self.head.bias.clone()).map_err(device_err)?);
         Ok(out)
     }
     fn flat_half_grads(
@@ -202,18 +202,25 @@ impl<P: MaePreset, D: MaeDevice + MaeDevice<AmpF16>> AmpModel<D> for Classifier<
         grads: &mut Gradients<AmpF16, D>,
     ) -> Result<Vec<Flat<AmpF16, D>>, TrainError> {
         let mut out = flatten(&half.vit, Some(grads))?;
-        grads.try_alloc_for(&half.head.weight).map_err(device_err)?;
-        out.push(flat(grads.get(&half.head.weight))?);
-        grads.try_alloc_for(&half.head.bias).map_err(device_err)?;
-        out.push(flat(grads.get(&half.head.bias))?);
+        out.push(flat_grad(grads, &half.head.weight).map_err(device_err)?);
+        out.push(flat_grad(grads, &half.head.bias).map_err(device_err)?);
         Ok(out)
     }
 }
 
 /// `t` as `[n]`.
-fn flat<S: Shape, E: Dtype, D: Device<E>>(t: Tensor<S, E, D>) -> Result<Flat<E, D>, TrainError> {
+fn flat<S: Shape, E: Dtype, D: Device<E>>(t: Tensor<S, E, D>) -> Result<Flat<E, D>, D::Err> {
     let n = t.shape().num_elements();
-    t.try_reshape_like(&(n,)).map_err(device_err)
+    t.try_reshape_like(&(n,))
+}
+
+/// The gradient of `t` (allocated as zeros where the backward did not reach it) as `[n]`.
+fn flat_grad<S: Shape, E: Dtype, D: Device<E>>(
+    grads: &mut Gradients<E, D>,
+    t: &Tensor<S, E, D>,
+) -> Result<Flat<E, D>, D::Err> {
+    grads.try_alloc_for(t)?;
+    flat(grads.get(t))
 }
 
 /// The trainable parameters of `model` (or, with `grads`, their gradients), flattened, in the
@@ -412,15 +419,10 @@ impl<E: Dtype, D: Device<E>> TensorVisitor<E, D> for Flatten<'_, E, D> {
         if !opts.do_gradient_update {
             return Ok(None);
         }
-        let n = t.shape().num_elements();
-        let value = match &mut self.grads {
-            Some(grads) => {
-                grads.try_alloc_for(t)?;
-                grads.get(t)
-            }
-            None => t.clone(),
-        };
-        self.out.push(value.try_reshape_like(&(n,))?);
+        self.out.push(match &mut self.grads {
+            Some(grads) => flat_grad(grads, t)?,
+            None => flat(t.clone())?,
+        });
         Ok(None)
     }
 }
