@@ -277,24 +277,17 @@ fn mixed_precision_trains_saves_its_loss_scale_and_resumes_exactly() {
         serde_json::from_str(&std::fs::read_to_string(straight.join("config.json")).unwrap())
             .unwrap();
     assert_eq!(config["precision"], "amp-f16");
-    let state = |path: &std::path::Path| -> serde_json::Value {
-        let file = mae_core::TensorFile::open(mae_train::checkpoint::state_path(path)).unwrap();
-        let meta = file.metadata().unwrap();
-        serde_json::from_str(&meta["train_state"]).unwrap()
-    };
-    let saved = state(&straight.join("checkpoint-4.safetensors"));
-    let scaler = &saved["loss_scaler"];
-    let scale = scaler["scale"].as_f64().unwrap();
+    let saved = train_state(&straight.join("checkpoint-4.safetensors"));
+    let scale = saved["loss_scaler"]["scale"].as_f64().unwrap();
     assert!((1.0..=65536.0).contains(&scale), "{saved}");
-    let counted = scaler["good_steps"].as_u64().unwrap() + scaler["skipped"].as_u64().unwrap();
-    assert_eq!(counted, 4, "{saved}");
+    assert_eq!(loss_scaler_steps(&saved), 4, "{saved}");
 
     let split = scratch.sub("amp-split");
     run(&with_amp(split.to_str().unwrap(), "2"));
     let mut args = with_amp(split.to_str().unwrap(), "4");
     args.extend(["--resume".into(), "auto".into()]);
     run(&args);
-    let resumed = state(&split.join("checkpoint-4.safetensors"));
+    let resumed = train_state(&split.join("checkpoint-4.safetensors"));
     assert_eq!(resumed["loss_scaler"], saved["loss_scaler"]);
     assert_same_checkpoint(
         &straight.join("checkpoint-4.safetensors"),
@@ -430,16 +423,8 @@ fn finetune_runs_and_its_classifier_evaluates_to_the_same_numbers() {
     let summary: serde_json::Value =
         serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
     assert_eq!(summary["outcome"], "MaxSteps", "{out}");
-    let state = mae_core::TensorFile::open(mae_train::checkpoint::state_path(
-        &amp.join("checkpoint-3.safetensors"),
-    ))
-    .unwrap()
-    .metadata()
-    .unwrap();
-    let state: serde_json::Value = serde_json::from_str(&state["train_state"]).unwrap();
-    let scaler = &state["loss_scaler"];
-    let counted = scaler["good_steps"].as_u64().unwrap() + scaler["skipped"].as_u64().unwrap();
-    assert_eq!(counted, 3, "{state}");
+    let state = train_state(&amp.join("checkpoint-3.safetensors"));
+    assert_eq!(loss_scaler_steps(&state), 3, "{state}");
 
     // an MAE checkpoint is not a classifier; --from-scratch needs a preset
     let mae_ckpt = run.join("mae.safetensors");

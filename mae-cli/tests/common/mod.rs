@@ -202,3 +202,16 @@ pub fn assert_close_checkpoint(a: &Path, b: &Path, rel: f64) {
         );
     });
 }
+
+/// The `train_state` metadata of a checkpoint's state file, as JSON.
+pub fn train_state(checkpoint: &Path) -> serde_json::Value {
+    let file = TensorFile::open(mae_train::checkpoint::state_path(checkpoint)).unwrap();
+    serde_json::from_str(&file.metadata().unwrap()["train_state"]).unwrap()
+}
+
+/// Optimizer steps the loss scaler of a mixed-precision checkpoint has seen: the clean ones since
+/// its last change plus the skipped ones (all of them, while the scale has not grown).
+pub fn loss_scaler_steps(state: &serde_json::Value) -> u64 {
+    let scaler = &state["loss_scaler"];
+    scaler["good_steps"].as_u64().unwrap() + scaler["skipped"].as_u64().unwrap()
+}
