@@ -41,6 +41,9 @@ pub enum DataCommand {
         /// Show the validation split instead of train.
         #[arg(long)]
         val: bool,
+        /// Replace an existing --out that is not an earlier `mae data show` picture.
+        #[arg(long)]
+        force: bool,
     },
 }
 
@@ -65,7 +68,8 @@ pub struct PrepareArgs {
     /// Seed of that split.
     #[arg(long, default_value_t = 0)]
     seed: u64,
-    /// Replace an existing output directory.
+    /// Replace an existing output directory; only a dataset prepared earlier (its manifest and
+    /// shards, nothing else) is ever replaced, never the source or a folder holding it.
     #[arg(long)]
     force: bool,
     /// Fail if any file is skipped.
@@ -101,7 +105,7 @@ pub fn run(command: DataCommand) -> Result<()> {
             opts.shard_samples = a.shard_samples;
             opts.progress = true;
             let summary = prepare(&opts)?;
-            println!("{}: {summary}", a.out.display());
+            say!("{}: {summary}", a.out.display());
         }
         DataCommand::Info { dir, json } => {
             let ds = Dataset::open_with(&dir, Verify::Structure)?;
@@ -122,30 +126,32 @@ pub fn run(command: DataCommand) -> Result<()> {
                     "shards": shards,
                     "skipped": m.skipped,
                 });
-                println!("{obj}");
+                say!("{obj}");
             } else {
-                println!("{}", dir.display());
-                println!(
+                say!("{}", dir.display());
+                say!(
                     "  {} images: {} train, {} val",
-                    m.count, m.train.count, m.val.count
+                    m.count,
+                    m.train.count,
+                    m.val.count
                 );
-                println!("  {}×{}×{}", m.image_size, m.image_size, m.channels);
-                println!("  {} classes: {}", m.classes.len(), m.classes.join(", "));
-                println!("  mean {:?}, std {:?}", m.mean, m.std);
-                println!(
+                say!("  {}×{}×{}", m.image_size, m.image_size, m.channels);
+                say!("  {} classes: {}", m.classes.len(), m.classes.join(", "));
+                say!("  mean {:?}, std {:?}", m.mean, m.std);
+                say!(
                     "  {} shards, from {}",
                     m.train.shards.len() + m.val.shards.len(),
                     m.source
                 );
-                println!("  {} skipped", m.skipped.len());
+                say!("  {} skipped", m.skipped.len());
                 for s in &m.skipped {
-                    println!("    {}: {}", s.path, s.reason);
+                    say!("    {}: {}", s.path, s.reason);
                 }
             }
         }
         DataCommand::Verify { dir } => {
             let n = mae_data::dataset::verify(&dir)?;
-            println!("{}: {n} shards, all checksums match", dir.display());
+            say!("{}: {n} shards, all checksums match", dir.display());
         }
         DataCommand::Show {
             dir,
@@ -153,10 +159,14 @@ pub fn run(command: DataCommand) -> Result<()> {
             count,
             cols,
             val,
+            force,
         } => {
-            if cols == 0 {
-                bail!("--cols must be at least 1");
+            if cols == 0 || count == 0 {
+                bail!("--count and --cols must be at least 1");
             }
+            let inputs = crate::outputs::input_files(&[], &[&dir]);
+            let kind = crate::outputs::Kind::Png("mae data show");
+            crate::outputs::check("--out", &out, kind, &inputs, force)?;
             let ds = Arc::new(Dataset::open(&dir)?);
             let split = if val {
                 SplitName::Val
@@ -164,7 +174,7 @@ pub fn run(command: DataCommand) -> Result<()> {
                 SplitName::Train
             };
             let n = mae_data::preview::write_grid(&ds, split, count, cols, &out)?;
-            println!("wrote {} ({n} samples)", out.display());
+            say!("wrote {} ({n} samples)", out.display());
         }
     }
     Ok(())

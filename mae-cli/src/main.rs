@@ -7,14 +7,34 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
 use mae_core::dfdx::prelude::*;
+use mae_core::weights::WRITTEN_BY_KEY;
 use mae_core::{Mae, MaePreset, Preset, PresetVisitor, TensorFile};
 use mae_train::amp::Precision;
 use mae_train::bench::{time_train_step_with, StepBench};
 use mae_train::device::DeviceKind;
+use outputs::{input_files, Kind};
+
+/// One line on stdout; a closed or full stdout is an error (`writing to stdout: ...`), not a
+/// panic. For commands whose output is their result.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        $crate::write_stdout(format_args!($($arg)*))?
+    };
+}
 
 mod data;
 mod model_cmds;
+mod outputs;
 mod train;
+
+/// What `say!` calls.
+pub(crate) fn write_stdout(args: std::fmt::Arguments<'_>) -> Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .context("writing to stdout")
+}
 
 #[derive(Parser)]
 #[command(
@@ -40,9 +60,13 @@ enum Command {
     Plot {
         /// Run directory.
         run_dir: PathBuf,
-        /// Output PNG (default RUN_DIR/loss.png).
+        /// Output PNG (default RUN_DIR/loss.png); an existing file that is not an earlier plot
+        /// needs --force.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Replace an existing --out that is not an earlier plot.
+        #[arg(long)]
+        force: bool,
     },
     /// Weighted kNN (k=20, T=0.07, as DINO) of the encoder's features: val against train.
     Knn {
@@ -98,6 +122,10 @@ enum Command {
         /// One JSON object instead of text.
         #[arg(long)]
         json: bool,
+        /// Replace an existing results file (beside the features or checkpoint) that is not an
+        /// earlier probe's.
+        #[arg(long)]
+        force: bool,
     },
     /// Write the encoder's features (cls and mean-pooled) with labels for both splits.
     Embed {
@@ -120,6 +148,10 @@ enum Command {
         /// Where the encoder runs: `cpu`, or `cuda` (needs a build with the `cuda` feature).
         #[arg(long, default_value = "cpu")]
         device: DeviceKind,
+        /// Replace existing output files that are not earlier `mae embed` output (every `.npy`
+        /// file counts as such: it cannot say who wrote it).
+        #[arg(long)]
+        force: bool,
     },
     /// Show a checkpoint's preset, parameter counts, step and configuration.
     Info {
@@ -134,9 +166,13 @@ enum Command {
         /// Preset the weights are for.
         #[arg(long)]
         preset: Preset,
-        /// Output file.
+        /// Output file (an existing one that is not an earlier `mae import` output needs
+        /// --force).
         #[arg(long)]
         out: PathBuf,
+        /// Replace an existing --out that is not an earlier `mae import` output.
+        #[arg(long)]
+        force: bool,
     },
     /// Datasets: prepare, info, verify, show.
     #[command(subcommand)]
@@ -148,12 +184,16 @@ enum Command {
         /// Preset name (see `mae presets`).
         #[arg(long)]
         preset: Preset,
-        /// Output file.
+        /// Output file (an existing one that is not an earlier `mae init` output, such as a
+        /// trained checkpoint, needs --force).
         #[arg(long)]
         out: PathBuf,
         /// Seed of the initialization.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Replace an existing --out that is not an earlier `mae init` output.
+        #[arg(long)]
+        force: bool,
     },
     /// Check that a weights file loads into a preset (strict: names, shapes, values).
     Check {
@@ -235,12 +275,24 @@ impl FeatureArgs {
             (Some(c), Some(d), None) => Ok(FeatureSource::Model(EvalInput {
                 checkpoint: c.clone(),
                 data: d.clone(),
-                batch: self.eval_batch_size.max(1),
+                batch: self.eval_batch_size,
                 device: self.device,
                 precision: self.precision,
             })),
             _ => bail!("give --checkpoint C --data DIR, or --features FILE"),
         }
+    }
+
+    /// The files read: the features, or the checkpoint and the dataset's.
+    fn inputs(&self) -> Vec<PathBuf> {
+        let files: Vec<&std::path::Path> = self
+            .features
+            .iter()
+            .chain(&self.checkpoint)
+            .map(PathBuf::as_path)
+            .collect();
+        let datasets: Vec<&std::path::Path> = self.data.iter().map(PathBuf::as_path).collect();
+        input_files(&files, &datasets)
     }
 
     /// The file results are written beside.
@@ -262,7 +314,10 @@ impl PresetVisitor for InitModel {
     fn visit<P: MaePreset>(self) -> Result<()> {
         let dev = Cpu::seed_from_u64(self.seed);
         let model = Mae::<P, f32, Cpu>::new(&dev)?;
-        let meta = BTreeMap::from([("seed".to_string(), self.seed.to_string())]);
+        let meta = BTreeMap::from([
+            ("seed".to_string(), self.seed.to_string()),
+            (WRITTEN_BY_KEY.to_string(), "mae init".to_string()),
+        ]);
         model.save_safetensors(&self.out, &meta)?;
         Ok(())
     }
@@ -312,10 +367,26 @@ fn main() -> std::process::ExitCode {
     match run(Cli::parse()) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            use std::io::Write;
+            // stderr itself may be closed or full: nothing more can be said then
+            let _ = writeln!(std::io::stderr(), "error: {}", error_line(&e));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes on one line, each said once: the library errors already include
+/// their source's text (`path: No such file or directory`), which anyhow's chain would repeat.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = e.to_string();
+    for cause in e.chain().skip(1) {
+        let text = cause.to_string();
+        if !line.contains(&text) {
+            line.push_str(": ");
+            line.push_str(&text);
+        }
+    }
+    line
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -324,10 +395,16 @@ fn run(cli: Cli) -> Result<()> {
         Command::Pretrain(args) => train::pretrain(*args)?,
         Command::Finetune(args) => train::finetune(*args)?,
         Command::Reconstruct(args) => model_cmds::run_reconstruct(args)?,
-        Command::Plot { run_dir, out } => {
+        Command::Plot {
+            run_dir,
+            out,
+            force,
+        } => {
             let out = out.unwrap_or_else(|| run_dir.join("loss.png"));
+            let inputs = input_files(&[&run_dir.join("metrics.jsonl")], &[]);
+            outputs::check("--out", &out, Kind::Png("mae plot"), &inputs, force)?;
             let n = mae_train::plot::plot_run(&run_dir, &out)?;
-            println!("wrote {} ({n} points)", out.display());
+            say!("wrote {} ({n} points)", out.display());
         }
         Command::Info { checkpoint } => model_cmds::run_info(checkpoint)?,
         Command::Knn {
@@ -336,33 +413,7 @@ fn run(cli: Cli) -> Result<()> {
             temperature,
             feature,
             json,
-        } => {
-            let comm = mae_train::dist::Comm::from_env()?;
-            let acc = train::on_every_rank(
-                &comm,
-                mae_train::features::knn_eval_with(
-                    &source.source()?,
-                    k,
-                    temperature,
-                    feature.parse()?,
-                    &comm,
-                ),
-            )?;
-            if !comm.is_main() {
-                return Ok(());
-            }
-            if json {
-                println!(
-                    "{}",
-                    serde_json::json!({"top1": acc.top1, "top5": acc.top5, "k": k, "feature": feature})
-                );
-            } else {
-                println!(
-                    "kNN (k={k}, T={temperature}, {feature}): top-1 {:.2}%, top-5 {:.2}%",
-                    acc.top1, acc.top5
-                );
-            }
-        }
+        } => knn(source, k, temperature, feature, json)?,
         Command::Linprobe {
             source,
             feature,
@@ -376,6 +427,7 @@ fn run(cli: Cli) -> Result<()> {
             aug,
             seed,
             json,
+            force,
         } => {
             let input = source.source()?;
             let augment = match (&input, aug, no_aug) {
@@ -395,28 +447,7 @@ fn run(cli: Cli) -> Result<()> {
                 optimizer: optimizer.parse()?,
                 augment,
             };
-            let comm = mae_train::dist::Comm::from_env()?;
-            let result = train::on_every_rank(
-                &comm,
-                mae_train::linprobe::linprobe_with(&input, feature.parse()?, &cfg, &comm),
-            )?;
-            if !comm.is_main() {
-                return Ok(());
-            }
-            let text = serde_json::to_string(&result)?;
-            let beside = source
-                .anchor()
-                .with_extension(format!("linprobe-{feature}-{optimizer}.json"));
-            mae_core::weights::write_atomic(&beside, text.as_bytes())?;
-            if json {
-                println!("{text}");
-            } else {
-                println!(
-                    "linear probe ({feature}, {optimizer}, {epochs} epochs{}): top-1 {:.2}%, top-5 {:.2}% on {} val images; written to {}",
-                    if augment { ", augmented" } else { ", cached features" },
-                    result.top1, result.top5, result.val, beside.display()
-                );
-            }
+            linprobe(&source, &input, &feature, &cfg, json, force)?;
         }
         Command::Embed {
             checkpoint,
@@ -425,85 +456,27 @@ fn run(cli: Cli) -> Result<()> {
             out,
             batch_size,
             device,
+            force,
+        } => embed(checkpoint, data, image, out, batch_size, device, force)?,
+        Command::Import {
+            from,
+            preset,
+            out,
+            force,
+        } => model_cmds::run_import(from, preset, out, force)?,
+        Command::Presets => presets()?,
+        Command::Init {
+            preset,
+            out,
+            seed,
+            force,
         } => {
-            // under mpirun the ranks share the encoder's passes over a dataset; image files are
-            // few, rank 0 embeds them alone
-            let comm = mae_train::dist::Comm::from_env()?;
-            let (splits, classes) = match data {
-                Some(data) => {
-                    let input = mae_train::features::EvalInput {
-                        checkpoint,
-                        data,
-                        batch: batch_size,
-                        device,
-                        precision: Precision::F32,
-                    };
-                    let (train, val, classes) = train::on_every_rank(
-                        &comm,
-                        mae_train::features::extract_dataset_with(&input, &comm),
-                    )?;
-                    (vec![("train", train), ("val", val)], classes)
-                }
-                None if !comm.is_main() => return Ok(()),
-                None => {
-                    let f = mae_train::features::extract_files(
-                        &checkpoint,
-                        &image,
-                        batch_size,
-                        device,
-                    )?;
-                    (vec![("images", f)], 0)
-                }
-            };
-            if !comm.is_main() {
-                return Ok(());
-            }
-            let refs: Vec<(&str, &mae_train::features::Features)> =
-                splits.iter().map(|(n, f)| (*n, f)).collect();
-            let files = mae_train::features::write_features(&out, &refs, classes)?;
-            let counts: Vec<String> = splits
-                .iter()
-                .map(|(n, f)| format!("{} {n}", f.len()))
-                .collect();
-            println!(
-                "wrote {} ({}, {}-d)",
-                files
-                    .iter()
-                    .map(|p| p.display().to_string())
-                    .collect::<Vec<_>>()
-                    .join(", "),
-                counts.join(" + "),
-                splits[0].1.dim
-            );
-        }
-        Command::Import { from, preset, out } => model_cmds::run_import(from, preset, out)?,
-        Command::Presets => {
-            println!(
-                "preset       image chans patch | encoder dim/depth/heads | decoder dim/depth/heads"
-            );
-            for &p in Preset::ALL {
-                let d = p.dims();
-                println!(
-                    "{:<12} {:>5} {:>5} {:>5} | {:>4}/{:>2}/{:>2}               | {:>4}/{:>2}/{:>2}",
-                    p.name(),
-                    d.img_size,
-                    d.in_chans,
-                    d.patch_size,
-                    d.embed_dim,
-                    d.depth,
-                    d.num_heads,
-                    d.decoder_embed_dim,
-                    d.decoder_depth,
-                    d.decoder_num_heads
-                );
-            }
-        }
-        Command::Init { preset, out, seed } => {
+            outputs::check("--out", &out, Kind::Weights("mae init"), &[], force)?;
             preset.visit(InitModel {
                 out: out.clone(),
                 seed,
             })?;
-            println!("wrote {} (preset {preset}, seed {seed})", out.display());
+            say!("wrote {} (preset {preset}, seed {seed})", out.display());
         }
         Command::Check {
             preset,
@@ -518,7 +491,7 @@ fn run(cli: Cli) -> Result<()> {
                 encoder_only,
                 prefix,
             })?;
-            println!("{path}: loads into preset {preset} ({params} trainable parameters)");
+            say!("{path}: loads into preset {preset} ({params} trainable parameters)");
         }
         Command::Bench {
             preset,
@@ -531,57 +504,241 @@ fn run(cli: Cli) -> Result<()> {
             precision,
             json,
         } => {
-            if batch_size == 0 || steps == 0 {
-                bail!("--batch-size and --steps must be at least 1");
-            }
-            let comm = mae_train::dist::Comm::from_env()?;
-            let t = time_train_step_with(
-                &StepBench {
-                    preset,
-                    batch: batch_size,
-                    steps,
-                    mask_ratio,
-                    cache: true,
-                    fused: kernels == "fused",
-                    mask_tokens_in_encoder,
-                    device,
-                    precision,
-                },
-                &comm,
-            )
-            .context("benchmark failed")?;
-            if !comm.is_main() {
-                return Ok(());
-            }
-            if json {
-                println!("{}", serde_json::to_string(&t)?);
-            } else {
-                let mut rss = t
-                    .peak_rss_mb
-                    .map_or("unknown".into(), |m| format!("{m:.0} MiB"));
-                if let Some(gpu) = t.peak_gpu_mb {
-                    rss += &format!(", GPU memory in use {gpu:.0} MiB");
-                }
-                println!(
-                    "{} batch {}{}: {:.3} s/step (median of {}), {:.1} images/s, peak RSS {rss} ({} kernels on {}, {})",
-                    t.config,
-                    t.batch,
-                    if t.mask_tokens_in_encoder { ", mask tokens in encoder" } else { "" },
-                    t.step_s,
-                    t.all_s.len(),
-                    t.img_per_s,
-                    t.kernels,
-                    t.device,
-                    t.precision,
-                );
-                if t.ranks > 1 {
-                    println!(
-                        "{} ranks: gradient all-reduce {:.3} s/step (+ {:.3} s of bucket copies), batch {} per rank",
-                        t.ranks, t.allreduce_s, t.allreduce_copy_s, t.batch
-                    );
-                }
-            }
+            let bench = StepBench {
+                preset,
+                batch: batch_size,
+                steps,
+                mask_ratio,
+                cache: true,
+                fused: kernels == "fused",
+                mask_tokens_in_encoder,
+                device,
+                precision,
+            };
+            bench_step(&bench, json)?;
         }
+    }
+    Ok(())
+}
+
+/// `mae knn`.
+fn knn(source: FeatureArgs, k: usize, temperature: f32, feature: String, json: bool) -> Result<()> {
+    let comm = mae_train::dist::Comm::from_env()?;
+    let acc = train::on_every_rank(
+        &comm,
+        mae_train::features::knn_eval_with(
+            &source.source()?,
+            k,
+            temperature,
+            feature.parse()?,
+            &comm,
+        ),
+    )?;
+    if !comm.is_main() {
+        return Ok(());
+    }
+    if json {
+        say!(
+            "{}",
+            serde_json::json!({"top1": acc.top1, "top5": acc.top5, "k": k, "feature": feature})
+        );
+    } else {
+        say!(
+            "kNN (k={k}, T={temperature}, {feature}): top-1 {:.2}%, top-5 {:.2}%",
+            acc.top1,
+            acc.top5
+        );
+    }
+    Ok(())
+}
+
+/// `mae linprobe`: trains and evaluates the probe, writes its results beside the features or
+/// checkpoint.
+fn linprobe(
+    source: &FeatureArgs,
+    input: &mae_train::features::FeatureSource,
+    feature: &str,
+    cfg: &mae_train::linprobe::ProbeConfig,
+    json: bool,
+    force: bool,
+) -> Result<()> {
+    let optimizer = serde_json::to_value(cfg.optimizer)?;
+    let optimizer = optimizer.as_str().unwrap_or("lars");
+    let beside = source
+        .anchor()
+        .with_extension(format!("linprobe-{feature}-{optimizer}.json"));
+    let inputs = source.inputs();
+    outputs::check(
+        "results file",
+        &beside,
+        Kind::Json("mae linprobe"),
+        &inputs,
+        force,
+    )?;
+    let comm = mae_train::dist::Comm::from_env()?;
+    let result = train::on_every_rank(
+        &comm,
+        mae_train::linprobe::linprobe_with(input, feature.parse()?, cfg, &comm),
+    )?;
+    if !comm.is_main() {
+        return Ok(());
+    }
+    let mut value = serde_json::to_value(&result)?;
+    value["written_by"] = "mae linprobe".into();
+    let text = value.to_string();
+    mae_core::weights::write_atomic(&beside, text.as_bytes())?;
+    if json {
+        say!("{text}");
+    } else {
+        say!(
+            "linear probe ({feature}, {optimizer}, {} epochs{}): top-1 {:.2}%, top-5 {:.2}% on {} val images; written to {}",
+            cfg.epochs,
+            if cfg.augment { ", augmented" } else { ", cached features" },
+            result.top1,
+            result.top5,
+            result.val,
+            beside.display()
+        );
+    }
+    Ok(())
+}
+
+/// `mae embed`.
+fn embed(
+    checkpoint: PathBuf,
+    data: Option<PathBuf>,
+    image: Vec<PathBuf>,
+    out: PathBuf,
+    batch_size: usize,
+    device: DeviceKind,
+    force: bool,
+) -> Result<()> {
+    let split_names: &[&str] = if data.is_some() {
+        &["train", "val"]
+    } else {
+        &["images"]
+    };
+    let mut files: Vec<&std::path::Path> = vec![&checkpoint];
+    files.extend(image.iter().map(PathBuf::as_path));
+    let datasets: Vec<&std::path::Path> = data.iter().map(PathBuf::as_path).collect();
+    let inputs = input_files(&files, &datasets);
+    let kind = if out.extension().is_some_and(|e| e == "npy") {
+        Kind::Unmarked
+    } else {
+        Kind::Weights("mae embed")
+    };
+    for file in mae_train::features::feature_files(&out, split_names) {
+        outputs::check("--out", &file, kind, &inputs, force)?;
+    }
+    // under mpirun the ranks share the encoder's passes over a dataset; image files are
+    // few, rank 0 embeds them alone
+    let comm = mae_train::dist::Comm::from_env()?;
+    let (splits, classes) = match data {
+        Some(data) => {
+            let input = mae_train::features::EvalInput {
+                checkpoint,
+                data,
+                batch: batch_size,
+                device,
+                precision: Precision::F32,
+            };
+            let (train, val, classes) = train::on_every_rank(
+                &comm,
+                mae_train::features::extract_dataset_with(&input, &comm),
+            )?;
+            (vec![("train", train), ("val", val)], classes)
+        }
+        None if !comm.is_main() => return Ok(()),
+        None => {
+            mae_train::config::check_count(
+                "batch-size",
+                batch_size,
+                1,
+                mae_train::config::MAX_BATCH,
+            )?;
+            let f = mae_train::features::extract_files(&checkpoint, &image, batch_size, device)?;
+            (vec![("images", f)], 0)
+        }
+    };
+    if !comm.is_main() {
+        return Ok(());
+    }
+    let refs: Vec<(&str, &mae_train::features::Features)> =
+        splits.iter().map(|(n, f)| (*n, f)).collect();
+    let files = mae_train::features::write_features(&out, &refs, classes)?;
+    let counts: Vec<String> = splits
+        .iter()
+        .map(|(n, f)| format!("{} {n}", f.len()))
+        .collect();
+    say!(
+        "wrote {} ({}, {}-d)",
+        files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        counts.join(" + "),
+        splits[0].1.dim
+    );
+    Ok(())
+}
+
+/// `mae presets`.
+fn presets() -> Result<()> {
+    say!("preset       image chans patch | encoder dim/depth/heads | decoder dim/depth/heads");
+    for &p in Preset::ALL {
+        let d = p.dims();
+        say!(
+            "{:<12} {:>5} {:>5} {:>5} | {:>4}/{:>2}/{:>2}               | {:>4}/{:>2}/{:>2}",
+            p.name(),
+            d.img_size,
+            d.in_chans,
+            d.patch_size,
+            d.embed_dim,
+            d.depth,
+            d.num_heads,
+            d.decoder_embed_dim,
+            d.decoder_depth,
+            d.decoder_num_heads
+        );
+    }
+    Ok(())
+}
+
+/// `mae bench`.
+fn bench_step(bench: &StepBench, json: bool) -> Result<()> {
+    let comm = mae_train::dist::Comm::from_env()?;
+    let t = time_train_step_with(bench, &comm).context("benchmark failed")?;
+    if !comm.is_main() {
+        return Ok(());
+    }
+    if json {
+        say!("{}", serde_json::to_string(&t)?);
+        return Ok(());
+    }
+    let mut rss = t
+        .peak_rss_mb
+        .map_or("unknown".into(), |m| format!("{m:.0} MiB"));
+    if let Some(gpu) = t.peak_gpu_mb {
+        rss += &format!(", GPU memory in use {gpu:.0} MiB");
+    }
+    say!(
+        "{} batch {}{}: {:.3} s/step (median of {}), {:.1} images/s, peak RSS {rss} ({} kernels on {}, {})",
+        t.config,
+        t.batch,
+        if t.mask_tokens_in_encoder { ", mask tokens in encoder" } else { "" },
+        t.step_s,
+        t.all_s.len(),
+        t.img_per_s,
+        t.kernels,
+        t.device,
+        t.precision,
+    );
+    if t.ranks > 1 {
+        say!(
+            "{} ranks: gradient all-reduce {:.3} s/step (+ {:.3} s of bucket copies), batch {} per rank",
+            t.ranks, t.allreduce_s, t.allreduce_copy_s, t.batch
+        );
     }
     Ok(())
 }

@@ -6,9 +6,13 @@ use std::path::PathBuf;
 use anyhow::{bail, Context, Result};
 use clap::Args;
 use mae_core::dfdx::prelude::*;
-use mae_core::weights::{hugging_face_to_official, is_hugging_face, write_safetensors};
+use mae_core::weights::{
+    hugging_face_to_official, is_hugging_face, safetensors_bytes, WRITTEN_BY_KEY,
+};
 use mae_core::{Mae, MaeError, MaePreset, Preset, PresetVisitor, TensorFile};
 use mae_train::reconstruct::{reconstruct, ImagesFrom, ReconstructOptions};
+
+use crate::outputs::{input_files, Kind};
 
 /// `mae reconstruct` arguments.
 #[derive(Args)]
@@ -37,10 +41,19 @@ pub struct ReconstructArgs {
     /// Where the model runs: `cpu`, or `cuda` (needs a build with the `cuda` feature).
     #[arg(long, default_value = "cpu")]
     device: mae_train::device::DeviceKind,
+    /// Replace an existing --out that is not an earlier `mae reconstruct` picture.
+    #[arg(long)]
+    force: bool,
 }
 
 /// Writes the Figure-2 grid.
 pub fn run_reconstruct(a: ReconstructArgs) -> Result<()> {
+    let mut files: Vec<&std::path::Path> = vec![&a.checkpoint];
+    files.extend(a.image.iter().map(PathBuf::as_path));
+    let datasets: Vec<&std::path::Path> = a.data.iter().map(PathBuf::as_path).collect();
+    let inputs = input_files(&files, &datasets);
+    let kind = Kind::Png("mae reconstruct");
+    crate::outputs::check("--out", &a.out, kind, &inputs, a.force)?;
     let images = match (a.data, a.image.is_empty()) {
         (Some(dir), _) => ImagesFrom::Data(dir),
         (None, false) => ImagesFrom::Files(a.image),
@@ -55,7 +68,7 @@ pub fn run_reconstruct(a: ReconstructArgs) -> Result<()> {
         count: a.count,
         device: a.device,
     })?;
-    println!(
+    say!(
         "wrote {} ({} images, loss {:.4}{})",
         a.out.display(),
         summary.count,
@@ -91,22 +104,22 @@ pub fn run_info(path: PathBuf) -> Result<()> {
         .context("no `preset` in the file's metadata")?
         .parse()?;
     let (enc, dec) = preset.visit(Counts(TensorFile::open(&path)?))?;
-    println!("{}", path.display());
-    println!("  preset {preset}");
-    println!(
+    say!("{}", path.display());
+    say!("  preset {preset}");
+    say!(
         "  parameters: encoder {enc}, decoder {dec}, total {}",
         enc + dec
     );
     for key in ["step", "epoch", "seed"] {
         if let Some(v) = meta.get(key) {
-            println!("  {key} {v}");
+            say!("  {key} {v}");
         }
     }
     if let Some(config) = meta.get("config") {
         let pretty = serde_json::from_str::<serde_json::Value>(config)
             .and_then(|v| serde_json::to_string_pretty(&v))
             .unwrap_or_else(|_| config.clone());
-        println!("  config {pretty}");
+        say!("  config {pretty}");
     }
     Ok(())
 }
@@ -114,6 +127,11 @@ pub fn run_info(path: PathBuf) -> Result<()> {
 struct Import {
     file: TensorFile,
     out: PathBuf,
+}
+
+/// What `mae import` writes: the model, marked as its output.
+fn import_metadata() -> BTreeMap<String, String> {
+    BTreeMap::from([(WRITTEN_BY_KEY.to_string(), "mae import".to_string())])
 }
 impl PresetVisitor for Import {
     type Output = Result<&'static str, MaeError>;
@@ -127,21 +145,24 @@ impl PresetVisitor for Import {
             }
             Err(e) => return Err(e),
         };
-        model.save_safetensors(&self.out, &BTreeMap::new())?;
+        model.save_safetensors(&self.out, &import_metadata())?;
         Ok(how)
     }
 }
 
 /// `mae import --from FILE --preset P --out C`.
-pub fn run_import(from: PathBuf, preset: Preset, out: PathBuf) -> Result<()> {
+pub fn run_import(from: PathBuf, preset: Preset, out: PathBuf, force: bool) -> Result<()> {
+    let inputs = input_files(&[&from], &[]);
+    crate::outputs::check("--out", &out, Kind::Weights("mae import"), &inputs, force)?;
     let file = TensorFile::open(&from)?;
     let (file, naming) = if is_hugging_face(&file)? {
+        // converted in memory: nothing is written beside --out
         let tensors = hugging_face_to_official(&file)?;
-        let tmp = out.with_extension("import-tmp.safetensors");
-        write_safetensors(&tmp, &tensors, &BTreeMap::new())?;
-        let converted = TensorFile::open(&tmp);
-        let _ = std::fs::remove_file(&tmp);
-        (converted?, "Hugging Face ViTMAE names")
+        let bytes = safetensors_bytes(&from, &tensors, &BTreeMap::new())?;
+        (
+            TensorFile::from_bytes(&from, bytes)?,
+            "Hugging Face ViTMAE names",
+        )
     } else {
         (file, "official/timm names")
     };
@@ -149,7 +170,7 @@ pub fn run_import(from: PathBuf, preset: Preset, out: PathBuf) -> Result<()> {
         file,
         out: out.clone(),
     })?;
-    println!(
+    say!(
         "{} → {} ({naming}, {how}, preset {preset})",
         from.display(),
         out.display()

@@ -40,11 +40,17 @@ fn stop_on_signal() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     ctrlc::set_handler(move || {
+        use std::io::Write;
+        // stderr may be closed: a failed message must not panic in the handler
+        let mut err = std::io::stderr();
         if flag.swap(true, Ordering::SeqCst) {
-            eprintln!("second interrupt: exiting without a checkpoint");
+            let _ = writeln!(err, "second interrupt: exiting without a checkpoint");
             std::process::exit(130);
         }
-        eprintln!("interrupt: finishing the step and writing a checkpoint...");
+        let _ = writeln!(
+            err,
+            "interrupt: finishing the step and writing a checkpoint..."
+        );
     })
     .context("installing the signal handler")?;
     Ok(stop)
@@ -75,9 +81,10 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     }
     if let Some((path, failures)) = &summary.resumed_from {
         for f in failures {
-            eprintln!("skipped checkpoint: {f}");
+            use std::io::Write;
+            let _ = writeln!(std::io::stderr(), "skipped checkpoint: {f}");
         }
-        println!("resumed from {}", path.display());
+        say!("resumed from {}", path.display());
     }
     let where_ = summary
         .checkpoint
@@ -87,12 +94,12 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         .last_loss
         .map_or(String::new(), |l| format!(", loss {l:.4}"));
     match summary.outcome {
-        Outcome::Interrupted => println!(
+        Outcome::Interrupted => say!(
             "stopped at step {}{loss}; checkpoint {where_}. Resume with the same command plus --resume auto",
             summary.step
         ),
-        Outcome::MaxSteps => println!("reached --max-steps at step {}{loss}; checkpoint {where_}", summary.step),
-        Outcome::Finished => println!("finished at step {}{loss}; checkpoint {where_}", summary.step),
+        Outcome::MaxSteps => say!("reached --max-steps at step {}{loss}; checkpoint {where_}", summary.step),
+        Outcome::Finished => say!("finished at step {}{loss}; checkpoint {where_}", summary.step),
     }
     Ok(())
 }
@@ -217,12 +224,12 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         let acc =
             mae_train::finetune::evaluate_file(&checkpoint, a.preset, &a.data, 256, a.device)?;
         if a.json {
-            println!(
+            say!(
                 "{}",
                 serde_json::json!({"top1": acc.top1, "top5": acc.top5})
             );
         } else {
-            println!(
+            say!(
                 "{}: val top-1 {:.2}%, top-5 {:.2}%",
                 checkpoint.display(),
                 acc.top1,
@@ -268,10 +275,10 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         cfg.workers = w;
     }
     if let Some(s) = a.save_every {
-        cfg.save_every = s.max(1);
+        cfg.save_every = s;
     }
-    cfg.keep_last = a.keep_last.max(1);
-    cfg.log_every = a.log_every.max(1);
+    cfg.keep_last = a.keep_last;
+    cfg.log_every = a.log_every;
     let stop = stop_on_signal()?;
     let resume = parse_resume(a.resume.as_deref());
     let summary = on_every_rank(
@@ -282,11 +289,11 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
         return Ok(());
     }
     if a.json {
-        println!("{}", serde_json::to_string(&summary)?);
+        say!("{}", serde_json::to_string(&summary)?);
         return Ok(());
     }
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}%"));
-    println!(
+    say!(
         "{} at step {}: best val top-1 {} (epoch {}), last top-1 {} top-5 {}; best model {}; results in {}",
         summary.outcome,
         summary.step,

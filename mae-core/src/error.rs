@@ -19,6 +19,16 @@ pub enum MaeError {
     /// A mask ratio outside `[0, 1)`.
     #[error("mask ratio {0} is outside [0, 1)")]
     MaskRatio(f64),
+    /// A mask ratio that leaves no visible or no masked patch.
+    #[error("mask ratio {mask_ratio} keeps {len_keep} of {num_patches} patches visible; it must leave at least one visible and one masked patch (ratios above 0 and at most {:.4})", 1.0 - 1.0 / (*num_patches).max(1) as f64)]
+    MaskRatioLeaves {
+        /// The ratio.
+        mask_ratio: f64,
+        /// Patches per image.
+        num_patches: usize,
+        /// `floor(L·(1 − mask_ratio))`.
+        len_keep: usize,
+    },
     /// An image size that the preset's fixed position embeddings do not cover.
     #[error("preset {preset} takes {expected}×{expected} images, not {got}×{got}")]
     ImageSize {
@@ -65,6 +75,16 @@ pub enum MaeError {
         path: PathBuf,
         /// What is wrong.
         message: String,
+    },
+    /// A file whose content checksum does not match its contents.
+    #[error("{}: checksum mismatch (metadata {expected}, contents {actual}): the file is corrupt", path.display())]
+    Checksum {
+        /// The file.
+        path: PathBuf,
+        /// The checksum in its metadata.
+        expected: String,
+        /// The checksum of its contents.
+        actual: String,
     },
     /// A weights file lacks a tensor the model needs.
     #[error("{}: missing tensor `{key}` (expected shape {expected:?})", path.display())]

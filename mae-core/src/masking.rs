@@ -7,7 +7,7 @@
 use rand::Rng;
 
 use crate::error::MaeError;
-use crate::preset::check_mask_ratio;
+pub use crate::preset::check_mask_ratio;
 
 /// The outcome of masking a batch: all index buffers are row-major `[batch, ·]` on the host.
 #[derive(Debug, Clone, PartialEq)]
@@ -32,6 +32,21 @@ pub fn len_keep(num_patches: usize, mask_ratio: f64) -> Result<usize, MaeError> 
     Ok((num_patches as f64 * (1.0 - mask_ratio)) as usize)
 }
 
+/// [`len_keep`] of a mask ratio that leaves at least one visible and one masked patch of
+/// `num_patches`, as training, reconstruction and the step benchmark need (no visible patch gives
+/// the encoder nothing to see; no masked one leaves the loss undefined).
+pub fn check_len_keep(num_patches: usize, mask_ratio: f64) -> Result<usize, MaeError> {
+    let keep = len_keep(num_patches, mask_ratio)?;
+    if keep == 0 || keep >= num_patches {
+        return Err(MaeError::MaskRatioLeaves {
+            mask_ratio,
+            num_patches,
+            len_keep: keep,
+        });
+    }
+    Ok(keep)
+}
+
 impl Masking {
     /// Masks from `noise` (`[batch, L]`, row-major): per sample, patches are sorted by ascending
     /// noise (ties by index) and the first `len_keep` are kept.
@@ -42,7 +57,14 @@ impl Masking {
         mask_ratio: f64,
     ) -> Result<Self, MaeError> {
         let len_keep = len_keep(num_patches, mask_ratio)?;
-        if noise.len() != batch * num_patches {
+        if len_keep == 0 && num_patches > 0 {
+            return Err(MaeError::MaskRatioLeaves {
+                mask_ratio,
+                num_patches,
+                len_keep,
+            });
+        }
+        if Some(noise.len()) != batch.checked_mul(num_patches) {
             return Err(MaeError::InputShape {
                 what: "masking noise",
                 expected: format!("{batch}×{num_patches} values"),
@@ -123,6 +145,17 @@ mod tests {
     }
 
     #[test]
+    fn training_needs_a_visible_and_a_masked_patch() {
+        assert_eq!(check_len_keep(49, 0.75).ok(), Some(12));
+        assert_eq!(check_len_keep(49, 0.979).ok(), Some(1));
+        for bad in [0.99, 0.0] {
+            let err = check_len_keep(49, bad).expect_err("no visible or no masked patch");
+            assert!(err.to_string().contains("49 patches"), "{err}");
+        }
+        assert!(check_len_keep(49, f64::NAN).is_err());
+    }
+
+    #[test]
     fn invariants_hold_for_random_masks() {
         let mut rng = rand::rngs::StdRng::seed_from_u64(7);
         for ratio in [0.0, 0.5, 0.75, 0.9] {
@@ -169,5 +202,10 @@ mod tests {
             })
         ));
         assert!(Masking::from_noise(&noise, 2, 4, 0.5).is_err());
+        // a ratio that leaves no visible patch is an error, not an empty encoder input
+        assert!(matches!(
+            Masking::from_noise(&noise, 1, 4, 0.9),
+            Err(MaeError::MaskRatioLeaves { len_keep: 0, .. })
+        ));
     }
 }

@@ -270,9 +270,11 @@ impl MaeConfig {
         }
     }
 
-    /// Checks the mask ratio and image size.
+    /// Checks the mask ratio (at least one visible and one masked patch) and image size.
     pub fn validate(&self) -> Result<(), MaeError> {
-        check_mask_ratio(self.mask_ratio)?;
+        let d = self.preset.dims();
+        let side = d.img_size / d.patch_size.max(1);
+        crate::masking::check_len_keep(side * side, self.mask_ratio)?;
         let native = self.preset.dims().img_size;
         if self.image_size != native {
             return Err(MaeError::ImageSize {
@@ -350,7 +352,15 @@ mod tests {
             c.mask_ratio = bad;
             assert!(matches!(c.validate(), Err(MaeError::MaskRatio(_))), "{bad}");
         }
-        c.mask_ratio = 0.0;
+        // no masked patch (nothing to reconstruct), no visible one (nothing to encode)
+        for bad in [0.0, 0.99] {
+            c.mask_ratio = bad;
+            assert!(
+                matches!(c.validate(), Err(MaeError::MaskRatioLeaves { .. })),
+                "{bad}"
+            );
+        }
+        c.mask_ratio = 0.5;
         assert!(c.validate().is_ok());
         c.image_size = 32;
         assert!(matches!(c.validate(), Err(MaeError::ImageSize { .. })));

@@ -232,6 +232,18 @@ pub struct HostTensor {
     pub data: Vec<f32>,
 }
 
+/// Metadata key of the content checksum that every file written by [`write_safetensors`]
+/// carries: `xxh3:` and 16 hex digits of the XXH3-64 of every tensor (name, dtype, shape, bytes,
+/// in name order) and every other metadata entry (in key order). [`TensorFile`] verifies it when
+/// present, so a flipped byte in a checkpoint is an error naming the file instead of a silently
+/// different model. Files from elsewhere (official, timm, Hugging Face) have none and load as
+/// they are.
+pub const CHECKSUM_KEY: &str = "checksum";
+
+/// Metadata key naming the command that wrote a file (`mae init`, `mae pretrain`, ...): how a
+/// command recognizes a previous output of its own kind before replacing it.
+pub const WRITTEN_BY_KEY: &str = "written_by";
+
 /// Reads a whole safetensors file: `(name → (shape, f32 values))` plus its metadata.
 pub struct TensorFile {
     path: PathBuf,
@@ -239,12 +251,41 @@ pub struct TensorFile {
 }
 
 impl TensorFile {
-    /// Reads `path` into memory.
+    /// Reads `path` into memory and checks it: a valid safetensors file (offsets, sizes, header)
+    /// whose content checksum, if it has one, matches. `path` must be a regular file (not a
+    /// device, a FIFO or a directory).
     pub fn open(path: impl AsRef<Path>) -> Result<Self, MaeError> {
         let path = path.as_ref().to_path_buf();
-        let bytes = fs::read(&path).map_err(|e| MaeError::io(&path, e))?;
-        let file = TensorFile { path, bytes };
-        file.parse()?;
+        let bytes = read_regular_file(&path)?;
+        Self::from_bytes(path, bytes)
+    }
+
+    /// A file already in memory, checked as [`TensorFile::open`] checks; `path` names it in
+    /// errors.
+    pub fn from_bytes(path: impl Into<PathBuf>, bytes: Vec<u8>) -> Result<Self, MaeError> {
+        let file = TensorFile {
+            path: path.into(),
+            bytes,
+        };
+        let st = file.parse()?;
+        let meta = file.metadata()?;
+        if let Some(expected) = meta.get(CHECKSUM_KEY).filter(|c| c.starts_with("xxh3:")) {
+            let mut tensors = st.tensors();
+            tensors.sort_by(|a, b| a.0.cmp(&b.0));
+            let actual = content_checksum(
+                tensors
+                    .iter()
+                    .map(|(n, v)| (n.as_str(), v.dtype(), v.shape(), v.data())),
+                &meta,
+            );
+            if *expected != actual {
+                return Err(MaeError::Checksum {
+                    path: file.path.clone(),
+                    expected: expected.clone(),
+                    actual,
+                });
+            }
+        }
         Ok(file)
     }
 
@@ -338,6 +379,76 @@ fn to_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
         _ => return None,
     };
     Some(out)
+}
+
+/// Reads a file that must be a regular file (a device such as `/dev/zero` would be read forever).
+fn read_regular_file(path: &Path) -> Result<Vec<u8>, MaeError> {
+    let meta = fs::metadata(path).map_err(|e| MaeError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(MaeError::io(path, not_a_regular_file()));
+    }
+    fs::read(path).map_err(|e| MaeError::io(path, e))
+}
+
+fn not_a_regular_file() -> std::io::Error {
+    std::io::Error::new(std::io::ErrorKind::InvalidInput, "not a regular file")
+}
+
+/// The [`CHECKSUM_KEY`] value of tensors (in name order) and metadata (the checksum entry
+/// itself left out).
+fn content_checksum<'a>(
+    tensors: impl Iterator<Item = (&'a str, StDtype, &'a [usize], &'a [u8])>,
+    metadata: &HashMap<String, String>,
+) -> String {
+    let mut h = xxhash_rust::xxh3::Xxh3::new();
+    let mut put = |bytes: &[u8]| {
+        h.update(&(bytes.len() as u64).to_le_bytes());
+        h.update(bytes);
+    };
+    for (name, dtype, shape, data) in tensors {
+        put(name.as_bytes());
+        put(format!("{dtype:?}").as_bytes());
+        let dims: Vec<u8> = shape
+            .iter()
+            .flat_map(|&d| (d as u64).to_le_bytes())
+            .collect();
+        put(&dims);
+        put(data);
+    }
+    let mut keys: Vec<&String> = metadata.keys().filter(|k| *k != CHECKSUM_KEY).collect();
+    keys.sort();
+    for k in keys {
+        put(k.as_bytes());
+        put(metadata[k].as_bytes());
+    }
+    format!("xxh3:{:016x}", h.digest())
+}
+
+/// The [`WRITTEN_BY_KEY`] of a safetensors file, read from its header alone; `None` when the
+/// file is missing, not a regular file, not safetensors, or has no such entry.
+pub fn written_by(path: &Path) -> Option<String> {
+    use std::io::Read;
+    let meta = fs::metadata(path).ok()?;
+    if !meta.is_file() {
+        return None;
+    }
+    let mut f = fs::File::open(path).ok()?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).ok()?;
+    let n = u64::from_le_bytes(len);
+    if n > 16 << 20 || n + 8 > meta.len() {
+        return None;
+    }
+    let mut header = vec![0u8; n as usize];
+    f.read_exact(&mut header).ok()?;
+    let value: serde_json::Value = serde_json::from_slice(&header).ok()?;
+    Some(
+        value
+            .get("__metadata__")?
+            .get(WRITTEN_BY_KEY)?
+            .as_str()?
+            .to_string(),
+    )
 }
 
 /// What to do with tensors of the file that the module does not have.
@@ -511,12 +622,22 @@ impl<P: MaePreset, D: Device<f32>> Encoder<P, f32, D> {
     }
 }
 
-/// Writes named f32 tensors as a safetensors file, atomically (temporary file, fsync, rename).
+/// Writes named f32 tensors as a safetensors file, atomically (temporary file, fsync, rename),
+/// with a content checksum ([`CHECKSUM_KEY`]) added to `metadata`.
 pub fn write_safetensors(
     path: &Path,
     tensors: &[NamedTensor],
     metadata: &BTreeMap<String, String>,
 ) -> Result<(), MaeError> {
+    write_atomic(path, &safetensors_bytes(path, tensors, metadata)?)
+}
+
+/// The bytes [`write_safetensors`] writes; `path` names the file in errors.
+pub fn safetensors_bytes(
+    path: &Path,
+    tensors: &[NamedTensor],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, MaeError> {
     let bytes: Vec<Vec<u8>> = tensors
         .iter()
         .map(|t| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
@@ -533,41 +654,57 @@ pub fn write_safetensors(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let meta: HashMap<String, String> = metadata.clone().into_iter().collect();
-    let buf = safetensors::serialize(views, &Some(meta)).map_err(|e| MaeError::Format {
+    let mut meta: HashMap<String, String> = metadata.clone().into_iter().collect();
+    let mut order: Vec<(&str, &[usize], &[u8])> = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|(t, b)| (t.name.as_str(), t.shape.as_slice(), b.as_slice()))
+        .collect();
+    order.sort_by(|a, b| a.0.cmp(b.0));
+    let checksum = content_checksum(
+        order.into_iter().map(|(n, s, b)| (n, StDtype::F32, s, b)),
+        &meta,
+    );
+    meta.insert(CHECKSUM_KEY.to_string(), checksum);
+    safetensors::serialize(views, &Some(meta)).map_err(|e| MaeError::Format {
         path: path.to_path_buf(),
         message: e.to_string(),
-    })?;
-    write_atomic(path, &buf)
+    })
 }
 
-/// Writes `bytes` to `path` through a synced temporary file in the same directory.
+/// Writes `bytes` to `path` through a synced temporary file in the same directory. An existing
+/// `path` that is not a regular file (a device, a FIFO, a directory) is an error and stays as it
+/// is: renaming over `/dev/null` would replace the device itself.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), MaeError> {
-    let file_name = path
+    if let Ok(meta) = fs::metadata(path) {
+        if !meta.is_file() {
+            return Err(MaeError::io(path, not_a_regular_file()));
+        }
+    }
+    let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "weights".into());
-    let dir = path.parent().filter(|p| !p.as_os_str().is_empty());
-    let tmp = dir
-        .map(|d| d.join(format!(".{file_name}.tmp")))
-        .unwrap_or_else(|| PathBuf::from(format!(".{file_name}.tmp")));
-    let result = (|| {
-        let mut f = fs::File::create(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        if let Some(d) = dir {
-            // make the rename durable; not all platforms can open directories
-            if let Ok(d) = fs::File::open(d) {
-                let _ = d.sync_all();
-            }
-        }
-        Ok(())
-    })();
-    result.map_err(|e| {
-        let _ = fs::remove_file(&tmp);
-        MaeError::io(path, e)
-    })
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let io = |e| MaeError::io(path, e);
+    // `.NAME.XXXXXX.tmp`: removed when dropped on any error; named so that a run can tell the
+    // leftover of a killed process as its own
+    let mut tmp = tempfile::Builder::new()
+        .prefix(&format!(".{name}."))
+        .suffix(".tmp")
+        .tempfile_in(dir)
+        .map_err(io)?;
+    tmp.write_all(bytes).map_err(io)?;
+    tmp.as_file().sync_all().map_err(io)?;
+    tmp.persist(path).map_err(|e| io(e.error))?;
+    // make the rename durable; not all platforms can open directories
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
 }
 
 /// Per-block parts: Hugging Face ViTMAE name → official name (after `layer.{i}.` /
@@ -681,8 +818,21 @@ pub fn hugging_face_to_official(file: &TensorFile) -> Result<Vec<NamedTensor>, M
                 expected: Vec::new(),
             });
         };
+        if q.0.is_empty() || q.0 != k.0 || q.0 != v.0 {
+            return Err(MaeError::Format {
+                path: path.clone(),
+                message: format!(
+                    "query/key/value of {name} have shapes {:?}, {:?}, {:?}; they must be one \
+                     shape of at least one dimension",
+                    q.0, k.0, v.0
+                ),
+            });
+        }
         let mut shape = q.0.clone();
-        shape[0] *= 3;
+        shape[0] = shape[0].checked_mul(3).ok_or_else(|| MaeError::Format {
+            path: path.clone(),
+            message: format!("query of {name} has an impossible shape {:?}", q.0),
+        })?;
         out.push(NamedTensor {
             name,
             shape,

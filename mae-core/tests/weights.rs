@@ -296,8 +296,12 @@ fn saving_replaces_atomically() {
     let path = save(&model(1), "atomic.safetensors");
     model(2).save_safetensors(&path, &BTreeMap::new()).unwrap();
     let dir = path.parent().unwrap();
-    // the temporary file of this save is gone (other tests write into the same folder)
-    assert!(!dir.join(".atomic.safetensors.tmp").exists());
+    // the temporary file of this save is gone: the folder holds the file alone
+    let names: Vec<_> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, vec![std::ffi::OsString::from("atomic.safetensors")]);
     let mut m = model(3);
     m.load_safetensors(&path).unwrap();
     assert_eq!(tensors(&m), tensors(&model(2)));
@@ -403,4 +407,83 @@ fn hugging_face_names_convert_to_the_official_ones() {
     let err =
         mae_core::weights::hugging_face_to_official(&TensorFile::open(&path).unwrap()).unwrap_err();
     assert!(err.to_string().contains("vit.pooler.dense.weight"), "{err}");
+}
+
+/// Hugging Face q/k/v that are scalars, or of different shapes, are an error naming the file,
+/// not a panic (the stacking multiplies the first dimension by 3).
+#[test]
+fn hugging_face_qkv_of_odd_shapes_are_errors() {
+    let official = tensors(&model(1));
+    let path = tmp("hf-scalar.safetensors");
+    for shape in [vec![], vec![7]] {
+        let mut hf = to_hugging_face(&official);
+        for t in hf
+            .iter_mut()
+            .filter(|t| t.name.contains("layer.0.attention.attention."))
+        {
+            if t.name.ends_with("key.bias") || shape.is_empty() {
+                t.shape = shape.clone();
+                t.data = vec![0.5; shape.iter().product()];
+            }
+        }
+        write_safetensors(&path, &hf, &BTreeMap::new()).unwrap();
+        let err = mae_core::weights::hugging_face_to_official(&TensorFile::open(&path).unwrap())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("hf-scalar.safetensors") && err.contains("query/key/value"),
+            "{err}"
+        );
+    }
+}
+
+/// Every file we write carries a content checksum: a flipped byte anywhere in the tensors or the
+/// metadata is an error naming the file; a file without one (from elsewhere) loads as before.
+#[test]
+fn a_flipped_byte_is_caught_by_the_checksum() {
+    let path = save(&model(1), "sum.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let meta = TensorFile::open(&path).unwrap().metadata().unwrap();
+    assert!(meta["checksum"].starts_with("xxh3:"), "{meta:?}");
+    // the last byte is tensor data; a byte of the header's metadata value too
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header = String::from_utf8_lossy(&bytes[8..8 + header_len]).into_owned();
+    let preset_at = 8 + header.find("parity").unwrap();
+    for at in [bytes.len() - 1, bytes.len() / 2, preset_at] {
+        let mut flipped = bytes.clone();
+        flipped[at] ^= 0x01;
+        std::fs::write(&path, &flipped).unwrap();
+        match TensorFile::open(&path) {
+            Err(MaeError::Checksum { path: p, .. }) => assert_eq!(p, path.to_path_buf()),
+            // a flip in the header may make it unparsable instead: also an error naming the file
+            Err(e) => assert!(e.to_string().contains("sum.safetensors"), "{e}"),
+            Ok(_) => panic!("byte {at} flipped and the file loaded"),
+        }
+    }
+    // without a checksum (a file from elsewhere): loads
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = st.tensors();
+    let plain = safetensors::serialize(views, &None).unwrap();
+    std::fs::write(&path, plain).unwrap();
+    let mut m = model(3);
+    m.load_safetensors(&path).unwrap();
+    assert_eq!(tensors(&m), tensors(&model(1)));
+}
+
+/// A weights path that is a folder or a device is refused without reading it (`/dev/zero` would
+/// be read until memory runs out); writing over a folder is refused too.
+#[test]
+fn folders_and_devices_are_not_weights_files() {
+    let dir = tmp("x");
+    let parent = dir.parent().unwrap().to_path_buf();
+    for p in [parent.as_path(), Path::new("/dev/zero")] {
+        let err = TensorFile::open(p).err().expect("refused").to_string();
+        assert!(err.contains("not a regular file"), "{err}");
+    }
+    let err = model(1)
+        .save_safetensors(&parent, &BTreeMap::new())
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not a regular file"), "{err}");
+    assert!(parent.is_dir());
 }

@@ -12,7 +12,7 @@ use memmap2::Mmap;
 use crate::error::DataError;
 use crate::format::{
     Checksum, Manifest, ShardEntry, ShardHeader, SplitEntry, FORMAT_NAME, FORMAT_VERSION,
-    HEADER_LEN, MANIFEST,
+    HEADER_LEN, MANIFEST, MAX_IMAGE_SIZE,
 };
 
 /// One sample: its pixels (`S×S×C`, HWC, borrowed from the mapped shard) and its label (−1 when
@@ -135,7 +135,7 @@ impl Dataset {
         let manifest = read_manifest(&dir)?;
         let train = open_split(&dir, &manifest, SplitName::Train, &manifest.train, verify)?;
         let val = open_split(&dir, &manifest, SplitName::Val, &manifest.val, verify)?;
-        if train.count + val.count != manifest.count {
+        if train.count.checked_add(val.count) != Some(manifest.count) {
             return Err(DataError::Manifest {
                 path: dir.join(MANIFEST),
                 message: format!(
@@ -185,25 +185,45 @@ impl Dataset {
     }
 }
 
+/// The largest manifest read (a million skipped files with their reasons fit in it).
+const MAX_MANIFEST_BYTES: u64 = 1 << 30;
+
 /// Reads and checks `DIR/manifest.json`.
 pub fn read_manifest(dir: &Path) -> Result<Manifest, DataError> {
     let path = dir.join(MANIFEST);
-    let text = fs::read_to_string(&path).map_err(|e| DataError::io(&path, e))?;
-    let manifest: Manifest = serde_json::from_str(&text).map_err(|e| DataError::Manifest {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
     let bad = |message: String| DataError::Manifest {
         path: path.clone(),
         message,
     };
+    let meta = fs::metadata(&path).map_err(|e| DataError::io(&path, e))?;
+    if !meta.is_file() || meta.len() > MAX_MANIFEST_BYTES {
+        return Err(bad(format!(
+            "not a regular file of at most {MAX_MANIFEST_BYTES} bytes"
+        )));
+    }
+    manifest_from_json(
+        &path,
+        &fs::read(&path).map_err(|e| DataError::io(&path, e))?,
+    )
+}
+
+/// Parses and checks a manifest's bytes; `path` names it in errors.
+pub fn manifest_from_json(path: &Path, bytes: &[u8]) -> Result<Manifest, DataError> {
+    let bad = |message: String| DataError::Manifest {
+        path: path.to_path_buf(),
+        message,
+    };
+    let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
     if manifest.format != FORMAT_NAME || manifest.format_version != FORMAT_VERSION {
         return Err(bad(format!(
             "format {} v{}, this reader knows {FORMAT_NAME} v{FORMAT_VERSION}",
             manifest.format, manifest.format_version
         )));
     }
-    if manifest.image_size == 0 || !(manifest.channels == 1 || manifest.channels == 3) {
+    if manifest.image_size == 0
+        || manifest.image_size > MAX_IMAGE_SIZE
+        || !(manifest.channels == 1 || manifest.channels == 3)
+    {
         return Err(bad(format!(
             "image size {} / channels {} are not valid",
             manifest.image_size, manifest.channels
@@ -250,7 +270,12 @@ fn open_split(
         let map = map_file(&path)?;
         check_shard(&path, &map, shard, manifest, verify)?;
         starts.push(count);
-        count += shard.samples;
+        count = count
+            .checked_add(shard.samples)
+            .ok_or_else(|| DataError::Manifest {
+                path: dir.join(MANIFEST),
+                message: format!("{} lists more samples than can exist", name.as_str()),
+            })?;
         shards.push(MappedShard {
             map,
             count: shard.samples,
@@ -317,7 +342,21 @@ fn check_shard(
             ),
         ));
     }
-    let expected_len = HEADER_LEN as u64 + header.count * header.record_len() as u64;
+    // checked: a header and a manifest that agree on 2^62 samples must not wrap around
+    let expected_len = header
+        .count
+        .checked_mul(header.record_len() as u64)
+        .and_then(|n| n.checked_add(HEADER_LEN as u64));
+    let Some(expected_len) = expected_len else {
+        return Err(DataError::shard(
+            path,
+            format!(
+                "{} samples of {} bytes cannot exist",
+                header.count,
+                header.record_len()
+            ),
+        ));
+    };
     if bytes.len() as u64 != expected_len || entry.bytes != expected_len {
         return Err(DataError::shard(
             path,

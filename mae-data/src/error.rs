@@ -53,6 +53,14 @@ pub enum DataError {
         /// The output directory.
         path: PathBuf,
     },
+    /// `--force` was given for an output that is not a prepared dataset.
+    #[error("{}: --force replaces only a dataset written by `mae data prepare`, and {reason}; choose another --out or move it away", path.display())]
+    NotADataset {
+        /// The output.
+        path: PathBuf,
+        /// Why it is not one.
+        reason: String,
+    },
     /// No image of the source could be read.
     #[error("{}: no image could be read ({skipped} skipped)", path.display())]
     NothingRead {

@@ -21,6 +21,8 @@ pub const FORMAT_VERSION: u32 = 1;
 pub const SHARD_MAGIC: &[u8; 8] = b"MAESHARD";
 /// Size of the shard header.
 pub const HEADER_LEN: usize = 64;
+/// The largest image side a dataset may have (a 4096×4096×3 record is 48 MiB).
+pub const MAX_IMAGE_SIZE: usize = 4096;
 /// Label of an unlabeled sample.
 pub const UNLABELED: i32 = -1;
 
@@ -79,7 +81,10 @@ impl ShardHeader {
             channels: u32_at(16),
             count: u64::from_le_bytes(count),
         };
-        if header.image_size == 0 || !(header.channels == 1 || header.channels == 3) {
+        if header.image_size == 0
+            || header.image_size as usize > MAX_IMAGE_SIZE
+            || !(header.channels == 1 || header.channels == 3)
+        {
             return Err(format!(
                 "image size {} and channels {} are not valid",
                 header.image_size, header.channels

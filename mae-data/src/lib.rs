@@ -3,17 +3,23 @@
 //! Modules: [`format`] (the on-disk layout, also in `FORMAT.md`), [`dataset`] (reading),
 //! [`writer`] (writing), [`prepare`] (image folders, idx, CIFAR-10 → shards), [`resize`],
 //! [`augment`] (the paper's transforms), [`mixup`] (mixup, cutmix, random erasing for fine-tuning),
-//! [`loader`] (batches), [`preview`] (a grid of samples).
+//! [`loader`] (batches), [`preview`] (a grid of samples), [`png`] (pictures that name their
+//! writer), [`integrity`] (is an image file whole?); [`outdir`] (where `prepare` may write;
+//! path resolution for such checks); `walk` holds the rules of what `prepare` reads.
 
 pub mod augment;
 pub mod dataset;
 pub mod error;
 pub mod format;
+pub mod integrity;
 pub mod loader;
 pub mod mixup;
+pub mod outdir;
+pub mod png;
 pub mod prepare;
 pub mod preview;
 pub mod resize;
+mod walk;
 pub mod writer;
 
 pub use dataset::{Dataset, Sample, Split, SplitName, Verify};

@@ -18,8 +18,9 @@ use rayon::prelude::*;
 
 use crate::dataset::SplitName;
 use crate::error::DataError;
-use crate::format::{Manifest, Skipped, UNLABELED};
+use crate::format::{Manifest, Skipped, MAX_IMAGE_SIZE, UNLABELED};
 use crate::resize::{resize_crop_into, CropBox, Interpolation};
+use crate::walk::{list_dir, Walk};
 use crate::writer::DatasetWriter;
 
 /// File extensions taken as images; other files in an image folder are ignored (not reported).
@@ -127,11 +128,16 @@ pub struct PrepareSummary {
     pub manifest: Manifest,
     /// Wall time.
     pub seconds: f64,
+    /// Leftovers of interrupted runs for the same output that were removed.
+    pub cleaned: Vec<PathBuf>,
 }
 
 impl std::fmt::Display for PrepareSummary {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let m = &self.manifest;
+        for c in &self.cleaned {
+            writeln!(f, "removed {}, left by an interrupted run", c.display())?;
+        }
         writeln!(
             f,
             "{} images ({} train, {} val), {}×{}×{}, {} classes, in {:.1}s ({:.0} images/s)",
@@ -194,20 +200,44 @@ struct Listing {
     native_channels: usize,
 }
 
-/// Prepares a dataset directory; see [`PrepareOptions`].
+impl PrepareOptions {
+    /// Checks the numbers given, before anything is read or written.
+    fn check(&self) -> Result<(), DataError> {
+        let bad = |m: String| Err(DataError::Option(m));
+        if !(0.0..1.0).contains(&self.val_fraction) {
+            return bad(format!(
+                "--val-fraction {} is outside [0, 1)",
+                self.val_fraction
+            ));
+        }
+        if let Some(size) = self.size.filter(|s| !(1..=MAX_IMAGE_SIZE).contains(s)) {
+            return bad(format!("--size {size} is outside 1..={MAX_IMAGE_SIZE}"));
+        }
+        if let Some(c) = self.channels.filter(|c| !(*c == 1 || *c == 3)) {
+            return bad(format!("--channels {c}: 1 or 3"));
+        }
+        if self.shard_samples == Some(0) {
+            return bad("--shard-samples must be at least 1".into());
+        }
+        if self.max_pixels == 0 {
+            return bad("--max-pixels must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+/// Prepares a dataset directory; see [`PrepareOptions`]. Nothing is written until the options,
+/// the source and the output folder have passed their checks: `--out` apart from the source, and
+/// replaced (with `force`) only when it is a prepared dataset with nothing else in it.
 pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary, DataError> {
     let start = Instant::now();
-    if !(0.0..1.0).contains(&opts.val_fraction) {
-        return Err(DataError::Option(format!(
-            "--val-fraction {} is outside [0, 1)",
-            opts.val_fraction
-        )));
+    opts.check()?;
+    if fs::metadata(&opts.source).is_err() {
+        return Err(DataError::source(&opts.source, "not found"));
     }
-    if opts.out.exists() && !opts.force {
-        return Err(DataError::OutputExists {
-            path: opts.out.clone(),
-        });
-    }
+    crate::outdir::check_apart(&opts.source, &opts.out)?;
+    crate::outdir::check_replaceable(&opts.out, opts.force)?;
+    let cleaned = crate::outdir::clean_leftovers(&opts.out)?;
     let listing = match opts.kind {
         SourceKind::ImageFolder => list_image_folder(&opts.source)?,
         SourceKind::Idx => list_idx(&opts.source)?,
@@ -294,6 +324,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary, DataError> {
     Ok(PrepareSummary {
         manifest,
         seconds: start.elapsed().as_secs_f64(),
+        cleaned,
     })
 }
 
@@ -376,37 +407,64 @@ impl Convert {
     }
 
     fn decode(&self, path: &Path) -> Result<DynamicImage, String> {
-        let len = fs::metadata(path).map_err(|e| e.to_string())?.len();
-        if len == 0 {
+        let meta = fs::metadata(path).map_err(|e| e.to_string())?;
+        if !meta.is_file() {
+            return Err("not a regular file".into());
+        }
+        if meta.len() == 0 {
             return Err("empty file".into());
         }
-        let mut reader = ImageReader::open(path)
-            .and_then(|r| r.with_guessed_format())
-            .map_err(|e| e.to_string())?;
-        if reader.format().is_none() {
-            return Err("not an image (unknown format)".into());
-        }
-        let mut limits = Limits::default();
-        limits.max_alloc = Some(self.max_pixels.saturating_mul(8).max(64 << 20));
-        reader.limits(limits);
-        let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
-        let (w, h) = image::ImageDecoder::dimensions(&decoder);
-        if w as u64 * h as u64 > self.max_pixels {
+        let limit = max_alloc(self.max_pixels);
+        if meta.len() > limit {
             return Err(format!(
-                "{w}×{h} = {} pixels exceeds the limit of {} (decompression bomb?)",
-                w as u64 * h as u64,
+                "{} bytes, more than the {limit} an image of at most {} pixels can need",
+                meta.len(),
                 self.max_pixels
             ));
         }
-        if w == 0 || h == 0 {
-            return Err(format!("{w}×{h} image"));
-        }
-        let orientation =
-            image::ImageDecoder::orientation(&mut decoder).map_err(|e| e.to_string())?;
-        let mut img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
-        img.apply_orientation(orientation);
-        Ok(img)
+        let bytes = fs::read(path).map_err(|e| e.to_string())?;
+        decode_image(&bytes, self.max_pixels)
     }
+}
+
+/// The decoder's allocation limit for images of at most `max_pixels` pixels (also the largest
+/// image file read).
+fn max_alloc(max_pixels: u64) -> u64 {
+    max_pixels.saturating_mul(8).max(64 << 20)
+}
+
+/// Decodes an image file's bytes as `prepare` does: the format from the contents, at most
+/// `max_pixels` pixels (decompression bombs), EXIF orientation applied, and a JPEG that ends
+/// before its end-of-image marker refused as truncated (the decoder would fill the missing part
+/// with grey and say nothing). The error is the reason to report.
+pub fn decode_image(bytes: &[u8], max_pixels: u64) -> Result<DynamicImage, String> {
+    let mut reader = ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .map_err(|e| e.to_string())?;
+    let format = reader
+        .format()
+        .ok_or("not an image (unknown format)".to_string())?;
+    if format == image::ImageFormat::Jpeg {
+        crate::integrity::jpeg_is_complete(bytes)?;
+    }
+    let mut limits = Limits::default();
+    limits.max_alloc = Some(max_alloc(max_pixels));
+    reader.limits(limits);
+    let mut decoder = reader.into_decoder().map_err(|e| e.to_string())?;
+    let (w, h) = image::ImageDecoder::dimensions(&decoder);
+    let pixels = w as u64 * h as u64;
+    if pixels > max_pixels {
+        return Err(format!(
+            "{w}×{h} = {pixels} pixels exceeds the limit of {max_pixels} (decompression bomb?)"
+        ));
+    }
+    if w == 0 || h == 0 {
+        return Err(format!("{w}×{h} image"));
+    }
+    let orientation = image::ImageDecoder::orientation(&mut decoder).map_err(|e| e.to_string())?;
+    let mut img = DynamicImage::from_decoder(decoder).map_err(|e| e.to_string())?;
+    img.apply_orientation(orientation);
+    Ok(img)
 }
 
 /// Decodes one image file (EXIF orientation applied), converts it to `channels` and resizes its
@@ -433,109 +491,55 @@ pub fn load_image(path: &Path, size: usize, channels: usize) -> Result<Vec<u8>, 
         .map_err(|reason| DataError::source(path, reason))
 }
 
-fn is_image_file(path: &Path) -> bool {
-    let hidden = path
-        .file_name()
-        .is_some_and(|n| n.to_string_lossy().starts_with('.'));
-    !hidden
-        && path.extension().is_some_and(|e| {
-            let e = e.to_string_lossy().to_ascii_lowercase();
-            IMAGE_EXTENSIONS.contains(&e.as_str())
-        })
-}
-
-fn read_dir_sorted(dir: &Path) -> Result<Vec<PathBuf>, DataError> {
-    let mut entries: Vec<PathBuf> = fs::read_dir(dir)
-        .map_err(|e| DataError::io(dir, e))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .collect();
-    entries.sort();
-    Ok(entries)
-}
-
-/// Every image file under `dir`, recursively, sorted.
-fn images_under(dir: &Path, out: &mut Vec<PathBuf>) -> Result<(), DataError> {
-    for path in read_dir_sorted(dir)? {
-        if path.is_dir() {
-            images_under(&path, out)?;
-        } else if is_image_file(&path) {
-            out.push(path);
-        }
-    }
-    Ok(())
-}
-
 fn list_image_folder(dir: &Path) -> Result<Listing, DataError> {
-    if !dir.is_dir() {
-        return Err(DataError::source(dir, "not a directory"));
-    }
-    let rel = |p: &Path| {
-        p.strip_prefix(dir)
-            .unwrap_or(p)
-            .to_string_lossy()
-            .into_owned()
-    };
-    let class_dirs_of = |root: &Path| -> Result<Vec<(String, PathBuf)>, DataError> {
-        Ok(read_dir_sorted(root)?
-            .into_iter()
-            .filter(|p| p.is_dir())
-            .filter_map(|p| {
-                let name = p.file_name()?.to_string_lossy().into_owned();
-                (!name.starts_with('.')).then_some((name, p))
-            })
-            .collect())
-    };
-    let top_classes: Vec<String> = class_dirs_of(dir)?.into_iter().map(|c| c.0).collect();
+    let mut walk = Walk::new(dir, &list_dir)?;
+    let top = walk.folders(dir);
     // DIR/train/<class>/… and DIR/val/<class>/…: both splits given
-    let split_dirs =
-        top_classes.iter().any(|n| n == "train") && top_classes.iter().any(|n| n == "val");
-    let collect = |root: &Path, classes: &[String]| -> Result<Vec<Item>, DataError> {
+    let split_dirs = top.iter().any(|c| c.0 == "train") && top.iter().any(|c| c.0 == "val");
+    let collect = |walk: &mut Walk<'_>,
+                   class_dirs: Vec<(String, PathBuf)>,
+                   classes: &[String]|
+     -> Vec<Item> {
         let mut items = Vec::new();
-        for (name, path) in class_dirs_of(root)? {
+        for (name, path) in class_dirs {
             let label = classes.iter().position(|c| *c == name).map(|i| i as i32);
-            let mut files = Vec::new();
-            images_under(&path, &mut files)?;
-            for f in files {
+            for f in walk.images_under(&path) {
                 items.push(Item::File {
-                    rel: rel(&f),
+                    rel: walk.rel(&f),
                     path: f,
                     label: label.unwrap_or(UNLABELED),
                 });
             }
         }
-        Ok(items)
+        items
     };
-    let mut skipped = Vec::new();
     let (train, val, classes) = if split_dirs {
-        let classes: Vec<String> = class_dirs_of(&dir.join("train"))?
-            .into_iter()
-            .map(|c| c.0)
-            .collect();
-        let train = collect(&dir.join("train"), &classes)?;
-        let val = collect(&dir.join("val"), &classes)?;
+        let train_dirs = walk.folders(&dir.join("train"));
+        let classes: Vec<String> = train_dirs.iter().map(|c| c.0.clone()).collect();
+        let train = collect(&mut walk, train_dirs, &classes);
+        let val_dirs = walk.folders(&dir.join("val"));
+        let val = collect(&mut walk, val_dirs, &classes);
         (train, Some(val), classes)
     } else {
-        let mut classes = top_classes;
-        let mut items = collect(dir, &classes)?;
+        let mut classes: Vec<String> = top.iter().map(|c| c.0.clone()).collect();
+        let mut items = collect(&mut walk, top, &classes);
         // loose images directly in DIR: unlabeled when there are no class folders
-        let loose: Vec<PathBuf> = read_dir_sorted(dir)?
-            .into_iter()
-            .filter(|p| p.is_file() && is_image_file(p))
-            .collect();
+        let loose = walk.images_in(dir);
         if !loose.is_empty() && items.is_empty() {
             classes.clear();
         }
         for f in loose {
+            let rel = walk.rel(&f);
             if classes.is_empty() {
                 items.push(Item::File {
-                    rel: rel(&f),
+                    rel,
                     path: f,
                     label: UNLABELED,
                 });
             } else {
                 // images outside class folders of a labeled dataset: reported, not silently dropped
-                skipped.push(Skipped {
-                    path: rel(&f),
+                walk.skipped.push(Skipped {
+                    path: rel,
                     reason: "image outside the class folders".into(),
                 });
             }
@@ -546,7 +550,7 @@ fn list_image_folder(dir: &Path) -> Result<Listing, DataError> {
         train,
         val,
         classes,
-        skipped,
+        skipped: walk.skipped,
         native_size: None,
         native_channels: 3,
     })
@@ -573,17 +577,17 @@ fn find_file(dir: &Path, stem: &str) -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
-/// Parses an idx file: magic `0 0 0x08 ndim`, big-endian `u32` dims, `u8` data.
-fn parse_idx(path: &Path, bytes: &[u8], ndim: u8) -> Result<(Vec<usize>, Vec<u8>), DataError> {
+/// Parses an idx file: magic `0 0 0x08 ndim`, big-endian `u32` dims, `u8` data. Returns the
+/// dims and the data; the error says what is wrong.
+pub fn parse_idx(bytes: &[u8], ndim: u8) -> Result<(Vec<usize>, &[u8]), String> {
     if bytes.len() < 4 || bytes[0] != 0 || bytes[1] != 0 || bytes[2] != 0x08 || bytes[3] != ndim {
-        return Err(DataError::source(
-            path,
-            format!("not an idx file of unsigned bytes with {ndim} dimensions"),
+        return Err(format!(
+            "not an idx file of unsigned bytes with {ndim} dimensions"
         ));
     }
     let header = 4 + 4 * ndim as usize;
     if bytes.len() < header {
-        return Err(DataError::source(path, "truncated idx header"));
+        return Err("truncated idx header".into());
     }
     let dims: Vec<usize> = (0..ndim as usize)
         .map(|i| {
@@ -591,18 +595,43 @@ fn parse_idx(path: &Path, bytes: &[u8], ndim: u8) -> Result<(Vec<usize>, Vec<u8>
             u32::from_be_bytes([bytes[o], bytes[o + 1], bytes[o + 2], bytes[o + 3]]) as usize
         })
         .collect();
-    let n: usize = dims.iter().product();
-    if bytes.len() != header + n {
-        return Err(DataError::source(
-            path,
-            format!(
-                "idx dims {dims:?} need {} bytes, the file has {}",
-                header + n,
-                bytes.len()
-            ),
+    let n = dims
+        .iter()
+        .try_fold(1usize, |n, &d| n.checked_mul(d))
+        .and_then(|n| n.checked_add(header));
+    if n != Some(bytes.len()) {
+        return Err(format!(
+            "idx dims {dims:?} need {} bytes, the file has {}",
+            n.map_or("more than can exist".to_string(), |n| n.to_string()),
+            bytes.len()
         ));
     }
-    Ok((dims, bytes[header..].to_vec()))
+    Ok((dims, &bytes[header..]))
+}
+
+/// One CIFAR-10 binary batch (records of a label byte and 3×32×32 planar pixels) as
+/// `(label, HWC pixels)`; the error says what is wrong.
+pub fn parse_cifar10_batch(bytes: &[u8]) -> Result<Vec<(u8, Vec<u8>)>, String> {
+    const RECORD: usize = 1 + 3 * 32 * 32;
+    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+        return Err(format!(
+            "{} bytes is not a whole number of {RECORD}-byte CIFAR-10 records",
+            bytes.len()
+        ));
+    }
+    Ok(bytes
+        .chunks_exact(RECORD)
+        .map(|r| {
+            // planes R, G, B of 32×32 → HWC
+            let mut hwc = vec![0u8; 3 * 1024];
+            for (c, plane) in r[1..].chunks_exact(1024).enumerate() {
+                for (i, &v) in plane.iter().enumerate() {
+                    hwc[i * 3 + c] = v;
+                }
+            }
+            (r[0], hwc)
+        })
+        .collect())
 }
 
 fn idx_split(dir: &Path, prefix: &str) -> Result<Option<(Vec<Item>, usize)>, DataError> {
@@ -612,8 +641,18 @@ fn idx_split(dir: &Path, prefix: &str) -> Result<Option<(Vec<Item>, usize)>, Dat
     let labels_path = find_file(dir, &format!("{prefix}-labels-idx1-ubyte")).ok_or_else(|| {
         DataError::source(dir, format!("{prefix}-labels-idx1-ubyte[.gz] is missing"))
     })?;
-    let (dims, pixels) = parse_idx(&images_path, &read_maybe_gz(&images_path)?, 3)?;
-    let (ldims, labels) = parse_idx(&labels_path, &read_maybe_gz(&labels_path)?, 1)?;
+    let image_bytes = read_maybe_gz(&images_path)?;
+    let (dims, pixels) =
+        parse_idx(&image_bytes, 3).map_err(|m| DataError::source(&images_path, m))?;
+    let label_bytes = read_maybe_gz(&labels_path)?;
+    let (ldims, labels) =
+        parse_idx(&label_bytes, 1).map_err(|m| DataError::source(&labels_path, m))?;
+    if dims[1] == 0 || dims[2] == 0 {
+        return Err(DataError::source(
+            &images_path,
+            format!("{}×{} images", dims[1], dims[2]),
+        ));
+    }
     if ldims[0] != dims[0] {
         return Err(DataError::source(
             &labels_path,
@@ -622,8 +661,8 @@ fn idx_split(dir: &Path, prefix: &str) -> Result<Option<(Vec<Item>, usize)>, Dat
     }
     let (h, w) = (dims[1], dims[2]);
     let items = pixels
-        .chunks_exact((h * w).max(1))
-        .zip(&labels)
+        .chunks_exact(h * w)
+        .zip(labels)
         .map(|(p, &l)| Item::Raw {
             pixels: p.to_vec(),
             width: w,
@@ -703,36 +742,18 @@ fn list_cifar10(dir: &Path) -> Result<Listing, DataError> {
     } else {
         dir.to_path_buf()
     };
-    const RECORD: usize = 1 + 3 * 32 * 32;
     let read_batch = |name: &str| -> Result<Vec<Item>, DataError> {
         let path = dir.join(name);
         let bytes = fs::read(&path).map_err(|e| DataError::io(&path, e))?;
-        if bytes.is_empty() || bytes.len() % RECORD != 0 {
-            return Err(DataError::source(
-                &path,
-                format!(
-                    "{} bytes is not a whole number of {RECORD}-byte CIFAR-10 records",
-                    bytes.len()
-                ),
-            ));
-        }
-        Ok(bytes
-            .chunks_exact(RECORD)
-            .map(|r| {
-                // planes R, G, B of 32×32 → HWC
-                let mut hwc = vec![0u8; 3 * 1024];
-                for (c, plane) in r[1..].chunks_exact(1024).enumerate() {
-                    for (i, &v) in plane.iter().enumerate() {
-                        hwc[i * 3 + c] = v;
-                    }
-                }
-                Item::Raw {
-                    pixels: hwc,
-                    width: 32,
-                    height: 32,
-                    channels: 3,
-                    label: r[0] as i32,
-                }
+        let records = parse_cifar10_batch(&bytes).map_err(|m| DataError::source(&path, m))?;
+        Ok(records
+            .into_iter()
+            .map(|(label, pixels)| Item::Raw {
+                pixels,
+                width: 32,
+                height: 32,
+                channels: 3,
+                label: label as i32,
             })
             .collect())
     };

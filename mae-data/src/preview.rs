@@ -33,8 +33,30 @@ pub fn draw_text(img: &mut RgbImage, x0: u32, y0: u32, text: &str, max_chars: us
     }
 }
 
-/// Writes the first `count` samples of `split` as a grid (`cols` per row), each scaled up to at
-/// least 96 pixels and captioned with its class name (or index when unlabeled).
+/// The most pixels a picture drawn here may have (64 Mi: 192 MiB of RGB).
+pub const MAX_PIXELS: u64 = 1 << 26;
+
+/// Width and height of a grid of `n` cells of `cell_w × cell_h` pixels, `cols` to a row (at most
+/// `n`), computed without overflow; an error above [`MAX_PIXELS`] or a PNG's side limit.
+pub fn grid_size(n: usize, cols: usize, cell_w: u64, cell_h: u64) -> Result<(u32, u32), DataError> {
+    let cols = cols.min(n).max(1) as u64;
+    let rows = (n as u64).div_ceil(cols);
+    let size = cols
+        .checked_mul(cell_w)
+        .zip(rows.checked_mul(cell_h))
+        .filter(|&(w, h)| w.checked_mul(h).is_some_and(|p| p <= MAX_PIXELS));
+    match size {
+        Some((w, h)) => Ok((w as u32, h as u32)),
+        None => Err(DataError::Option(format!(
+            "a grid of {n} images, {cols} to a row, would be larger than {MAX_PIXELS} pixels: \
+             show fewer (--count) or change --cols"
+        ))),
+    }
+}
+
+/// Writes the first `count` samples of `split` as a grid (`cols` per row, at most `count`), each
+/// scaled up to at least 96 pixels and captioned with its class name (or index when unlabeled).
+/// The PNG names `mae-rs data show` as its writer ([`crate::png`]).
 pub fn write_grid(
     dataset: &Dataset,
     split: SplitName,
@@ -47,13 +69,14 @@ pub fn write_grid(
     if n == 0 || cols == 0 {
         return Err(DataError::Option("nothing to show".into()));
     }
+    let cols = cols.min(n);
     let s = dataset.image_size();
     let c = dataset.channels();
     let zoom = (96 / s).max(1);
     let cell = (s * zoom) as u32;
     let caption = 2 * GLYPH;
-    let rows = n.div_ceil(cols);
-    let mut img = RgbImage::new(cols as u32 * (cell + 4), rows as u32 * (cell + caption + 4));
+    let (width, height) = grid_size(n, cols, cell as u64 + 4, (cell + caption) as u64 + 4)?;
+    let mut img = RgbImage::new(width, height);
     let classes = &dataset.manifest().classes;
     for i in 0..n {
         let Some(sample) = data.get(i) else { break };
@@ -79,9 +102,6 @@ pub fn write_grid(
             .unwrap_or_else(|| format!("#{i}"));
         draw_text(&mut img, cx, cy + cell + 2, &name, (cell / GLYPH) as usize);
     }
-    img.save(out).map_err(|e| DataError::Io {
-        path: out.to_path_buf(),
-        source: std::io::Error::other(e.to_string()),
-    })?;
+    crate::png::write_png(out, &img, "data show")?;
     Ok(n)
 }

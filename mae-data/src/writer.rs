@@ -10,7 +10,7 @@ use crate::dataset::SplitName;
 use crate::error::DataError;
 use crate::format::{
     record_len, Checksum, Manifest, ShardEntry, ShardHeader, Skipped, SplitEntry, FORMAT_NAME,
-    FORMAT_VERSION, MANIFEST,
+    FORMAT_VERSION, MANIFEST, MAX_IMAGE_SIZE,
 };
 
 /// Default upper bound of one shard's size.
@@ -34,6 +34,7 @@ struct SplitWriter {
 pub struct DatasetWriter {
     out: PathBuf,
     tmp: PathBuf,
+    replaced: PathBuf,
     force: bool,
     image_size: usize,
     channels: usize,
@@ -48,17 +49,17 @@ pub struct DatasetWriter {
 }
 
 impl DatasetWriter {
-    /// Starts writing `out`. An existing `out` is an error unless `force`; it is replaced only at
-    /// [`DatasetWriter::finish`].
+    /// Starts writing `out`. An existing `out` is an error unless `force` and it is a prepared
+    /// dataset with nothing else in it; it is replaced only at [`DatasetWriter::finish`].
     pub fn create(
         out: &Path,
         image_size: usize,
         channels: usize,
         force: bool,
     ) -> Result<Self, DataError> {
-        if image_size == 0 || image_size > 4096 {
+        if image_size == 0 || image_size > MAX_IMAGE_SIZE {
             return Err(DataError::Option(format!(
-                "image size {image_size} is outside 1..=4096"
+                "image size {image_size} is outside 1..={MAX_IMAGE_SIZE}"
             )));
         }
         if !(channels == 1 || channels == 3) {
@@ -66,23 +67,10 @@ impl DatasetWriter {
                 "channels must be 1 or 3, not {channels}"
             )));
         }
-        if out.exists() && !force {
-            return Err(DataError::OutputExists {
-                path: out.to_path_buf(),
-            });
-        }
-        let name = out
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .ok_or_else(|| {
-                DataError::Option(format!("{} is not a directory name", out.display()))
-            })?;
-        let parent = out
-            .parent()
-            .filter(|p| !p.as_os_str().is_empty())
-            .unwrap_or(Path::new("."));
+        crate::outdir::check_replaceable(out, force)?;
+        let (tmp, replaced) = crate::outdir::work_names(out)?;
+        let parent = tmp.parent().unwrap_or(Path::new("."));
         fs::create_dir_all(parent).map_err(|e| DataError::io(parent, e))?;
-        let tmp = parent.join(format!(".{name}.partial-{}", std::process::id()));
         if tmp.exists() {
             fs::remove_dir_all(&tmp).map_err(|e| DataError::io(&tmp, e))?;
         }
@@ -96,6 +84,7 @@ impl DatasetWriter {
         Ok(DatasetWriter {
             out: out.to_path_buf(),
             tmp,
+            replaced,
             force,
             image_size,
             channels,
@@ -252,16 +241,13 @@ impl DatasetWriter {
         if let Ok(d) = fs::File::open(&self.tmp) {
             let _ = d.sync_all();
         }
-        if self.out.exists() {
-            if !self.force {
-                return Err(DataError::OutputExists {
-                    path: self.out.clone(),
-                });
-            }
-            let old = self.tmp.with_extension("old");
-            fs::rename(&self.out, &old).map_err(|e| DataError::io(&self.out, e))?;
+        if fs::symlink_metadata(&self.out).is_ok() {
+            // checked again: the folder may have changed while the shards were written
+            crate::outdir::check_replaceable(&self.out, self.force)?;
+            let old = &self.replaced;
+            fs::rename(&self.out, old).map_err(|e| DataError::io(&self.out, e))?;
             fs::rename(&self.tmp, &self.out).map_err(|e| DataError::io(&self.out, e))?;
-            fs::remove_dir_all(&old).map_err(|e| DataError::io(&old, e))?;
+            fs::remove_dir_all(old).map_err(|e| DataError::io(old, e))?;
         } else {
             fs::rename(&self.tmp, &self.out).map_err(|e| DataError::io(&self.out, e))?;
         }

@@ -442,3 +442,174 @@ fn a_split_lookup_is_consistent_across_shards() {
     let b = ds.split(SplitName::Train).get(5000).unwrap();
     assert_ne!(a.pixels, b.pixels);
 }
+
+/// Every file (relative path → bytes) under `dir`, for before/after comparisons.
+fn tree(dir: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut out = std::collections::BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                stack.push(p);
+            } else {
+                out.insert(
+                    p.strip_prefix(dir).unwrap().to_path_buf(),
+                    std::fs::read(&p).unwrap(),
+                );
+            }
+        }
+    }
+    out
+}
+
+/// The decoders report a truncated PNG, GIF, WebP, BMP, TIFF or PNM themselves; a truncated JPEG
+/// they fill with grey, so `prepare` checks its structure. Every one is skipped with a reason.
+#[test]
+fn truncated_images_of_every_format_are_skipped_with_the_reason() {
+    let scratch = tempfile::tempdir().unwrap();
+    let src = tmp(&scratch, "cut");
+    let img = RgbImage::from_fn(97, 61, |x, y| {
+        Rgb([(x * 7) as u8, (y * 5) as u8, ((x ^ y) * 3) as u8])
+    });
+    let formats = [
+        ("jpg", image::ImageFormat::Jpeg),
+        ("png", image::ImageFormat::Png),
+        ("gif", image::ImageFormat::Gif),
+        ("webp", image::ImageFormat::WebP),
+        ("bmp", image::ImageFormat::Bmp),
+        ("tiff", image::ImageFormat::Tiff),
+        ("ppm", image::ImageFormat::Pnm),
+    ];
+    for (ext, format) in formats {
+        let mut bytes = Vec::new();
+        DynamicImage::ImageRgb8(img.clone())
+            .write_to(&mut std::io::Cursor::new(&mut bytes), format)
+            .unwrap();
+        std::fs::write(src.join(format!("whole.{ext}")), &bytes).unwrap();
+        // the first third, as an interrupted download leaves it
+        std::fs::write(src.join(format!("third.{ext}")), &bytes[..bytes.len() / 3]).unwrap();
+        // the JPEG cut just before its end-of-image marker too
+        if ext == "jpg" {
+            std::fs::write(src.join("almost.jpg"), &bytes[..bytes.len() - 2]).unwrap();
+        }
+    }
+    let out = tmp(&scratch, "cut-out").join("ds");
+    let mut opts = PrepareOptions::new(SourceKind::ImageFolder, &src, &out);
+    opts.size = Some(16);
+    opts.val_fraction = 0.0;
+    let summary = prepare(&opts).unwrap();
+    assert_eq!(summary.manifest.count, formats.len(), "{summary}");
+    let mut skipped: Vec<String> = summary
+        .manifest
+        .skipped
+        .iter()
+        .map(|s| s.path.clone())
+        .collect();
+    skipped.sort();
+    let mut expected: Vec<String> = formats.iter().map(|f| format!("third.{}", f.0)).collect();
+    expected.push("almost.jpg".into());
+    expected.sort();
+    assert_eq!(skipped, expected, "{summary}");
+    let jpeg = summary
+        .manifest
+        .skipped
+        .iter()
+        .find(|s| s.path == "third.jpg")
+        .unwrap();
+    assert!(jpeg.reason.contains("truncated"), "{}", jpeg.reason);
+}
+
+/// `--force` replaces a prepared dataset and nothing else: not the source, not a folder that holds
+/// the source, not a folder of someone's files, not a dataset with an unrelated file in it. Each
+/// refusal comes before any work and leaves every file as it was.
+#[test]
+fn force_replaces_a_prepared_dataset_and_nothing_else() {
+    let scratch = tempfile::tempdir().unwrap();
+    let src = tmp(&scratch, "photos");
+    std::fs::create_dir_all(src.join("cats")).unwrap();
+    save(
+        DynamicImage::ImageRgb8(RgbImage::from_pixel(20, 20, Rgb([1, 2, 3]))),
+        &src.join("cats/a.png"),
+    );
+    let before = tree(scratch.path());
+    let refused = |out: &Path, what: &str| {
+        let mut opts = PrepareOptions::new(SourceKind::ImageFolder, &src, out);
+        opts.force = true;
+        let err = prepare(&opts).unwrap_err().to_string();
+        assert!(err.contains(what), "{}: {err}", out.display());
+        assert_eq!(tree(scratch.path()), before, "{}", out.display());
+    };
+    refused(&src, "is the source folder");
+    refused(scratch.path(), "contains the source folder");
+    refused(&src.join("cats"), "is inside the source folder");
+    let theirs = tmp(&scratch, "theirs");
+    std::fs::write(theirs.join("thesis.tex"), "years of work").unwrap();
+    let before = tree(scratch.path());
+    let refused = |out: &Path, what: &str| {
+        let mut opts = PrepareOptions::new(SourceKind::ImageFolder, &src, out);
+        opts.force = true;
+        let err = prepare(&opts).unwrap_err().to_string();
+        assert!(err.contains(what), "{}: {err}", out.display());
+        assert_eq!(tree(scratch.path()), before, "{}", out.display());
+    };
+    refused(&theirs, "manifest.json");
+    // a real dataset is replaced; with a stranger's file in it, it is not
+    let out = tmp(&scratch, "prepared").join("ds");
+    let mut opts = PrepareOptions::new(SourceKind::ImageFolder, &src, &out);
+    opts.force = true;
+    prepare(&opts).unwrap();
+    prepare(&opts).unwrap();
+    std::fs::write(out.join("notes.txt"), "mine").unwrap();
+    let before = tree(scratch.path());
+    let err = prepare(&opts).unwrap_err().to_string();
+    assert!(err.contains("notes.txt"), "{err}");
+    assert_eq!(tree(scratch.path()), before);
+}
+
+/// The hidden work folder of a run that was killed is removed by the next run for the same
+/// output, which says so; one of a live process, or holding anything but shards, is left.
+#[test]
+fn an_interrupted_runs_work_folder_is_cleaned_by_the_next_run() {
+    let scratch = tempfile::tempdir().unwrap();
+    let parent = tmp(&scratch, "out");
+    let dead = parent.join(".ds.partial-4294967290");
+    std::fs::create_dir(&dead).unwrap();
+    std::fs::write(dead.join("train-00000.shard"), vec![0u8; 1000]).unwrap();
+    let summary = prepare(&PrepareOptions::new(
+        SourceKind::Idx,
+        bundled(),
+        parent.join("ds"),
+    ))
+    .unwrap();
+    assert_eq!(summary.cleaned, vec![dead.clone()]);
+    assert!(!dead.exists());
+    assert!(summary.to_string().contains("interrupted"), "{summary}");
+}
+
+/// A shard and a manifest that agree on 2^62 samples: the length check must not overflow into
+/// a pass (a reader would then index past the file or allocate for 2^62 samples).
+#[test]
+fn absurd_sample_counts_are_errors_not_overflows() {
+    let scratch = tempfile::tempdir().unwrap();
+    let out = prepared(&scratch, "absurd");
+    let shard = out.join("val-00000.shard");
+    let mut bytes = std::fs::read(&shard).unwrap();
+    let count: u64 = 1 << 62;
+    bytes[24..32].copy_from_slice(&count.to_le_bytes());
+    std::fs::write(&shard, &bytes).unwrap();
+    let manifest = out.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&manifest).unwrap()).unwrap();
+    m["val"]["count"] = count.into();
+    m["val"]["shards"][0]["samples"] = count.into();
+    m["count"] = (count + 9000).into();
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    let err = Dataset::open(&out).unwrap_err().to_string();
+    assert!(err.contains("val-00000.shard"), "{err}");
+    // an image side that would make records of exabytes
+    m["image_size"] = (1u64 << 40).into();
+    std::fs::write(&manifest, m.to_string()).unwrap();
+    let err = Dataset::open(&out).unwrap_err().to_string();
+    assert!(err.contains("image size"), "{err}");
+}

@@ -282,13 +282,21 @@ pub fn time_train_step(cfg: &StepBench) -> Result<StepTiming, MaeError> {
 /// [`time_train_step`] as one rank of a data-parallel run: each step also averages the gradients
 /// over the ranks (the all-reduce of training, timed apart as `allreduce_s`).
 pub fn time_train_step_with(cfg: &StepBench, comm: &Comm) -> Result<StepTiming, MaeError> {
-    if cfg.batch == 0 || cfg.steps == 0 {
+    let bad = !(1..=crate::config::MAX_BATCH).contains(&cfg.batch)
+        || !(1..=1_000_000).contains(&cfg.steps);
+    if bad {
         return Err(MaeError::InputShape {
             what: "benchmark",
-            expected: "batch ≥ 1 and steps ≥ 1".into(),
+            expected: format!(
+                "--batch-size in 1..={} and --steps in 1..=1000000",
+                crate::config::MAX_BATCH
+            ),
             got: format!("batch {}, steps {}", cfg.batch, cfg.steps),
         });
     }
+    let d = cfg.preset.dims();
+    let side = d.img_size / d.patch_size.max(1);
+    mae_core::masking::check_len_keep(side * side, cfg.mask_ratio)?;
     cfg.preset.visit(Run(*cfg, comm))
 }
 

@@ -12,14 +12,17 @@
 //!   position in the epoch, seed) and `optimizer` (JSON: betas, eps, weight decay, step).
 //!
 //! Each is written to a temporary file, synced and renamed; the state first, so a model file
-//! never exists without its state. Masking noise and augmentation are functions of
+//! never exists without its state (an orphan state file of an interrupted save is removed by the
+//! next run, [`crate::rundir`]). Both carry a content checksum (`checksum` metadata, verified
+//! whenever they are opened: a flipped byte is an error naming the file) and `written_by`. A
+//! loaded state must agree with its file name's step. Masking noise and augmentation are functions of
 //! `(seed, epoch, position)`, so no RNG stream needs saving.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 
 use mae_core::dfdx::prelude::*;
-use mae_core::weights::{named_tensors, write_safetensors, NamedTensor};
+use mae_core::weights::{named_tensors, write_safetensors, NamedTensor, WRITTEN_BY_KEY};
 use mae_core::{Classifier, Mae, MaeDevice, MaePreset, Preset, TensorFile};
 use serde::{Deserialize, Serialize};
 
@@ -59,6 +62,8 @@ struct OptimizerMeta {
 /// A model that checkpoints save and load: the MAE in pretraining, the classifier in
 /// fine-tuning.
 pub trait Checkpointable {
+    /// The command whose checkpoints these are (their `written_by` metadata).
+    const WRITER: &'static str;
     /// Every tensor, official names and shapes.
     fn tensors(&self) -> Result<Vec<NamedTensor>, TrainError>;
     /// Writes the model file (atomically) with `metadata`.
@@ -72,6 +77,7 @@ pub trait Checkpointable {
 }
 
 impl<P: MaePreset, D: Device<f32>> Checkpointable for Mae<P, f32, D> {
+    const WRITER: &'static str = "mae pretrain";
     fn tensors(&self) -> Result<Vec<NamedTensor>, TrainError> {
         Ok(named_tensors(self)?)
     }
@@ -88,6 +94,7 @@ impl<P: MaePreset, D: Device<f32>> Checkpointable for Mae<P, f32, D> {
 }
 
 impl<P: MaePreset, D: MaeDevice> Checkpointable for Classifier<P, D> {
+    const WRITER: &'static str = "mae finetune";
     fn tensors(&self) -> Result<Vec<NamedTensor>, TrainError> {
         Ok(self.named_tensors()?)
     }
@@ -118,6 +125,16 @@ pub fn state_path(model_path: &Path) -> PathBuf {
     model_path.with_file_name(format!("{stem}.state.safetensors"))
 }
 
+/// The step in a `checkpoint-N.safetensors` file name.
+pub fn step_of_name(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("checkpoint-")?
+        .strip_suffix(".safetensors")?
+        .parse()
+        .ok()
+}
+
 /// The model checkpoints in `run_dir`, newest (highest step) first.
 pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
     let mut found = Vec::new();
@@ -127,20 +144,17 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainErro
         Err(e) => return Err(TrainError::io(run_dir, e)),
     };
     for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let step = name
-            .strip_prefix("checkpoint-")
-            .and_then(|r| r.strip_suffix(".safetensors"))
-            .and_then(|n| n.parse::<u64>().ok());
-        if let Some(step) = step {
-            found.push((step, entry.path()));
+        let path = entry.path();
+        if let Some(step) = step_of_name(&path) {
+            found.push((step, path));
         }
     }
     found.sort_by_key(|f| std::cmp::Reverse(f.0));
     Ok(found)
 }
 
-/// Writes the checkpoint of `state` and keeps only the newest `keep_last`.
+/// Writes the checkpoint of `state` and keeps only the newest `keep_last` up to it
+/// ([`prune`]): the one just written is never among those removed.
 pub fn save<M: Checkpointable>(
     run_dir: &Path,
     model: &M,
@@ -182,21 +196,29 @@ pub fn save<M: Checkpointable>(
             "optimizer".to_string(),
             to_json(serde_json::to_string(&optimizer))?,
         ),
+        (WRITTEN_BY_KEY.to_string(), M::WRITER.to_string()),
     ]);
     write_safetensors(&state_path(&model_path), &tensors, &meta)?;
     let meta = BTreeMap::from([
         ("config".to_string(), config_json.to_string()),
         ("step".to_string(), state.step.to_string()),
         ("epoch".to_string(), state.epoch.to_string()),
+        (WRITTEN_BY_KEY.to_string(), M::WRITER.to_string()),
     ]);
     model.save_model(&model_path, &meta)?;
-    prune(run_dir, keep_last)?;
+    prune(run_dir, keep_last, state.step)?;
     Ok(model_path)
 }
 
-/// Deletes all but the newest `keep_last` checkpoints (model and state files).
-pub fn prune(run_dir: &Path, keep_last: usize) -> Result<(), TrainError> {
-    for (_, path) in list_checkpoints(run_dir)?.into_iter().skip(keep_last) {
+/// Deletes the checkpoints (model and state files) of steps up to `step` but the newest
+/// `keep_last` of them (at least 1: the newest, `step`'s own, always stays). Checkpoints past
+/// `step` are left alone: a run resumed past newer, unloadable ones (`--resume auto`) must not
+/// count them (pruning by step would otherwise delete the checkpoint it just wrote).
+pub fn prune(run_dir: &Path, keep_last: usize, step: u64) -> Result<(), TrainError> {
+    let up_to_step = list_checkpoints(run_dir)?
+        .into_iter()
+        .filter(|(s, _)| *s <= step);
+    for (_, path) in up_to_step.skip(keep_last.max(1)) {
         for p in [state_path(&path), path] {
             match std::fs::remove_file(&p) {
                 Ok(()) => {}
@@ -225,6 +247,8 @@ pub fn load<M: Checkpointable>(
     model: &mut M,
     opt: &mut AdamW,
 ) -> Result<TrainState, TrainError> {
+    // the file asked for first, so that a missing or corrupt one is the error named
+    let weights = TensorFile::open(model_path)?;
     let state_file_path = state_path(model_path);
     let file = TensorFile::open(&state_file_path)?;
     let meta = file.metadata()?;
@@ -234,6 +258,12 @@ pub fn load<M: Checkpointable>(
             .ok_or_else(|| bad("no train_state metadata".into()))?,
     )
     .map_err(|e| bad(format!("train_state: {e}")))?;
+    if let Some(named) = step_of_name(model_path).filter(|n| *n != state.step) {
+        return Err(bad(format!(
+            "train_state says step {}, the file name says {named}",
+            state.step
+        )));
+    }
     let optimizer: OptimizerMeta = serde_json::from_str(
         meta.get("optimizer")
             .ok_or_else(|| bad("no optimizer metadata".into()))?,
@@ -269,7 +299,6 @@ pub fn load<M: Checkpointable>(
             moments.insert(p.name.clone(), m);
         }
     }
-    let weights = TensorFile::open(model_path)?;
     model.load_model(&weights)?;
     opt.betas = optimizer.betas;
     opt.eps = optimizer.eps;
@@ -280,13 +309,16 @@ pub fn load<M: Checkpointable>(
     Ok(state)
 }
 
+/// A newer checkpoint that `--resume auto` could not load, and why.
+pub type Failure = (PathBuf, String);
+
 /// `--resume auto`: the newest checkpoint of `run_dir` that loads. Returns its path and state,
-/// and one line for each newer checkpoint that failed to load.
+/// and each newer checkpoint that failed to load with the reason.
 pub fn resume_latest<M: Checkpointable>(
     run_dir: &Path,
     model: &mut M,
     opt: &mut AdamW,
-) -> Result<Option<(PathBuf, TrainState, Vec<String>)>, TrainError> {
+) -> Result<Option<(PathBuf, TrainState, Vec<Failure>)>, TrainError> {
     let mut failures = Vec::new();
     let candidates = list_checkpoints(run_dir)?;
     if candidates.is_empty() {
@@ -295,11 +327,11 @@ pub fn resume_latest<M: Checkpointable>(
     for (_, path) in candidates {
         match load(&path, model, opt) {
             Ok(state) => return Ok(Some((path, state, failures))),
-            Err(e) => failures.push(e.to_string()),
+            Err(e) => failures.push((path, e.to_string())),
         }
     }
     Err(TrainError::NoCheckpoint {
         dir: run_dir.to_path_buf(),
-        tried: failures,
+        tried: failures.into_iter().map(|f| f.1).collect(),
     })
 }

@@ -12,6 +12,36 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
 
+/// The largest batch a flag may ask for (images per micro-batch or per encoder pass; probe
+/// batches over cached features too): sizes from user numbers stay sane.
+pub const MAX_BATCH: usize = 1 << 16;
+
+/// The most epochs a run may ask for.
+pub const MAX_EPOCHS: usize = 1_000_000;
+
+/// `--{flag} {v}` must be in `lo..=hi`.
+pub fn check_count(flag: &str, v: usize, lo: usize, hi: usize) -> Result<(), TrainError> {
+    if (lo..=hi).contains(&v) {
+        return Ok(());
+    }
+    Err(TrainError::Config(if hi == usize::MAX {
+        format!("--{flag} {v} must be at least {lo}")
+    } else {
+        format!("--{flag} {v} is outside {lo}..={hi}")
+    }))
+}
+
+/// `--{flag} {v}` must be a finite number, at least 0 (above 0 when `positive`).
+pub fn check_float(flag: &str, v: f64, positive: bool) -> Result<(), TrainError> {
+    if v.is_finite() && (v > 0.0 || (!positive && v == 0.0)) {
+        return Ok(());
+    }
+    Err(TrainError::Config(format!(
+        "--{flag} {v} must be a finite number {}",
+        if positive { "above 0" } else { "of at least 0" }
+    )))
+}
+
 /// Settings as given (a TOML file or flags): every field optional. With the `clap` feature it is
 /// also the `mae pretrain` argument list.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
@@ -97,12 +127,25 @@ pub struct PretrainOverrides {
 
 impl PretrainOverrides {
     /// Reads a TOML file of these settings.
+    /// The file must be a regular file of at most 1 MiB (`--config /dev/zero` would be read
+    /// until memory runs out).
     pub fn from_toml_file(path: &Path) -> Result<Self, TrainError> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        toml::from_str(&text).map_err(|e| TrainError::ConfigFile {
+        let bad = |message: String| TrainError::ConfigFile {
             path: path.to_path_buf(),
-            message: e.to_string(),
-        })
+            message,
+        };
+        let meta = std::fs::metadata(path).map_err(|e| TrainError::io(path, e))?;
+        if !meta.is_file() || meta.len() > 1 << 20 {
+            return Err(bad("not a regular file of at most 1 MiB".into()));
+        }
+        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        Self::from_toml(&text).map_err(bad)
+    }
+
+    /// Parses these settings from TOML text; the error says what is wrong (an unknown key, a
+    /// wrong type).
+    pub fn from_toml(text: &str) -> Result<Self, String> {
+        toml::from_str(text).map_err(|e| e.to_string())
     }
 
     /// `self` with every field that `over` sets replaced.
@@ -251,26 +294,22 @@ impl PretrainConfig {
             device: given.device.unwrap_or_default(),
             precision: given.precision.unwrap_or_default(),
         };
-        let bad = |m: String| Err(TrainError::Config(m));
-        if config.batch_size == 0 || config.accum_iter == 0 || config.epochs == 0 {
-            return bad("--batch-size, --accum-iter and --epochs must be at least 1".into());
-        }
-        if config.save_every == 0
-            || config.keep_last == 0
-            || config.log_every == 0
-            || config.workers == 0
-        {
-            return bad(
-                "--save-every, --keep-last, --log-every and --workers must be at least 1".into(),
-            );
-        }
-        if config.max_steps == Some(0)
-            || config.eval_every == Some(0)
-            || config.check_sync_every == Some(0)
-        {
-            return bad(
-                "--max-steps, --eval-every and --check-sync-every must be at least 1".into(),
-            );
+        check_count("batch-size", config.batch_size, 1, MAX_BATCH)?;
+        check_count("accum-iter", config.accum_iter, 1, MAX_BATCH)?;
+        check_count("epochs", config.epochs, 1, MAX_EPOCHS)?;
+        check_count("keep-last", config.keep_last, 1, usize::MAX)?;
+        check_count("workers", config.workers, 1, 1024)?;
+        let at_least_one = [
+            ("save-every", Some(config.save_every)),
+            ("log-every", Some(config.log_every)),
+            ("max-steps", config.max_steps),
+            ("eval-every", config.eval_every.map(|e| e as u64)),
+            ("check-sync-every", config.check_sync_every),
+        ];
+        for (flag, v) in at_least_one {
+            if v == Some(0) {
+                return Err(TrainError::Config(format!("--{flag} must be at least 1")));
+            }
         }
         for (name, v) in [
             ("lr", config.lr),
@@ -279,11 +318,7 @@ impl PretrainConfig {
             ("weight-decay", config.weight_decay),
             ("warmup-epochs", config.warmup_epochs),
         ] {
-            if !v.is_finite() || v < 0.0 {
-                return bad(format!(
-                    "--{name} {v} must be a finite, non-negative number"
-                ));
-            }
+            check_float(name, v, false)?;
         }
         Ok(config)
     }

@@ -6,7 +6,6 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::path::Path;
 use std::str::FromStr;
 use std::sync::Arc;
 
@@ -78,17 +77,15 @@ pub(crate) trait TrainLoop {
     ) -> Result<Self::Summary, TrainError>;
 }
 
-/// Runs `run`'s loop of preset `P` on `device` (seeded with `seed`). Once the device is open,
-/// the output folder `out` is made and (by the `main` rank) `config` written to
-/// `out/config.json`, so that a run that cannot start leaves nothing behind.
+/// Runs `run`'s loop of preset `P` on `device` (seeded with `seed`), with `config` as the JSON
+/// the loop writes to its run folder once it has started ([`crate::rundir::begin`]): a run that
+/// cannot start (no device, a checkpoint that does not load) leaves nothing behind.
 pub(crate) fn run_loop<L: TrainLoop, P: MaePreset>(
     device: DeviceKind,
     seed: u64,
     run: &L,
     data: Arc<Dataset>,
-    out: &Path,
     config: &impl serde::Serialize,
-    main: bool,
 ) -> Result<L::Summary, TrainError> {
     let config_json =
         serde_json::to_string_pretty(config).map_err(|e| TrainError::Config(e.to_string()))?;
@@ -97,9 +94,7 @@ pub(crate) fn run_loop<L: TrainLoop, P: MaePreset>(
         LoopOn::<L, P> {
             run,
             data,
-            out,
             config_json,
-            main,
             preset: PhantomData,
         },
     )
@@ -109,21 +104,13 @@ pub(crate) fn run_loop<L: TrainLoop, P: MaePreset>(
 struct LoopOn<'a, L, P> {
     run: &'a L,
     data: Arc<Dataset>,
-    out: &'a Path,
     config_json: String,
-    main: bool,
     preset: PhantomData<P>,
 }
 
 impl<L: TrainLoop, P: MaePreset> DeviceVisitor for LoopOn<'_, L, P> {
     type Output = L::Summary;
     fn visit<D: RunDevice>(self, dev: D) -> Result<L::Summary, TrainError> {
-        let out = self.out;
-        std::fs::create_dir_all(out).map_err(|e| TrainError::io(out, e))?;
-        if self.main {
-            let config = self.config_json.as_bytes();
-            mae_core::weights::write_atomic(&out.join("config.json"), config)?;
-        }
         self.run.train::<P, D>(dev, self.data, self.config_json)
     }
 }

@@ -264,7 +264,13 @@ impl Comm {
     /// rank does on an error, so that the others do not wait for it forever. With one process it
     /// only exits.
     pub fn abort(&self, message: &str, code: i32) -> ! {
-        eprintln!("rank {} of {}: {message}", self.rank(), self.world_size());
+        use std::io::Write as _;
+        let _ = writeln!(
+            std::io::stderr(),
+            "rank {} of {}: {message}",
+            self.rank(),
+            self.world_size()
+        );
         match &self.inner {
             Inner::Single => std::process::exit(code),
             #[cfg(feature = "mpi")]

@@ -90,7 +90,7 @@ pub fn for_each_batch_in(
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     let last = range.end.min(split.len());
     for start in (range.start..last).step_by(batch.max(1)) {
-        let end = (start + batch.max(1)).min(last);
+        let end = start.saturating_add(batch.max(1)).min(last);
         images.resize((end - start) * per, 0.0);
         labels.clear();
         for i in start..end {
@@ -440,6 +440,7 @@ pub fn knn_classify(
             "kNN needs labeled train and test samples and k ≥ 1".into(),
         ));
     }
+    crate::config::check_float("temperature", temperature as f64, true)?;
     if let Some(bad) = train_labels
         .iter()
         .chain(test_labels)
@@ -510,10 +511,34 @@ pub fn write_features(
             trainable: false,
         });
     }
-    let meta =
-        std::collections::BTreeMap::from([("num_classes".to_string(), num_classes.to_string())]);
+    let meta = std::collections::BTreeMap::from([
+        ("num_classes".to_string(), num_classes.to_string()),
+        (
+            mae_core::weights::WRITTEN_BY_KEY.to_string(),
+            "mae embed".to_string(),
+        ),
+    ]);
     mae_core::weights::write_safetensors(path, &tensors, &meta)?;
     Ok(vec![path.to_path_buf()])
+}
+
+/// The files [`write_features`] writes for `path` and splits named `splits`: `path` itself, or
+/// for a `.npy` path `STEM.SPLIT.{cls,avg,labels}.npy` beside it.
+pub fn feature_files(path: &Path, splits: &[&str]) -> Vec<std::path::PathBuf> {
+    if !path.extension().is_some_and(|e| e == "npy") {
+        return vec![path.to_path_buf()];
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "features".into());
+    splits
+        .iter()
+        .flat_map(|name| {
+            ["cls", "avg", "labels"]
+                .map(|kind| path.with_file_name(format!("{stem}.{name}.{kind}.npy")))
+        })
+        .collect()
 }
 
 fn npy_bytes(descr: &str, shape: &[usize], data: Vec<u8>) -> Vec<u8> {
@@ -544,26 +569,22 @@ fn write_npy_files(
     path: &Path,
     splits: &[(&str, &Features)],
 ) -> Result<Vec<std::path::PathBuf>, TrainError> {
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "features".into());
-    let mut written = Vec::new();
-    for (name, f) in splits {
+    let names: Vec<&str> = splits.iter().map(|(n, _)| *n).collect();
+    let files = feature_files(path, &names);
+    for ((_, f), paths) in splits.iter().zip(files.chunks_exact(3)) {
         let n = f.len();
-        for (kind, data) in [("cls", &f.cls), ("avg", &f.avg)] {
+        for (data, p) in [&f.cls, &f.avg].into_iter().zip(paths) {
             let bytes = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-            let p = path.with_file_name(format!("{stem}.{name}.{kind}.npy"));
-            mae_core::weights::write_atomic(&p, &npy_bytes("<f4", &[n, f.dim], bytes))?;
-            written.push(p);
+            mae_core::weights::write_atomic(p, &npy_bytes("<f4", &[n, f.dim], bytes))?;
         }
         let bytes = f.labels.iter().flat_map(|v| v.to_le_bytes()).collect();
-        let p = path.with_file_name(format!("{stem}.{name}.labels.npy"));
-        mae_core::weights::write_atomic(&p, &npy_bytes("<i8", &[n], bytes))?;
-        written.push(p);
+        mae_core::weights::write_atomic(&paths[2], &npy_bytes("<i8", &[n], bytes))?;
     }
-    Ok(written)
+    Ok(files)
 }
+
+/// The most classes a features file may declare (ImageNet-21k has 21,843).
+pub const MAX_CLASSES: usize = 1 << 20;
 
 /// Reads the train and val features of a file written by [`write_features`] (safetensors), and
 /// the number of classes (its metadata, else the largest label + 1).
@@ -598,14 +619,26 @@ pub fn read_features(path: &Path) -> Result<(Features, Features, usize), TrainEr
     let classes = match file.metadata()?.get("num_classes") {
         Some(c) => c
             .parse()
-            .map_err(|_| bad(format!("num_classes `{c}` is not a number")))?,
+            .ok()
+            .filter(|&c: &usize| c <= MAX_CLASSES)
+            .ok_or_else(|| {
+                bad(format!(
+                    "num_classes `{c}` is not a number up to {MAX_CLASSES}"
+                ))
+            })?,
         None => train
             .labels
             .iter()
             .chain(&val.labels)
             .max()
-            .map_or(0, |m| (m + 1).max(0) as usize),
+            .map_or(0, |m| m.saturating_add(1).max(0) as usize),
     };
+    if classes > MAX_CLASSES {
+        return Err(bad(format!(
+            "labels up to {} are more than {MAX_CLASSES} classes",
+            classes - 1
+        )));
+    }
     Ok((train, val, classes))
 }
 
@@ -682,6 +715,13 @@ pub struct EvalInput {
     pub precision: Precision,
 }
 
+impl EvalInput {
+    /// Checks the numbers given.
+    pub fn validate(&self) -> Result<(), TrainError> {
+        crate::config::check_count("eval-batch-size", self.batch, 1, crate::config::MAX_BATCH)
+    }
+}
+
 /// The encoder of a checkpoint (full MAE or encoder-only file) on `dev`, without building a
 /// decoder.
 pub fn load_encoder<P: MaePreset, D: MaeDevice>(
@@ -742,6 +782,7 @@ pub fn extract_dataset_with(
     input: &EvalInput,
     comm: &crate::dist::Comm,
 ) -> Result<(Features, Features, usize), TrainError> {
+    input.validate()?;
     crate::checkpoint::preset_of(&input.checkpoint)?.visit(Extract(input, comm))
 }
 
@@ -755,6 +796,14 @@ pub enum FeatureSource {
 }
 
 impl FeatureSource {
+    /// Checks the numbers given (the encoder's batch).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        match self {
+            FeatureSource::Model(input) => input.validate(),
+            FeatureSource::Features(_) => Ok(()),
+        }
+    }
+
     /// Train and val features and the number of classes.
     pub fn load(&self) -> Result<(Features, Features, usize), TrainError> {
         self.load_with(&crate::dist::Comm::single())
@@ -791,6 +840,10 @@ pub fn knn_eval_with(
     feature: FeatureKind,
     comm: &crate::dist::Comm,
 ) -> Result<Accuracy, TrainError> {
+    // the settings before the encoder's passes, which take minutes
+    crate::config::check_count("k", k, 1, usize::MAX)?;
+    crate::config::check_float("temperature", temperature as f64, true)?;
+    input.validate()?;
     let (train, val, classes) = input.load_with(comm)?;
     knn_classify(
         train.select(feature),

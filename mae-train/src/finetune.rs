@@ -39,7 +39,9 @@ use crate::dist::{set_grad, Comm, GradSync, StepScalars};
 use crate::error::{device_err, TrainError};
 use crate::features::{check_channels, for_each_eval_batch, topk_hits, Accuracy};
 use crate::optim::AdamW;
-use crate::pretrain::{append_json_line, check_loss, position_rng, Outcome, Resume};
+use crate::pretrain::{
+    check_loss, check_seed, check_within, position_rng, resume, Outcome, Resume,
+};
 use crate::runlog::RunLog;
 use crate::schedule::{absolute_lr, lr_at, StepPlan};
 
@@ -159,11 +161,25 @@ impl FinetuneConfig {
         }
     }
 
-    /// Checks the settings.
+    /// Checks the settings: counts in range, every rate a finite number in its interval (NaN is
+    /// refused everywhere).
     pub fn validate(&self) -> Result<(), TrainError> {
+        use crate::config::{check_count, check_float, MAX_BATCH, MAX_EPOCHS};
         let bad = |m: String| Err(TrainError::Config(m));
-        if self.batch_size == 0 || self.accum_iter == 0 || self.epochs == 0 {
-            return bad("batch size, accum-iter and epochs must be at least 1".into());
+        check_count("batch-size", self.batch_size, 1, MAX_BATCH)?;
+        check_count("accum-iter", self.accum_iter, 1, MAX_BATCH)?;
+        check_count("epochs", self.epochs, 1, MAX_EPOCHS)?;
+        check_count("eval-batch-size", self.eval_batch_size, 1, MAX_BATCH)?;
+        check_count("keep-last", self.keep_last, 1, usize::MAX)?;
+        check_count("workers", self.workers, 1, 1024)?;
+        for (flag, v) in [
+            ("save-every", Some(self.save_every)),
+            ("log-every", Some(self.log_every)),
+            ("max-steps", self.max_steps),
+        ] {
+            if v == Some(0) {
+                return bad(format!("--{flag} must be at least 1"));
+            }
         }
         if (self.mixup > 0.0 || self.cutmix > 0.0) && self.batch_size % 2 != 0 {
             return bad(format!(
@@ -171,15 +187,25 @@ impl FinetuneConfig {
                 self.batch_size
             ));
         }
-        for (name, v, hi) in [
-            ("drop-path", self.drop_path, 1.0),
-            ("smoothing", self.smoothing, 1.0),
-            ("reprob", self.reprob, 1.0),
-            ("mixup-prob", self.mixup_prob, 1.0),
-            ("mixup-switch-prob", self.mixup_switch_prob, 1.0),
+        for (flag, v) in [
+            ("drop-path", self.drop_path),
+            ("smoothing", self.smoothing),
+            ("reprob", self.reprob),
+            ("mixup-prob", self.mixup_prob),
+            ("mixup-switch-prob", self.mixup_switch_prob),
         ] {
-            if !(0.0..hi + f64::EPSILON).contains(&v) || (name == "drop-path" && v >= 1.0) {
-                return bad(format!("--{name} {v} is outside [0, 1)"));
+            let upper_ok = if flag == "drop-path" {
+                v < 1.0
+            } else {
+                v <= 1.0
+            };
+            if !(v >= 0.0 && upper_ok) {
+                let range = if flag == "drop-path" {
+                    "[0, 1)"
+                } else {
+                    "[0, 1]"
+                };
+                return bad(format!("--{flag} {v} is outside {range}"));
             }
         }
         if !(self.layer_decay > 0.0 && self.layer_decay <= 1.0) {
@@ -194,8 +220,16 @@ impl FinetuneConfig {
                 self.min_crop_scale
             ));
         }
-        if !(self.lr.is_finite() && self.lr > 0.0) || self.mixup < 0.0 || self.cutmix < 0.0 {
-            return bad("learning rate must be positive, mixup/cutmix α non-negative".into());
+        check_float("lr", self.lr, true)?;
+        for (flag, v) in [
+            ("blr", self.blr),
+            ("min-lr", self.min_lr),
+            ("warmup-epochs", self.warmup_epochs),
+            ("weight-decay", self.weight_decay),
+            ("mixup", self.mixup),
+            ("cutmix", self.cutmix),
+        ] {
+            check_float(flag, v, false)?;
         }
         Ok(())
     }
@@ -391,6 +425,12 @@ pub fn finetune_with(
 ) -> Result<FinetuneSummary, TrainError> {
     config.validate()?;
     comm.check_world_size(config.world_size)?;
+    crate::rundir::check(
+        &config.out,
+        crate::rundir::RunKind::Finetune,
+        resume,
+        &config.data,
+    )?;
     config.preset.visit(Run {
         cfg: config,
         resume,
@@ -484,8 +524,7 @@ impl PresetVisitor for Run<'_> {
                 cfg.data.display()
             )));
         }
-        let main = self.comm.is_main();
-        run_loop::<_, P>(cfg.device, cfg.seed, &self, data, &cfg.out, cfg, main)
+        run_loop::<_, P>(cfg.device, cfg.seed, &self, data, cfg)
     }
 }
 
@@ -545,22 +584,8 @@ impl TrainLoop for Run<'_> {
             global_micro_batch: cfg.batch_size * comm.world_size(),
             loss_scaler: None,
         };
-        match self.resume {
-            Resume::No => {}
-            Resume::Auto => {
-                if let Some((_, s, _)) = checkpoint::resume_latest(&cfg.out, &mut model, &mut opt)?
-                {
-                    state = s;
-                }
-            }
-            Resume::Path(path) => state = checkpoint::load(path, &mut model, &mut opt)?,
-        }
-        if state.seed != cfg.seed {
-            return Err(TrainError::Config(format!(
-                "the checkpoint was trained with seed {}, the configuration says {}",
-                state.seed, cfg.seed
-            )));
-        }
+        let resumed_from = resume(self.resume, &cfg.out, &mut model, &mut opt, &mut state)?;
+        check_seed(&state, cfg.seed)?;
         let best_path = cfg.out.join(BEST);
         let mut best = if state.step > 0 {
             best_so_far(&best_path)
@@ -606,6 +631,7 @@ impl TrainLoop for Run<'_> {
                 )
             },
         )?;
+        check_within(&resumed_from, &state, &plan)?;
         let total_steps = plan.total_steps;
         let mixup = Mixup {
             mixup_alpha: cfg.mixup,
@@ -639,7 +665,17 @@ impl TrainLoop for Run<'_> {
                 comm.world_size()
             )));
         }
+        let run_dir = crate::rundir::begin(&cfg.out, state.step, &config_json, main)?;
         let mut log = RunLog::open(&cfg.out, total_steps, state.step, main)?;
+        for note in &run_dir.notes {
+            log.message(note);
+        }
+        if let Some((path, failures)) = &resumed_from {
+            for f in failures {
+                log.message(&format!("skipped checkpoint: {f}"));
+            }
+            log.message(&format!("resumed from {}", path.display()));
+        }
         let mut sync = GradSync::default();
         log.message(&format!(
             "fine-tuning {} ({classes} classes) from {init}; {} train / {} val images, {total_steps} steps, lr {:.3e}",
@@ -778,6 +814,10 @@ impl TrainLoop for Run<'_> {
                             ("epoch".to_string(), state.epoch.to_string()),
                             ("step".to_string(), state.step.to_string()),
                             ("config".to_string(), config_json.clone()),
+                            (
+                                mae_core::weights::WRITTEN_BY_KEY.to_string(),
+                                "mae finetune".to_string(),
+                            ),
                         ]);
                         model.save_safetensors(&best_path, &meta)?;
                     }
@@ -788,7 +828,7 @@ impl TrainLoop for Run<'_> {
                         top5: acc.top5,
                         best_top1: best.map_or(acc.top1, |b| b.0),
                     };
-                    append_json_line(&eval_path, &line)?;
+                    log.append(&eval_path, &line);
                     log.message(&format!(
                         "epoch {}: val top-1 {:.2}%, top-5 {:.2}% (best {:.2}%)",
                         state.epoch, acc.top1, acc.top5, line.best_top1

@@ -18,6 +18,7 @@ pub mod optim;
 pub mod plot;
 pub mod pretrain;
 pub mod reconstruct;
+pub mod rundir;
 pub mod runlog;
 pub mod schedule;
 

@@ -163,6 +163,18 @@ pub struct ProbeConfig {
     pub augment: bool,
 }
 
+impl ProbeConfig {
+    /// Checks the settings (NaN is refused everywhere).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        use crate::config::{check_count, check_float, MAX_BATCH, MAX_EPOCHS};
+        check_count("epochs", self.epochs, 1, MAX_EPOCHS)?;
+        check_count("batch-size", self.batch_size, 1, MAX_BATCH)?;
+        check_float("blr", self.blr, true)?;
+        check_float("warmup-epochs", self.warmup_epochs, false)?;
+        check_float("weight-decay", self.weight_decay as f64, false)
+    }
+}
+
 /// The probe's optimizer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -593,6 +605,8 @@ pub fn linprobe_with(
     cfg: &ProbeConfig,
     comm: &crate::dist::Comm,
 ) -> Result<ProbeResult, TrainError> {
+    cfg.validate()?;
+    input.validate()?;
     let (probe, val, train_len) = match input {
         FeatureSource::Model(model) if cfg.augment => {
             let preset = crate::checkpoint::preset_of(&model.checkpoint)?;

@@ -119,7 +119,6 @@ pub fn plot_run(run_dir: &Path, out: &Path) -> Result<usize, TrainError> {
         &lr,
         Rgb([255, 160, 60]),
     );
-    img.save(out)
-        .map_err(|e| TrainError::io(out, std::io::Error::other(e.to_string())))?;
+    mae_data::png::write_png(out, &img, "plot")?;
     Ok(metrics.len())
 }

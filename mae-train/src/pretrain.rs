@@ -25,6 +25,7 @@ use crate::device::{run_loop, RunDevice, TrainLoop};
 use crate::dist::{check_in_sync, Comm, GradSync, StepScalars};
 use crate::error::TrainError;
 use crate::optim::AdamW;
+use crate::rundir::RunKind;
 use crate::runlog::RunLog;
 use crate::schedule::{lr_at, StepPlan};
 use mae_core::MaeDevice;
@@ -91,6 +92,7 @@ pub fn pretrain_with(
     comm: &Comm,
 ) -> Result<RunSummary, TrainError> {
     comm.check_world_size(config.world_size)?;
+    crate::rundir::check(&config.out, RunKind::Pretrain, resume, &config.data)?;
     config.model.preset.visit(Run {
         config,
         resume,
@@ -190,27 +192,73 @@ fn knn_during_training<P: MaePreset, D: MaeDevice>(
     })
 }
 
+/// Loads the checkpoint `resume` names into `model`, `opt` and `state`: nothing for
+/// [`Resume::No`]; for `--resume auto` the newest one of `out` that loads (`None` when there is
+/// none). Returns the checkpoint loaded with one line for each newer one that failed. Refuses
+/// when `out` holds loadable checkpoints newer than the one loaded ([`crate::rundir`]).
+pub(crate) fn resume<M: checkpoint::Checkpointable>(
+    resume: &Resume,
+    out: &std::path::Path,
+    model: &mut M,
+    opt: &mut AdamW,
+    state: &mut TrainState,
+) -> Result<Option<(PathBuf, Vec<String>)>, TrainError> {
+    let (path, failures) = match resume {
+        Resume::No => return Ok(None),
+        Resume::Auto => match checkpoint::resume_latest(out, model, opt)? {
+            None => return Ok(None),
+            Some((path, s, failures)) => {
+                *state = s;
+                (path, failures)
+            }
+        },
+        Resume::Path(path) => {
+            *state = checkpoint::load(path, model, opt)?;
+            (path.clone(), Vec::new())
+        }
+    };
+    let failed: Vec<PathBuf> = failures.iter().map(|f| f.0.clone()).collect();
+    crate::rundir::check_no_newer(out, state.step, &failed)?;
+    Ok(Some((path, failures.into_iter().map(|f| f.1).collect())))
+}
+
+/// A resumed checkpoint must lie within the run's schedule: one past its end (a forged step of
+/// 2^63 among them) would otherwise be "resumed" with nothing to do and win every later pruning.
+pub(crate) fn check_within(
+    resumed: &Option<(PathBuf, Vec<String>)>,
+    state: &TrainState,
+    plan: &crate::schedule::StepPlan,
+) -> Result<(), TrainError> {
+    match resumed {
+        Some((path, _)) if state.step > plan.full_steps => Err(TrainError::checkpoint(
+            path,
+            format!(
+                "step {} is past the end of this run's schedule ({} steps: {} a epoch); resume \
+                 it with at least as many --epochs, or give a new --out",
+                state.step, plan.full_steps, plan.steps_per_epoch
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// A resumed run must have the checkpoint's seed (masks and augmentation are keyed by it).
+pub(crate) fn check_seed(state: &TrainState, seed: u64) -> Result<(), TrainError> {
+    if state.seed != seed {
+        return Err(TrainError::Config(format!(
+            "the checkpoint was trained with seed {}, the configuration says {seed}",
+            state.seed
+        )));
+    }
+    Ok(())
+}
+
 /// The error that stops a run whose loss is not finite (as `main_pretrain.py` exits).
 pub(crate) fn check_loss(loss: f32, step: u64, epoch: u64) -> Result<(), TrainError> {
     if loss.is_finite() {
         return Ok(());
     }
     Err(TrainError::NonFiniteLoss { step, epoch, loss })
-}
-
-/// Appends one JSON line to `path`.
-pub(crate) fn append_json_line(
-    path: &std::path::Path,
-    value: &impl Serialize,
-) -> Result<(), TrainError> {
-    use std::io::Write;
-    let text = serde_json::to_string(value).map_err(|e| TrainError::Config(e.to_string()))?;
-    let mut f = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(path)
-        .map_err(|e| TrainError::io(path, e))?;
-    writeln!(f, "{text}").map_err(|e| TrainError::io(path, e))
 }
 
 impl PresetVisitor for Run<'_> {
@@ -236,8 +284,7 @@ impl PresetVisitor for Run<'_> {
                 cfg.data.display()
             )));
         }
-        let main = self.comm.is_main();
-        run_loop::<_, P>(cfg.device, cfg.seed, &self, data, &cfg.out, cfg, main)
+        run_loop::<_, P>(cfg.device, cfg.seed, &self, data, cfg)
     }
 }
 
@@ -266,25 +313,8 @@ impl TrainLoop for Run<'_> {
             global_micro_batch: cfg.batch_size * cfg.world_size,
             loss_scaler: None,
         };
-        let resumed_from = match self.resume {
-            Resume::No => None,
-            Resume::Auto => checkpoint::resume_latest(&cfg.out, &mut model, &mut opt)?.map(
-                |(path, s, failures)| {
-                    state = s;
-                    (path, failures)
-                },
-            ),
-            Resume::Path(path) => {
-                state = checkpoint::load(path, &mut model, &mut opt)?;
-                Some((path.clone(), Vec::new()))
-            }
-        };
-        if state.seed != cfg.seed {
-            return Err(TrainError::Config(format!(
-                "the checkpoint was trained with seed {}, the configuration says {}",
-                state.seed, cfg.seed
-            )));
-        }
+        let resumed_from = resume(self.resume, &cfg.out, &mut model, &mut opt, &mut state)?;
+        check_seed(&state, cfg.seed)?;
 
         let (mean, std) = normalization(m, false);
         let augment = Augment::new(Transform::pretrain(), P::IMG_SIZE, &mean, &std, cfg.seed)?;
@@ -324,22 +354,29 @@ impl TrainLoop for Run<'_> {
                 )
             },
         )?;
+        check_within(&resumed_from, &state, &plan)?;
         let total_steps = plan.total_steps;
         let global_micro_batch = cfg.batch_size * comm.world_size();
         let mut moved = None;
         if state.global_micro_batch != 0 && state.global_micro_batch != global_micro_batch {
             // resumed with another global batch (world size or batch size changed): the same
             // place in the epoch, in images, rounded down to a whole new micro-batch
-            let images = state.micro_step * state.global_micro_batch;
+            let images = state.micro_step.saturating_mul(state.global_micro_batch);
             let micro = images / global_micro_batch;
             state.micro_step = micro - micro % cfg.accum_iter;
-            state.step =
-                state.epoch * plan.steps_per_epoch + (state.micro_step / cfg.accum_iter) as u64;
+            state.step = state
+                .epoch
+                .saturating_mul(plan.steps_per_epoch)
+                .saturating_add((state.micro_step / cfg.accum_iter) as u64);
             moved = Some((state.global_micro_batch, images));
         }
         state.global_micro_batch = global_micro_batch;
 
+        let run_dir = crate::rundir::begin(&cfg.out, state.step, &config_json, main)?;
         let mut log = RunLog::open(&cfg.out, total_steps, state.step, main)?;
+        for note in &run_dir.notes {
+            log.message(note);
+        }
         if let Some((old, images)) = moved {
             log.message(&format!(
                 "resumed with {global_micro_batch} images per micro-batch over all ranks \
@@ -491,7 +528,7 @@ impl TrainLoop for Run<'_> {
                         "epoch {}: kNN (k=20, cls) val top-1 {:.2}%, top-5 {:.2}%",
                         line.epoch, line.knn_top1, line.knn_top5
                     ));
-                    append_json_line(&cfg.out.join("eval.jsonl"), &line)?;
+                    log.append(&cfg.out.join("eval.jsonl"), &line);
                 }
                 if main && (state.step % cfg.save_every == 0 || done || stop) {
                     last_checkpoint = Some(save(&model, &opt, &state)?);

@@ -61,8 +61,19 @@ pub struct ReconstructSummary {
     pub norm_pix: bool,
 }
 
+/// The most images one grid shows (one row each).
+pub const MAX_IMAGES: usize = 256;
+
 /// Writes the reconstruction grid.
 pub fn reconstruct(opts: &ReconstructOptions) -> Result<ReconstructSummary, TrainError> {
+    let count = match &opts.images {
+        ImagesFrom::Data(_) => opts.count,
+        ImagesFrom::Files(files) => files.len(),
+    };
+    crate::config::check_count("count", count, 1, MAX_IMAGES)?;
+    if let Some(r) = opts.mask_ratio {
+        mae_core::masking::check_mask_ratio(r)?;
+    }
     preset_of(&opts.checkpoint)?.visit(Run(opts))
 }
 
@@ -93,6 +104,7 @@ impl<P: MaePreset> DeviceVisitor for RunOn<'_, P> {
             .mask_ratio
             .or(config.as_ref().map(|c| c.model.mask_ratio))
             .unwrap_or(0.75);
+        mae_core::masking::check_len_keep(P::num_patches(), mask_ratio)?;
         let (c, s) = (P::IN_CHANS, P::IMG_SIZE);
 
         // the images as u8 HWC (with their side), and the normalization of training
@@ -266,6 +278,5 @@ fn write_grid(
             (width / GLYPH) as usize,
         );
     }
-    img.save(out)
-        .map_err(|e| TrainError::io(out, std::io::Error::other(e.to_string())))
+    Ok(mae_data::png::write_png(out, &img, "reconstruct")?)
 }

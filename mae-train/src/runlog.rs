@@ -3,6 +3,11 @@
 //!
 //! PyTorch counterpart: `util/misc.MetricLogger` printing and the `log.txt` JSON lines that
 //! `main_pretrain.py` / `main_finetune.py` write.
+//!
+//! Logging never stops a run: a closed or full stdout (`mae pretrain ... | head -1`, `> /dev/full`)
+//! is ignored, and a metrics or eval line that cannot be written (a full disk) is reported once on
+//! stderr and the run goes on; the checkpoint, which the run cannot do without, is where a full
+//! disk stops it.
 
 use std::fs::{File, OpenOptions};
 use std::io::{IsTerminal, Write};
@@ -10,6 +15,18 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use serde::Serialize;
+
+/// One line on stdout; a closed or full stdout is ignored (logging never stops a run).
+fn say(text: &str) {
+    let _ = writeln!(std::io::stdout().lock(), "{text}");
+}
+
+/// Appends one JSON line to `path`.
+fn append_json_line(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
+    let text = serde_json::to_string(value).map_err(std::io::Error::other)?;
+    let mut f = OpenOptions::new().create(true).append(true).open(path)?;
+    writeln!(f, "{text}")
+}
 
 use crate::error::TrainError;
 
@@ -39,6 +56,8 @@ pub struct RunLog {
     start: Instant,
     window: (Instant, usize),
     total_steps: u64,
+    /// Files whose write failed (each is reported once).
+    failed: Vec<PathBuf>,
 }
 
 impl RunLog {
@@ -81,6 +100,7 @@ impl RunLog {
             start: Instant::now(),
             window: (Instant::now(), 0),
             total_steps,
+            failed: Vec::new(),
         })
     }
 
@@ -110,19 +130,43 @@ impl RunLog {
             return Ok(());
         };
         let text = serde_json::to_string(&line).map_err(|e| TrainError::Config(e.to_string()))?;
-        writeln!(metrics, "{text}").map_err(|e| TrainError::io(&*metrics_path, e))?;
+        let written = writeln!(metrics, "{text}").and_then(|()| metrics.flush());
+        if let Err(e) = written {
+            let path = metrics_path.clone();
+            self.write_failed(&path, &e);
+        }
         if self.interactive {
             self.bar.set_message(format!(
                 "loss {:.4} lr {:.2e} {:.0} img/s",
                 line.loss, line.lr, line.images_per_s
             ));
         } else {
-            println!(
+            say(&format!(
                 "step {}/{} epoch {:.2} loss {:.4} lr {:.3e} {:.1} img/s",
                 line.step, self.total_steps, line.epoch, line.loss, line.lr, line.images_per_s
-            );
+            ));
         }
         Ok(())
+    }
+
+    /// Appends `value` as a JSON line to `path` (an `eval.jsonl`); a failure is reported once
+    /// and the run goes on.
+    pub fn append(&mut self, path: &Path, value: &impl Serialize) {
+        if let Err(e) = append_json_line(path, value) {
+            self.write_failed(path, &e);
+        }
+    }
+
+    fn write_failed(&mut self, path: &Path, e: &std::io::Error) {
+        if self.failed.iter().any(|p| p == path) {
+            return;
+        }
+        self.failed.push(path.to_path_buf());
+        let _ = writeln!(
+            std::io::stderr(),
+            "warning: {}: {e}; the run goes on without these lines",
+            path.display()
+        );
     }
 
     /// Prints a message above the bar (or as a plain line).
@@ -133,7 +177,7 @@ impl RunLog {
         if self.interactive {
             self.bar.println(text);
         } else {
-            println!("{text}");
+            say(text);
         }
     }
 

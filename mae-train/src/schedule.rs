@@ -4,9 +4,9 @@
 //! the fractional epoch `data_iter_step / len(data_loader) + epoch`, and `args.lr = blr ·
 //! eff_batch_size / 256` in `main_pretrain.py`.
 
-/// `blr · batch · accum_iter · world_size / 256`.
+/// `blr · batch · accum_iter · world_size / 256` (in f64: no integer product to overflow).
 pub fn absolute_lr(blr: f64, batch_size: usize, accum_iter: usize, world_size: usize) -> f64 {
-    blr * (batch_size * accum_iter * world_size) as f64 / 256.0
+    blr * (batch_size as f64 * accum_iter as f64 * world_size as f64) / 256.0
 }
 
 /// The learning rate at fractional `epoch`.
@@ -54,7 +54,14 @@ impl StepPlan {
         }
         let usable_micro = micro_per_epoch - micro_per_epoch % accum_iter;
         let steps_per_epoch = (usable_micro / accum_iter) as u64;
-        let full_steps = epochs as u64 * steps_per_epoch;
+        let full_steps = (epochs as u64)
+            .checked_mul(steps_per_epoch)
+            .ok_or_else(|| {
+                crate::TrainError::Config(format!(
+                "{}: {epochs} epochs of {steps_per_epoch} steps are more steps than can be counted",
+                what()
+            ))
+            })?;
         Ok(StepPlan {
             micro_per_epoch,
             usable_micro,

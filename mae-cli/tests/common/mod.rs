@@ -86,6 +86,15 @@ pub fn train_args<'a>(data: &'a str, out: &'a str, max_steps: &'a str) -> Vec<&'
     ]
 }
 
+/// `args` with `flag`'s value set to `value` (replaced where the flag is given, else appended).
+pub fn with_flag<'a>(mut args: Vec<&'a str>, flag: &'a str, value: &'a str) -> Vec<&'a str> {
+    match args.iter().position(|a| *a == flag) {
+        Some(at) => args[at + 1] = value,
+        None => args.extend([flag, value]),
+    }
+    args
+}
+
 pub fn run_ok(args: &[&str]) -> String {
     let r = mae(args);
     assert!(
