@@ -173,7 +173,9 @@ pub fn run(command: DataCommand) -> Result<()> {
             } else {
                 SplitName::Train
             };
-            let n = mae_data::preview::write_grid(&ds, split, count, cols, &out)?;
+            let (img, n) = mae_data::preview::grid(&ds, split, count, cols)?;
+            let png = mae_data::png::encode(&img, "data show")?;
+            mae_core::weights::write_atomic(&out, &png)?;
             say!("wrote {} ({n} samples)", out.display());
         }
     }

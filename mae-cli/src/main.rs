@@ -364,7 +364,11 @@ fn keep_freed_memory() {}
 
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
-    match run(Cli::parse()) {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => return clap_exit(&e),
+    };
+    match run(cli) {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
             use std::io::Write;
@@ -372,6 +376,19 @@ fn main() -> std::process::ExitCode {
             let _ = writeln!(std::io::stderr(), "error: {}", error_line(&e));
             std::process::ExitCode::FAILURE
         }
+    }
+}
+
+/// What clap would do for `--help`, `--version` or a usage error, with a failed write to stdout
+/// (`mae --help > /dev/full`) an error line instead of silence.
+fn clap_exit(e: &clap::Error) -> std::process::ExitCode {
+    use std::io::Write;
+    match e.print() {
+        Err(io) if !e.use_stderr() => {
+            let _ = writeln!(std::io::stderr(), "error: writing to stdout: {io}");
+            std::process::ExitCode::FAILURE
+        }
+        _ => std::process::ExitCode::from(e.exit_code().clamp(0, 255) as u8),
     }
 }
 

@@ -136,9 +136,7 @@ fn a_fresh_run_in_a_used_folder_is_refused_and_resume_continues_it() {
     );
     assert!(!inside.exists());
 
-    let mut args = train_args(scratch.data(), r, "5");
-    args.extend(["--resume", "auto"]);
-    let stdout = run_ok(&args);
+    let stdout = run_ok(&resumed(train_args(scratch.data(), r, "5")));
     // the checkpoint it reports exists
     let reported = stdout
         .split("checkpoint ")
@@ -167,8 +165,7 @@ fn a_run_that_refuses_to_start_changes_nothing() {
     let r = s(&run);
     run_ok(&train_args(scratch.data(), r, "2"));
     let before = tree(&run);
-    let mut args = train_args(scratch.data(), r, "4");
-    args.extend(["--resume", "auto", "--seed", "7"]);
+    let args = with_flag(resumed(train_args(scratch.data(), r, "4")), "--seed", "7");
     refused(&mae(&args), &["seed"]);
     assert_eq!(tree(&run), before);
     // the asked-for checkpoint is the one named, not its state file
@@ -182,14 +179,10 @@ fn a_run_that_refuses_to_start_changes_nothing() {
     assert_eq!(tree(&run), before);
     // every checkpoint corrupt
     for (_, path) in mae_train::checkpoint::list_checkpoints(&run).unwrap() {
-        let mut b = std::fs::read(&path).unwrap();
-        let n = b.len();
-        b[n - 3] ^= 0x10;
-        std::fs::write(&path, b).unwrap();
+        flip_byte(&path, 3);
     }
     let before = tree(&run);
-    let mut args = train_args(scratch.data(), r, "4");
-    args.extend(["--resume", "auto"]);
+    let args = resumed(train_args(scratch.data(), r, "4"));
     refused(&mae(&args), &["no checkpoint could be loaded", "checksum"]);
     assert_eq!(tree(&run), before);
 }
@@ -314,6 +307,16 @@ fn a_closed_or_full_stdout_never_panics() {
         .unwrap();
     let r = Command::new(env!("CARGO_BIN_EXE_mae"))
         .arg("presets")
+        .stdout(full)
+        .output()
+        .unwrap();
+    refused(&r, &["writing to stdout"]);
+    let full = std::fs::OpenOptions::new()
+        .write(true)
+        .open("/dev/full")
+        .unwrap();
+    let r = Command::new(env!("CARGO_BIN_EXE_mae"))
+        .arg("--help")
         .stdout(full)
         .output()
         .unwrap();
@@ -651,9 +654,7 @@ fn hostile_files_get_a_clear_error_naming_them() {
     };
     let four = run.join("checkpoint-4.safetensors");
     forge(&four, &four);
-    let mut args = with_keep("7");
-    args.extend(["--resume", "auto"]);
-    let r = mae(&args);
+    let r = mae(&resumed(with_keep("7")));
     let err = String::from_utf8_lossy(&r.stderr);
     let stdout = String::from_utf8_lossy(&r.stdout);
     // both are skipped, each named with its reason; checkpoint-2 is resumed
@@ -677,9 +678,10 @@ fn hostile_files_get_a_clear_error_naming_them() {
     std::fs::copy(run.join("checkpoint-7.safetensors"), &far).unwrap();
     forge(&run.join("checkpoint-7.safetensors"), &far);
     let before = tree(&run);
-    let mut args = with_keep("8");
-    args.extend(["--resume", "auto"]);
-    refused(&mae(&args), &["9223372036854775808", "schedule"]);
+    refused(
+        &mae(&resumed(with_keep("8"))),
+        &["9223372036854775808", "schedule"],
+    );
     assert_eq!(tree(&run), before);
 }
 
@@ -695,9 +697,7 @@ fn leftovers_of_an_interrupted_save_are_cleaned_and_reported() {
     let orphan = run.join("checkpoint-3.state.safetensors");
     std::fs::copy(run.join("checkpoint-2.state.safetensors"), &orphan).unwrap();
     std::fs::write(run.join("notes.txt"), "mine").unwrap();
-    let mut args = train_args(scratch.data(), r, "3");
-    args.extend(["--resume", "auto"]);
-    let stdout = run_ok(&args);
+    let stdout = run_ok(&resumed(train_args(scratch.data(), r, "3")));
     assert_eq!(
         stdout.matches("left by an interrupted save").count(),
         2,
@@ -785,15 +785,44 @@ fn a_second_run_into_a_busy_folder_is_refused() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !run.join("metrics.jsonl").exists() {
-        assert!(start.elapsed() < Duration::from_secs(120), "no start");
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    let mut args = train_args(scratch.data(), r, "100000");
-    args.extend(["--resume", "auto"]);
-    let second = mae(&args);
+    wait_for(&run.join("metrics.jsonl"));
+    // bounded: were the lock missing, it would end after a few steps instead of hanging here
+    let second = mae(&resumed(train_args(scratch.data(), r, "2")));
     first.kill().unwrap();
     first.wait().unwrap();
     refused(&second, &["another mae run"]);
+}
+
+/// Pruning never removes the checkpoint just written, nor one a resumed run has not reached: a
+/// run resumed past a newer, corrupt checkpoint with `--keep-last 1` used to prune by step and
+/// delete its own new checkpoint while reporting it.
+#[test]
+fn a_run_never_deletes_the_checkpoint_it_reports() {
+    let scratch = Scratch::new();
+    let run = scratch.sub("prune");
+    let r = s(&run);
+    run_ok(&with_flag(
+        train_args(scratch.data(), r, "6"),
+        "--keep-last",
+        "3",
+    ));
+    let six = run.join("checkpoint-6.safetensors");
+    flip_byte(&six, 1);
+    let b = std::fs::read(&six).unwrap();
+    let args = resumed(with_flag(
+        train_args(scratch.data(), r, "5"),
+        "--keep-last",
+        "1",
+    ));
+    let stdout = run_ok(&args);
+    let reported = stdout
+        .split("checkpoint ")
+        .last()
+        .and_then(|t| t.split_whitespace().next())
+        .unwrap();
+    assert!(reported.ends_with("checkpoint-5.safetensors"), "{stdout}");
+    assert!(Path::new(reported).is_file(), "{stdout}");
+    // the corrupt newer one is left as it was; the older ones are pruned
+    assert_eq!(std::fs::read(&six).unwrap(), b);
+    assert!(!run.join("checkpoint-4.safetensors").exists());
 }

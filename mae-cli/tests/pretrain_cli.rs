@@ -51,14 +51,7 @@ fn resume_is_exact_after_a_stop_and_after_sigkill() {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    let start = Instant::now();
-    while !killed.join("checkpoint-2.safetensors").exists() {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "no checkpoint appeared"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_for(&killed.join("checkpoint-2.safetensors"));
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
     let mut args = train_args(scratch.data(), k, "6");

@@ -1,8 +1,6 @@
 //! A grid of samples with their class names as a PNG, for a person to look at
 //! (`mae data show`).
 
-use std::path::Path;
-
 use image::{Rgb, RgbImage};
 
 use crate::dataset::{Dataset, SplitName};
@@ -54,16 +52,15 @@ pub fn grid_size(n: usize, cols: usize, cell_w: u64, cell_h: u64) -> Result<(u32
     }
 }
 
-/// Writes the first `count` samples of `split` as a grid (`cols` per row, at most `count`), each
-/// scaled up to at least 96 pixels and captioned with its class name (or index when unlabeled).
-/// The PNG names `mae-rs data show` as its writer ([`crate::png`]).
-pub fn write_grid(
+/// The first `count` samples of `split` as a grid (`cols` per row, at most `count`), each scaled
+/// up to at least 96 pixels and captioned with its class name (or index when unlabeled), and the
+/// number of samples shown. `mae data show` writes it as a PNG ([`crate::png::encode`]).
+pub fn grid(
     dataset: &Dataset,
     split: SplitName,
     count: usize,
     cols: usize,
-    out: &Path,
-) -> Result<usize, DataError> {
+) -> Result<(RgbImage, usize), DataError> {
     let data = dataset.split(split);
     let n = count.min(data.len());
     if n == 0 || cols == 0 {
@@ -102,6 +99,5 @@ pub fn write_grid(
             .unwrap_or_else(|| format!("#{i}"));
         draw_text(&mut img, cx, cy + cell + 2, &name, (cell / GLYPH) as usize);
     }
-    crate::png::write_png(out, &img, "data show")?;
-    Ok(n)
+    Ok((img, n))
 }

@@ -215,6 +215,7 @@ pub fn save<M: Checkpointable>(
 /// `step` are left alone: a run resumed past newer, unloadable ones (`--resume auto`) must not
 /// count them (pruning by step would otherwise delete the checkpoint it just wrote).
 pub fn prune(run_dir: &Path, keep_last: usize, step: u64) -> Result<(), TrainError> {
+    remove_orphan_states(run_dir, step)?;
     let up_to_step = list_checkpoints(run_dir)?
         .into_iter()
         .filter(|(s, _)| *s <= step);
@@ -225,6 +226,25 @@ pub fn prune(run_dir: &Path, keep_last: usize, step: u64) -> Result<(), TrainErr
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
                 Err(e) => return Err(TrainError::io(&p, e)),
             }
+        }
+    }
+    Ok(())
+}
+
+/// Removes the state files of steps up to `step` whose model file is missing (a save killed
+/// between its two renames leaves one).
+fn remove_orphan_states(run_dir: &Path, step: u64) -> Result<(), TrainError> {
+    let entries = std::fs::read_dir(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        let orphan_step = name
+            .strip_prefix("checkpoint-")
+            .and_then(|r| r.strip_suffix(".state.safetensors"))
+            .and_then(|n| n.parse::<u64>().ok())
+            .filter(|&s| s <= step && !checkpoint_path(run_dir, s).exists());
+        if orphan_step.is_some() {
+            let path = entry.path();
+            std::fs::remove_file(&path).map_err(|e| TrainError::io(&path, e))?;
         }
     }
     Ok(())

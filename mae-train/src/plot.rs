@@ -119,6 +119,7 @@ pub fn plot_run(run_dir: &Path, out: &Path) -> Result<usize, TrainError> {
         &lr,
         Rgb([255, 160, 60]),
     );
-    mae_data::png::write_png(out, &img, "plot")?;
+    let png = mae_data::png::encode(&img, "plot")?;
+    mae_core::weights::write_atomic(out, &png)?;
     Ok(metrics.len())
 }

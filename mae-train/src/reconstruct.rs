@@ -278,5 +278,6 @@ fn write_grid(
             (width / GLYPH) as usize,
         );
     }
-    Ok(mae_data::png::write_png(out, &img, "reconstruct")?)
+    let png = mae_data::png::encode(&img, "reconstruct")?;
+    Ok(mae_core::weights::write_atomic(out, &png)?)
 }

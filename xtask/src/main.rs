@@ -2,6 +2,7 @@
 //! libraries or of the scripts under `tools/`.
 //!
 //! Tasks today: `prepare-data` (the same as `mae data prepare`: it runs the `mae` binary),
+//! `fuzz` / `fuzz-seeds` (the fuzz targets of `fuzz/`, and their seed inputs),
 //! `fixtures` (regenerate the parity fixtures with the PyTorch reference) and `bench-vs-pytorch`
 //! (one training step, ours and PyTorch's, side by side), and `demo`: the newcomer's first
 //! command (prepare the bundled Fashion-MNIST, pretrain `tiny` for a few minutes, write the
@@ -11,6 +12,8 @@ use std::path::PathBuf;
 use std::process::Command;
 
 use anyhow::{bail, Context, Result};
+
+mod fuzz_seeds;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -137,10 +140,12 @@ fn demo(extra: &[String]) -> Result<()> {
             &s(&grid),
             "--count",
             "8",
+            // runs/demo is the demo's own folder: its pictures are replaced on every run
+            "--force",
         ]
         .map(String::from),
     )?;
-    run_mae(&["plot", &s(&run), "--out", &s(&plot)].map(String::from))?;
+    run_mae(&["plot", &s(&run), "--out", &s(&plot), "--force"].map(String::from))?;
     println!("\ndemo done:");
     println!("  reconstructions  {}", grid.display());
     println!("  loss curve       {}", plot.display());
@@ -163,6 +168,8 @@ fn main() -> Result<()> {
         Some("fixtures") => run_script("make_fixtures.sh", &args[1..]),
         Some("bench-vs-pytorch") => run_script("bench_vs_pytorch.sh", &args[1..]),
         Some("gpu-build") => run_script("gpu_build.sh", &args[1..]),
+        Some("fuzz") => run_script("fuzz.sh", &args[1..]),
+        Some("fuzz-seeds") => fuzz_seeds::fuzz_seeds(),
         _ => {
             eprintln!(
                 "usage: cargo xtask <task>\n\n\
@@ -172,7 +179,9 @@ fn main() -> Result<()> {
                  fixtures           regenerate mae-core/tests/fixtures (needs torch, timm)\n  \
                  bench-vs-pytorch   time one training step, ours and PyTorch's, in one run\n  \
                  gpu-build          CUDA 13.0 from PyPI wheels, then the `cuda` binaries into\n                     \
-                 target/gpu-carry for tools/gpu_check.sh on a GPU machine (no GPU needed here)"
+                 target/gpu-carry for tools/gpu_check.sh on a GPU machine (no GPU needed here)\n  \
+                 fuzz [SECONDS]     run every fuzz target SECONDS (default 60) each (tools/fuzz.sh)\n  \
+                 fuzz-seeds         rewrite the fuzz targets' seed inputs in fuzz/corpus"
             );
             if args.is_empty() {
                 Ok(())

@@ -95,6 +95,34 @@ pub fn with_flag<'a>(mut args: Vec<&'a str>, flag: &'a str, value: &'a str) -> V
     args
 }
 
+/// `args` resuming: `--resume auto` appended.
+pub fn resumed(mut args: Vec<&str>) -> Vec<&str> {
+    args.extend(["--resume", "auto"]);
+    args
+}
+
+/// Flips one bit of the byte `from_end` bytes before the end of `path` (tensor data, in a
+/// safetensors file).
+pub fn flip_byte(path: &Path, from_end: usize) {
+    let mut b = std::fs::read(path).unwrap();
+    let n = b.len();
+    b[n - from_end] ^= 0x01;
+    std::fs::write(path, b).unwrap();
+}
+
+/// Waits until `path` exists (a running command wrote it); fails after two minutes.
+pub fn wait_for(path: &Path) {
+    let start = std::time::Instant::now();
+    while !path.exists() {
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(120),
+            "{} did not appear",
+            path.display()
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
 pub fn run_ok(args: &[&str]) -> String {
     let r = mae(args);
     assert!(
