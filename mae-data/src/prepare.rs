@@ -600,7 +600,9 @@ pub fn parse_idx(bytes: &[u8], ndim: u8) -> Result<(Vec<usize>, &[u8]), String> 
         .try_fold(1usize, |n, &d| n.checked_mul(d))
         .and_then(|n| n.checked_add(header));
     if n != Some(bytes.len()) {
-        let need = n.map_or("more bytes than can exist".to_string(), |n| format!("{n} bytes"));
+        let need = n.map_or("more bytes than can exist".to_string(), |n| {
+            format!("{n} bytes")
+        });
         return Err(format!(
             "idx dims {dims:?} need {need}, the file has {}",
             bytes.len()

@@ -233,7 +233,7 @@ pub(crate) fn check_within(
         Some((path, _)) if state.step > plan.full_steps => Err(TrainError::checkpoint(
             path,
             format!(
-                "step {} is past the end of this run's schedule ({} steps: {} a epoch); resume \
+                "step {} is past the end of this run's schedule ({} steps: {} an epoch); resume \
                  it with at least as many --epochs, or give a new --out",
                 state.step, plan.full_steps, plan.steps_per_epoch
             ),
