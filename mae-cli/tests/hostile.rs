@@ -81,19 +81,10 @@ fn prepare_force_never_deletes_the_source_or_a_foreign_folder() {
     assert_eq!((tree(&src), tree(&theirs)), before);
     // the bundled data prepared twice with --force: the second replaces the first
     let out = scratch.sub("fmnist-again").join("ds");
-    let bundled = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
-    let args = [
-        "data",
-        "prepare",
-        "--from",
-        "idx",
-        s(&bundled),
-        "--out",
-        s(&out),
-        "--force",
-    ];
-    run_ok(&args);
-    run_ok(&args);
+    for _ in 0..2 {
+        let r = prepare_bundled(&out, &["--force"]);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    }
 }
 
 /// A fresh run in a folder that holds a run is refused (naming `--resume auto`), changing nothing;
@@ -112,20 +103,7 @@ fn a_fresh_run_in_a_used_folder_is_refused_and_resume_continues_it() {
     );
     assert_eq!(tree(&run), before);
     // a fine-tuning resumed into the pretraining folder would prune its checkpoints
-    let ft = mae(&[
-        "finetune",
-        "--from-scratch",
-        "--preset",
-        "tiny",
-        "--data",
-        scratch.data(),
-        "--out",
-        r,
-        "--max-steps",
-        "1",
-        "--resume",
-        "auto",
-    ]);
+    let ft = mae(&resumed(finetune_args(scratch.data(), r, "1")));
     refused(&ft, &["config.json", "fine-tuning"]);
     assert_eq!(tree(&run), before);
     // --out inside the dataset folder
@@ -301,26 +279,18 @@ fn outputs_never_overwrite_inputs_or_other_files() {
 /// Logging never kills a run: stdout closed (a pipe whose reader is gone) or full.
 #[test]
 fn a_closed_or_full_stdout_never_panics() {
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
-    let r = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .arg("presets")
-        .stdout(full)
-        .output()
-        .unwrap();
-    refused(&r, &["writing to stdout"]);
-    let full = std::fs::OpenOptions::new()
-        .write(true)
-        .open("/dev/full")
-        .unwrap();
-    let r = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .arg("--help")
-        .stdout(full)
-        .output()
-        .unwrap();
-    refused(&r, &["writing to stdout"]);
+    for arg in ["presets", "--help"] {
+        let full = std::fs::OpenOptions::new()
+            .write(true)
+            .open("/dev/full")
+            .unwrap();
+        let r = Command::new(env!("CARGO_BIN_EXE_mae"))
+            .arg(arg)
+            .stdout(full)
+            .output()
+            .unwrap();
+        refused(&r, &["writing to stdout"]);
+    }
 
     let scratch = Scratch::new();
     let run = scratch.sub("closed");
@@ -453,33 +423,11 @@ fn absurd_numbers_and_nan_are_refused_naming_the_flag() {
             "--batch-size",
         ),
         (
-            vec![
-                "finetune",
-                "--from-scratch",
-                "--preset",
-                "tiny",
-                "--data",
-                d,
-                "--out",
-                o,
-                "--mixup",
-                "NaN",
-            ],
+            with_flag(finetune_args(d, o, "1"), "--mixup", "NaN"),
             "--mixup",
         ),
         (
-            vec![
-                "finetune",
-                "--from-scratch",
-                "--preset",
-                "tiny",
-                "--data",
-                d,
-                "--out",
-                o,
-                "--keep-last",
-                "0",
-            ],
+            with_flag(finetune_args(d, o, "1"), "--keep-last", "0"),
             "--keep-last",
         ),
         (
@@ -524,18 +472,7 @@ fn absurd_numbers_and_nan_are_refused_naming_the_flag() {
         );
         assert_eq!(err.trim().lines().count(), 1, "{err}");
     }
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
-    let r = mae(&[
-        "data",
-        "prepare",
-        "--from",
-        "idx",
-        s(&src),
-        "--out",
-        s(&dir.join("ds")),
-        "--shard-samples",
-        "0",
-    ]);
+    let r = prepare_bundled(&dir.join("ds"), &["--shard-samples", "0"]);
     refused(&r, &["--shard-samples"]);
     assert!(!dir.join("run").exists() && !dir.join("ds").exists());
 }
@@ -591,8 +528,8 @@ fn hostile_files_get_a_clear_error_naming_them() {
     refused(&mae(&args), &["/dev/zero"]);
     // 2^62 samples in a shard and its manifest
     let ds = dir.join("ds");
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
-    run_ok(&["data", "prepare", "--from", "idx", s(&src), "--out", s(&ds)]);
+    let r = prepare_bundled(&ds, &[]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
     let shard = ds.join("val-00000.shard");
     let mut bytes = std::fs::read(&shard).unwrap();
     bytes[24..32].copy_from_slice(&(1u64 << 62).to_le_bytes());

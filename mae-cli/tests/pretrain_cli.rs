@@ -371,25 +371,17 @@ fn finetune_runs_and_its_classifier_evaluates_to_the_same_numbers() {
     let ft = run.join("ft");
     let ft = ft.to_str().unwrap();
     let finetune = |out: &str, precision: &str| {
-        run_ok(&[
-            "finetune",
-            "--from-scratch",
-            "--preset",
-            "tiny",
-            "--data",
-            scratch.data(),
-            "--out",
-            out,
+        let mut args = finetune_args(scratch.data(), out, "3");
+        args.extend([
             "--batch-size",
             "8",
-            "--max-steps",
-            "3",
             "--workers",
             "1",
             "--precision",
             precision,
             "--json",
-        ])
+        ]);
+        run_ok(&args)
     };
     let out = finetune(ft, "f32");
     // progress lines first, the JSON summary last

@@ -47,7 +47,7 @@ impl PatchGeometry {
     /// The batch size of an NCHW buffer, or an error if its length is not a whole number of images.
     pub fn batch_of(&self, imgs: &[f32]) -> Result<usize, MaeError> {
         let per = self.image_numel();
-        if imgs.is_empty() || imgs.len() % per != 0 {
+        if imgs.is_empty() || !imgs.len().is_multiple_of(per) {
             return Err(MaeError::InputShape {
                 what: "images (NCHW)",
                 expected: format!(

@@ -12,7 +12,7 @@
 /// `dim` must be a multiple of 4.
 pub fn pos_embed_2d_sincos(dim: usize, grid: usize) -> Vec<f32> {
     assert!(
-        dim % 4 == 0,
+        dim.is_multiple_of(4),
         "sin-cos position embedding needs dim divisible by 4, got {dim}"
     );
     let half = dim / 2;

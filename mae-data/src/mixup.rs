@@ -150,7 +150,7 @@ impl Mixup {
                 images.len()
             )));
         }
-        if self.active() && n % 2 != 0 {
+        if self.active() && !n.is_multiple_of(2) {
             return Err(DataError::Option(format!(
                 "mixup/cutmix need an even batch, got {n}"
             )));

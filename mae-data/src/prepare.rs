@@ -615,7 +615,7 @@ pub fn parse_idx(bytes: &[u8], ndim: u8) -> Result<(Vec<usize>, &[u8]), String> 
 /// `(label, HWC pixels)`; the error says what is wrong.
 pub fn parse_cifar10_batch(bytes: &[u8]) -> Result<Vec<(u8, Vec<u8>)>, String> {
     const RECORD: usize = 1 + 3 * 32 * 32;
-    if bytes.is_empty() || bytes.len() % RECORD != 0 {
+    if bytes.is_empty() || !bytes.len().is_multiple_of(RECORD) {
         return Err(format!(
             "{} bytes is not a whole number of {RECORD}-byte CIFAR-10 records",
             bytes.len()

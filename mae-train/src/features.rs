@@ -359,7 +359,7 @@ impl<P: MaePreset> DeviceVisitor for ExtractFilesOn<'_, P> {
             }
             let tokens = encoder.forward_features(&images, NoneTape)?.as_vec();
             push_pooled(&mut out, &tokens, chunk.len());
-            out.labels.extend(std::iter::repeat(-1).take(chunk.len()));
+            out.labels.extend(std::iter::repeat_n(-1, chunk.len()));
         }
         Ok(out)
     }
@@ -525,7 +525,7 @@ pub fn write_features(
 /// The files [`write_features`] writes for `path` and splits named `splits`: `path` itself, or
 /// for a `.npy` path `STEM.SPLIT.{cls,avg,labels}.npy` beside it.
 pub fn feature_files(path: &Path, splits: &[&str]) -> Vec<std::path::PathBuf> {
-    if !path.extension().is_some_and(|e| e == "npy") {
+    if path.extension().is_none_or(|e| e != "npy") {
         return vec![path.to_path_buf()];
     }
     let stem = path

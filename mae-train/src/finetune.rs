@@ -181,7 +181,7 @@ impl FinetuneConfig {
                 return bad(format!("--{flag} must be at least 1"));
             }
         }
-        if (self.mixup > 0.0 || self.cutmix > 0.0) && self.batch_size % 2 != 0 {
+        if (self.mixup > 0.0 || self.cutmix > 0.0) && !self.batch_size.is_multiple_of(2) {
             return bad(format!(
                 "--batch-size {} must be even with mixup/cutmix (each image is mixed with its mirror in the batch)",
                 self.batch_size
@@ -800,13 +800,13 @@ impl TrainLoop for Run<'_> {
                     state.micro_step = 0;
                 }
                 let done = state.step >= total_steps;
-                if state.step % cfg.log_every == 0 || done {
+                if state.step.is_multiple_of(cfg.log_every) || done {
                     log.line(state.step, plan.frac_epoch(epoch, k), group_loss, lr)?;
                 }
                 log.position(state.step);
                 if epoch_done && main {
                     let acc = evaluate(&model, data.val(), m, cfg.eval_batch_size)?;
-                    if best.map_or(true, |(b, _)| acc.top1 > b) {
+                    if best.is_none_or(|(b, _)| acc.top1 > b) {
                         best = Some((acc.top1, state.epoch));
                         let meta = BTreeMap::from([
                             ("top1".to_string(), acc.top1.to_string()),
@@ -835,7 +835,8 @@ impl TrainLoop for Run<'_> {
                     ));
                     last_eval = Some(acc);
                 }
-                if main && (state.step % cfg.save_every == 0 || epoch_done || done || stop) {
+                if main && (state.step.is_multiple_of(cfg.save_every) || epoch_done || done || stop)
+                {
                     last_checkpoint = Some(save(&model, &opt, &state)?);
                 }
                 if stop {

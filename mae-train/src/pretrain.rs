@@ -506,7 +506,7 @@ impl TrainLoop for Run<'_> {
                 state.step += 1;
                 last_loss = Some(group_loss as f32);
                 if let Some(every) = cfg.check_sync_every {
-                    if state.step % every == 0 {
+                    if state.step.is_multiple_of(every) {
                         check_in_sync(comm, &model, state.step)?;
                     }
                 }
@@ -515,13 +515,15 @@ impl TrainLoop for Run<'_> {
                     state.micro_step = 0;
                 }
                 let done = state.step >= total_steps;
-                if state.step % cfg.log_every == 0 || done {
+                if state.step.is_multiple_of(cfg.log_every) || done {
                     log.line(state.step, plan.frac_epoch(epoch, k), group_loss, lr)?;
                 }
                 log.position(state.step);
                 if main
                     && state.micro_step == 0
-                    && cfg.eval_every.is_some_and(|n| state.epoch % n as u64 == 0)
+                    && cfg
+                        .eval_every
+                        .is_some_and(|n| state.epoch.is_multiple_of(n as u64))
                 {
                     let line = knn_during_training(&model, &data, state.epoch, state.step)?;
                     log.message(&format!(
@@ -530,7 +532,7 @@ impl TrainLoop for Run<'_> {
                     ));
                     log.append(&cfg.out.join("eval.jsonl"), &line);
                 }
-                if main && (state.step % cfg.save_every == 0 || done || stop) {
+                if main && (state.step.is_multiple_of(cfg.save_every) || done || stop) {
                     last_checkpoint = Some(save(&model, &opt, &state)?);
                 }
                 if stop {

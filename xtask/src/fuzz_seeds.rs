@@ -36,7 +36,7 @@ fn without_checksum(bytes: &[u8]) -> Result<Vec<u8>> {
         meta.remove("checksum");
     }
     let mut text = header.to_string();
-    while (8 + text.len()) % 8 != 0 {
+    while !(8 + text.len()).is_multiple_of(8) {
         text.push(' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();
@@ -85,7 +85,7 @@ fn hugging_face_seed() -> Vec<u8> {
         );
     }
     let mut text = serde_json::Value::Object(header).to_string();
-    while (8 + text.len()) % 8 != 0 {
+    while !(8 + text.len()).is_multiple_of(8) {
         text.push(' ');
     }
     let mut out = (text.len() as u64).to_le_bytes().to_vec();

@@ -13,6 +13,27 @@ pub fn mae(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// The bundled Fashion-MNIST (idx files), as `mae data prepare` reads it.
+pub fn bundled() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist")
+}
+
+/// `mae data prepare --from idx BUNDLED --out OUT EXTRA...`
+pub fn prepare_bundled(out: &Path, extra: &[&str]) -> Output {
+    let src = bundled();
+    let mut args = vec![
+        "data",
+        "prepare",
+        "--from",
+        "idx",
+        src.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ];
+    args.extend_from_slice(extra);
+    mae(&args)
+}
+
 /// One test's scratch directory, removed when the test ends (pass or fail), with the bundled
 /// Fashion-MNIST prepared into it.
 pub struct Scratch {
@@ -27,16 +48,7 @@ impl Scratch {
             .tempdir()
             .unwrap();
         let out = dir.path().join("fmnist");
-        let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist");
-        let r = mae(&[
-            "data",
-            "prepare",
-            "--from",
-            "idx",
-            src.to_str().unwrap(),
-            "--out",
-            out.to_str().unwrap(),
-        ]);
+        let r = prepare_bundled(&out, &[]);
         assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
         let data = out.to_str().unwrap().to_string();
         Scratch { dir, data }
@@ -93,6 +105,22 @@ pub fn with_flag<'a>(mut args: Vec<&'a str>, flag: &'a str, value: &'a str) -> V
         None => args.extend([flag, value]),
     }
     args
+}
+
+/// A fine-tuning of `tiny` from scratch (no pretrained encoder), `max_steps` optimizer steps.
+pub fn finetune_args<'a>(data: &'a str, out: &'a str, max_steps: &'a str) -> Vec<&'a str> {
+    vec![
+        "finetune",
+        "--from-scratch",
+        "--preset",
+        "tiny",
+        "--data",
+        data,
+        "--out",
+        out,
+        "--max-steps",
+        max_steps,
+    ]
 }
 
 /// `args` resuming: `--resume auto` appended.
