@@ -502,20 +502,11 @@ fn cuda_asked_of_a_cpu_build_says_how_to_get_one() {
             &source[..],
         ]
         .concat(),
-        vec![
-            "finetune",
-            "--from-scratch",
-            "--preset",
-            "tiny",
-            "--data",
-            data,
-            "--out",
-            ft.to_str().unwrap(),
-            "--max-steps",
-            "1",
+        with_flag(
+            finetune_args(data, ft.to_str().unwrap(), "1"),
             "--device",
             "cuda",
-        ],
+        ),
     ];
     for args in runs {
         let r = mae(&args);
