@@ -135,6 +135,24 @@ pub fn step_of_name(path: &Path) -> Option<u64> {
         .ok()
 }
 
+/// The step in a `checkpoint-N.state.safetensors` file name.
+pub fn step_of_state_name(path: &Path) -> Option<u64> {
+    path.file_name()?
+        .to_str()?
+        .strip_prefix("checkpoint-")?
+        .strip_suffix(".state.safetensors")?
+        .parse()
+        .ok()
+}
+
+/// The step of `path` if it is a state file whose model file is missing (a save killed between
+/// its two renames leaves one: the state is written first).
+pub fn orphan_state_step(path: &Path) -> Option<u64> {
+    let step = step_of_state_name(path)?;
+    let dir = path.parent()?;
+    (!checkpoint_path(dir, step).exists()).then_some(step)
+}
+
 /// The model checkpoints in `run_dir`, newest (highest step) first.
 pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainError> {
     let mut found = Vec::new();
@@ -231,19 +249,12 @@ pub fn prune(run_dir: &Path, keep_last: usize, step: u64) -> Result<(), TrainErr
     Ok(())
 }
 
-/// Removes the state files of steps up to `step` whose model file is missing (a save killed
-/// between its two renames leaves one).
+/// Removes the orphan state files ([`orphan_state_step`]) of steps up to `step`.
 fn remove_orphan_states(run_dir: &Path, step: u64) -> Result<(), TrainError> {
     let entries = std::fs::read_dir(run_dir).map_err(|e| TrainError::io(run_dir, e))?;
     for entry in entries.flatten() {
-        let name = entry.file_name().to_string_lossy().into_owned();
-        let orphan_step = name
-            .strip_prefix("checkpoint-")
-            .and_then(|r| r.strip_suffix(".state.safetensors"))
-            .and_then(|n| n.parse::<u64>().ok())
-            .filter(|&s| s <= step && !checkpoint_path(run_dir, s).exists());
-        if orphan_step.is_some() {
-            let path = entry.path();
+        let path = entry.path();
+        if orphan_state_step(&path).is_some_and(|s| s <= step) {
             std::fs::remove_file(&path).map_err(|e| TrainError::io(&path, e))?;
         }
     }

@@ -26,7 +26,7 @@
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use crate::checkpoint::list_checkpoints;
+use crate::checkpoint::{list_checkpoints, orphan_state_step, step_of_name, step_of_state_name};
 use crate::error::TrainError;
 use crate::pretrain::Resume;
 
@@ -204,9 +204,7 @@ pub fn remove_leftovers(out: &Path) -> Result<Vec<String>, TrainError> {
         let name = entry.file_name().to_string_lossy().into_owned();
         let path = entry.path();
         let ours_tmp = is_our_tmp(&name);
-        let orphan_state = name.starts_with("checkpoint-")
-            && name.ends_with(".state.safetensors")
-            && !model_path_of_state(&path).exists();
+        let orphan_state = orphan_state_step(&path).is_some();
         let is_file = entry.file_type().is_ok_and(|t| t.is_file());
         if is_file && (ours_tmp || orphan_state) {
             fs::remove_file(&path).map_err(|e| TrainError::io(&path, e))?;
@@ -229,26 +227,8 @@ fn is_our_tmp(name: &str) -> bool {
 }
 
 fn is_run_file(name: &str) -> bool {
-    RUN_FILES.contains(&name)
-        || name
-            .strip_prefix("checkpoint-")
-            .and_then(|r| {
-                r.strip_suffix(".state.safetensors")
-                    .or(r.strip_suffix(".safetensors"))
-            })
-            .is_some_and(|n| n.parse::<u64>().is_ok())
-}
-
-/// The model file a `checkpoint-N.state.safetensors` belongs to.
-fn model_path_of_state(state: &Path) -> PathBuf {
-    let name = state
-        .file_name()
-        .map(|n| {
-            n.to_string_lossy()
-                .replace(".state.safetensors", ".safetensors")
-        })
-        .unwrap_or_default();
-    state.with_file_name(name)
+    let path = Path::new(name);
+    RUN_FILES.contains(&name) || step_of_name(path).or(step_of_state_name(path)).is_some()
 }
 
 /// Keeps the lines of a JSON-lines log whose `step` is at most `step` (and lines without one);
