@@ -1,4 +1,5 @@
-//! `mae info`, `mae import`, `mae reconstruct`, `mae plot`: checkpoints and what a person looks at.
+//! `mae info`, `mae import`, `mae init`, `mae check`, `mae reconstruct`, `mae plot`: checkpoints
+//! and what a person looks at.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -96,7 +97,8 @@ impl PresetVisitor for Counts {
 }
 
 /// `mae info CHECKPOINT`.
-pub fn run_info(path: PathBuf) -> Result<()> {
+pub fn run_info(a: InfoArgs) -> Result<()> {
+    let path = a.checkpoint;
     let file = TensorFile::open(&path)?;
     let meta = file.metadata()?;
     let preset: Preset = meta
@@ -151,7 +153,13 @@ impl PresetVisitor for Import {
 }
 
 /// `mae import --from FILE --preset P --out C`.
-pub fn run_import(from: PathBuf, preset: Preset, out: PathBuf, force: bool) -> Result<()> {
+pub fn run_import(a: ImportArgs) -> Result<()> {
+    let ImportArgs {
+        from,
+        preset,
+        out,
+        force,
+    } = a;
     let inputs = input_files(&[&from], &[]);
     crate::outputs::check("--out", &out, Kind::Weights("mae import"), &inputs, force)?;
     let file = TensorFile::open(&from)?;
@@ -175,5 +183,159 @@ pub fn run_import(from: PathBuf, preset: Preset, out: PathBuf, force: bool) -> R
         from.display(),
         out.display()
     );
+    Ok(())
+}
+
+/// `mae plot` arguments.
+#[derive(Args)]
+pub struct PlotArgs {
+    /// Run directory.
+    run_dir: PathBuf,
+    /// Output PNG (default RUN_DIR/loss.png); an existing file that is not an earlier plot
+    /// needs --force.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Replace an existing --out that is not an earlier plot.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `mae plot`: a run's curves to a PNG.
+pub fn run_plot(a: PlotArgs) -> Result<()> {
+    let out = a.out.unwrap_or_else(|| a.run_dir.join("loss.png"));
+    let inputs = input_files(&[&a.run_dir.join("metrics.jsonl")], &[]);
+    crate::outputs::check("--out", &out, Kind::Png("mae plot"), &inputs, a.force)?;
+    let n = mae_train::plot::plot_run(&a.run_dir, &out)?;
+    say!("wrote {} ({n} points)", out.display());
+    Ok(())
+}
+
+/// `mae info` arguments.
+#[derive(Args)]
+pub struct InfoArgs {
+    /// Model checkpoint or weights file.
+    checkpoint: PathBuf,
+}
+
+/// `mae import` arguments.
+#[derive(Args)]
+pub struct ImportArgs {
+    /// Source safetensors file.
+    #[arg(long)]
+    from: PathBuf,
+    /// Preset the weights are for.
+    #[arg(long)]
+    preset: Preset,
+    /// Output file (an existing one that is not an earlier `mae import` output needs
+    /// --force).
+    #[arg(long)]
+    out: PathBuf,
+    /// Replace an existing --out that is not an earlier `mae import` output.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `mae init` arguments.
+#[derive(Args)]
+pub struct InitArgs {
+    /// Preset name (see `mae presets`).
+    #[arg(long)]
+    preset: Preset,
+    /// Output file (an existing one that is not an earlier `mae init` output, such as a
+    /// trained checkpoint, needs --force).
+    #[arg(long)]
+    out: PathBuf,
+    /// Seed of the initialization.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Replace an existing --out that is not an earlier `mae init` output.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `mae check` arguments.
+#[derive(Args)]
+pub struct CheckArgs {
+    /// Preset name.
+    #[arg(long)]
+    preset: Preset,
+    /// Weights file (safetensors, official `models_mae.py` names).
+    file: PathBuf,
+    /// Load only the encoder (encoder-only files such as `mae_pretrain_vit_*`).
+    #[arg(long)]
+    encoder_only: bool,
+    /// Prefix of the tensor names in the file (e.g. `model.`).
+    #[arg(long, default_value = "")]
+    prefix: String,
+}
+
+struct InitModel {
+    out: PathBuf,
+    seed: u64,
+}
+
+impl PresetVisitor for InitModel {
+    type Output = Result<()>;
+    fn visit<P: MaePreset>(self) -> Result<()> {
+        let dev = Cpu::seed_from_u64(self.seed);
+        let model = Mae::<P, f32, Cpu>::new(&dev)?;
+        let meta = BTreeMap::from([
+            ("seed".to_string(), self.seed.to_string()),
+            (WRITTEN_BY_KEY.to_string(), "mae init".to_string()),
+        ]);
+        model.save_safetensors(&self.out, &meta)?;
+        Ok(())
+    }
+}
+
+struct CheckFile {
+    file: TensorFile,
+    encoder_only: bool,
+    prefix: String,
+}
+
+impl PresetVisitor for CheckFile {
+    type Output = Result<usize>;
+    fn visit<P: MaePreset>(self) -> Result<usize> {
+        let dev = Cpu::default();
+        let mut model = Mae::<P, f32, Cpu>::new(&dev)?;
+        if self.encoder_only {
+            model.encoder.load_from(&self.file, &self.prefix)?;
+            Ok(model.encoder.num_trainable_params())
+        } else {
+            model.load_from(&self.file, &self.prefix)?;
+            Ok(model.num_trainable_params())
+        }
+    }
+}
+
+/// `mae init`: a freshly initialized model.
+pub fn run_init(a: InitArgs) -> Result<()> {
+    let InitArgs {
+        preset,
+        out,
+        seed,
+        force,
+    } = a;
+    crate::outputs::check("--out", &out, Kind::Weights("mae init"), &[], force)?;
+    preset.visit(InitModel {
+        out: out.clone(),
+        seed,
+    })?;
+    say!("wrote {} (preset {preset}, seed {seed})", out.display());
+    Ok(())
+}
+
+/// `mae check`: a weights file loads strictly into a preset.
+pub fn run_check(a: CheckArgs) -> Result<()> {
+    let file = TensorFile::open(&a.file)?;
+    let path = file.path().display().to_string();
+    let preset = a.preset;
+    let params = preset.visit(CheckFile {
+        file,
+        encoder_only: a.encoder_only,
+        prefix: a.prefix,
+    })?;
+    say!("{path}: loads into preset {preset} ({params} trainable parameters)");
     Ok(())
 }

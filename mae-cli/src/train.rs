@@ -6,12 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
-use mae_core::Preset;
-use mae_train::amp::Precision;
-use mae_train::device::DeviceKind;
+use mae_train::config::{FinetuneConfig, FinetuneOverrides};
 use mae_train::dist::Comm;
-use mae_train::finetune::FinetuneConfig;
-use mae_train::pretrain::pretrain_with;
 use mae_train::{Outcome, PretrainConfig, PretrainOverrides, Resume};
 
 /// `mae pretrain` arguments: the settings (also readable from `--config`) plus resume.
@@ -75,7 +71,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     let config = PretrainConfig::resolve_for(given.merged(args.settings), comm.world_size())?;
     let resume = parse_resume(args.resume.as_deref());
     let stop = stop_on_signal()?;
-    let summary = on_every_rank(&comm, pretrain_with(&config, &resume, stop, &comm))?;
+    let summary = on_every_rank(&comm, mae_train::pretrain(&config, &resume, stop, &comm))?;
     if !comm.is_main() {
         return Ok(());
     }
@@ -104,100 +100,16 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     Ok(())
 }
 
-/// The fine-tuning defaults, from the one place that holds them.
-fn recipe() -> FinetuneConfig {
-    FinetuneConfig::new(PathBuf::new(), PathBuf::new(), Preset::Tiny)
-}
-
-/// `mae finetune` arguments (defaults: [`FinetuneConfig::new`], i.e. `main_finetune.py` with the
-/// recipe's mixup/cutmix).
+/// `mae finetune` arguments: the settings (also readable from `--config`; defaults:
+/// [`FinetuneConfig::new`], i.e. `main_finetune.py` with the recipe's mixup/cutmix) plus resume
+/// and the evaluation-only mode.
 #[derive(Args)]
 pub struct FinetuneArgs {
-    /// Pretrained checkpoint (an MAE run's checkpoint, `mae import` output, encoder-only weights).
-    #[arg(long, required_unless_present = "from_scratch")]
-    checkpoint: Option<PathBuf>,
-    /// Train from random initialization instead (the baseline row).
-    #[arg(long, conflicts_with = "checkpoint", requires = "preset")]
-    from_scratch: bool,
-    /// Prepared dataset: trains on train, evaluates on val after every epoch.
+    #[command(flatten)]
+    settings: FinetuneOverrides,
+    /// TOML file with the same settings; flags override it.
     #[arg(long)]
-    data: PathBuf,
-    /// Run directory: checkpoints, best.safetensors, metrics.jsonl, eval.jsonl, results.json.
-    #[arg(long, required_unless_present = "eval")]
-    out: Option<PathBuf>,
-    /// Classifier preset (default: the checkpoint's; one with the same encoder at another image
-    /// size interpolates the position embedding).
-    #[arg(long)]
-    preset: Option<Preset>,
-    /// Epochs.
-    #[arg(long, default_value_t = recipe().epochs)]
-    epochs: usize,
-    /// Stop after this many optimizer steps.
-    #[arg(long)]
-    max_steps: Option<u64>,
-    /// Images per micro-batch (even with mixup/cutmix).
-    #[arg(long, default_value_t = recipe().batch_size)]
-    batch_size: usize,
-    /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = recipe().accum_iter)]
-    accum_iter: usize,
-    /// Base learning rate: lr = blr · batch · accum / 256.
-    #[arg(long, default_value_t = recipe().blr)]
-    blr: f64,
-    /// Absolute learning rate (overrides --blr).
-    #[arg(long)]
-    lr: Option<f64>,
-    /// Floor of the cosine schedule.
-    #[arg(long, default_value_t = recipe().min_lr)]
-    min_lr: f64,
-    /// Linear warmup, in epochs.
-    #[arg(long, default_value_t = recipe().warmup_epochs)]
-    warmup_epochs: f64,
-    /// AdamW weight decay.
-    #[arg(long, default_value_t = recipe().weight_decay)]
-    weight_decay: f64,
-    /// Layer-wise learning-rate decay.
-    #[arg(long, default_value_t = recipe().layer_decay)]
-    layer_decay: f64,
-    /// Drop path (stochastic depth) rate of the last block.
-    #[arg(long, default_value_t = recipe().drop_path)]
-    drop_path: f64,
-    /// Label smoothing.
-    #[arg(long, default_value_t = recipe().smoothing)]
-    smoothing: f64,
-    /// Mixup α (0 turns it off).
-    #[arg(long, default_value_t = recipe().mixup)]
-    mixup: f64,
-    /// Cutmix α (0 turns it off).
-    #[arg(long, default_value_t = recipe().cutmix)]
-    cutmix: f64,
-    /// Probability of mixing a batch.
-    #[arg(long, default_value_t = recipe().mixup_prob)]
-    mixup_prob: f64,
-    /// Probability of cutmix instead of mixup when both are on.
-    #[arg(long, default_value_t = recipe().mixup_switch_prob)]
-    mixup_switch_prob: f64,
-    /// Random erasing probability.
-    #[arg(long, default_value_t = recipe().reprob)]
-    reprob: f64,
-    /// Smallest crop area fraction of RandomResizedCrop.
-    #[arg(long, default_value_t = recipe().min_crop_scale)]
-    min_crop_scale: f64,
-    /// Seed of the head, data order and augmentation.
-    #[arg(long, default_value_t = recipe().seed)]
-    seed: u64,
-    /// Loader threads (default: the number of cores).
-    #[arg(long)]
-    workers: Option<usize>,
-    /// Also write a checkpoint every this many steps (always at each epoch's end).
-    #[arg(long)]
-    save_every: Option<u64>,
-    /// Keep only the newest K step checkpoints (best.safetensors is kept apart).
-    #[arg(long, default_value_t = recipe().keep_last)]
-    keep_last: usize,
-    /// Metrics line every this many steps.
-    #[arg(long, default_value_t = recipe().log_every)]
-    log_every: u64,
+    config: Option<PathBuf>,
     /// `auto` (newest loadable checkpoint of --out) or a checkpoint file.
     #[arg(long)]
     resume: Option<String>,
@@ -208,82 +120,50 @@ pub struct FinetuneArgs {
     /// Print the results as one JSON object (the last line of the output).
     #[arg(long)]
     json: bool,
-    /// `cpu`, or `cuda` (the first NVIDIA GPU; needs a build with the `cuda` feature).
-    #[arg(long, default_value = "cpu")]
-    device: DeviceKind,
-    /// `f32`, or `amp-f16`: forward and backward in half precision with f32 master weights and
-    /// dynamic loss scaling (the official code's `autocast` + `GradScaler`).
-    #[arg(long, default_value = "f32")]
-    precision: Precision,
+}
+
+/// `mae finetune --eval`: top-1/top-5 of a classifier file.
+fn evaluate(given: FinetuneOverrides, json: bool) -> Result<()> {
+    let checkpoint = given.checkpoint.context("--eval needs --checkpoint")?;
+    let data = given.data.context("--data is required")?;
+    let batch = given
+        .eval_batch_size
+        .unwrap_or(FinetuneConfig::EVAL_BATCH_SIZE);
+    let device = given.device.unwrap_or_default();
+    let acc = mae_train::classify::evaluate_file(&checkpoint, given.preset, &data, batch, device)?;
+    if json {
+        say!(
+            "{}",
+            serde_json::json!({"top1": acc.top1, "top5": acc.top5})
+        );
+    } else {
+        say!(
+            "{}: val top-1 {:.2}%, top-5 {:.2}%",
+            checkpoint.display(),
+            acc.top1,
+            acc.top5
+        );
+    }
+    Ok(())
 }
 
 /// Runs fine-tuning; prints the best and last top-1 and writes `results.json`.
 pub fn finetune(a: FinetuneArgs) -> Result<()> {
+    let mut given = FinetuneOverrides::default();
+    if let Some(path) = &a.config {
+        given = FinetuneOverrides::from_toml_file(path)?;
+    }
+    let given = given.merged(a.settings);
     if a.eval {
-        let checkpoint = a.checkpoint.context("--eval needs --checkpoint")?;
-        let acc =
-            mae_train::finetune::evaluate_file(&checkpoint, a.preset, &a.data, 256, a.device)?;
-        if a.json {
-            say!(
-                "{}",
-                serde_json::json!({"top1": acc.top1, "top5": acc.top5})
-            );
-        } else {
-            say!(
-                "{}: val top-1 {:.2}%, top-5 {:.2}%",
-                checkpoint.display(),
-                acc.top1,
-                acc.top5
-            );
-        }
-        return Ok(());
+        return evaluate(given, a.json);
     }
-    let preset = match (a.preset, &a.checkpoint) {
-        (Some(p), _) => p,
-        (None, Some(c)) => mae_train::checkpoint::preset_of(c)?,
-        (None, None) => anyhow::bail!("give --preset with --from-scratch"),
-    };
-    let out = a.out.context("--out is required")?;
     let comm = Comm::from_env()?;
-    let mut cfg = FinetuneConfig::new(a.data, out, preset);
-    cfg.world_size = comm.world_size();
-    cfg.device = a.device;
-    cfg.precision = a.precision;
-    cfg.checkpoint = a.checkpoint;
-    cfg.epochs = a.epochs;
-    cfg.max_steps = a.max_steps;
-    cfg.batch_size = a.batch_size;
-    cfg.accum_iter = a.accum_iter;
-    cfg.blr = a.blr;
-    cfg.lr = a.lr.unwrap_or_else(|| {
-        mae_train::schedule::absolute_lr(a.blr, a.batch_size, a.accum_iter, comm.world_size())
-    });
-    cfg.min_lr = a.min_lr;
-    cfg.warmup_epochs = a.warmup_epochs;
-    cfg.weight_decay = a.weight_decay;
-    cfg.layer_decay = a.layer_decay;
-    cfg.drop_path = a.drop_path;
-    cfg.smoothing = a.smoothing;
-    cfg.mixup = a.mixup;
-    cfg.cutmix = a.cutmix;
-    cfg.mixup_prob = a.mixup_prob;
-    cfg.mixup_switch_prob = a.mixup_switch_prob;
-    cfg.reprob = a.reprob;
-    cfg.min_crop_scale = a.min_crop_scale;
-    cfg.seed = a.seed;
-    if let Some(w) = a.workers {
-        cfg.workers = w;
-    }
-    if let Some(s) = a.save_every {
-        cfg.save_every = s;
-    }
-    cfg.keep_last = a.keep_last;
-    cfg.log_every = a.log_every;
+    let cfg = FinetuneConfig::resolve_for(given, comm.world_size())?;
     let stop = stop_on_signal()?;
     let resume = parse_resume(a.resume.as_deref());
     let summary = on_every_rank(
         &comm,
-        mae_train::finetune::finetune_with(&cfg, &resume, stop, &comm),
+        mae_train::finetune::finetune(&cfg, &resume, stop, &comm),
     )?;
     if !comm.is_main() {
         return Ok(());

@@ -16,8 +16,10 @@ use dfdx::nn::tensor_collection::{ModuleVisitor, TensorCollection, TensorOptions
 use dfdx::prelude::*;
 use rand_distr::Uniform;
 
-use crate::device::{MaeDevice, MaeDtype};
+use crate::dtype::MaeDtype;
 use crate::error::MaeError;
+use crate::gelu::gelu_composed;
+use crate::host::{dev_err, host_tensor};
 use crate::preset::TransformerDims;
 
 /// The LayerNorm epsilon of every norm in MAE.
@@ -26,48 +28,36 @@ pub const LAYER_NORM_EPS: f64 = 1e-6;
 /// A `[batch, tokens, W]` activation (of element type `E`, `f32` unless named).
 pub type Act<W, D, T, E = f32> = Tensor<(usize, usize, W), E, D, T>;
 
-pub(crate) fn dev_err<E: std::fmt::Debug>(e: E) -> MaeError {
-    MaeError::device(e)
-}
-
-/// A tensor holding a copy of `data`, allocated by the device. With dfdx's allocation cache on
-/// (`enable_cache`), a tensor made by `tensor_from_vec` hands its adopted `Vec` to the cache when
-/// it is dropped, and nothing of that origin ever takes it back out: the cache grew by every
-/// such buffer at every step (the pretraining process reached 24 GB in 190 steps). Allocating
-/// through `zeros_like` draws from the cache and returns to it, so memory stays flat.
-pub fn host_tensor<S: Shape, E: Unit, D: ZerosTensor<E> + CopySlice<E>>(
-    dev: &D,
-    data: &[E],
-    shape: S,
-) -> Result<Tensor<S, E, D>, MaeError> {
-    if data.len() != shape.num_elements() {
-        return Err(MaeError::InputShape {
-            what: "host data",
-            expected: format!("{} values", shape.num_elements()),
-            got: data.len().to_string(),
-        });
+/// A dfdx device the MAE model runs on in element type `E` (`f32` unless named).
+pub trait MaeDevice<E: MaeDtype = f32>: Device<E> + ZerosTensor<usize> + CopySlice<usize> {
+    /// Exact erf GELU with a correct gradient.
+    fn gelu<S: Shape, T: Tape<E, Self>>(
+        x: Tensor<S, E, Self, T>,
+    ) -> Result<Tensor<S, E, Self, T>, MaeError> {
+        gelu_composed(x)
     }
-    let mut t = dev.try_zeros_like(&shape).map_err(dev_err)?;
-    t.copy_from(data);
-    Ok(t)
-}
 
-/// The values of a tensor as a `Vec`, row-major, by one `memcpy` of its storage (after making it
-/// contiguous, which is free when it already is). dfdx's `as_vec` walks an index iterator and
-/// pushes element by element: several times slower on the large buffers of a training step.
-pub fn host_vec<S: Shape, D: Device<f32>>(t: &Tensor<S, f32, D>) -> Result<Vec<f32>, MaeError> {
-    let mut values = vec![0.0; t.shape().num_elements()];
-    host_copy_into(t, &mut values)?;
-    Ok(values)
-}
+    /// One pre-norm transformer block (with optional drop-path scales); the default is the
+    /// composition of dfdx ops, [`Block::forward_composed`].
+    fn block<Tr: TransformerDims, T: Tape<E, Self>>(
+        block: &Block<Tr, E, Self>,
+        x: Act<Tr::Model, Self, T, E>,
+        scales: Option<&BranchScales>,
+    ) -> Result<Act<Tr::Model, Self, T, E>, MaeError> {
+        block.forward_composed(x, scales)
+    }
 
-/// [`host_vec`] into a buffer the caller owns (`dst.len()` must be the tensor's element count).
-pub fn host_copy_into<S: Shape, D: Device<f32>>(
-    t: &Tensor<S, f32, D>,
-    dst: &mut [f32],
-) -> Result<(), MaeError> {
-    t.clone().try_contiguous().map_err(dev_err)?.copy_into(dst);
-    Ok(())
+    /// The values of a gradient buffer as a host slice, borrowed in place, where the device keeps
+    /// its buffers in host memory (`Cpu`); `None` elsewhere, where callers copy through
+    /// `Gradients::get`.
+    fn host_slice_mut(_buffer: &mut <Self as Storage<E>>::Vec) -> Option<&mut [E]> {
+        None
+    }
+
+    /// Whether [`MaeDevice::host_slice_mut`] gives the buffers in place (they lie in host memory).
+    fn keeps_host_memory() -> bool {
+        false
+    }
 }
 
 /// `y = x·Wᵀ + b` with `W: [O, I]` (PyTorch's layout) and `b: [O]`.

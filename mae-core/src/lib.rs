@@ -5,7 +5,10 @@
 //! (patchify/unpatchify), [`pos_embed`], [`vit`] (the fine-tuning classifier), [`weights`] (safetensors I/O), [`device`] (the device trait our kernels plug into), [`kernels`] (our fused CPU kernels).
 
 pub mod device;
+pub mod dtype;
 pub mod error;
+pub mod gelu;
+pub mod host;
 pub mod kernels;
 pub mod layers;
 pub mod masking;

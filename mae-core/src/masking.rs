@@ -7,6 +7,10 @@
 use rand::Rng;
 
 use crate::error::MaeError;
+
+/// The paper's mask ratio: 75% of the patches removed (`--mask_ratio 0.75` of `main_pretrain.py`),
+/// the default of every command that masks.
+pub const DEFAULT_MASK_RATIO: f64 = 0.75;
 pub use crate::preset::check_mask_ratio;
 
 /// The outcome of masking a batch: all index buffers are row-major `[batch, ·]` on the host.

@@ -12,9 +12,8 @@ use rand_distr::{Distribution, StandardNormal, Uniform};
 
 use crate::device::{MaeDevice, MaeDtype};
 use crate::error::MaeError;
-use crate::layers::{
-    dev_err, host_tensor, xavier_uniform, Act, Blocks, DrawnInF32, LayerNorm, Linear,
-};
+use crate::host::{dev_err, host_tensor};
+use crate::layers::{xavier_uniform, Act, Blocks, DrawnInF32, LayerNorm, Linear};
 use crate::masking::Masking;
 use crate::patch::{normalize_patches, PatchGeometry};
 use crate::pos_embed::pos_embed_2d_sincos;

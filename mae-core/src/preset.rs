@@ -265,7 +265,7 @@ impl MaeConfig {
         MaeConfig {
             preset,
             image_size: preset.dims().img_size,
-            mask_ratio: 0.75,
+            mask_ratio: crate::masking::DEFAULT_MASK_RATIO,
             norm_pix_loss: false,
         }
     }

@@ -20,7 +20,8 @@ use rand_distr::{Distribution, StandardNormal};
 
 use crate::device::{MaeDevice, MaeDtype};
 use crate::error::MaeError;
-use crate::layers::{dev_err, host_tensor, Blocks, BranchScales, LayerNorm};
+use crate::host::{dev_err, host_tensor};
+use crate::layers::{Blocks, BranchScales, LayerNorm};
 use crate::model::{
     prepend_cls, project_patches, sincos_init, token_init, EncDim, PatchEmbed, ScaledLoss,
 };

@@ -12,12 +12,15 @@ fn train_step(c: &mut Criterion) {
     for (preset, batch) in [(Preset::Tiny, 64usize), (Preset::Tiny, 256)] {
         group.bench_function(format!("{preset}/b{batch}"), |b| {
             b.iter_custom(|iters| {
-                let timing = time_train_step(&StepBench {
-                    preset,
-                    batch,
-                    steps: iters as usize,
-                    ..StepBench::default()
-                })
+                let timing = time_train_step(
+                    &StepBench {
+                        preset,
+                        batch,
+                        steps: iters as usize,
+                        ..StepBench::default()
+                    },
+                    &mae_train::dist::Comm::single(),
+                )
                 .expect("benchmark step");
                 std::time::Duration::from_secs_f64(timing.all_s.iter().sum())
             })

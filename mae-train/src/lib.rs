@@ -1,27 +1,26 @@
 #![doc = include_str!("../README.md")]
 //!
 //! It owns time (steps, epochs); models come from `mae-core`, batches from `mae-data`.
+//!
+//! The folders: [`train`] (the engine and the tasks it runs, with their optimizer, schedule,
+//! precision, checkpoints and settings), [`run`] (what every run shares: device, run folder,
+//! log, resume), [`eval`] (features, kNN, linear probe, classifier evaluation), [`viz`] (plots,
+//! reconstructions), [`dist`] (MPI, NCCL). The modules are also reachable at the crate's root
+//! (`mae_train::pretrain`, `mae_train::checkpoint`, ...).
 
-pub mod amp;
-pub mod bench;
-pub mod checkpoint;
-pub mod config;
-pub mod device;
 pub mod dist;
 pub mod error;
-pub mod features;
-pub mod finetune;
-pub mod linprobe;
-#[cfg(feature = "nccl")]
-mod nccl;
-pub mod optim;
-pub mod plot;
-pub mod pretrain;
-pub mod reconstruct;
-pub mod rundir;
-pub mod runlog;
-pub mod schedule;
+pub mod eval;
+pub mod run;
+pub mod train;
+pub mod viz;
 
-pub use config::{PretrainConfig, PretrainOverrides};
+pub use eval::{classify, feature_set, features, knn, linprobe, probe};
+pub use run::{device, rundir, runlog};
+pub use train::{amp, bench, checkpoint, config, engine, finetune, optim, pretrain, schedule};
+pub use viz::{plot, reconstruct};
+
+pub use config::{FinetuneConfig, FinetuneOverrides, PretrainConfig, PretrainOverrides};
 pub use error::TrainError;
-pub use pretrain::{pretrain, Outcome, Resume, RunSummary};
+pub use pretrain::pretrain;
+pub use run::{Outcome, Resume, RunSummary};

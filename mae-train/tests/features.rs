@@ -9,10 +9,11 @@ use std::collections::BTreeMap;
 use mae_core::dfdx::prelude::*;
 use mae_core::presets::Parity;
 use mae_core::Mae;
-use mae_train::features::{
-    extract_dataset, knn_eval, read_features, write_features, EvalInput, FeatureKind, FeatureSource,
-};
-use mae_train::linprobe::{linprobe, ProbeConfig, ProbeOptimizer};
+use mae_train::feature_set::{read_features, write_features, FeatureKind};
+use mae_train::features::{extract_dataset, EvalInput, FeatureSource};
+use mae_train::knn::knn_eval;
+use mae_train::linprobe::linprobe;
+use mae_train::probe::{ProbeConfig, ProbeOptimizer};
 
 #[test]
 fn knn_separates_two_easy_classes_and_features_are_written() {
@@ -33,7 +34,7 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
         device: mae_train::device::DeviceKind::Cpu,
         precision: mae_train::amp::Precision::F32,
     };
-    let (train, val, classes) = extract_dataset(&input).unwrap();
+    let (train, val, classes) = extract_dataset(&input, &mae_train::dist::Comm::single()).unwrap();
     assert_eq!(
         (train.len(), val.len(), classes, train.dim),
         (30, 10, 2, 48)
@@ -41,7 +42,14 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
     assert_eq!(train.cls.len(), 30 * 48);
     assert_ne!(train.cls, train.avg);
     let source = FeatureSource::Model(input.clone());
-    let acc = knn_eval(&source, 5, 0.07, FeatureKind::Cls).unwrap();
+    let acc = knn_eval(
+        &source,
+        5,
+        0.07,
+        FeatureKind::Cls,
+        &mae_train::dist::Comm::single(),
+    )
+    .unwrap();
     assert_eq!(acc.top1, 100.0, "{acc:?}");
 
     let cfg = ProbeConfig {
@@ -51,7 +59,13 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
         warmup_epochs: 3.0,
         ..Default::default()
     };
-    let probe = linprobe(&source, FeatureKind::Avg, &cfg).unwrap();
+    let probe = linprobe(
+        &source,
+        FeatureKind::Avg,
+        &cfg,
+        &mae_train::dist::Comm::single(),
+    )
+    .unwrap();
     assert_eq!(
         (probe.top1, probe.train, probe.val),
         (100.0, 30, 10),
@@ -67,7 +81,13 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
         augment: true,
         ..Default::default()
     };
-    let probe = linprobe(&source, FeatureKind::Cls, &augmented).unwrap();
+    let probe = linprobe(
+        &source,
+        FeatureKind::Cls,
+        &augmented,
+        &mae_train::dist::Comm::single(),
+    )
+    .unwrap();
     assert_eq!((probe.top1, probe.train), (100.0, 30), "{probe:?}");
 
     // the encoder in half precision (`--precision amp-f16`): the same features to f16 rounding
@@ -76,11 +96,18 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
         precision: mae_train::amp::Precision::AmpF16,
         ..input.clone()
     };
-    let (half_train, _, _) = extract_dataset(&half_input).unwrap();
+    let (half_train, _, _) =
+        extract_dataset(&half_input, &mae_train::dist::Comm::single()).unwrap();
     let err = common::rel_err(&half_train.cls, &train.cls);
     assert!(err > 0.0 && err < 1e-2, "relative error {err:e}");
     let half_source = FeatureSource::Model(half_input);
-    let probe = linprobe(&half_source, FeatureKind::Cls, &augmented).unwrap();
+    let probe = linprobe(
+        &half_source,
+        FeatureKind::Cls,
+        &augmented,
+        &mae_train::dist::Comm::single(),
+    )
+    .unwrap();
     assert_eq!((probe.top1, probe.train), (100.0, 30), "{probe:?}");
 
     let out = dir.join("features.safetensors");
@@ -90,11 +117,24 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
     // probes and kNN run on the written features as on the model
     let from_file = FeatureSource::Features(out.clone());
     assert_eq!(
-        knn_eval(&from_file, 5, 0.07, FeatureKind::Cls).unwrap(),
+        knn_eval(
+            &from_file,
+            5,
+            0.07,
+            FeatureKind::Cls,
+            &mae_train::dist::Comm::single()
+        )
+        .unwrap(),
         acc
     );
     assert!(
-        linprobe(&from_file, FeatureKind::Avg, &augmented).is_err(),
+        linprobe(
+            &from_file,
+            FeatureKind::Avg,
+            &augmented,
+            &mae_train::dist::Comm::single()
+        )
+        .is_err(),
         "no images to augment"
     );
     // NumPy files: one per array, with a valid header

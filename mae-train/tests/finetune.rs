@@ -12,9 +12,12 @@ use std::sync::Arc;
 use mae_core::dfdx::prelude::*;
 use mae_core::presets::{Parity, Tiny};
 use mae_core::{Classifier, Mae, Preset, TensorFile};
-use mae_train::features::{EvalInput, FeatureKind, FeatureSource};
-use mae_train::finetune::{finetune, FinetuneConfig};
-use mae_train::linprobe::{linprobe, ProbeConfig};
+use mae_train::feature_set::FeatureKind;
+use mae_train::features::{EvalInput, FeatureSource};
+use mae_train::finetune::finetune;
+use mae_train::linprobe::linprobe;
+use mae_train::probe::ProbeConfig;
+use mae_train::FinetuneConfig;
 use mae_train::Resume;
 
 fn config(data: &std::path::Path, out: &std::path::Path, ckpt: &std::path::Path) -> FinetuneConfig {
@@ -44,7 +47,7 @@ fn finetuning_learns_keeps_the_best_model_and_resumes_bitwise() {
 
     // uninterrupted: 3 epochs of 6 steps, mixup/cutmix/erasing/drop path on
     let full = config(&data, &dir.join("full"), &ckpt);
-    let summary = finetune(&full, &Resume::No, stop()).unwrap();
+    let summary = finetune(&full, &Resume::No, stop(), &mae_train::dist::Comm::single()).unwrap();
     assert_eq!((summary.outcome.as_str(), summary.step), ("Finished", 18));
     let best = summary.best_top1.unwrap();
     assert!(best >= 90.0, "two colours are easy: {summary:?}");
@@ -66,7 +69,7 @@ fn finetuning_learns_keeps_the_best_model_and_resumes_bitwise() {
     let mut model = Classifier::<Parity, Cpu>::new(&Cpu::default(), 2).unwrap();
     model.load_from(&best_file, "").unwrap();
     let ds = mae_data::Dataset::open(&data).unwrap();
-    let acc = mae_train::finetune::evaluate(&model, ds.val(), ds.manifest(), 5).unwrap();
+    let acc = mae_train::classify::evaluate(&model, ds.val(), ds.manifest(), 5).unwrap();
     assert_eq!(acc.top1, best);
 
     // stopped after 8 steps (mid-epoch), then resumed: the same weights bit for bit
@@ -74,11 +77,24 @@ fn finetuning_learns_keeps_the_best_model_and_resumes_bitwise() {
     let mut first = config(&data, &out, &ckpt);
     first.max_steps = Some(8);
     assert_eq!(
-        finetune(&first, &Resume::No, stop()).unwrap().outcome,
+        finetune(
+            &first,
+            &Resume::No,
+            stop(),
+            &mae_train::dist::Comm::single()
+        )
+        .unwrap()
+        .outcome,
         "MaxSteps"
     );
     let second = config(&data, &out, &ckpt);
-    let resumed = finetune(&second, &Resume::Auto, stop()).unwrap();
+    let resumed = finetune(
+        &second,
+        &Resume::Auto,
+        stop(),
+        &mae_train::dist::Comm::single(),
+    )
+    .unwrap();
     assert_eq!(resumed.step, 18);
     let a = TensorFile::open(dir.join("full/checkpoint-18.safetensors")).unwrap();
     let b = TensorFile::open(out.join("checkpoint-18.safetensors")).unwrap();
@@ -93,14 +109,22 @@ fn finetuning_learns_keeps_the_best_model_and_resumes_bitwise() {
         .unwrap()
         .save_safetensors(&other, &BTreeMap::new())
         .unwrap();
-    let err = finetune(&config(&data, &dir.join("x"), &other), &Resume::No, stop()).unwrap_err();
+    let err = finetune(
+        &config(&data, &dir.join("x"), &other),
+        &Resume::No,
+        stop(),
+        &mae_train::dist::Comm::single(),
+    )
+    .unwrap_err();
     assert!(err.to_string().contains("tiny.safetensors"), "{err}");
     let mut odd = config(&data, &dir.join("y"), &ckpt);
     odd.batch_size = 7;
-    assert!(finetune(&odd, &Resume::No, stop())
-        .unwrap_err()
-        .to_string()
-        .contains("even"));
+    assert!(
+        finetune(&odd, &Resume::No, stop(), &mae_train::dist::Comm::single())
+            .unwrap_err()
+            .to_string()
+            .contains("even")
+    );
 }
 
 #[test]
@@ -127,7 +151,13 @@ fn a_probe_on_bundled_fashion_mnist_beats_chance_by_a_wide_margin() {
         warmup_epochs: 2.0,
         ..Default::default()
     };
-    let result = linprobe(&source, FeatureKind::Cls, &cfg).unwrap();
+    let result = linprobe(
+        &source,
+        FeatureKind::Cls,
+        &cfg,
+        &mae_train::dist::Comm::single(),
+    )
+    .unwrap();
     // 10 classes: chance is 10%
     assert!(result.top1 > 40.0, "{result:?}");
 }
@@ -151,7 +181,13 @@ fn pretraining_with_eval_every_logs_knn_per_epoch() {
         ..Default::default()
     };
     let cfg = mae_train::PretrainConfig::resolve(given.clone()).unwrap();
-    mae_train::pretrain(&cfg, &Resume::No, Arc::new(AtomicBool::new(false))).unwrap();
+    mae_train::pretrain(
+        &cfg,
+        &Resume::No,
+        Arc::new(AtomicBool::new(false)),
+        &mae_train::dist::Comm::single(),
+    )
+    .unwrap();
     let lines: Vec<mae_train::pretrain::KnnLine> = std::fs::read_to_string(out.join("eval.jsonl"))
         .unwrap()
         .lines()

@@ -14,8 +14,8 @@ use mae_core::presets::Tiny;
 use mae_core::weights::{named_gradients, named_tensors, NamedTensor};
 use mae_core::{tape_from, Mae, MaeDevice, MaePreset, Masking, TensorFile};
 use mae_train::amp::{LossScaler, MixedPrecision};
+use mae_train::optim::decayed_names;
 use mae_train::optim::AdamW;
-use mae_train::pretrain::decayed_names;
 use rand::{Rng, SeedableRng};
 
 mod common;

@@ -7,8 +7,8 @@ use mae_core::dfdx::prelude::*;
 use mae_core::presets::Parity;
 use mae_core::weights::{named_gradients, named_tensors};
 use mae_core::{tape_from, Mae, MaePreset, Masking};
+use mae_train::optim::decayed_names;
 use mae_train::optim::AdamW;
-use mae_train::pretrain::decayed_names;
 use rand::{Rng, SeedableRng};
 
 type Model = Mae<Parity, f32, Cpu>;

@@ -14,7 +14,7 @@ use std::borrow::Cow;
 use rayon::prelude::*;
 
 use super::gemm::{matmul, MatRef, Threads};
-use crate::device::{gelu_derivative, gelu_value};
+use crate::gelu::{gelu_derivative, gelu_value};
 use crate::layers::LAYER_NORM_EPS;
 
 /// Rows per parallel task of the row-wise passes (LayerNorm, residuals).

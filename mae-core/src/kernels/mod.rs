@@ -20,7 +20,9 @@ use dfdx::prelude::*;
 use dfdx::tensor::CpuError;
 
 use crate::error::MaeError;
-use crate::layers::{dev_err, host_tensor, host_vec, Act, Block, BranchScales};
+use crate::gelu::{gelu_derivative, gelu_value};
+use crate::host::{dev_err, host_tensor, host_vec};
+use crate::layers::{Act, Block, BranchScales, MaeDevice};
 use crate::preset::TransformerDims;
 use block::{block_backward, block_forward, BlockDims, BlockTensors, Scales};
 
@@ -180,4 +182,50 @@ pub(crate) fn block_cpu<Tr: TransformerDims, T: Tape<f32, Cpu>>(
         });
     }
     Ok(out.put_tape(tape))
+}
+
+/// The CPU device: host buffers in place, our fused GELU and block kernels.
+impl MaeDevice for Cpu {
+    fn host_slice_mut(buffer: &mut <Self as Storage<f32>>::Vec) -> Option<&mut [f32]> {
+        Some(&mut buffer[..])
+    }
+
+    fn keeps_host_memory() -> bool {
+        true
+    }
+
+    fn gelu<S: Shape, T: Tape<f32, Self>>(
+        x: Tensor<S, f32, Self, T>,
+    ) -> Result<Tensor<S, f32, Self, T>, MaeError> {
+        let x = x.try_contiguous().map_err(dev_err)?;
+        let (x, mut tape) = x.split_tape();
+        let input = x.as_vec();
+        let value: Vec<f32> = input.iter().map(|&v| gelu_value(v)).collect();
+        let out = host_tensor(x.device(), &value, *x.shape())?;
+        if T::OWNS_TAPE {
+            let out_id = out.clone();
+            tape.add_backward_op(move |grads| {
+                grads.try_alloc_for(&out_id)?;
+                let grad_out = grads.get(&out_id).as_vec();
+                let grad_in = grads.get_or_alloc_mut(&x)?;
+                for ((g, &v), &go) in grad_in.iter_mut().zip(&input).zip(&grad_out) {
+                    *g += gelu_derivative(v) * go;
+                }
+                Ok(())
+            });
+        }
+        Ok(out.put_tape(tape))
+    }
+
+    fn block<Tr: TransformerDims, T: Tape<f32, Self>>(
+        block: &Block<Tr, f32, Self>,
+        x: Act<Tr::Model, Self, T>,
+        scales: Option<&BranchScales>,
+    ) -> Result<Act<Tr::Model, Self, T>, MaeError> {
+        if fused() {
+            block_cpu(block, x, scales)
+        } else {
+            block.forward_composed(x, scales)
+        }
+    }
 }

@@ -7,12 +7,10 @@
 use std::fmt;
 use std::marker::PhantomData;
 use std::str::FromStr;
-use std::sync::Arc;
 
 use mae_core::device::MaeDevice;
 use mae_core::dfdx::prelude::{Cache, Cpu, Synchronize};
-use mae_core::{AmpF16, MaePreset};
-use mae_data::Dataset;
+use mae_core::{AmpF16, MaePreset, Preset, PresetVisitor};
 
 use crate::error::TrainError;
 
@@ -63,55 +61,60 @@ pub trait DeviceVisitor {
     fn visit<D: RunDevice>(self, dev: D) -> Result<Self::Output, TrainError>;
 }
 
-/// A training loop over a dataset, generic over the device: [`LoopOn`] runs it on the one a
-/// [`DeviceKind`] names.
-pub(crate) trait TrainLoop {
-    /// What the loop reports.
-    type Summary;
-    /// The loop of preset `P` on `dev`.
-    fn train<P: MaePreset, D: RunDevice>(
-        &self,
-        dev: D,
-        data: Arc<Dataset>,
-        config_json: String,
-    ) -> Result<Self::Summary, TrainError>;
+/// Code generic over the model preset and the device: [`dispatch`] runs it with the types a
+/// runtime [`Preset`] and [`DeviceKind`] name. The one way from run-time names to typed code.
+pub trait Job {
+    /// What the code returns.
+    type Output;
+    /// Checks that need the preset's types but not the device (the data against the preset),
+    /// made before the device opens.
+    fn check<P: MaePreset>(&self) -> Result<(), TrainError> {
+        Ok(())
+    }
+    /// The code, with preset `P` on `dev`.
+    fn run<P: MaePreset, D: RunDevice>(self, dev: D) -> Result<Self::Output, TrainError>;
 }
 
-/// Runs `run`'s loop of preset `P` on `device` (seeded with `seed`), with `config` as the JSON
-/// the loop writes to its run folder once it has started ([`crate::rundir::begin`]): a run that
-/// cannot start (no device, a checkpoint that does not load) leaves nothing behind.
-pub(crate) fn run_loop<L: TrainLoop, P: MaePreset>(
+/// Runs `job` with the types of `preset` on `device` (dfdx's RNG seeded with `seed`), after its
+/// [`Job::check`]; a clear error where CUDA is asked for and this build or machine has none.
+pub fn dispatch<J: Job>(
+    preset: Preset,
     device: DeviceKind,
     seed: u64,
-    run: &L,
-    data: Arc<Dataset>,
-    config: &impl serde::Serialize,
-) -> Result<L::Summary, TrainError> {
-    let config_json =
-        serde_json::to_string_pretty(config).map_err(|e| TrainError::Config(e.to_string()))?;
-    device.run(
-        seed,
-        LoopOn::<L, P> {
-            run,
-            data,
-            config_json,
-            preset: PhantomData,
-        },
-    )
+    job: J,
+) -> Result<J::Output, TrainError> {
+    preset.visit(OnPreset { job, device, seed })
 }
 
-/// [`TrainLoop::train`] as a [`DeviceVisitor`].
-struct LoopOn<'a, L, P> {
-    run: &'a L,
-    data: Arc<Dataset>,
-    config_json: String,
+/// [`dispatch`]'s step from the preset's name to its type.
+struct OnPreset<J> {
+    job: J,
+    device: DeviceKind,
+    seed: u64,
+}
+
+impl<J: Job> PresetVisitor for OnPreset<J> {
+    type Output = Result<J::Output, TrainError>;
+    fn visit<P: MaePreset>(self) -> Self::Output {
+        self.job.check::<P>()?;
+        let on = OnDevice::<J, P> {
+            job: self.job,
+            preset: PhantomData,
+        };
+        self.device.run(self.seed, on)
+    }
+}
+
+/// [`dispatch`]'s step from the device's name to its type.
+struct OnDevice<J, P> {
+    job: J,
     preset: PhantomData<P>,
 }
 
-impl<L: TrainLoop, P: MaePreset> DeviceVisitor for LoopOn<'_, L, P> {
-    type Output = L::Summary;
-    fn visit<D: RunDevice>(self, dev: D) -> Result<L::Summary, TrainError> {
-        self.run.train::<P, D>(dev, self.data, self.config_json)
+impl<J: Job, P: MaePreset> DeviceVisitor for OnDevice<J, P> {
+    type Output = J::Output;
+    fn visit<D: RunDevice>(self, dev: D) -> Result<J::Output, TrainError> {
+        self.job.run::<P, D>(dev)
     }
 }
 

@@ -28,7 +28,7 @@ use std::path::{Path, PathBuf};
 
 use crate::checkpoint::{list_checkpoints, orphan_state_step, step_of_name, step_of_state_name};
 use crate::error::TrainError;
-use crate::pretrain::Resume;
+use crate::run::Resume;
 
 /// A run's own files besides its checkpoints.
 pub const RUN_FILES: &[&str] = &[
@@ -44,7 +44,7 @@ pub const RUN_FILES: &[&str] = &[
 pub enum RunKind {
     /// `mae pretrain` ([`crate::PretrainConfig`]).
     Pretrain,
-    /// `mae finetune` ([`crate::finetune::FinetuneConfig`]).
+    /// `mae finetune` ([`crate::config::FinetuneConfig`]).
     Finetune,
 }
 
@@ -61,7 +61,7 @@ impl RunKind {
         let r = match self {
             RunKind::Pretrain => serde_json::from_slice::<crate::PretrainConfig>(json).map(|_| ()),
             RunKind::Finetune => {
-                serde_json::from_slice::<crate::finetune::FinetuneConfig>(json).map(|_| ())
+                serde_json::from_slice::<crate::config::FinetuneConfig>(json).map(|_| ())
             }
         };
         r.map_err(|e| e.to_string())
@@ -156,6 +156,11 @@ pub struct RunDir {
     _lock: Option<fs::File>,
     /// What [`begin`] removed or dropped, one line each, for the run's log.
     pub notes: Vec<String>,
+}
+
+/// The configuration a run writes to its folder (`config.json`) and into its checkpoints.
+pub fn config_json(config: &impl serde::Serialize) -> Result<String, TrainError> {
+    serde_json::to_string_pretty(config).map_err(|e| TrainError::Config(e.to_string()))
 }
 
 /// Starts using `out` for a run resumed at `step` (0: fresh) with `config_json`; on rank 0

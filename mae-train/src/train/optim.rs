@@ -1,5 +1,5 @@
 //! AdamW with the official parameter groups: weight decay on weights, none on biases and 1-D
-//! parameters.
+//! parameters; in fine-tuning, layer-wise learning-rate decay (`util/lr_decay.py`).
 //!
 //! PyTorch counterpart: `torch.optim.AdamW(param_groups_weight_decay(model, wd), lr, betas=(0.9,
 //! 0.95))` in `main_pretrain.py` (timm's `param_groups_weight_decay`: no decay where
@@ -29,7 +29,10 @@ use mae_core::dfdx::prelude::*;
 use rayon::prelude::*;
 
 use mae_core::device::MaeDevice;
-use mae_core::layers::{host_copy_into, host_tensor, host_vec};
+use mae_core::host::{host_copy_into, host_tensor, host_vec};
+
+use mae_core::weights::{named_tensors, NamedTensor};
+use mae_core::{Mae, MaePreset};
 
 use crate::error::{device_err, TrainError};
 
@@ -391,5 +394,110 @@ impl<D: MaeDevice> TensorVisitor<f32, D> for Step<'_, D> {
         let grad = self.grads.get(param);
         self.opt.apply_on_device(&name, param, grad, self.lr)?;
         Ok(None)
+    }
+}
+
+/// The parameters that get weight decay in pretraining: official shape of 2 or more dims, not a
+/// bias.
+pub fn decayed_names<P: MaePreset, D: Device<f32>>(
+    model: &Mae<P, f32, D>,
+) -> Result<BTreeSet<String>, TrainError> {
+    Ok(named_tensors(model)?
+        .into_iter()
+        .filter(|t| t.trainable && t.shape.len() > 1 && !t.name.ends_with(".bias"))
+        .map(|t| t.name)
+        .collect())
+}
+
+/// `util/lr_decay.get_layer_id_for_vit`: 0 for `cls_token`, `pos_embed` and `patch_embed`,
+/// `i + 1` for `blocks.i`, `num_layers` (= depth + 1) for the rest (`fc_norm`, `head`).
+pub fn layer_id_for_vit(name: &str, num_layers: usize) -> usize {
+    if name == "cls_token" || name == "pos_embed" || name.starts_with("patch_embed") {
+        0
+    } else if let Some(rest) = name.strip_prefix("blocks.") {
+        rest.split('.')
+            .next()
+            .and_then(|i| i.parse::<usize>().ok())
+            .map_or(num_layers, |i| i + 1)
+    } else {
+        num_layers
+    }
+}
+
+/// `util/lr_decay.param_groups_lrd` for a ViT of `depth` blocks: the names that get weight decay
+/// (official shape of 2+ dims, not `pos_embed` / `cls_token`, the model's `no_weight_decay`) and
+/// each parameter's lr scale `layer_decay^(depth + 1 − layer_id)`.
+pub fn param_groups_lrd(
+    params: &[NamedTensor],
+    depth: usize,
+    layer_decay: f64,
+) -> (BTreeSet<String>, BTreeMap<String, f64>) {
+    let num_layers = depth + 1;
+    let mut decayed = BTreeSet::new();
+    let mut scales = BTreeMap::new();
+    for p in params.iter().filter(|p| p.trainable) {
+        let no_decay = p.shape.len() == 1 || p.name == "pos_embed" || p.name == "cls_token";
+        if !no_decay {
+            decayed.insert(p.name.clone());
+        }
+        let id = layer_id_for_vit(&p.name, num_layers);
+        scales.insert(p.name.clone(), layer_decay.powi((num_layers - id) as i32));
+    }
+    (decayed, scales)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn t(name: &str, shape: &[usize]) -> NamedTensor {
+        NamedTensor {
+            name: name.into(),
+            shape: shape.to_vec(),
+            data: Vec::new(),
+            trainable: true,
+        }
+    }
+
+    #[test]
+    fn layer_ids_follow_lr_decay_py() {
+        // ViT with 12 blocks: num_layers 13
+        assert_eq!(layer_id_for_vit("cls_token", 13), 0);
+        assert_eq!(layer_id_for_vit("pos_embed", 13), 0);
+        assert_eq!(layer_id_for_vit("patch_embed.proj.weight", 13), 0);
+        assert_eq!(layer_id_for_vit("blocks.0.norm1.weight", 13), 1);
+        assert_eq!(layer_id_for_vit("blocks.11.mlp.fc2.bias", 13), 12);
+        assert_eq!(layer_id_for_vit("fc_norm.weight", 13), 13);
+        assert_eq!(layer_id_for_vit("head.bias", 13), 13);
+    }
+
+    #[test]
+    fn groups_scale_by_depth_and_skip_decay_on_vectors_and_embeddings() {
+        let params = [
+            t("cls_token", &[1, 1, 8]),
+            t("pos_embed", &[1, 5, 8]),
+            t("patch_embed.proj.weight", &[8, 3, 2, 2]),
+            t("patch_embed.proj.bias", &[8]),
+            t("blocks.0.attn.qkv.weight", &[24, 8]),
+            t("blocks.1.norm1.weight", &[8]),
+            t("fc_norm.bias", &[8]),
+            t("head.weight", &[10, 8]),
+        ];
+        let (decayed, scales) = param_groups_lrd(&params, 2, 0.5);
+        assert_eq!(
+            decayed.iter().map(String::as_str).collect::<Vec<_>>(),
+            [
+                "blocks.0.attn.qkv.weight",
+                "head.weight",
+                "patch_embed.proj.weight"
+            ]
+        );
+        // num_layers 3: scale = 0.5^(3 − id)
+        assert_eq!(scales["cls_token"], 0.125);
+        assert_eq!(scales["patch_embed.proj.bias"], 0.125);
+        assert_eq!(scales["blocks.0.attn.qkv.weight"], 0.25);
+        assert_eq!(scales["blocks.1.norm1.weight"], 0.5);
+        assert_eq!(scales["fc_norm.bias"], 1.0);
+        assert_eq!(scales["head.weight"], 1.0);
     }
 }

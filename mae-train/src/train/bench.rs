@@ -6,23 +6,25 @@
 //! steps after one warm-up step. [`time_train_step`] does the same, so the two print comparable
 //! JSON lines.
 //!
-//! The update is the training loop's own [`AdamW`] (β 0.9/0.95, weight decay 0.05 on the
+//! The step is the engine's own ([`crate::engine::forward_backward`], [`crate::engine::reduce`],
+//! [`crate::engine::apply`]). The update is the training loop's own [`AdamW`] (β 0.9/0.95, weight decay 0.05 on the
 //! weights, not on biases and norms), so the step timed is the step `mae pretrain` takes.
 
 use std::marker::PhantomData;
 use std::time::Instant;
 
 use mae_core::dfdx::prelude::*;
-use mae_core::{tape_from, Mae, MaeError, MaePreset, Masking, Preset, PresetVisitor};
+use mae_core::{AmpF16, Mae, MaeError, MaePreset, Masking, Preset, ScaledLoss};
+use mae_data::loader::Batch;
 use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 use serde::Serialize;
 
 use crate::amp::{LossScaler, MixedPrecision, Precision};
-use crate::device::{DeviceKind, DeviceVisitor, RunDevice};
-use crate::dist::{Comm, GradSync, StepScalars};
-use crate::optim::AdamW;
-use crate::pretrain::decayed_names;
+use crate::device::{dispatch, DeviceKind, Job, RunDevice};
+use crate::dist::{Comm, GradSync};
+use crate::engine::{apply, forward_backward, reduce, Half, Loss, Task, TrainModel};
+use crate::optim::{decayed_names, AdamW};
 use mae_core::MaeDevice;
 
 /// What to time.
@@ -55,7 +57,7 @@ impl Default for StepBench {
             preset: Preset::Tiny,
             batch: 64,
             steps: 5,
-            mask_ratio: 0.75,
+            mask_ratio: mae_core::masking::DEFAULT_MASK_RATIO,
             cache: true,
             fused: true,
             mask_tokens_in_encoder: false,
@@ -123,27 +125,13 @@ pub fn peak_rss_mb() -> Option<f64> {
     Some(kib / 1024.0)
 }
 
-struct Run<'a>(StepBench, &'a Comm);
+/// The timed steps, as a [`Job`].
+struct Timing<'a>(StepBench, &'a Comm);
 
-impl PresetVisitor for Run<'_> {
-    type Output = Result<StepTiming, MaeError>;
-    fn visit<P: MaePreset>(self) -> Self::Output {
-        let (cfg, comm) = (self.0, self.1);
-        if cfg.device == DeviceKind::Cpu {
-            mae_core::kernels::set_fused(cfg.fused);
-        }
-        cfg.device
-            .run(0, TimeOn::<P>(&cfg, comm, PhantomData))
-            .map_err(train_err)
-    }
-}
-
-struct TimeOn<'a, P>(&'a StepBench, &'a Comm, PhantomData<P>);
-
-impl<P: MaePreset> DeviceVisitor for TimeOn<'_, P> {
+impl Job for Timing<'_> {
     type Output = StepTiming;
-    fn visit<D: RunDevice>(self, dev: D) -> Result<StepTiming, crate::TrainError> {
-        Ok(time_on::<P, D>(dev, self.0, self.1)?)
+    fn run<P: MaePreset, D: RunDevice>(self, dev: D) -> Result<StepTiming, crate::TrainError> {
+        Ok(time_on::<P, D>(dev, &self.0, self.1)?)
     }
 }
 
@@ -153,6 +141,49 @@ fn train_err(e: crate::TrainError) -> MaeError {
         crate::TrainError::Model(e) => e,
         crate::TrainError::Device(message) => MaeError::Device(message),
         other => MaeError::Device(other.to_string()),
+    }
+}
+
+/// The step timed: pretraining's reconstruction loss on fixed images with fresh masks (or, for
+/// the ablation, the encoder over every patch), through the engine's own step.
+struct Timed<P> {
+    imgs: Vec<f32>,
+    mask_tokens_in_encoder: bool,
+    preset: PhantomData<P>,
+}
+
+impl<P: MaePreset, D: RunDevice> Task<D> for Timed<P> {
+    type Model = Mae<P, f32, D>;
+    type Input = Masking;
+
+    fn input(&mut self, _: Batch, _: u64) -> Result<Masking, crate::TrainError> {
+        Err(crate::TrainError::Config(
+            "the benchmark makes its own masks, not from batches".into(),
+        ))
+    }
+
+    fn loss(
+        &self,
+        model: &Self::Model,
+        masking: &Masking,
+        tape: OwnedTape<f32, D>,
+    ) -> Result<Loss<D>, crate::TrainError> {
+        let out = if self.mask_tokens_in_encoder {
+            model.forward_mask_tokens_in_encoder(&self.imgs, masking, true, tape)?
+        } else {
+            model.forward(&self.imgs, masking, true, tape)?
+        };
+        Ok(out.loss)
+    }
+
+    fn scaled_loss(
+        &self,
+        half: &Half<Self::Model, D>,
+        masking: &Masking,
+        tape: OwnedTape<AmpF16, D>,
+        scale: f64,
+    ) -> Result<ScaledLoss<AmpF16, D, OwnedTape<AmpF16, D>>, crate::TrainError> {
+        Ok(half.forward_scaled(&self.imgs, masking, true, scale, tape)?)
     }
 }
 
@@ -168,16 +199,20 @@ fn time_on<P: MaePreset, D: RunDevice>(
     let mut model = Mae::<P, f32, D>::new(&dev)?;
     let mut opt = AdamW::new(0.05, decayed_names(&model).map_err(train_err)?);
     let mut rng = rand::rngs::StdRng::seed_from_u64(0);
-    let imgs: Vec<f32> = (0..cfg.batch * P::image_numel())
-        .map(|_| rng.sample::<f32, _>(StandardNormal))
-        .collect();
+    let task = Timed::<P> {
+        imgs: (0..cfg.batch * P::image_numel())
+            .map(|_| rng.sample::<f32, _>(StandardNormal))
+            .collect(),
+        mask_tokens_in_encoder: cfg.mask_tokens_in_encoder,
+        preset: PhantomData,
+    };
     let mut times = Vec::with_capacity(cfg.steps);
     let mut update_times = Vec::with_capacity(cfg.steps);
     let mut reduce_times = Vec::with_capacity(cfg.steps);
     let mut copy_times = Vec::with_capacity(cfg.steps);
     let mut sync = GradSync::default();
     // the gradient buffers are allocated once and zeroed after each step, as in training
-    let mut grads = model.alloc_grads();
+    let mut grads = model.alloc_gradients().map_err(train_err)?;
     let mut amp = match cfg.precision {
         Precision::F32 => None,
         Precision::AmpF16 if cfg.mask_tokens_in_encoder => {
@@ -192,45 +227,23 @@ fn time_on<P: MaePreset, D: RunDevice>(
     for step in 0..=cfg.steps {
         let masking = Masking::random(&mut rng, cfg.batch, P::num_patches(), cfg.mask_ratio)?;
         let start = Instant::now();
-        if let Some(amp) = &mut amp {
-            grads = amp
-                .forward_backward(&dev, &model, grads, 1, |half, tape, scale| {
-                    Ok(half.forward_scaled(&imgs, &masking, true, scale, tape)?)
-                })
-                .map_err(train_err)?
-                .1;
-        } else {
-            let tape = tape_from(&dev, grads);
-            let out = if cfg.mask_tokens_in_encoder {
-                model.forward_mask_tokens_in_encoder(&imgs, &masking, true, tape)?
-            } else {
-                model.forward(&imgs, &masking, true, tape)?
-            };
-            grads = out.loss.backward();
-        }
+        grads = forward_backward(&task, &dev, &model, amp.as_mut(), grads, &masking, 1)
+            .map_err(train_err)?
+            .1;
         let (reduce_before, copy_before) = (sync.reduce_time, sync.copy_time);
-        let reduced = sync
-            .all_reduce(
-                comm,
-                &mut model,
-                &mut grads,
-                &mut [],
-                StepScalars {
-                    overflow: MixedPrecision::<Mae<P, f32, D>, D>::overflow_flag(amp.as_ref()),
-                    ..StepScalars::default()
-                },
-            )
-            .map_err(train_err)?;
+        let reduced = reduce(
+            &mut model,
+            &mut sync,
+            comm,
+            &mut grads,
+            amp.as_ref(),
+            0.0,
+            false,
+        )
+        .map_err(train_err)?;
         let update_start = Instant::now();
         let skip = reduced.overflow > 0.0;
-        if !skip {
-            opt.update(&mut model, &mut grads, 1.5e-4)
-                .map_err(train_err)?;
-        }
-        if let Some(amp) = &mut amp {
-            amp.end_step(skip);
-        }
-        model.zero_grads(&mut grads);
+        apply(&mut model, &mut opt, &mut grads, amp.as_mut(), skip, 1.5e-4).map_err(train_err)?;
         // the host waits for the device's queue to drain (a no-op on the Cpu), so the time is the
         // step's and not its launch's
         dev.try_synchronize()
@@ -274,14 +287,10 @@ fn time_on<P: MaePreset, D: RunDevice>(
 }
 
 /// Times `steps` training steps of `preset` at `batch` images (after one warm-up step) and
-/// returns the median.
-pub fn time_train_step(cfg: &StepBench) -> Result<StepTiming, MaeError> {
-    time_train_step_with(cfg, &Comm::single())
-}
-
-/// [`time_train_step`] as one rank of a data-parallel run: each step also averages the gradients
-/// over the ranks (the all-reduce of training, timed apart as `allreduce_s`).
-pub fn time_train_step_with(cfg: &StepBench, comm: &Comm) -> Result<StepTiming, MaeError> {
+/// returns the median, as one rank of `comm` ([`Comm::single`] for one process): with several
+/// ranks each step also averages the gradients over them (the all-reduce of training, timed
+/// apart as `allreduce_s`).
+pub fn time_train_step(cfg: &StepBench, comm: &Comm) -> Result<StepTiming, MaeError> {
     let bad = !(1..=crate::config::MAX_BATCH).contains(&cfg.batch)
         || !(1..=1_000_000).contains(&cfg.steps);
     if bad {
@@ -297,7 +306,10 @@ pub fn time_train_step_with(cfg: &StepBench, comm: &Comm) -> Result<StepTiming, 
     let d = cfg.preset.dims();
     let side = d.img_size / d.patch_size.max(1);
     mae_core::masking::check_len_keep(side * side, cfg.mask_ratio)?;
-    cfg.preset.visit(Run(*cfg, comm))
+    if cfg.device == DeviceKind::Cpu {
+        mae_core::kernels::set_fused(cfg.fused);
+    }
+    dispatch(cfg.preset, cfg.device, 0, Timing(*cfg, comm)).map_err(train_err)
 }
 
 #[cfg(test)]
@@ -310,6 +322,6 @@ mod tests {
             steps: 0,
             ..StepBench::default()
         };
-        assert!(time_train_step(&bad).is_err());
+        assert!(time_train_step(&bad, &Comm::single()).is_err());
     }
 }

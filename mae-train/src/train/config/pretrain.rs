@@ -1,4 +1,4 @@
-//! The pretraining configuration: defaults, a TOML file, and command-line flags over it.
+//! The pretraining settings: defaults, a TOML file, and command-line flags over it.
 //!
 //! PyTorch counterpart: the `argparse` options of `main_pretrain.py` (`--epochs`, `--batch_size`,
 //! `--accum_iter`, `--blr`, `--lr`, `--min_lr`, `--warmup_epochs`, `--weight_decay`,
@@ -10,37 +10,8 @@ use std::path::{Path, PathBuf};
 use mae_core::{MaeConfig, Preset};
 use serde::{Deserialize, Serialize};
 
+use super::{check_count, check_float, one, read_toml_file, MAX_BATCH, MAX_EPOCHS};
 use crate::error::TrainError;
-
-/// The largest batch a flag may ask for (images per micro-batch or per encoder pass; probe
-/// batches over cached features too): sizes from user numbers stay sane.
-pub const MAX_BATCH: usize = 1 << 16;
-
-/// The most epochs a run may ask for.
-pub const MAX_EPOCHS: usize = 1_000_000;
-
-/// `--{flag} {v}` must be in `lo..=hi`.
-pub fn check_count(flag: &str, v: usize, lo: usize, hi: usize) -> Result<(), TrainError> {
-    if (lo..=hi).contains(&v) {
-        return Ok(());
-    }
-    Err(TrainError::Config(if hi == usize::MAX {
-        format!("--{flag} {v} must be at least {lo}")
-    } else {
-        format!("--{flag} {v} is outside {lo}..={hi}")
-    }))
-}
-
-/// `--{flag} {v}` must be a finite number, at least 0 (above 0 when `positive`).
-pub fn check_float(flag: &str, v: f64, positive: bool) -> Result<(), TrainError> {
-    if v.is_finite() && (v > 0.0 || (!positive && v == 0.0)) {
-        return Ok(());
-    }
-    Err(TrainError::Config(format!(
-        "--{flag} {v} must be a finite number {}",
-        if positive { "above 0" } else { "of at least 0" }
-    )))
-}
 
 /// Settings as given (a TOML file or flags): every field optional. With the `clap` feature it is
 /// also the `mae pretrain` argument list.
@@ -126,20 +97,9 @@ pub struct PretrainOverrides {
 }
 
 impl PretrainOverrides {
-    /// Reads a TOML file of these settings.
-    /// The file must be a regular file of at most 1 MiB (`--config /dev/zero` would be read
-    /// until memory runs out).
+    /// Reads a TOML file of these settings ([`read_toml_file`]).
     pub fn from_toml_file(path: &Path) -> Result<Self, TrainError> {
-        let bad = |message: String| TrainError::ConfigFile {
-            path: path.to_path_buf(),
-            message,
-        };
-        let meta = std::fs::metadata(path).map_err(|e| TrainError::io(path, e))?;
-        if !meta.is_file() || meta.len() > 1 << 20 {
-            return Err(bad("not a regular file of at most 1 MiB".into()));
-        }
-        let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
-        Self::from_toml(&text).map_err(bad)
+        read_toml_file(path)
     }
 
     /// Parses these settings from TOML text; the error says what is wrong (an unknown key, a
@@ -237,10 +197,6 @@ pub struct PretrainConfig {
     pub precision: crate::amp::Precision,
 }
 
-fn one() -> usize {
-    1
-}
-
 impl PretrainConfig {
     /// Fills defaults and checks ranges for one process. `data`, `preset` and `out` are required.
     pub fn resolve(given: PretrainOverrides) -> Result<Self, TrainError> {
@@ -259,7 +215,9 @@ impl PretrainConfig {
         if let Some(size) = given.input_size {
             model.image_size = size;
         }
-        model.mask_ratio = given.mask_ratio.unwrap_or(0.75);
+        model.mask_ratio = given
+            .mask_ratio
+            .unwrap_or(mae_core::masking::DEFAULT_MASK_RATIO);
         model.norm_pix_loss = given.norm_pix_loss.unwrap_or(false);
         model.validate()?;
         let batch_size = given.batch_size.unwrap_or(64);

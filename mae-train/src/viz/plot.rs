@@ -9,7 +9,7 @@ use image::{Rgb, RgbImage};
 use mae_data::preview::{draw_text, GLYPH};
 
 use crate::error::TrainError;
-use crate::pretrain::MetricsLine;
+use crate::runlog::MetricsLine;
 
 /// Reads every line of a `metrics.jsonl`; a malformed line is an error naming its number.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>, TrainError> {

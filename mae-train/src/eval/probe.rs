@@ -8,17 +8,12 @@
 //! is frozen, so its features are computed once (`--no-aug`, the official recipe minus the crop
 //! augmentation) and the head trains on them in plain Rust.
 
-use std::marker::PhantomData;
-
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use serde::Serialize;
 
-use mae_core::MaeDevice;
-
-use crate::amp::Precision;
 use crate::error::TrainError;
-use crate::features::{Accuracy, FeatureSource};
+use crate::knn::Accuracy;
 use crate::schedule::lr_at;
 
 /// LARS as `util/lars.py`: for parameters of 2 or more dims the update `g + wd·p` is scaled by
@@ -261,7 +256,7 @@ impl LinearProbe {
         bn.forward(&mut x, false);
         let mut logits = Vec::new();
         self.logits(&x, &mut logits);
-        let (top1, top5) = crate::features::topk_hits(&logits, labels, self.classes);
+        let (top1, top5) = crate::knn::topk_hits(&logits, labels, self.classes);
         let n = labels.len().max(1) as f64;
         Accuracy {
             top1: 100.0 * top1 as f64 / n,
@@ -493,157 +488,4 @@ mod tests {
         assert!(acc.top1 > 95.0, "{acc:?}");
         assert!(train_probe(&x, &y, dim, 2, &cfg).is_err());
     }
-}
-
-/// What `mae linprobe` reports.
-#[derive(Debug, Clone, Serialize)]
-pub struct ProbeResult {
-    /// Top-1 on the validation split, %.
-    pub top1: f64,
-    /// Top-5 on the validation split, %.
-    pub top5: f64,
-    /// `cls` or `avg`.
-    pub feature: String,
-    /// The settings.
-    pub config: ProbeConfig,
-    /// Training and validation samples.
-    pub train: usize,
-    /// Validation samples.
-    pub val: usize,
-}
-
-struct AugmentedProbe<'a> {
-    input: &'a crate::features::EvalInput,
-    feature: crate::features::FeatureKind,
-    cfg: &'a ProbeConfig,
-    comm: &'a crate::dist::Comm,
-}
-
-impl mae_core::PresetVisitor for AugmentedProbe<'_> {
-    /// The probe, the val features and the number of training images.
-    type Output = Result<(LinearProbe, crate::features::Features, usize), TrainError>;
-    fn visit<P: mae_core::MaePreset>(self) -> Self::Output {
-        self.input
-            .device
-            .run(self.cfg.seed, AugmentedProbeOn::<P>(self, PhantomData))
-    }
-}
-
-struct AugmentedProbeOn<'a, P>(AugmentedProbe<'a>, PhantomData<P>);
-
-impl<P: mae_core::MaePreset> crate::device::DeviceVisitor for AugmentedProbeOn<'_, P> {
-    type Output = (LinearProbe, crate::features::Features, usize);
-    fn visit<D: crate::device::RunDevice>(self, dev: D) -> Result<Self::Output, TrainError> {
-        let this = self.0;
-        let input = this.input;
-        let encoder = crate::features::load_encoder::<P, D>(
-            &mae_core::TensorFile::open(&input.checkpoint)?,
-            &dev,
-        )?;
-        match input.precision {
-            Precision::F32 => augmented_probe(&encoder, &this),
-            Precision::AmpF16 => augmented_probe(&crate::amp::to_half(&encoder)?, &this),
-        }
-    }
-}
-
-/// The augmented probe's epochs with `encoder` (in its precision): fresh augmented train features
-/// every epoch, then the val features.
-fn augmented_probe<P: mae_core::MaePreset, E: mae_core::MaeDtype, D: MaeDevice<E>>(
-    encoder: &mae_core::Encoder<P, E, D>,
-    this: &AugmentedProbe<'_>,
-) -> Result<(LinearProbe, crate::features::Features, usize), TrainError> {
-    use mae_data::augment::{normalization, Augment, Transform};
-    let input = this.input;
-    let data = mae_data::Dataset::open(&input.data)?;
-    let m = data.manifest();
-    let (mean, std) = normalization(m, false);
-    // main_linprobe.py: RandomResizedCrop(224, interpolation=3) (scale 0.08–1) + flip
-    let crop = Transform::Pretrain {
-        scale: (0.08, 1.0),
-        ratio: (3.0 / 4.0, 4.0 / 3.0),
-        hflip: true,
-    };
-    let augment = Augment::new(crop, P::IMG_SIZE, &mean, &std, this.cfg.seed)?;
-    let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
-    let mut trainer = ProbeTrainer::new(dim, m.classes.len(), this.cfg)?;
-    for epoch in 0..this.cfg.epochs {
-        let f = crate::features::extract_sharded(
-            encoder,
-            data.train(),
-            m,
-            &augment,
-            epoch as u64,
-            input.batch,
-            this.comm,
-        )?;
-        trainer.epoch(epoch, f.select(this.feature), &f.labels)?;
-    }
-    let eval = crate::features::eval_augment::<P>(m)?;
-    let val =
-        crate::features::extract_sharded(encoder, data.val(), m, &eval, 0, input.batch, this.comm)?;
-    Ok((trainer.finish(), val, data.train().len()))
-}
-
-/// `mae linprobe`: a probe trained on the train split (on cached features, or on fresh augmented
-/// ones every epoch), top-1/top-5 on the val split.
-pub fn linprobe(
-    input: &FeatureSource,
-    feature: crate::features::FeatureKind,
-    cfg: &ProbeConfig,
-) -> Result<ProbeResult, TrainError> {
-    linprobe_with(input, feature, cfg, &crate::dist::Comm::single())
-}
-
-/// [`linprobe`] as one rank of a data-parallel run: the encoder's passes over the images (the
-/// costly part) are shared out over the ranks and the features all-gathered; every rank then
-/// trains the same probe on the same features (it takes seconds), so all ranks end with the same
-/// result, which rank 0 reports.
-pub fn linprobe_with(
-    input: &FeatureSource,
-    feature: crate::features::FeatureKind,
-    cfg: &ProbeConfig,
-    comm: &crate::dist::Comm,
-) -> Result<ProbeResult, TrainError> {
-    cfg.validate()?;
-    input.validate()?;
-    let (probe, val, train_len) = match input {
-        FeatureSource::Model(model) if cfg.augment => {
-            let preset = crate::checkpoint::preset_of(&model.checkpoint)?;
-            preset.visit(AugmentedProbe {
-                input: model,
-                feature,
-                cfg,
-                comm,
-            })?
-        }
-        _ => {
-            if cfg.augment {
-                return Err(TrainError::Config(
-                    "an augmented probe needs the encoder and the images (--checkpoint and --data), not cached features".into(),
-                ));
-            }
-            let (train, val, classes) = input.load_with(comm)?;
-            let probe = train_probe(
-                train.select(feature),
-                &train.labels,
-                train.dim,
-                classes,
-                cfg,
-            )?;
-            (probe, val, train.len())
-        }
-    };
-    if val.is_empty() {
-        return Err(TrainError::Config("the validation split is empty".into()));
-    }
-    let acc = probe.evaluate(val.select(feature), &val.labels);
-    Ok(ProbeResult {
-        top1: acc.top1,
-        top5: acc.top5,
-        feature: feature.name().into(),
-        config: *cfg,
-        train: train_len,
-        val: val.len(),
-    })
 }

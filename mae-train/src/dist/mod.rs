@@ -19,10 +19,11 @@ use mae_core::dfdx::nn::tensor_collection::{
     RecursiveWalker, TensorCollection, TensorOptions, TensorVisitor, ViewTensorMut, ViewTensorName,
 };
 use mae_core::dfdx::prelude::*;
-use mae_core::weights::named_tensors;
-use mae_core::{Mae, MaePreset};
 
 use crate::error::{device_err, TrainError};
+
+#[cfg(feature = "nccl")]
+mod nccl;
 
 /// DDP's default bucket: 25 MiB of f32 gradients per all-reduce call.
 pub const BUCKET_ELEMS: usize = 25 * 1024 * 1024 / 4;
@@ -297,7 +298,7 @@ pub struct GradSync {
     pub values: usize,
     /// The GPU path: NCCL over the gradients where they lie.
     #[cfg(feature = "nccl")]
-    nccl: Option<crate::nccl::NcclSync>,
+    nccl: Option<self::nccl::NcclSync>,
 }
 
 /// Scalars that ride along with the gradients in the last bucket (one all-reduce per step).
@@ -377,7 +378,7 @@ impl GradSync {
             let t0 = Instant::now();
             let nccl = match &mut self.nccl {
                 Some(n) => n,
-                empty => empty.insert(crate::nccl::NcclSync::new(comm, model, grads)?),
+                empty => empty.insert(self::nccl::NcclSync::new(comm, model, grads)?),
             };
             let calls = nccl.average(model, grads)?;
             self.calls += calls;
@@ -483,7 +484,7 @@ pub(crate) fn set_grad<S: Shape, D: MaeDevice>(
         return Ok(());
     }
     #[cfg(feature = "nccl")]
-    return crate::nccl::set_cuda_grad(grads, t, values);
+    return self::nccl::set_cuda_grad(grads, t, values);
     #[cfg(not(feature = "nccl"))]
     Err(nccl_missing())
 }
@@ -540,13 +541,13 @@ impl<D: MaeDevice, F: FnMut(&str, &mut <D as Storage<f32>>::Vec) -> Result<(), T
     }
 }
 
-/// XXH3-64 of every trainable parameter's values of `model` (the host copies
-/// `weights::named_tensors` makes, in its order): equal on every rank while the ranks stay in step.
-pub fn weights_checksum<P: MaePreset, D: Device<f32>>(
-    model: &Mae<P, f32, D>,
+/// XXH3-64 of every trainable parameter's values of `model` (the host copies of its official
+/// tensors, in their order): equal on every rank while the ranks stay in step.
+pub fn weights_checksum<M: crate::checkpoint::Checkpointable>(
+    model: &M,
 ) -> Result<u64, TrainError> {
     let mut hasher = xxhash_rust::xxh3::Xxh3::new();
-    for t in named_tensors(model)?.iter().filter(|t| t.trainable) {
+    for t in model.tensors()?.iter().filter(|t| t.trainable) {
         let bytes: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
         hasher.update(&bytes);
     }
@@ -555,9 +556,9 @@ pub fn weights_checksum<P: MaePreset, D: Device<f32>>(
 
 /// Compares the weights' checksum across ranks (the `--check-sync-every` debug check): an error
 /// naming the ranks that differ from rank 0.
-pub fn check_in_sync<P: MaePreset, D: Device<f32>>(
+pub fn check_in_sync<M: crate::checkpoint::Checkpointable>(
     comm: &Comm,
-    model: &Mae<P, f32, D>,
+    model: &M,
     step: u64,
 ) -> Result<(), TrainError> {
     let sum = weights_checksum(model)?;

@@ -5,12 +5,11 @@
 //! the predicted patches are un-normalized with the true patches' mean and variance before
 //! display, which the image's caption says.
 
-use std::marker::PhantomData;
 use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
 use mae_core::dfdx::prelude::*;
-use mae_core::{Mae, MaePreset, Masking, PatchGeometry, PresetVisitor, TensorFile};
+use mae_core::{Mae, MaePreset, Masking, PatchGeometry, TensorFile};
 use mae_data::augment::{normalization, Augment, Transform};
 use mae_data::preview::{draw_text, GLYPH};
 use mae_data::resize::Resizer;
@@ -19,7 +18,7 @@ use rand::SeedableRng;
 
 use crate::checkpoint::preset_of;
 use crate::config::PretrainConfig;
-use crate::device::{DeviceVisitor, RunDevice};
+use crate::device::{dispatch, Job, RunDevice};
 use crate::error::TrainError;
 
 /// Where the images come from.
@@ -74,24 +73,16 @@ pub fn reconstruct(opts: &ReconstructOptions) -> Result<ReconstructSummary, Trai
     if let Some(r) = opts.mask_ratio {
         mae_core::masking::check_mask_ratio(r)?;
     }
-    preset_of(&opts.checkpoint)?.visit(Run(opts))
+    dispatch(preset_of(&opts.checkpoint)?, opts.device, 0, Draw(opts))
 }
 
-struct Run<'a>(&'a ReconstructOptions);
+/// The grid, as a [`Job`].
+struct Draw<'a>(&'a ReconstructOptions);
 
-impl PresetVisitor for Run<'_> {
-    type Output = Result<ReconstructSummary, TrainError>;
-    fn visit<P: MaePreset>(self) -> Self::Output {
-        self.0.device.run(0, RunOn::<P>(self, PhantomData))
-    }
-}
-
-struct RunOn<'a, P>(Run<'a>, PhantomData<P>);
-
-impl<P: MaePreset> DeviceVisitor for RunOn<'_, P> {
+impl Job for Draw<'_> {
     type Output = ReconstructSummary;
-    fn visit<D: RunDevice>(self, dev: D) -> Result<ReconstructSummary, TrainError> {
-        let opts = self.0 .0;
+    fn run<P: MaePreset, D: RunDevice>(self, dev: D) -> Result<ReconstructSummary, TrainError> {
+        let opts = self.0;
         let mut model = Mae::<P, f32, D>::new(&dev)?;
         let file = TensorFile::open(&opts.checkpoint)?;
         model.load_from(&file, "")?;
@@ -103,7 +94,7 @@ impl<P: MaePreset> DeviceVisitor for RunOn<'_, P> {
         let mask_ratio = opts
             .mask_ratio
             .or(config.as_ref().map(|c| c.model.mask_ratio))
-            .unwrap_or(0.75);
+            .unwrap_or(mae_core::masking::DEFAULT_MASK_RATIO);
         mae_core::masking::check_len_keep(P::num_patches(), mask_ratio)?;
         let (c, s) = (P::IN_CHANS, P::IMG_SIZE);
 

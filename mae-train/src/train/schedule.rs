@@ -75,15 +75,6 @@ impl StepPlan {
     pub fn frac_epoch(&self, epoch: u64, k: usize) -> f64 {
         epoch as f64 + k as f64 / self.micro_per_epoch as f64
     }
-
-    /// How a run that stopped at `step` (not interrupted) ended.
-    pub fn outcome(&self, step: u64) -> crate::Outcome {
-        if step < self.full_steps {
-            crate::Outcome::MaxSteps
-        } else {
-            crate::Outcome::Finished
-        }
-    }
 }
 
 #[cfg(test)]

@@ -1,0 +1,347 @@
+//! `mae knn`, `mae linprobe`, `mae embed`: the frozen encoder's features and what they are worth
+//! (library: `mae_train::features`, `mae_train::linprobe`).
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Result};
+use clap::Args;
+use mae_train::amp::Precision;
+use mae_train::device::DeviceKind;
+
+use crate::outputs::{self, input_files, Kind};
+use crate::train;
+
+/// `mae knn` arguments.
+#[derive(Args)]
+pub struct KnnArgs {
+    #[command(flatten)]
+    source: FeatureArgs,
+    /// Neighbours.
+    #[arg(long, default_value_t = 20)]
+    k: usize,
+    /// Softmax temperature of the votes.
+    #[arg(long, default_value_t = 0.07)]
+    temperature: f32,
+    /// `cls` or `avg` (mean of the patch tokens).
+    #[arg(long, default_value = "cls")]
+    feature: String,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+/// `mae linprobe` arguments.
+#[derive(Args)]
+pub struct LinprobeArgs {
+    #[command(flatten)]
+    source: FeatureArgs,
+    /// `cls` or `avg` (mean of the patch tokens).
+    #[arg(long, default_value = "cls")]
+    feature: String,
+    /// Epochs.
+    #[arg(long, default_value_t = 90)]
+    epochs: usize,
+    /// Batch size.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Base learning rate (lr = blr · batch / 256).
+    #[arg(long, default_value_t = 0.1)]
+    blr: f64,
+    /// Warmup epochs.
+    #[arg(long, default_value_t = 10.0)]
+    warmup_epochs: f64,
+    /// Weight decay (on the weight matrix).
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f32,
+    /// `lars` (official) or `adamw`.
+    #[arg(long, default_value = "lars")]
+    optimizer: String,
+    /// Cached features, no augmentation (default for images under 32×32 and for --features).
+    #[arg(long, conflicts_with = "aug")]
+    no_aug: bool,
+    /// Random crops + flips with an encoder pass per epoch (default for images of 32×32 and up).
+    #[arg(long)]
+    aug: bool,
+    /// Seed of the head and the batch order.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
+    /// Replace an existing results file (beside the features or checkpoint) that is not an
+    /// earlier probe's.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `mae embed` arguments.
+#[derive(Args)]
+pub struct EmbedArgs {
+    /// Model checkpoint (full or encoder-only).
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Prepared dataset (both splits are embedded).
+    #[arg(long, required_unless_present = "image", conflicts_with = "image")]
+    data: Option<PathBuf>,
+    /// Image files instead (written as split `images`, labels −1, in the order given).
+    #[arg(long, num_args = 1..)]
+    image: Vec<PathBuf>,
+    /// Output: `.safetensors` (`train.cls`, `train.avg`, `train.labels`, `val.*`) or `.npy`
+    /// (one file per array: `STEM.train.cls.npy`, ...).
+    #[arg(long)]
+    out: PathBuf,
+    /// Images per encoder forward.
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Where the encoder runs: `cpu`, or `cuda` (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceKind,
+    /// Replace existing output files that are not earlier `mae embed` output (every `.npy`
+    /// file counts as such: it cannot say who wrote it).
+    #[arg(long)]
+    force: bool,
+}
+
+/// Where `mae knn` / `mae linprobe` get features: an encoder over a dataset, or `mae embed` output.
+#[derive(clap::Args)]
+pub struct FeatureArgs {
+    /// Model checkpoint (full or encoder-only).
+    #[arg(long, requires = "data", required_unless_present = "features")]
+    checkpoint: Option<PathBuf>,
+    /// Prepared dataset (train split = training set / memory bank, val split = evaluation).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Features written by `mae embed` instead (no encoder pass).
+    #[arg(long, conflicts_with_all = ["checkpoint", "data"])]
+    features: Option<PathBuf>,
+    /// Images per encoder forward.
+    #[arg(long, default_value_t = 256)]
+    eval_batch_size: usize,
+    /// Where the encoder runs: `cpu`, or `cuda` (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceKind,
+    /// `f32`, or `amp-f16`: the encoder's passes in half precision (as the official linear
+    /// probe runs under `autocast`).
+    #[arg(long, default_value = "f32")]
+    precision: Precision,
+}
+
+impl FeatureArgs {
+    fn source(&self) -> Result<mae_train::features::FeatureSource> {
+        use mae_train::features::{EvalInput, FeatureSource};
+        match (&self.checkpoint, &self.data, &self.features) {
+            (_, _, Some(f)) => Ok(FeatureSource::Features(f.clone())),
+            (Some(c), Some(d), None) => Ok(FeatureSource::Model(EvalInput {
+                checkpoint: c.clone(),
+                data: d.clone(),
+                batch: self.eval_batch_size,
+                device: self.device,
+                precision: self.precision,
+            })),
+            _ => bail!("give --checkpoint C --data DIR, or --features FILE"),
+        }
+    }
+
+    /// The files read: the features, or the checkpoint and the dataset's.
+    fn inputs(&self) -> Vec<PathBuf> {
+        let files: Vec<&std::path::Path> = self
+            .features
+            .iter()
+            .chain(&self.checkpoint)
+            .map(PathBuf::as_path)
+            .collect();
+        let datasets: Vec<&std::path::Path> = self.data.iter().map(PathBuf::as_path).collect();
+        input_files(&files, &datasets)
+    }
+
+    /// The file results are written beside.
+    fn anchor(&self) -> PathBuf {
+        self.features
+            .clone()
+            .or_else(|| self.checkpoint.clone())
+            .unwrap_or_else(|| PathBuf::from("features"))
+    }
+}
+
+/// `mae knn`.
+pub fn run_knn(a: KnnArgs) -> Result<()> {
+    let KnnArgs {
+        source,
+        k,
+        temperature,
+        feature,
+        json,
+    } = a;
+    let comm = mae_train::dist::Comm::from_env()?;
+    let acc = train::on_every_rank(
+        &comm,
+        mae_train::knn::knn_eval(&source.source()?, k, temperature, feature.parse()?, &comm),
+    )?;
+    if !comm.is_main() {
+        return Ok(());
+    }
+    if json {
+        say!(
+            "{}",
+            serde_json::json!({"top1": acc.top1, "top5": acc.top5, "k": k, "feature": feature})
+        );
+    } else {
+        say!(
+            "kNN (k={k}, T={temperature}, {feature}): top-1 {:.2}%, top-5 {:.2}%",
+            acc.top1,
+            acc.top5
+        );
+    }
+    Ok(())
+}
+
+/// `mae linprobe`: the settings, then the probe.
+pub fn run_linprobe(a: LinprobeArgs) -> Result<()> {
+    let input = a.source.source()?;
+    let augment = match (a.aug, a.no_aug) {
+        (_, true) => Some(false),
+        (true, _) => Some(true),
+        _ => None,
+    };
+    let cfg = mae_train::probe::ProbeConfig {
+        epochs: a.epochs,
+        batch_size: a.batch_size,
+        blr: a.blr,
+        warmup_epochs: a.warmup_epochs,
+        weight_decay: a.weight_decay,
+        seed: a.seed,
+        optimizer: a.optimizer.parse()?,
+        augment: mae_train::linprobe::resolve_augment(&input, augment)?,
+    };
+    probe(&a.source, &input, &a.feature, &cfg, a.json, a.force)
+}
+
+/// `mae linprobe`: trains and evaluates the probe, writes its results beside the features or
+/// checkpoint.
+fn probe(
+    source: &FeatureArgs,
+    input: &mae_train::features::FeatureSource,
+    feature: &str,
+    cfg: &mae_train::probe::ProbeConfig,
+    json: bool,
+    force: bool,
+) -> Result<()> {
+    let optimizer = serde_json::to_value(cfg.optimizer)?;
+    let optimizer = optimizer.as_str().unwrap_or("lars");
+    let beside = source
+        .anchor()
+        .with_extension(format!("linprobe-{feature}-{optimizer}.json"));
+    let inputs = source.inputs();
+    outputs::check(
+        "results file",
+        &beside,
+        Kind::Json("mae linprobe"),
+        &inputs,
+        force,
+    )?;
+    let comm = mae_train::dist::Comm::from_env()?;
+    let result = train::on_every_rank(
+        &comm,
+        mae_train::linprobe::linprobe(input, feature.parse()?, cfg, &comm),
+    )?;
+    if !comm.is_main() {
+        return Ok(());
+    }
+    let mut value = serde_json::to_value(&result)?;
+    value["written_by"] = "mae linprobe".into();
+    let text = value.to_string();
+    mae_core::weights::write_atomic(&beside, text.as_bytes())?;
+    if json {
+        say!("{text}");
+    } else {
+        say!(
+            "linear probe ({feature}, {optimizer}, {} epochs{}): top-1 {:.2}%, top-5 {:.2}% on {} val images; written to {}",
+            cfg.epochs,
+            if cfg.augment { ", augmented" } else { ", cached features" },
+            result.top1,
+            result.top5,
+            result.val,
+            beside.display()
+        );
+    }
+    Ok(())
+}
+
+/// `mae embed`.
+pub fn run_embed(a: EmbedArgs) -> Result<()> {
+    let EmbedArgs {
+        checkpoint,
+        data,
+        image,
+        out,
+        batch_size,
+        device,
+        force,
+    } = a;
+    let split_names: &[&str] = if data.is_some() {
+        &["train", "val"]
+    } else {
+        &["images"]
+    };
+    let mut files: Vec<&std::path::Path> = vec![&checkpoint];
+    files.extend(image.iter().map(PathBuf::as_path));
+    let datasets: Vec<&std::path::Path> = data.iter().map(PathBuf::as_path).collect();
+    let inputs = input_files(&files, &datasets);
+    let kind = if out.extension().is_some_and(|e| e == "npy") {
+        Kind::Unmarked
+    } else {
+        Kind::Weights("mae embed")
+    };
+    for file in mae_train::feature_set::feature_files(&out, split_names) {
+        outputs::check("--out", &file, kind, &inputs, force)?;
+    }
+    // under mpirun the ranks share the encoder's passes over a dataset; image files are
+    // few, rank 0 embeds them alone
+    let comm = mae_train::dist::Comm::from_env()?;
+    let (splits, classes) = match data {
+        Some(data) => {
+            let input = mae_train::features::EvalInput {
+                checkpoint,
+                data,
+                batch: batch_size,
+                device,
+                precision: Precision::F32,
+            };
+            let (train, val, classes) =
+                train::on_every_rank(&comm, mae_train::features::extract_dataset(&input, &comm))?;
+            (vec![("train", train), ("val", val)], classes)
+        }
+        None if !comm.is_main() => return Ok(()),
+        None => {
+            mae_train::config::check_count(
+                "batch-size",
+                batch_size,
+                1,
+                mae_train::config::MAX_BATCH,
+            )?;
+            let f = mae_train::features::extract_files(&checkpoint, &image, batch_size, device)?;
+            (vec![("images", f)], 0)
+        }
+    };
+    if !comm.is_main() {
+        return Ok(());
+    }
+    let refs: Vec<(&str, &mae_train::feature_set::Features)> =
+        splits.iter().map(|(n, f)| (*n, f)).collect();
+    let files = mae_train::feature_set::write_features(&out, &refs, classes)?;
+    let counts: Vec<String> = splits
+        .iter()
+        .map(|(n, f)| format!("{} {n}", f.len()))
+        .collect();
+    say!(
+        "wrote {} ({}, {}-d)",
+        files
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", "),
+        counts.join(" + "),
+        splits[0].1.dim
+    );
+    Ok(())
+}

@@ -1,0 +1,469 @@
+//! The fine-tuning settings: the recipe's defaults, a TOML file, and command-line flags over it.
+//!
+//! PyTorch counterpart: the `argparse` options of `main_finetune.py` (`--epochs`, `--batch_size`,
+//! `--accum_iter`, `--blr`, `--lr`, `--layer_decay`, `--drop_path`, `--smoothing`, `--mixup`,
+//! `--cutmix`, `--reprob`, ...), with the recipe's mixup 0.8 / cutmix 1.0 (`FINETUNE.md`).
+
+use std::path::{Path, PathBuf};
+
+use mae_core::Preset;
+use serde::{Deserialize, Serialize};
+
+use super::{one, read_toml_file};
+use crate::amp::Precision;
+use crate::error::TrainError;
+use crate::schedule::absolute_lr;
+
+/// Fine-tuning settings; the defaults are `main_finetune.py`'s with the recipe's mixup 0.8 /
+/// cutmix 1.0 (`FINETUNE.md`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FinetuneConfig {
+    /// Prepared dataset (trains on train, evaluates on val).
+    pub data: PathBuf,
+    /// Run directory: checkpoints, `best.safetensors`, metrics.jsonl, eval.jsonl, results.json.
+    pub out: PathBuf,
+    /// Pretrained MAE checkpoint (full or encoder-only); `None` trains from random init.
+    pub checkpoint: Option<PathBuf>,
+    /// Preset of the classifier (default: the checkpoint's); a preset with the same encoder but
+    /// another image size interpolates the position embedding.
+    pub preset: Preset,
+    /// Epochs.
+    pub epochs: usize,
+    /// Stop after this many optimizer steps.
+    pub max_steps: Option<u64>,
+    /// Images per micro-batch (even: mixup pairs the batch with its mirror).
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub accum_iter: usize,
+    /// Peak learning rate (`blr · batch · accum / 256` unless given).
+    pub lr: f64,
+    /// Base learning rate it came from (recorded).
+    pub blr: f64,
+    /// Floor of the cosine schedule.
+    pub min_lr: f64,
+    /// Linear warmup, in epochs.
+    pub warmup_epochs: f64,
+    /// AdamW weight decay.
+    pub weight_decay: f64,
+    /// Layer-wise lr decay.
+    pub layer_decay: f64,
+    /// Drop path rate of the last block (linear from 0).
+    pub drop_path: f64,
+    /// Label smoothing.
+    pub smoothing: f64,
+    /// Mixup α (0 = off).
+    pub mixup: f64,
+    /// Cutmix α (0 = off).
+    pub cutmix: f64,
+    /// Probability of mixing a batch.
+    pub mixup_prob: f64,
+    /// Probability of cutmix rather than mixup when both are on.
+    pub mixup_switch_prob: f64,
+    /// Random erasing probability.
+    pub reprob: f64,
+    /// Smallest RandomResizedCrop area fraction.
+    pub min_crop_scale: f64,
+    /// Seed of the head, data order, augmentation, mixup and drop path.
+    pub seed: u64,
+    /// Loader threads.
+    pub workers: usize,
+    /// Also checkpoint every this many optimizer steps (always at the end of each epoch).
+    pub save_every: u64,
+    /// Keep only the newest K step checkpoints (`best.safetensors` is kept apart).
+    pub keep_last: usize,
+    /// Metrics line every this many steps.
+    pub log_every: u64,
+    /// Images per evaluation forward.
+    pub eval_batch_size: usize,
+    /// Ranks of a data-parallel run (`mpirun -np N`); `lr` is for the global batch
+    /// `batch_size · accum_iter · world_size`.
+    #[serde(default = "one")]
+    pub world_size: usize,
+    /// Where the model trains (`--device cpu|cuda`).
+    #[serde(default)]
+    pub device: crate::device::DeviceKind,
+    /// Element type of the forward and backward passes (`--precision f32|amp-f16`).
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+impl FinetuneConfig {
+    /// Images per evaluation forward unless given.
+    pub const EVAL_BATCH_SIZE: usize = 256;
+
+    /// The recipe's settings for `data`, `out` and `preset`, `lr` from `blr` 1e-3 at batch 64.
+    pub fn new(data: PathBuf, out: PathBuf, preset: Preset) -> Self {
+        let (batch_size, blr) = (64, 1e-3);
+        FinetuneConfig {
+            data,
+            out,
+            checkpoint: None,
+            preset,
+            epochs: 50,
+            max_steps: None,
+            batch_size,
+            accum_iter: 1,
+            lr: absolute_lr(blr, batch_size, 1, 1),
+            blr,
+            min_lr: 1e-6,
+            warmup_epochs: 5.0,
+            weight_decay: 0.05,
+            layer_decay: 0.75,
+            drop_path: 0.1,
+            smoothing: 0.1,
+            mixup: 0.8,
+            cutmix: 1.0,
+            mixup_prob: 1.0,
+            mixup_switch_prob: 0.5,
+            reprob: 0.25,
+            min_crop_scale: 0.08,
+            seed: 0,
+            workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
+            save_every: u64::MAX,
+            keep_last: 1,
+            log_every: 20,
+            eval_batch_size: Self::EVAL_BATCH_SIZE,
+            world_size: 1,
+            device: crate::device::DeviceKind::Cpu,
+            precision: Precision::F32,
+        }
+    }
+
+    /// Checks the settings: counts in range, every rate a finite number in its interval (NaN is
+    /// refused everywhere).
+    pub fn validate(&self) -> Result<(), TrainError> {
+        use crate::config::{check_count, check_float, MAX_BATCH, MAX_EPOCHS};
+        let bad = |m: String| Err(TrainError::Config(m));
+        check_count("batch-size", self.batch_size, 1, MAX_BATCH)?;
+        check_count("accum-iter", self.accum_iter, 1, MAX_BATCH)?;
+        check_count("epochs", self.epochs, 1, MAX_EPOCHS)?;
+        check_count("eval-batch-size", self.eval_batch_size, 1, MAX_BATCH)?;
+        check_count("keep-last", self.keep_last, 1, usize::MAX)?;
+        check_count("workers", self.workers, 1, 1024)?;
+        for (flag, v) in [
+            ("save-every", Some(self.save_every)),
+            ("log-every", Some(self.log_every)),
+            ("max-steps", self.max_steps),
+        ] {
+            if v == Some(0) {
+                return bad(format!("--{flag} must be at least 1"));
+            }
+        }
+        if (self.mixup > 0.0 || self.cutmix > 0.0) && !self.batch_size.is_multiple_of(2) {
+            return bad(format!(
+                "--batch-size {} must be even with mixup/cutmix (each image is mixed with its mirror in the batch)",
+                self.batch_size
+            ));
+        }
+        for (flag, v) in [
+            ("drop-path", self.drop_path),
+            ("smoothing", self.smoothing),
+            ("reprob", self.reprob),
+            ("mixup-prob", self.mixup_prob),
+            ("mixup-switch-prob", self.mixup_switch_prob),
+        ] {
+            let upper_ok = if flag == "drop-path" {
+                v < 1.0
+            } else {
+                v <= 1.0
+            };
+            if !(v >= 0.0 && upper_ok) {
+                let range = if flag == "drop-path" {
+                    "[0, 1)"
+                } else {
+                    "[0, 1]"
+                };
+                return bad(format!("--{flag} {v} is outside {range}"));
+            }
+        }
+        if !(self.layer_decay > 0.0 && self.layer_decay <= 1.0) {
+            return bad(format!(
+                "--layer-decay {} must be in (0, 1]",
+                self.layer_decay
+            ));
+        }
+        if !(self.min_crop_scale > 0.0 && self.min_crop_scale <= 1.0) {
+            return bad(format!(
+                "--min-crop-scale {} must be in (0, 1]",
+                self.min_crop_scale
+            ));
+        }
+        check_float("lr", self.lr, true)?;
+        for (flag, v) in [
+            ("blr", self.blr),
+            ("min-lr", self.min_lr),
+            ("warmup-epochs", self.warmup_epochs),
+            ("weight-decay", self.weight_decay),
+            ("mixup", self.mixup),
+            ("cutmix", self.cutmix),
+        ] {
+            check_float(flag, v, false)?;
+        }
+        Ok(())
+    }
+}
+
+/// Fine-tuning settings as given (a TOML file or flags): every field optional, the defaults
+/// those of [`FinetuneConfig::new`]. With the `clap` feature it is also the `mae finetune`
+/// argument list.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
+#[cfg_attr(feature = "clap", derive(clap::Args))]
+#[serde(deny_unknown_fields)]
+pub struct FinetuneOverrides {
+    /// Pretrained checkpoint (an MAE run's checkpoint, `mae import` output, encoder-only weights).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub checkpoint: Option<PathBuf>,
+    /// Classifier preset (default: the checkpoint's; one with the same encoder at another image
+    /// size interpolates the position embedding).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub preset: Option<Preset>,
+    /// Train from random initialization instead of a checkpoint (the baseline row; needs
+    /// --preset).
+    #[cfg_attr(feature = "clap", arg(long))]
+    #[serde(default)]
+    pub from_scratch: bool,
+    /// Prepared dataset: trains on train, evaluates on val after every epoch.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub data: Option<PathBuf>,
+    /// Run directory: checkpoints, best.safetensors, metrics.jsonl, eval.jsonl, results.json.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub out: Option<PathBuf>,
+    /// Epochs (default 50).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub epochs: Option<usize>,
+    /// Stop after this many optimizer steps.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub max_steps: Option<u64>,
+    /// Images per micro-batch (even with mixup/cutmix; default 64).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub batch_size: Option<usize>,
+    /// Micro-batches per optimizer step (default 1).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub accum_iter: Option<usize>,
+    /// Base learning rate: lr = blr · batch · accum · ranks / 256 (default 1e-3).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub blr: Option<f64>,
+    /// Absolute learning rate (overrides --blr).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub lr: Option<f64>,
+    /// Floor of the cosine schedule (default 1e-6).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub min_lr: Option<f64>,
+    /// Linear warmup, in epochs (default 5).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub warmup_epochs: Option<f64>,
+    /// AdamW weight decay (default 0.05).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub weight_decay: Option<f64>,
+    /// Layer-wise learning-rate decay (default 0.75).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub layer_decay: Option<f64>,
+    /// Drop path (stochastic depth) rate of the last block (default 0.1).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub drop_path: Option<f64>,
+    /// Label smoothing (default 0.1).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub smoothing: Option<f64>,
+    /// Mixup α, 0 turns it off (default 0.8).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub mixup: Option<f64>,
+    /// Cutmix α, 0 turns it off (default 1.0).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub cutmix: Option<f64>,
+    /// Probability of mixing a batch (default 1.0).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub mixup_prob: Option<f64>,
+    /// Probability of cutmix instead of mixup when both are on (default 0.5).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub mixup_switch_prob: Option<f64>,
+    /// Random erasing probability (default 0.25).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub reprob: Option<f64>,
+    /// Smallest crop area fraction of RandomResizedCrop (default 0.08).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub min_crop_scale: Option<f64>,
+    /// Seed of the head, data order and augmentation (default 0).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub seed: Option<u64>,
+    /// Loader threads (default: the number of cores).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub workers: Option<usize>,
+    /// Also write a checkpoint every this many steps (always at each epoch's end).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub save_every: Option<u64>,
+    /// Keep only the newest K step checkpoints (best.safetensors is kept apart; default 1).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub keep_last: Option<usize>,
+    /// Metrics line every this many steps (default 20).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub log_every: Option<u64>,
+    /// Images per evaluation forward (default 256).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub eval_batch_size: Option<usize>,
+    /// `cpu` (default), or `cuda` (the first NVIDIA GPU; needs a build with the `cuda` feature).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub device: Option<crate::device::DeviceKind>,
+    /// `f32` (default), or `amp-f16`: forward and backward in half precision with f32 master
+    /// weights and dynamic loss scaling (the official code's `autocast` + `GradScaler`).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub precision: Option<Precision>,
+}
+
+impl FinetuneOverrides {
+    /// Reads a TOML file of these settings ([`read_toml_file`]).
+    pub fn from_toml_file(path: &Path) -> Result<Self, TrainError> {
+        read_toml_file(path)
+    }
+
+    /// `self` with every field that `over` sets replaced.
+    pub fn merged(self, over: FinetuneOverrides) -> Self {
+        macro_rules! pick {
+            ($($f:ident),*) => {
+                FinetuneOverrides {
+                    from_scratch: over.from_scratch || self.from_scratch,
+                    $($f: over.$f.or(self.$f)),*
+                }
+            };
+        }
+        pick!(
+            checkpoint,
+            preset,
+            data,
+            out,
+            epochs,
+            max_steps,
+            batch_size,
+            accum_iter,
+            blr,
+            lr,
+            min_lr,
+            warmup_epochs,
+            weight_decay,
+            layer_decay,
+            drop_path,
+            smoothing,
+            mixup,
+            cutmix,
+            mixup_prob,
+            mixup_switch_prob,
+            reprob,
+            min_crop_scale,
+            seed,
+            workers,
+            save_every,
+            keep_last,
+            log_every,
+            eval_batch_size,
+            device,
+            precision
+        )
+    }
+}
+
+impl FinetuneConfig {
+    /// Fills the defaults ([`FinetuneConfig::new`]) and checks the settings for a run over
+    /// `world_size` ranks: the preset is the checkpoint's unless given, the learning rate
+    /// `blr · batch · accum · ranks / 256` unless `lr` is given. `data` and `out` are required,
+    /// and a checkpoint or `from_scratch` with a preset.
+    pub fn resolve_for(given: FinetuneOverrides, world_size: usize) -> Result<Self, TrainError> {
+        let bad = |m: &str| Err(TrainError::Config(m.to_string()));
+        if world_size == 0 {
+            return bad("world size 0");
+        }
+        match (&given.checkpoint, given.from_scratch, given.preset) {
+            (None, false, _) => return bad("give --checkpoint, or --from-scratch with --preset"),
+            (Some(_), true, _) => return bad("--from-scratch and --checkpoint exclude each other"),
+            (None, true, None) => return bad("give --preset with --from-scratch"),
+            _ => {}
+        }
+        let preset = match (given.preset, &given.checkpoint) {
+            (Some(p), _) => p,
+            (None, Some(c)) => crate::checkpoint::preset_of(c)?,
+            (None, None) => return bad("give --preset with --from-scratch"),
+        };
+        let missing = |what: &str| TrainError::Config(format!("--{what} is required"));
+        let data = given.data.ok_or_else(|| missing("data"))?;
+        let out = given.out.ok_or_else(|| missing("out"))?;
+        let mut cfg = FinetuneConfig::new(data, out, preset);
+        macro_rules! set {
+            ($($f:ident),*) => { $(if let Some(v) = given.$f { cfg.$f = v; })* };
+        }
+        set!(
+            epochs,
+            batch_size,
+            accum_iter,
+            blr,
+            min_lr,
+            warmup_epochs,
+            weight_decay,
+            layer_decay,
+            drop_path,
+            smoothing,
+            mixup,
+            cutmix,
+            mixup_prob,
+            mixup_switch_prob,
+            reprob,
+            min_crop_scale,
+            seed,
+            workers,
+            save_every,
+            keep_last,
+            log_every,
+            eval_batch_size,
+            device,
+            precision
+        );
+        cfg.checkpoint = given.checkpoint;
+        cfg.max_steps = given.max_steps;
+        cfg.world_size = world_size;
+        cfg.lr = given
+            .lr
+            .unwrap_or_else(|| absolute_lr(cfg.blr, cfg.batch_size, cfg.accum_iter, world_size));
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_are_checked() {
+        let base = FinetuneConfig::new("d".into(), "o".into(), Preset::Tiny);
+        assert!(base.validate().is_ok());
+        for broken in [
+            FinetuneConfig {
+                batch_size: 7,
+                ..base.clone()
+            },
+            FinetuneConfig {
+                drop_path: 1.0,
+                ..base.clone()
+            },
+            FinetuneConfig {
+                layer_decay: 0.0,
+                ..base.clone()
+            },
+            FinetuneConfig {
+                smoothing: -0.1,
+                ..base.clone()
+            },
+            FinetuneConfig {
+                lr: 0.0,
+                ..base.clone()
+            },
+        ] {
+            assert!(broken.validate().is_err(), "{broken:?}");
+        }
+        // an odd batch is fine without mixup
+        let plain = FinetuneConfig {
+            batch_size: 7,
+            mixup: 0.0,
+            cutmix: 0.0,
+            ..base
+        };
+        assert!(plain.validate().is_ok());
+    }
+}

@@ -1,0 +1,67 @@
+//! The settings of the training runs, each defined once: as given (`*Overrides`: every field
+//! optional, read from a TOML file and, with the `clap` feature, parsed from the flags
+//! themselves), then resolved and checked (`*Config`, written to the run folder). Pretraining in
+//! [`pretrain`], fine-tuning in [`finetune`]; here the checks and the TOML reading they share.
+//!
+//! PyTorch counterpart: the `argparse` options of `main_pretrain.py` and `main_finetune.py`.
+
+mod finetune;
+mod pretrain;
+
+use std::path::Path;
+
+use crate::error::TrainError;
+
+pub use finetune::{FinetuneConfig, FinetuneOverrides};
+pub use pretrain::{PretrainConfig, PretrainOverrides};
+
+/// The largest batch a flag may ask for (images per micro-batch or per encoder pass; probe
+/// batches over cached features too): sizes from user numbers stay sane.
+pub const MAX_BATCH: usize = 1 << 16;
+
+/// The most epochs a run may ask for.
+pub const MAX_EPOCHS: usize = 1_000_000;
+
+/// `--{flag} {v}` must be in `lo..=hi`.
+pub fn check_count(flag: &str, v: usize, lo: usize, hi: usize) -> Result<(), TrainError> {
+    if (lo..=hi).contains(&v) {
+        return Ok(());
+    }
+    Err(TrainError::Config(if hi == usize::MAX {
+        format!("--{flag} {v} must be at least {lo}")
+    } else {
+        format!("--{flag} {v} is outside {lo}..={hi}")
+    }))
+}
+
+/// `--{flag} {v}` must be a finite number, at least 0 (above 0 when `positive`).
+pub fn check_float(flag: &str, v: f64, positive: bool) -> Result<(), TrainError> {
+    if v.is_finite() && (v > 0.0 || (!positive && v == 0.0)) {
+        return Ok(());
+    }
+    Err(TrainError::Config(format!(
+        "--{flag} {v} must be a finite number {}",
+        if positive { "above 0" } else { "of at least 0" }
+    )))
+}
+
+/// Reads settings from a TOML file, which must be a regular file of at most 1 MiB
+/// (`--config /dev/zero` would be read until memory runs out); the error names the file and what
+/// is wrong in it (an unknown key, a wrong type).
+pub fn read_toml_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, TrainError> {
+    let bad = |message: String| TrainError::ConfigFile {
+        path: path.to_path_buf(),
+        message,
+    };
+    let meta = std::fs::metadata(path).map_err(|e| TrainError::io(path, e))?;
+    if !meta.is_file() || meta.len() > 1 << 20 {
+        return Err(bad("not a regular file of at most 1 MiB".into()));
+    }
+    let text = std::fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+    toml::from_str(&text).map_err(|e| bad(e.to_string()))
+}
+
+/// serde's default of a world size: one process.
+fn one() -> usize {
+    1
+}

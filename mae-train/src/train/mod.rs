@@ -1,0 +1,14 @@
+//! Training: the [`engine`] owns the loop; [`pretrain`] and [`finetune`] are the tasks it runs.
+//! Beside them what the loop is made of: the optimizer ([`optim`]), the learning-rate schedule
+//! ([`schedule`]), mixed precision ([`amp`]), checkpoints ([`checkpoint`]), the settings
+//! ([`config`]), and the timing of the engine's step ([`bench`]).
+
+pub mod amp;
+pub mod bench;
+pub mod checkpoint;
+pub mod config;
+pub mod engine;
+pub mod finetune;
+pub mod optim;
+pub mod pretrain;
+pub mod schedule;

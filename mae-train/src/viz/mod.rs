@@ -1,0 +1,4 @@
+//! What a run shows: loss curves ([`plot`]) and reconstructions ([`reconstruct`]).
+
+pub mod plot;
+pub mod reconstruct;
