@@ -6,11 +6,11 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mae_core::dfdx::prelude::*;
+use mae_core::model_files::{check_file, import_file, init_file, parameter_counts};
 use mae_core::weights::{
     hugging_face_to_official, is_hugging_face, safetensors_bytes, WRITTEN_BY_KEY,
 };
-use mae_core::{Mae, MaeError, MaePreset, Preset, PresetVisitor, TensorFile};
+use mae_core::{Preset, TensorFile};
 use mae_train::reconstruct::{reconstruct, ImagesFrom, ReconstructOptions};
 
 use crate::outputs::{input_files, Kind};
@@ -83,19 +83,6 @@ pub fn run_reconstruct(a: ReconstructArgs) -> Result<()> {
     Ok(())
 }
 
-struct Counts(TensorFile);
-impl PresetVisitor for Counts {
-    type Output = Result<(usize, usize), MaeError>;
-    fn visit<P: MaePreset>(self) -> Self::Output {
-        let mut model = Mae::<P, f32, Cpu>::new(&Cpu::default())?;
-        model.load_from(&self.0, "")?;
-        Ok((
-            model.encoder.num_trainable_params(),
-            model.decoder.num_trainable_params(),
-        ))
-    }
-}
-
 /// `mae info CHECKPOINT`.
 pub fn run_info(a: InfoArgs) -> Result<()> {
     let path = a.checkpoint;
@@ -105,7 +92,7 @@ pub fn run_info(a: InfoArgs) -> Result<()> {
         .get("preset")
         .context("no `preset` in the file's metadata")?
         .parse()?;
-    let (enc, dec) = preset.visit(Counts(TensorFile::open(&path)?))?;
+    let (enc, dec) = parameter_counts(preset, &file)?;
     say!("{}", path.display());
     say!("  preset {preset}");
     say!(
@@ -126,32 +113,10 @@ pub fn run_info(a: InfoArgs) -> Result<()> {
     Ok(())
 }
 
-struct Import {
-    file: TensorFile,
-    out: PathBuf,
-}
-
 /// What `mae import` writes: the model, marked as its output.
 fn import_metadata() -> BTreeMap<String, String> {
     BTreeMap::from([(WRITTEN_BY_KEY.to_string(), "mae import".to_string())])
 }
-impl PresetVisitor for Import {
-    type Output = Result<&'static str, MaeError>;
-    fn visit<P: MaePreset>(self) -> Self::Output {
-        let mut model = Mae::<P, f32, Cpu>::new(&Cpu::seed_from_u64(0))?;
-        let how = match model.load_from(&self.file, "") {
-            Ok(()) => "full model",
-            Err(MaeError::MissingKey { key, .. }) if mae_core::weights::is_decoder_name(&key) => {
-                model.encoder.load_from(&self.file, "")?;
-                "encoder only (decoder freshly initialized)"
-            }
-            Err(e) => return Err(e),
-        };
-        model.save_safetensors(&self.out, &import_metadata())?;
-        Ok(how)
-    }
-}
-
 /// `mae import --from FILE --preset P --out C`.
 pub fn run_import(a: ImportArgs) -> Result<()> {
     let ImportArgs {
@@ -174,10 +139,7 @@ pub fn run_import(a: ImportArgs) -> Result<()> {
     } else {
         (file, "official/timm names")
     };
-    let how = preset.visit(Import {
-        file,
-        out: out.clone(),
-    })?;
+    let how = import_file(preset, &file, &out, &import_metadata())?;
     say!(
         "{} → {} ({naming}, {how}, preset {preset})",
         from.display(),
@@ -269,46 +231,6 @@ pub struct CheckArgs {
     prefix: String,
 }
 
-struct InitModel {
-    out: PathBuf,
-    seed: u64,
-}
-
-impl PresetVisitor for InitModel {
-    type Output = Result<()>;
-    fn visit<P: MaePreset>(self) -> Result<()> {
-        let dev = Cpu::seed_from_u64(self.seed);
-        let model = Mae::<P, f32, Cpu>::new(&dev)?;
-        let meta = BTreeMap::from([
-            ("seed".to_string(), self.seed.to_string()),
-            (WRITTEN_BY_KEY.to_string(), "mae init".to_string()),
-        ]);
-        model.save_safetensors(&self.out, &meta)?;
-        Ok(())
-    }
-}
-
-struct CheckFile {
-    file: TensorFile,
-    encoder_only: bool,
-    prefix: String,
-}
-
-impl PresetVisitor for CheckFile {
-    type Output = Result<usize>;
-    fn visit<P: MaePreset>(self) -> Result<usize> {
-        let dev = Cpu::default();
-        let mut model = Mae::<P, f32, Cpu>::new(&dev)?;
-        if self.encoder_only {
-            model.encoder.load_from(&self.file, &self.prefix)?;
-            Ok(model.encoder.num_trainable_params())
-        } else {
-            model.load_from(&self.file, &self.prefix)?;
-            Ok(model.num_trainable_params())
-        }
-    }
-}
-
 /// `mae init`: a freshly initialized model.
 pub fn run_init(a: InitArgs) -> Result<()> {
     let InitArgs {
@@ -318,10 +240,11 @@ pub fn run_init(a: InitArgs) -> Result<()> {
         force,
     } = a;
     crate::outputs::check("--out", &out, Kind::Weights("mae init"), &[], force)?;
-    preset.visit(InitModel {
-        out: out.clone(),
-        seed,
-    })?;
+    let meta = BTreeMap::from([
+        ("seed".to_string(), seed.to_string()),
+        (WRITTEN_BY_KEY.to_string(), "mae init".to_string()),
+    ]);
+    init_file(preset, seed, &out, &meta)?;
     say!("wrote {} (preset {preset}, seed {seed})", out.display());
     Ok(())
 }
@@ -331,11 +254,7 @@ pub fn run_check(a: CheckArgs) -> Result<()> {
     let file = TensorFile::open(&a.file)?;
     let path = file.path().display().to_string();
     let preset = a.preset;
-    let params = preset.visit(CheckFile {
-        file,
-        encoder_only: a.encoder_only,
-        prefix: a.prefix,
-    })?;
+    let params = check_file(preset, &file, a.encoder_only, &a.prefix)?;
     say!("{path}: loads into preset {preset} ({params} trainable parameters)");
     Ok(())
 }

@@ -13,6 +13,7 @@ pub mod kernels;
 pub mod layers;
 pub mod masking;
 pub mod model;
+pub mod model_files;
 pub mod patch;
 pub mod pos_embed;
 pub mod preset;

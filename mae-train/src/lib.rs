@@ -17,7 +17,9 @@ pub mod viz;
 
 pub use eval::{classify, feature_set, features, knn, linprobe, probe};
 pub use run::{device, rundir, runlog};
-pub use train::{amp, bench, checkpoint, config, engine, finetune, optim, pretrain, schedule};
+pub use train::{
+    amp, bench, checkpoint, config, engine, finetune, optim, pretrain, schedule, step,
+};
 pub use viz::{plot, reconstruct};
 
 pub use config::{FinetuneConfig, FinetuneOverrides, PretrainConfig, PretrainOverrides};

@@ -165,3 +165,44 @@ pub fn linprobe(
         val: val.len(),
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_probe_augments_images_of_32_and_up_unless_told() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let model = |data: std::path::PathBuf| {
+            FeatureSource::Model(crate::features::EvalInput {
+                checkpoint: "c".into(),
+                data,
+                batch: 8,
+                device: crate::device::DeviceKind::Cpu,
+                precision: Precision::F32,
+            })
+        };
+        for (size, expected) in [(28, false), (32, true)] {
+            let data = dir.path().join(format!("d{size}"));
+            let mut w =
+                mae_data::writer::DatasetWriter::create(&data, size, 1, false).expect("writer");
+            let pixels = vec![0u8; size * size];
+            w.push(mae_data::SplitName::Train, &pixels, 0)
+                .expect("push");
+            w.finish(vec!["a".into()], "synthetic".into(), Vec::new())
+                .expect("finish");
+            let input = model(data);
+            assert_eq!(
+                resolve_augment(&input, None).expect("reads"),
+                expected,
+                "{size}"
+            );
+            assert!(!resolve_augment(&input, Some(false)).expect("as told"));
+            assert!(resolve_augment(&input, Some(true)).expect("as told"));
+        }
+        let cached = FeatureSource::Features("f.safetensors".into());
+        assert!(!resolve_augment(&cached, None).expect("no images"));
+        let missing = model(dir.path().join("nowhere"));
+        assert!(resolve_augment(&missing, None).is_err());
+    }
+}

@@ -6,9 +6,10 @@
 //! steps after one warm-up step. [`time_train_step`] does the same, so the two print comparable
 //! JSON lines.
 //!
-//! The step is the engine's own ([`crate::engine::forward_backward`], [`crate::engine::reduce`],
-//! [`crate::engine::apply`]). The update is the training loop's own [`AdamW`] (β 0.9/0.95, weight decay 0.05 on the
-//! weights, not on biases and norms), so the step timed is the step `mae pretrain` takes.
+//! The step is the engine's own ([`crate::step::forward_backward`], [`crate::step::reduce`],
+//! [`crate::step::apply`]), the update the training loop's own [`AdamW`] (β 0.9/0.95, weight
+//! decay 0.05 on the weights, not on biases and norms): the step timed is the step `mae pretrain`
+//! takes.
 
 use std::marker::PhantomData;
 use std::time::Instant;
@@ -23,8 +24,8 @@ use serde::Serialize;
 use crate::amp::{LossScaler, MixedPrecision, Precision};
 use crate::device::{dispatch, DeviceKind, Job, RunDevice};
 use crate::dist::{Comm, GradSync};
-use crate::engine::{apply, forward_backward, reduce, Half, Loss, Task, TrainModel};
 use crate::optim::{decayed_names, AdamW};
+use crate::step::{apply, forward_backward, reduce, Half, Loss, Task, TrainModel};
 use mae_core::MaeDevice;
 
 /// What to time.

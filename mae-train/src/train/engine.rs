@@ -11,92 +11,26 @@
 //! (which also carries the loss, the stop request and the overflow flag), the schedule, logging
 //! and the save policy. A [`Task`] supplies what differs: its model ([`TrainModel`]), the inputs
 //! and the loss of one micro-batch, and what happens at an epoch's end (evaluation, the best
-//! model). `mae bench` times the engine's own step ([`forward_backward`], [`reduce`], [`apply`]).
+//! model); the step itself is [`crate::step`], which `mae bench` times.
 
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 
-use mae_core::dfdx::prelude::*;
-use mae_core::{tape_from, AmpF16, MaeDevice, ScaledLoss};
-use mae_data::loader::{Batch, Loader};
+use mae_core::MaeDevice;
+use mae_data::loader::Loader;
+use mae_data::Dataset;
 
-use crate::amp::{self, AmpModel, MixedPrecision, Precision};
+use crate::amp::{self, MixedPrecision, Precision};
 use crate::checkpoint::{self, Checkpointable, TrainState};
 use crate::device::RunDevice;
-use crate::dist::{check_in_sync, Comm, GradSync, StepScalars};
+use crate::dist::{check_in_sync, Comm, GradSync};
 use crate::error::TrainError;
 use crate::optim::AdamW;
 use crate::run::{self, Outcome, Resume, Resumed, RunSummary};
 use crate::runlog::RunLog;
 use crate::schedule::{lr_at, StepPlan};
-
-/// A model the engine trains: its gradients, their all-reduce and its optimizer step.
-pub trait TrainModel<D: RunDevice>: Checkpointable + AmpModel<D> {
-    /// A gradient set for every trainable tensor.
-    fn alloc_gradients(&self) -> Result<Gradients<f32, D>, TrainError>;
-    /// Zeroes it.
-    fn zero_gradients(&self, grads: &mut Gradients<f32, D>) -> Result<(), TrainError>;
-    /// Averages the gradients over the ranks, `scalars` summed with them
-    /// ([`GradSync::all_reduce`]).
-    fn all_reduce_gradients(
-        &mut self,
-        sync: &mut GradSync,
-        comm: &Comm,
-        grads: &mut Gradients<f32, D>,
-        scalars: StepScalars,
-    ) -> Result<StepScalars, TrainError>;
-    /// The AdamW step of every trainable tensor at `lr`.
-    fn update(
-        &mut self,
-        opt: &mut AdamW,
-        grads: &mut Gradients<f32, D>,
-        lr: f64,
-    ) -> Result<(), TrainError>;
-}
-
-/// The loss of a micro-batch, on the tape.
-pub type Loss<D> = Tensor<Rank0, f32, D, OwnedTape<f32, D>>;
-
-/// The half copy of a task's model.
-pub type Half<M, D> = <M as AmpModel<D>>::Half;
-
-/// What a training task supplies to the engine.
-pub trait Task<D: RunDevice> {
-    /// The model trained.
-    type Model: TrainModel<D>;
-    /// What one micro-batch feeds the model (images with their masks, mixed images and targets).
-    type Input;
-    /// The inputs of `batch` (micro-batch `batch.step` of `epoch`).
-    fn input(&mut self, batch: Batch, epoch: u64) -> Result<Self::Input, TrainError>;
-    /// The f32 forward pass and loss.
-    fn loss(
-        &self,
-        model: &Self::Model,
-        input: &Self::Input,
-        tape: OwnedTape<f32, D>,
-    ) -> Result<Loss<D>, TrainError>;
-    /// The mixed-precision forward pass on the half copy, its loss scaled by `scale`.
-    fn scaled_loss(
-        &self,
-        half: &Half<Self::Model, D>,
-        input: &Self::Input,
-        tape: OwnedTape<AmpF16, D>,
-        scale: f64,
-    ) -> Result<ScaledLoss<AmpF16, D, OwnedTape<AmpF16, D>>, TrainError>;
-    /// Lines logged once the run folder is set up.
-    fn start_messages(&self, _plan: &StepPlan, _resumed: &Resumed) -> Vec<String> {
-        Vec::new()
-    }
-    /// After the last step of an epoch (`state.epoch` epochs done), on rank 0.
-    fn epoch_end(
-        &mut self,
-        _model: &Self::Model,
-        _state: &TrainState,
-        _log: &mut RunLog,
-    ) -> Result<(), TrainError> {
-        Ok(())
-    }
-}
+use crate::step::{apply, forward_backward, reduce, Task, TrainModel};
 
 /// A resumed run whose global micro-batch (batch × ranks) changed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,6 +100,68 @@ macro_rules! loop_settings {
 }
 pub(crate) use loop_settings;
 
+/// A task's configuration as the engine sees it.
+pub trait RunConfig: serde::Serialize {
+    /// The kind of run its folder holds.
+    const KIND: crate::rundir::RunKind;
+    /// The prepared dataset.
+    fn data(&self) -> &Path;
+    /// The run folder.
+    fn out(&self) -> &Path;
+    /// The ranks it was resolved for.
+    fn world_size(&self) -> usize;
+    /// The loop's settings.
+    fn loop_settings(&self) -> LoopSettings;
+}
+
+/// What a training run is given from outside, the same for every task: where to resume from, the
+/// stop flag, the ranks, the dataset and the configuration as JSON.
+pub struct RunInputs<'a> {
+    /// Where to resume from.
+    pub resume: &'a Resume,
+    /// Set from a signal handler to save and stop.
+    pub stop: Arc<AtomicBool>,
+    /// The ranks.
+    pub comm: &'a Comm,
+    /// The dataset, open.
+    pub data: Arc<Dataset>,
+    /// What the run folder's `config.json` and the checkpoints hold.
+    pub config_json: String,
+}
+
+impl<'a> RunInputs<'a> {
+    /// Checks the world size and the run folder against `config` (nothing is written yet) and
+    /// opens the dataset.
+    pub fn open<C: RunConfig>(
+        config: &C,
+        resume: &'a Resume,
+        stop: Arc<AtomicBool>,
+        comm: &'a Comm,
+    ) -> Result<Self, TrainError> {
+        comm.check_world_size(config.world_size())?;
+        crate::rundir::check(config.out(), C::KIND, resume, config.data())?;
+        Ok(RunInputs {
+            resume,
+            stop,
+            comm,
+            data: Arc::new(Dataset::open(config.data())?),
+            config_json: crate::rundir::config_json(config)?,
+        })
+    }
+
+    /// The engine of this run under `config`'s settings.
+    pub fn engine<'b, C: RunConfig>(&'b self, config: &'b C) -> Engine<'b> {
+        Engine {
+            settings: config.loop_settings(),
+            out: config.out(),
+            resume: self.resume,
+            stop: &self.stop,
+            comm: self.comm,
+            config_json: &self.config_json,
+        }
+    }
+}
+
 /// One run of the engine: its settings and what it is given from outside.
 pub struct Engine<'a> {
     /// The loop's settings.
@@ -189,68 +185,6 @@ fn outcome_at(plan: &StepPlan, step: u64) -> Outcome {
     } else {
         Outcome::Finished
     }
-}
-
-/// One micro-batch of `accum_iter`: forward and backward of `task`'s loss, in f32 or (with
-/// `amp`) on the half copy; the gradients add up in `grads`. Returns the loss and the gradients.
-pub fn forward_backward<T: Task<D>, D: RunDevice>(
-    task: &T,
-    dev: &D,
-    model: &T::Model,
-    amp: Option<&mut MixedPrecision<T::Model, D>>,
-    grads: Gradients<f32, D>,
-    input: &T::Input,
-    accum_iter: usize,
-) -> Result<(f32, Gradients<f32, D>), TrainError> {
-    match amp {
-        None => {
-            let loss = task.loss(model, input, tape_from(dev, grads))?;
-            // `as_vec` rather than `array`: the one read of the loss that every device has
-            let value = loss.as_vec()[0];
-            Ok((value, (loss / accum_iter as f32).backward()))
-        }
-        Some(amp) => amp.forward_backward(dev, model, grads, accum_iter, |half, tape, scale| {
-            task.scaled_loss(half, input, tape, scale)
-        }),
-    }
-}
-
-/// The all-reduce of an optimizer step: the gradients (averaged), the step's loss, this rank's
-/// stop request and (mixed precision) its overflow flag, summed over the ranks.
-pub fn reduce<M: TrainModel<D>, D: RunDevice>(
-    model: &mut M,
-    sync: &mut GradSync,
-    comm: &Comm,
-    grads: &mut Gradients<f32, D>,
-    amp: Option<&MixedPrecision<M, D>>,
-    loss: f64,
-    stop: bool,
-) -> Result<StepScalars, TrainError> {
-    let scalars = StepScalars {
-        loss,
-        stop: if stop { 1.0 } else { 0.0 },
-        overflow: MixedPrecision::<M, D>::overflow_flag(amp),
-    };
-    model.all_reduce_gradients(sync, comm, grads, scalars)
-}
-
-/// The optimizer step at `lr` (skipped where the gradients overflowed on any rank), the loss
-/// scale's update, and the gradients zeroed.
-pub fn apply<M: TrainModel<D>, D: RunDevice>(
-    model: &mut M,
-    opt: &mut AdamW,
-    grads: &mut Gradients<f32, D>,
-    amp: Option<&mut MixedPrecision<M, D>>,
-    skip: bool,
-    lr: f64,
-) -> Result<(), TrainError> {
-    if !skip {
-        model.update(opt, grads, lr)?;
-    }
-    if let Some(amp) = amp {
-        amp.end_step(skip);
-    }
-    model.zero_gradients(grads)
 }
 
 /// Where an epoch's loop stands between steps.

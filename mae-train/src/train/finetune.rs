@@ -36,15 +36,14 @@ use crate::checkpoint::TrainState;
 use crate::classify::evaluate;
 use crate::device::{dispatch, Job, RunDevice};
 use crate::dist::{set_grad, Comm, GradSync, StepScalars};
-use crate::engine::{
-    loop_settings, BatchChange, Engine, Half, LoopSettings, Loss, Task, TrainModel,
-};
+use crate::engine::{loop_settings, BatchChange, LoopSettings, RunConfig, RunInputs};
 use crate::error::{device_err, TrainError};
 use crate::features::check_channels;
 use crate::knn::Accuracy;
 use crate::optim::{param_groups_lrd, AdamW};
 use crate::run::{position_rng, Outcome, Resume, Resumed};
 use crate::runlog::RunLog;
+use crate::step::{Half, Loss, Task, TrainModel};
 
 use crate::config::FinetuneConfig;
 
@@ -100,21 +99,10 @@ pub fn finetune(
     comm: &Comm,
 ) -> Result<FinetuneSummary, TrainError> {
     config.validate()?;
-    comm.check_world_size(config.world_size)?;
-    crate::rundir::check(
-        &config.out,
-        crate::rundir::RunKind::Finetune,
-        resume,
-        &config.data,
-    )?;
-    let data = Arc::new(Dataset::open(&config.data)?);
+    let inputs = RunInputs::open(config, resume, stop, comm)?;
     let job = Run {
         cfg: config,
-        resume,
-        stop,
-        comm,
-        data,
-        config_json: crate::rundir::config_json(config)?,
+        inputs,
     };
     dispatch(config.preset, config.device, config.seed, job)
 }
@@ -166,12 +154,7 @@ fn all_reduce_with_head<P: MaePreset, D: MaeDevice>(
 /// A fine-tuning run, as a [`Job`].
 struct Run<'a> {
     cfg: &'a FinetuneConfig,
-    resume: &'a Resume,
-    stop: Arc<AtomicBool>,
-    comm: &'a Comm,
-    data: Arc<Dataset>,
-    /// What the run folder's `config.json`, the checkpoints and `best.safetensors` hold.
-    config_json: String,
+    inputs: RunInputs<'a>,
 }
 
 const BEST: &str = "best.safetensors";
@@ -184,9 +167,18 @@ fn best_so_far(path: &std::path::Path) -> Option<(f64, u64)> {
     ))
 }
 
-impl FinetuneConfig {
-    /// The engine's settings of this run.
-    pub fn loop_settings(&self) -> LoopSettings {
+impl RunConfig for FinetuneConfig {
+    const KIND: crate::rundir::RunKind = crate::rundir::RunKind::Finetune;
+    fn data(&self) -> &std::path::Path {
+        &self.data
+    }
+    fn out(&self) -> &std::path::Path {
+        &self.out
+    }
+    fn world_size(&self) -> usize {
+        self.world_size
+    }
+    fn loop_settings(&self) -> LoopSettings {
         loop_settings!(self, {
             check_sync_every: None,
             save_each_epoch: true,
@@ -451,7 +443,7 @@ impl Job for Run<'_> {
 
     /// The data against the preset, before the device opens.
     fn check<P: MaePreset>(&self) -> Result<(), TrainError> {
-        let (cfg, data) = (self.cfg, &self.data);
+        let (cfg, data) = (self.cfg, &self.inputs.data);
         let m = data.manifest();
         check_channels::<P>(m)
             .map_err(|e| TrainError::Config(format!("{}: {e}", cfg.data.display())))?;
@@ -476,22 +468,16 @@ impl Job for Run<'_> {
     /// The run on device `D`: the classifier, its optimizer and its batches, then the engine;
     /// `results.json` at the end.
     fn run<P: MaePreset, D: RunDevice>(self, dev: D) -> Result<FinetuneSummary, TrainError> {
-        let (cfg, data, config_json) = (self.cfg, &self.data, self.config_json.as_str());
+        let (cfg, data) = (self.cfg, &self.inputs.data);
+        let config_json = self.inputs.config_json.as_str();
         let m = data.manifest();
         let classes = m.classes.len();
-        let comm = self.comm;
+        let comm = self.inputs.comm;
         let main = comm.is_main();
         dev.enable_cache();
         let (mut model, init) = init_model::<P, D>(&dev, classes, cfg.checkpoint.as_deref())?;
         let mut opt = optimizer(&model, cfg)?;
-        let engine = Engine {
-            settings: cfg.loop_settings(),
-            out: &cfg.out,
-            resume: self.resume,
-            stop: &self.stop,
-            comm,
-            config_json,
-        };
+        let engine = self.inputs.engine(cfg);
         let (state, resumed) = engine.start(&mut model, &mut opt)?;
         let best_path = cfg.out.join(BEST);
         let best = if state.step > 0 {

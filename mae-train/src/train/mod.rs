@@ -1,4 +1,4 @@
-//! Training: the [`engine`] owns the loop; [`pretrain`] and [`finetune`] are the tasks it runs.
+//! Training: the [`engine`] owns the loop, [`step`] is one step of it; [`pretrain`] and [`finetune`] are the tasks it runs.
 //! Beside them what the loop is made of: the optimizer ([`optim`]), the learning-rate schedule
 //! ([`schedule`]), mixed precision ([`amp`]), checkpoints ([`checkpoint`]), the settings
 //! ([`config`]), and the timing of the engine's step ([`bench`]).
@@ -12,3 +12,4 @@ pub mod finetune;
 pub mod optim;
 pub mod pretrain;
 pub mod schedule;
+pub mod step;

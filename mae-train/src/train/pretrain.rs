@@ -18,14 +18,13 @@ use serde::Serialize;
 use crate::config::PretrainConfig;
 use crate::device::{dispatch, Job, RunDevice};
 use crate::dist::{Comm, GradSync, StepScalars};
-use crate::engine::{
-    loop_settings, BatchChange, Engine, Half, LoopSettings, Loss, Task, TrainModel,
-};
+use crate::engine::{loop_settings, BatchChange, LoopSettings, RunConfig, RunInputs};
 use crate::error::{device_err, TrainError};
 use crate::optim::{decayed_names, AdamW};
 use crate::run::{position_rng, Resume, RunSummary};
 use crate::rundir::RunKind;
 use crate::runlog::RunLog;
+use crate::step::{Half, Loss, Task, TrainModel};
 
 /// Runs pretraining as configured, as one rank of `comm` ([`Comm::single`] for one process;
 /// `config.world_size` must be `comm.world_size()`): each rank takes its slice of every global
@@ -40,29 +39,15 @@ pub fn pretrain(
     stop: Arc<AtomicBool>,
     comm: &Comm,
 ) -> Result<RunSummary, TrainError> {
-    comm.check_world_size(config.world_size)?;
-    crate::rundir::check(&config.out, RunKind::Pretrain, resume, &config.data)?;
-    let data = Arc::new(Dataset::open(&config.data)?);
-    let job = Run {
-        config,
-        resume,
-        stop,
-        comm,
-        data,
-        config_json: crate::rundir::config_json(config)?,
-    };
+    let inputs = RunInputs::open(config, resume, stop, comm)?;
+    let job = Run { config, inputs };
     dispatch(config.model.preset, config.device, config.seed, job)
 }
 
 /// A pretraining run, as a [`Job`].
 struct Run<'a> {
     config: &'a PretrainConfig,
-    resume: &'a Resume,
-    stop: Arc<AtomicBool>,
-    comm: &'a Comm,
-    data: Arc<Dataset>,
-    /// What the run folder's `config.json` and the checkpoints hold.
-    config_json: String,
+    inputs: RunInputs<'a>,
 }
 
 /// The masks of a batch: each sample's noise is drawn from an RNG keyed by the seed, the epoch
@@ -130,9 +115,18 @@ fn knn_during_training<P: MaePreset, D: MaeDevice>(
     })
 }
 
-impl PretrainConfig {
-    /// The engine's settings of this run.
-    pub fn loop_settings(&self) -> LoopSettings {
+impl RunConfig for PretrainConfig {
+    const KIND: RunKind = RunKind::Pretrain;
+    fn data(&self) -> &std::path::Path {
+        &self.data
+    }
+    fn out(&self) -> &std::path::Path {
+        &self.out
+    }
+    fn world_size(&self) -> usize {
+        self.world_size
+    }
+    fn loop_settings(&self) -> LoopSettings {
         loop_settings!(self, {
             check_sync_every: self.check_sync_every,
             save_each_epoch: false,
@@ -235,7 +229,7 @@ impl Job for Run<'_> {
     /// The data against the preset, before the device opens.
     fn check<P: MaePreset>(&self) -> Result<(), TrainError> {
         let cfg = self.config;
-        let m = self.data.manifest();
+        let m = self.inputs.data.manifest();
         if m.channels != P::IN_CHANS {
             return Err(TrainError::Config(format!(
                 "{}: the data has {} channel(s), preset {} takes {} (prepare it with --channels {})",
@@ -246,7 +240,7 @@ impl Job for Run<'_> {
                 P::IN_CHANS
             )));
         }
-        if self.data.train().is_empty() {
+        if self.inputs.data.train().is_empty() {
             return Err(TrainError::Config(format!(
                 "{}: the train split is empty",
                 cfg.data.display()
@@ -257,20 +251,13 @@ impl Job for Run<'_> {
 
     /// The run on device `D`: the model, its optimizer and its batches, then the engine.
     fn run<P: MaePreset, D: RunDevice>(self, dev: D) -> Result<RunSummary, TrainError> {
-        let (cfg, data, config_json) = (self.config, &self.data, &self.config_json);
+        let (cfg, data) = (self.config, &self.inputs.data);
         let m = data.manifest();
-        let comm = self.comm;
+        let comm = self.inputs.comm;
         dev.enable_cache();
         let mut model = Mae::<P, f32, D>::new(&dev)?;
         let mut opt = AdamW::new(cfg.weight_decay, decayed_names(&model)?);
-        let engine = Engine {
-            settings: cfg.loop_settings(),
-            out: &cfg.out,
-            resume: self.resume,
-            stop: &self.stop,
-            comm,
-            config_json,
-        };
+        let engine = self.inputs.engine(cfg);
         let (state, resumed) = engine.start(&mut model, &mut opt)?;
 
         let (mean, std) = normalization(m, false);

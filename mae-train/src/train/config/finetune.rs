@@ -4,12 +4,12 @@
 //! `--accum_iter`, `--blr`, `--lr`, `--layer_decay`, `--drop_path`, `--smoothing`, `--mixup`,
 //! `--cutmix`, `--reprob`, ...), with the recipe's mixup 0.8 / cutmix 1.0 (`FINETUNE.md`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use mae_core::Preset;
 use serde::{Deserialize, Serialize};
 
-use super::{one, read_toml_file};
+use super::one;
 use crate::amp::Precision;
 use crate::error::TrainError;
 use crate::schedule::absolute_lr;
@@ -309,56 +309,38 @@ pub struct FinetuneOverrides {
     pub precision: Option<Precision>,
 }
 
-impl FinetuneOverrides {
-    /// Reads a TOML file of these settings ([`read_toml_file`]).
-    pub fn from_toml_file(path: &Path) -> Result<Self, TrainError> {
-        read_toml_file(path)
-    }
-
-    /// `self` with every field that `over` sets replaced.
-    pub fn merged(self, over: FinetuneOverrides) -> Self {
-        macro_rules! pick {
-            ($($f:ident),*) => {
-                FinetuneOverrides {
-                    from_scratch: over.from_scratch || self.from_scratch,
-                    $($f: over.$f.or(self.$f)),*
-                }
-            };
-        }
-        pick!(
-            checkpoint,
-            preset,
-            data,
-            out,
-            epochs,
-            max_steps,
-            batch_size,
-            accum_iter,
-            blr,
-            lr,
-            min_lr,
-            warmup_epochs,
-            weight_decay,
-            layer_decay,
-            drop_path,
-            smoothing,
-            mixup,
-            cutmix,
-            mixup_prob,
-            mixup_switch_prob,
-            reprob,
-            min_crop_scale,
-            seed,
-            workers,
-            save_every,
-            keep_last,
-            log_every,
-            eval_batch_size,
-            device,
-            precision
-        )
-    }
-}
+overrides!(FinetuneOverrides {
+    checkpoint,
+    preset,
+    data,
+    out,
+    epochs,
+    max_steps,
+    batch_size,
+    accum_iter,
+    blr,
+    lr,
+    min_lr,
+    warmup_epochs,
+    weight_decay,
+    layer_decay,
+    drop_path,
+    smoothing,
+    mixup,
+    cutmix,
+    mixup_prob,
+    mixup_switch_prob,
+    reprob,
+    min_crop_scale,
+    seed,
+    workers,
+    save_every,
+    keep_last,
+    log_every,
+    eval_batch_size,
+    device,
+    precision
+}; from_scratch);
 
 impl FinetuneConfig {
     /// Fills the defaults ([`FinetuneConfig::new`]) and checks the settings for a run over
@@ -428,6 +410,74 @@ impl FinetuneConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn file_then_flags_then_the_recipe() {
+        let (_dir, path) = super::super::toml_file(
+            "from_scratch = true\npreset = \"tiny\"\ndata = \"d\"\nout = \"o\"\nbatch_size = 32\nmixup = 0.0\n",
+        );
+        let file = FinetuneOverrides::from_toml_file(&path).expect("parses");
+        let flags = FinetuneOverrides {
+            batch_size: Some(16),
+            accum_iter: Some(2),
+            ..Default::default()
+        };
+        let c = FinetuneConfig::resolve_for(file.merged(flags), 4).expect("valid");
+        let recipe = FinetuneConfig::new("d".into(), "o".into(), Preset::Tiny);
+        assert_eq!((c.batch_size, c.accum_iter, c.world_size), (16, 2, 4));
+        assert_eq!(
+            (c.mixup, c.cutmix, c.epochs),
+            (0.0, recipe.cutmix, recipe.epochs)
+        );
+        // lr = blr · batch · accum · ranks / 256
+        assert!(
+            (c.lr - recipe.blr * 16.0 * 2.0 * 4.0 / 256.0).abs() < 1e-15,
+            "{}",
+            c.lr
+        );
+        assert_eq!(c.checkpoint, None);
+
+        std::fs::write(&path, "mix_up = 0.5\n").expect("write");
+        let err = FinetuneOverrides::from_toml_file(&path).expect_err("unknown key");
+        assert!(
+            err.to_string().contains("run.toml") && err.to_string().contains("mix_up"),
+            "{err}"
+        );
+
+        let given = |checkpoint: Option<&str>, from_scratch, preset| FinetuneOverrides {
+            checkpoint: checkpoint.map(Into::into),
+            from_scratch,
+            preset,
+            data: Some("d".into()),
+            out: Some("o".into()),
+            ..Default::default()
+        };
+        for (g, says) in [
+            (given(None, false, Some(Preset::Tiny)), "--checkpoint"),
+            (given(Some("c"), true, Some(Preset::Tiny)), "exclude"),
+            (given(None, true, None), "--preset"),
+        ] {
+            let err = FinetuneConfig::resolve_for(g, 1).expect_err("refused");
+            assert!(err.to_string().contains(says), "{err}");
+        }
+        let no_out = FinetuneOverrides {
+            out: None,
+            ..given(None, true, Some(Preset::Tiny))
+        };
+        let err = FinetuneConfig::resolve_for(no_out, 1).expect_err("no --out");
+        assert!(err.to_string().contains("--out"), "{err}");
+        // an absolute lr wins over blr; a bad value is refused by the checks
+        let lr = FinetuneOverrides {
+            lr: Some(3e-4),
+            ..given(None, true, Some(Preset::Tiny))
+        };
+        assert_eq!(FinetuneConfig::resolve_for(lr, 8).expect("valid").lr, 3e-4);
+        let bad = FinetuneOverrides {
+            layer_decay: Some(1.5),
+            ..given(None, true, Some(Preset::Tiny))
+        };
+        assert!(FinetuneConfig::resolve_for(bad, 1).is_err());
+    }
 
     #[test]
     fn settings_are_checked() {

@@ -5,6 +5,27 @@
 //!
 //! PyTorch counterpart: the `argparse` options of `main_pretrain.py` and `main_finetune.py`.
 
+/// `from_toml_file` and `merged` of a settings struct whose fields are `Option`s but for the `bool`
+/// flags named after `;`.
+macro_rules! overrides {
+    ($ty:ident { $($f:ident),* $(,)? } $(; $flag:ident)*) => {
+        impl $ty {
+            /// Reads a TOML file of these settings ([`super::read_toml_file`]).
+            pub fn from_toml_file(path: &std::path::Path) -> Result<Self, crate::TrainError> {
+                super::read_toml_file(path)
+            }
+
+            /// `self` with every field that `over` sets replaced (a flag: set in either).
+            pub fn merged(self, over: $ty) -> Self {
+                $ty {
+                    $($f: over.$f.or(self.$f),)*
+                    $($flag: over.$flag || self.$flag,)*
+                }
+            }
+        }
+    };
+}
+
 mod finetune;
 mod pretrain;
 
@@ -64,4 +85,13 @@ pub fn read_toml_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, 
 /// serde's default of a world size: one process.
 fn one() -> usize {
     1
+}
+
+/// A TOML file of `text` in a fresh temporary folder (kept alive by the returned guard).
+#[cfg(test)]
+fn toml_file(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("run.toml");
+    std::fs::write(&path, text).expect("write");
+    (dir, path)
 }

@@ -5,12 +5,12 @@
 //! `--mask_ratio`, `--norm_pix_loss`, `--seed`, `--resume`), with the paper's values as
 //! defaults where the two differ (blr 1.5e-4).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use mae_core::{MaeConfig, Preset};
 use serde::{Deserialize, Serialize};
 
-use super::{check_count, check_float, one, read_toml_file, MAX_BATCH, MAX_EPOCHS};
+use super::{check_count, check_float, one, MAX_BATCH, MAX_EPOCHS};
 use crate::error::TrainError;
 
 /// Settings as given (a TOML file or flags): every field optional. With the `clap` feature it is
@@ -97,50 +97,39 @@ pub struct PretrainOverrides {
 }
 
 impl PretrainOverrides {
-    /// Reads a TOML file of these settings ([`read_toml_file`]).
-    pub fn from_toml_file(path: &Path) -> Result<Self, TrainError> {
-        read_toml_file(path)
-    }
-
     /// Parses these settings from TOML text; the error says what is wrong (an unknown key, a
     /// wrong type).
     pub fn from_toml(text: &str) -> Result<Self, String> {
         toml::from_str(text).map_err(|e| e.to_string())
     }
-
-    /// `self` with every field that `over` sets replaced.
-    pub fn merged(self, over: PretrainOverrides) -> Self {
-        macro_rules! pick {
-            ($($f:ident),*) => { PretrainOverrides { $($f: over.$f.or(self.$f)),* } };
-        }
-        pick!(
-            data,
-            preset,
-            out,
-            epochs,
-            max_steps,
-            batch_size,
-            accum_iter,
-            blr,
-            lr,
-            min_lr,
-            warmup_epochs,
-            weight_decay,
-            mask_ratio,
-            norm_pix_loss,
-            seed,
-            save_every,
-            keep_last,
-            workers,
-            log_every,
-            input_size,
-            eval_every,
-            check_sync_every,
-            device,
-            precision
-        )
-    }
 }
+
+overrides!(PretrainOverrides {
+    data,
+    preset,
+    out,
+    epochs,
+    max_steps,
+    batch_size,
+    accum_iter,
+    blr,
+    lr,
+    min_lr,
+    warmup_epochs,
+    weight_decay,
+    mask_ratio,
+    norm_pix_loss,
+    seed,
+    save_every,
+    keep_last,
+    workers,
+    log_every,
+    input_size,
+    eval_every,
+    check_sync_every,
+    device,
+    precision
+});
 
 /// The effective configuration of a run (written to `RUN_DIR/config.json`).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -288,13 +277,9 @@ mod tests {
 
     #[test]
     fn file_then_flags_then_defaults() {
-        let dir = tempfile::tempdir().expect("temp dir");
-        let path = dir.path().join("run.toml");
-        std::fs::write(
-            &path,
+        let (_dir, path) = super::super::toml_file(
             "data = \"runs/fmnist\"\npreset = \"tiny\"\nout = \"runs/x\"\nbatch_size = 32\naccum_iter = 4\nnorm_pix_loss = true\n",
-        )
-        .expect("write");
+        );
         let file = PretrainOverrides::from_toml_file(&path).expect("parses");
         let flags = PretrainOverrides {
             batch_size: Some(16),
@@ -311,7 +296,7 @@ mod tests {
             (400, 40.0, 0.05)
         );
 
-        std::fs::write(&path, "batch_sise = 3\n").expect("write");
+        let (_dir, path) = super::super::toml_file("batch_sise = 3\n");
         let err = PretrainOverrides::from_toml_file(&path).expect_err("unknown key");
         assert!(
             err.to_string().contains("run.toml") && err.to_string().contains("batch_sise"),

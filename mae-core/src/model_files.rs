@@ -1,0 +1,107 @@
+//! Whole model files by preset name: a fresh initialization, a strict load check, the parameter
+//! counts, and an import of official / timm weights (full, or encoder-only with a fresh decoder).
+//!
+//! PyTorch counterpart: `models_mae.mae_vit_*()` + `torch.save(model.state_dict())`, and
+//! `model.load_state_dict(checkpoint['model'], strict=True)` (what `mae check` and `mae import`
+//! do with a released `.pth` converted to safetensors).
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use dfdx::prelude::*;
+
+use crate::error::MaeError;
+use crate::model::Mae;
+use crate::preset::{MaePreset, Preset, PresetVisitor};
+use crate::weights::{is_decoder_name, TensorFile};
+
+/// Writes a freshly initialized MAE of `preset` (dfdx's RNG seeded with `seed`) to `out`, with
+/// `metadata` (atomically).
+pub fn init_file(
+    preset: Preset,
+    seed: u64,
+    out: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), MaeError> {
+    struct Init<'a>(u64, &'a Path, &'a BTreeMap<String, String>);
+    impl PresetVisitor for Init<'_> {
+        type Output = Result<(), MaeError>;
+        fn visit<P: MaePreset>(self) -> Self::Output {
+            let model = Mae::<P, f32, Cpu>::new(&Cpu::seed_from_u64(self.0))?;
+            model.save_safetensors(self.1, self.2)
+        }
+    }
+    preset.visit(Init(seed, out, metadata))
+}
+
+/// Loads `file` (tensor names after `prefix`) strictly into an MAE of `preset`, or into its
+/// encoder alone; returns the trainable parameters loaded.
+pub fn check_file(
+    preset: Preset,
+    file: &TensorFile,
+    encoder_only: bool,
+    prefix: &str,
+) -> Result<usize, MaeError> {
+    struct Check<'a>(&'a TensorFile, bool, &'a str);
+    impl PresetVisitor for Check<'_> {
+        type Output = Result<usize, MaeError>;
+        fn visit<P: MaePreset>(self) -> Self::Output {
+            let mut model = Mae::<P, f32, Cpu>::new(&Cpu::default())?;
+            if self.1 {
+                model.encoder.load_from(self.0, self.2)?;
+                Ok(model.encoder.num_trainable_params())
+            } else {
+                model.load_from(self.0, self.2)?;
+                Ok(model.num_trainable_params())
+            }
+        }
+    }
+    preset.visit(Check(file, encoder_only, prefix))
+}
+
+/// The trainable parameters of the encoder and of the decoder of `file`, loaded strictly as an
+/// MAE of `preset`.
+pub fn parameter_counts(preset: Preset, file: &TensorFile) -> Result<(usize, usize), MaeError> {
+    struct Counts<'a>(&'a TensorFile);
+    impl PresetVisitor for Counts<'_> {
+        type Output = Result<(usize, usize), MaeError>;
+        fn visit<P: MaePreset>(self) -> Self::Output {
+            let mut model = Mae::<P, f32, Cpu>::new(&Cpu::default())?;
+            model.load_from(self.0, "")?;
+            Ok((
+                model.encoder.num_trainable_params(),
+                model.decoder.num_trainable_params(),
+            ))
+        }
+    }
+    preset.visit(Counts(file))
+}
+
+/// Loads `file` (official names) into an MAE of `preset` and writes it to `out` with `metadata`:
+/// the whole model, or, for an encoder-only file (the released `mae_pretrain_vit_*`), the encoder
+/// with a freshly initialized decoder (seed 0). Returns which of the two it was.
+pub fn import_file(
+    preset: Preset,
+    file: &TensorFile,
+    out: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> Result<&'static str, MaeError> {
+    struct Import<'a>(&'a TensorFile, &'a Path, &'a BTreeMap<String, String>);
+    impl PresetVisitor for Import<'_> {
+        type Output = Result<&'static str, MaeError>;
+        fn visit<P: MaePreset>(self) -> Self::Output {
+            let mut model = Mae::<P, f32, Cpu>::new(&Cpu::seed_from_u64(0))?;
+            let how = match model.load_from(self.0, "") {
+                Ok(()) => "full model",
+                Err(MaeError::MissingKey { key, .. }) if is_decoder_name(&key) => {
+                    model.encoder.load_from(self.0, "")?;
+                    "encoder only (decoder freshly initialized)"
+                }
+                Err(e) => return Err(e),
+            };
+            model.save_safetensors(self.1, self.2)?;
+            Ok(how)
+        }
+    }
+    preset.visit(Import(file, out, metadata))
+}
