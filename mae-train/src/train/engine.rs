@@ -149,6 +149,39 @@ impl<'a> RunInputs<'a> {
         })
     }
 
+    /// The dataset (at `path`) against preset `P`: its channels and a train split; for
+    /// fine-tuning (`labeled`) also a validation split and two or more classes.
+    pub fn check_data<P: mae_core::MaePreset>(
+        &self,
+        path: &Path,
+        labeled: bool,
+    ) -> Result<(), TrainError> {
+        let (data, m) = (&self.data, self.data.manifest());
+        let bad = |m: String| Err(TrainError::Config(format!("{}: {m}", path.display())));
+        if let Err(e) = crate::features::check_channels::<P>(m) {
+            return bad(e.to_string());
+        }
+        if !labeled {
+            return match data.train().is_empty() {
+                true => bad("the train split is empty".into()),
+                false => Ok(()),
+            };
+        }
+        if data.train().is_empty() || data.val().is_empty() {
+            return bad(format!(
+                "fine-tuning needs a train and a validation split ({} / {} images)",
+                data.train().len(),
+                data.val().len()
+            ));
+        }
+        match m.classes.len() {
+            classes @ 0..=1 => bad(format!(
+                "{classes} class(es); fine-tuning needs labeled data with 2 or more"
+            )),
+            _ => Ok(()),
+        }
+    }
+
     /// The engine of this run under `config`'s settings.
     pub fn engine<'b, C: RunConfig>(&'b self, config: &'b C) -> Engine<'b> {
         Engine {

@@ -38,7 +38,6 @@ use crate::device::{dispatch, Job, RunDevice};
 use crate::dist::{set_grad, Comm, GradSync, StepScalars};
 use crate::engine::{loop_settings, BatchChange, LoopSettings, RunConfig, RunInputs};
 use crate::error::{device_err, TrainError};
-use crate::features::check_channels;
 use crate::knn::Accuracy;
 use crate::optim::{param_groups_lrd, AdamW};
 use crate::run::{position_rng, Outcome, Resume, Resumed};
@@ -443,26 +442,7 @@ impl Job for Run<'_> {
 
     /// The data against the preset, before the device opens.
     fn check<P: MaePreset>(&self) -> Result<(), TrainError> {
-        let (cfg, data) = (self.cfg, &self.inputs.data);
-        let m = data.manifest();
-        check_channels::<P>(m)
-            .map_err(|e| TrainError::Config(format!("{}: {e}", cfg.data.display())))?;
-        if data.train().is_empty() || data.val().is_empty() {
-            return Err(TrainError::Config(format!(
-                "{}: fine-tuning needs a train and a validation split ({} / {} images)",
-                cfg.data.display(),
-                data.train().len(),
-                data.val().len()
-            )));
-        }
-        let classes = m.classes.len();
-        if classes < 2 {
-            return Err(TrainError::Config(format!(
-                "{}: {classes} class(es); fine-tuning needs labeled data with 2 or more",
-                cfg.data.display()
-            )));
-        }
-        Ok(())
+        self.inputs.check_data::<P>(&self.cfg.data, true)
     }
 
     /// The run on device `D`: the classifier, its optimizer and its batches, then the engine;

@@ -228,25 +228,7 @@ impl Job for Run<'_> {
 
     /// The data against the preset, before the device opens.
     fn check<P: MaePreset>(&self) -> Result<(), TrainError> {
-        let cfg = self.config;
-        let m = self.inputs.data.manifest();
-        if m.channels != P::IN_CHANS {
-            return Err(TrainError::Config(format!(
-                "{}: the data has {} channel(s), preset {} takes {} (prepare it with --channels {})",
-                cfg.data.display(),
-                m.channels,
-                P::PRESET,
-                P::IN_CHANS,
-                P::IN_CHANS
-            )));
-        }
-        if self.inputs.data.train().is_empty() {
-            return Err(TrainError::Config(format!(
-                "{}: the train split is empty",
-                cfg.data.display()
-            )));
-        }
-        Ok(())
+        self.inputs.check_data::<P>(&self.config.data, false)
     }
 
     /// The run on device `D`: the model, its optimizer and its batches, then the engine.
