@@ -95,7 +95,11 @@ fn keep_freed_memory() {}
 
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
-    let cli = match Cli::try_parse() {
+    let command = train::with_defaults_in_help(<Cli as clap::CommandFactory>::command());
+    let parsed = command
+        .try_get_matches()
+        .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
+    let cli = match parsed {
         Ok(cli) => cli,
         Err(e) => return clap_exit(&e),
     };
@@ -153,5 +157,65 @@ fn run(cli: Cli) -> Result<()> {
         Command::Embed(args) => eval_cmds::run_embed(args),
         Command::Presets => bench_cmd::run_presets(),
         Command::Bench(args) => bench_cmd::run_bench(args),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+    use mae_train::{FinetuneConfig, PretrainConfig, PretrainOverrides};
+
+    /// The help of `mae SUB --FLAG`.
+    fn help_of(sub: &str, flag: &str) -> String {
+        let cmd = train::with_defaults_in_help(Cli::command());
+        let sub = cmd.find_subcommand(sub).expect("subcommand");
+        let arg = sub
+            .get_arguments()
+            .find(|a| a.get_long() == Some(flag))
+            .expect("flag");
+        arg.get_help().map(|h| h.to_string()).unwrap_or_default()
+    }
+
+    #[test]
+    fn help_shows_the_defaults_of_the_one_place_that_holds_them() {
+        let recipe = FinetuneConfig::new("d".into(), "o".into(), mae_core::Preset::Tiny);
+        for (flag, value) in [
+            ("epochs", recipe.epochs.to_string()),
+            ("mixup", recipe.mixup.to_string()),
+            ("layer-decay", recipe.layer_decay.to_string()),
+            ("precision", recipe.precision.to_string()),
+        ] {
+            let help = help_of("finetune", flag);
+            assert!(
+                help.ends_with(&format!("[default: {value}]")),
+                "--{flag}: {help}"
+            );
+        }
+        let given = PretrainOverrides {
+            data: Some("d".into()),
+            preset: Some(mae_core::Preset::Tiny),
+            out: Some("o".into()),
+            ..Default::default()
+        };
+        let pretrain = PretrainConfig::resolve(given).expect("defaults");
+        let help = help_of("pretrain", "mask-ratio");
+        assert!(
+            help.ends_with(&format!("[default: {}]", pretrain.model.mask_ratio)),
+            "{help}"
+        );
+        let help = help_of("pretrain", "blr");
+        assert!(
+            help.ends_with(&format!("[default: {}]", pretrain.blr)),
+            "{help}"
+        );
+        // no default shown where it depends on the machine or the data
+        for (sub, flag) in [
+            ("finetune", "workers"),
+            ("pretrain", "data"),
+            ("finetune", "save-every"),
+        ] {
+            assert!(!help_of(sub, flag).contains("[default"), "--{flag}");
+        }
     }
 }

@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
+use mae_core::Preset;
 use mae_train::config::{FinetuneConfig, FinetuneOverrides};
 use mae_train::dist::Comm;
 use mae_train::{Outcome, PretrainConfig, PretrainOverrides, Resume};
+use serde_json::Value;
 
 /// `mae pretrain` arguments: the settings (also readable from `--config`) plus resume.
 #[derive(Args)]
@@ -29,6 +31,74 @@ fn parse_resume(arg: Option<&str>) -> Resume {
         Some("auto") => Resume::Auto,
         Some(path) => Resume::Path(PathBuf::from(path)),
     }
+}
+
+/// `mae pretrain` and `mae finetune` with each flag's default in its help, read from the one place
+/// that holds it (`PretrainConfig::resolve`, `FinetuneConfig::new`): the flags are optional (a
+/// `--config` file may give them), so clap has no default of its own to show.
+pub fn with_defaults_in_help(cmd: clap::Command) -> clap::Command {
+    let given = PretrainOverrides {
+        data: Some(PathBuf::new()),
+        preset: Some(Preset::Tiny),
+        out: Some(PathBuf::new()),
+        ..PretrainOverrides::default()
+    };
+    let pretrain = PretrainConfig::resolve(given).map_err(|e| e.to_string());
+    let finetune = FinetuneConfig::new(PathBuf::new(), PathBuf::new(), Preset::Tiny);
+    let json = |v: serde_json::Result<Value>| v.map_err(|e| e.to_string());
+    let pretrain = pretrain.and_then(|c| json(serde_json::to_value(c)));
+    let cmd = annotate(cmd, "pretrain", pretrain);
+    annotate(cmd, "finetune", json(serde_json::to_value(finetune)))
+}
+
+/// Settings whose default is not a constant (the paths, the preset, the machine's cores, the
+/// ranks) or is "never" (`u64::MAX`): their help says it in words.
+const NO_SHOWN_DEFAULT: &[&str] = &[
+    "data",
+    "out",
+    "preset",
+    "checkpoint",
+    "workers",
+    "world_size",
+];
+
+/// Appends `[default: V]` to the help of every flag of subcommand `sub` named like a field of
+/// `defaults` (one level of nesting included: pretraining's `model`).
+fn annotate(cmd: clap::Command, sub: &str, defaults: Result<Value, String>) -> clap::Command {
+    let Ok(Value::Object(top)) = defaults else {
+        return cmd;
+    };
+    let mut fields = top.clone();
+    for value in top.values() {
+        if let Value::Object(inner) = value {
+            fields.extend(inner.clone());
+        }
+    }
+    let Some(found) = cmd.find_subcommand(sub) else {
+        return cmd;
+    };
+    let ids: Vec<String> = found
+        .get_arguments()
+        .map(|a| a.get_id().to_string())
+        .collect();
+    cmd.mut_subcommand(sub, |mut s| {
+        for (key, value) in &fields {
+            let shown = match value {
+                Value::String(v) => v.clone(),
+                Value::Bool(v) => v.to_string(),
+                Value::Number(n) if n.as_u64() != Some(u64::MAX) => n.to_string(),
+                _ => continue,
+            };
+            if NO_SHOWN_DEFAULT.contains(&key.as_str()) || !ids.contains(key) {
+                continue;
+            }
+            s = s.mut_arg(key.as_str(), |a| {
+                let help = a.get_help().map(|h| h.to_string()).unwrap_or_default();
+                a.help(format!("{help} [default: {shown}]"))
+            });
+        }
+        s
+    })
 }
 
 /// A flag set by the first SIGINT/SIGTERM (the run then saves and stops); a second one exits.

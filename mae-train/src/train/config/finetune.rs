@@ -204,7 +204,7 @@ impl FinetuneConfig {
 }
 
 /// Fine-tuning settings as given (a TOML file or flags): every field optional, the defaults
-/// those of [`FinetuneConfig::new`]. With the `clap` feature it is also the `mae finetune`
+/// those of [`FinetuneConfig::new`] (which `mae finetune --help` shows). With the `clap` feature it is also the `mae finetune`
 /// argument list.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize, Serialize)]
 #[cfg_attr(feature = "clap", derive(clap::Args))]
@@ -228,61 +228,61 @@ pub struct FinetuneOverrides {
     /// Run directory: checkpoints, best.safetensors, metrics.jsonl, eval.jsonl, results.json.
     #[cfg_attr(feature = "clap", arg(long))]
     pub out: Option<PathBuf>,
-    /// Epochs (default 50).
+    /// Epochs.
     #[cfg_attr(feature = "clap", arg(long))]
     pub epochs: Option<usize>,
     /// Stop after this many optimizer steps.
     #[cfg_attr(feature = "clap", arg(long))]
     pub max_steps: Option<u64>,
-    /// Images per micro-batch (even with mixup/cutmix; default 64).
+    /// Images per micro-batch (even with mixup/cutmix).
     #[cfg_attr(feature = "clap", arg(long))]
     pub batch_size: Option<usize>,
-    /// Micro-batches per optimizer step (default 1).
+    /// Micro-batches per optimizer step.
     #[cfg_attr(feature = "clap", arg(long))]
     pub accum_iter: Option<usize>,
-    /// Base learning rate: lr = blr · batch · accum · ranks / 256 (default 1e-3).
+    /// Base learning rate: lr = blr · batch · accum · ranks / 256.
     #[cfg_attr(feature = "clap", arg(long))]
     pub blr: Option<f64>,
     /// Absolute learning rate (overrides --blr).
     #[cfg_attr(feature = "clap", arg(long))]
     pub lr: Option<f64>,
-    /// Floor of the cosine schedule (default 1e-6).
+    /// Floor of the cosine schedule.
     #[cfg_attr(feature = "clap", arg(long))]
     pub min_lr: Option<f64>,
-    /// Linear warmup, in epochs (default 5).
+    /// Linear warmup, in epochs.
     #[cfg_attr(feature = "clap", arg(long))]
     pub warmup_epochs: Option<f64>,
-    /// AdamW weight decay (default 0.05).
+    /// AdamW weight decay.
     #[cfg_attr(feature = "clap", arg(long))]
     pub weight_decay: Option<f64>,
-    /// Layer-wise learning-rate decay (default 0.75).
+    /// Layer-wise learning-rate decay.
     #[cfg_attr(feature = "clap", arg(long))]
     pub layer_decay: Option<f64>,
-    /// Drop path (stochastic depth) rate of the last block (default 0.1).
+    /// Drop path (stochastic depth) rate of the last block.
     #[cfg_attr(feature = "clap", arg(long))]
     pub drop_path: Option<f64>,
-    /// Label smoothing (default 0.1).
+    /// Label smoothing.
     #[cfg_attr(feature = "clap", arg(long))]
     pub smoothing: Option<f64>,
-    /// Mixup α, 0 turns it off (default 0.8).
+    /// Mixup α (0 turns it off).
     #[cfg_attr(feature = "clap", arg(long))]
     pub mixup: Option<f64>,
-    /// Cutmix α, 0 turns it off (default 1.0).
+    /// Cutmix α (0 turns it off).
     #[cfg_attr(feature = "clap", arg(long))]
     pub cutmix: Option<f64>,
-    /// Probability of mixing a batch (default 1.0).
+    /// Probability of mixing a batch.
     #[cfg_attr(feature = "clap", arg(long))]
     pub mixup_prob: Option<f64>,
-    /// Probability of cutmix instead of mixup when both are on (default 0.5).
+    /// Probability of cutmix instead of mixup when both are on.
     #[cfg_attr(feature = "clap", arg(long))]
     pub mixup_switch_prob: Option<f64>,
-    /// Random erasing probability (default 0.25).
+    /// Random erasing probability.
     #[cfg_attr(feature = "clap", arg(long))]
     pub reprob: Option<f64>,
-    /// Smallest crop area fraction of RandomResizedCrop (default 0.08).
+    /// Smallest crop area fraction of RandomResizedCrop.
     #[cfg_attr(feature = "clap", arg(long))]
     pub min_crop_scale: Option<f64>,
-    /// Seed of the head, data order and augmentation (default 0).
+    /// Seed of the head, data order and augmentation.
     #[cfg_attr(feature = "clap", arg(long))]
     pub seed: Option<u64>,
     /// Loader threads (default: the number of cores).
@@ -291,19 +291,19 @@ pub struct FinetuneOverrides {
     /// Also write a checkpoint every this many steps (always at each epoch's end).
     #[cfg_attr(feature = "clap", arg(long))]
     pub save_every: Option<u64>,
-    /// Keep only the newest K step checkpoints (best.safetensors is kept apart; default 1).
+    /// Keep only the newest K step checkpoints (best.safetensors is kept apart).
     #[cfg_attr(feature = "clap", arg(long))]
     pub keep_last: Option<usize>,
-    /// Metrics line every this many steps (default 20).
+    /// Metrics line every this many steps.
     #[cfg_attr(feature = "clap", arg(long))]
     pub log_every: Option<u64>,
-    /// Images per evaluation forward (default 256).
+    /// Images per evaluation forward.
     #[cfg_attr(feature = "clap", arg(long))]
     pub eval_batch_size: Option<usize>,
-    /// `cpu` (default), or `cuda` (the first NVIDIA GPU; needs a build with the `cuda` feature).
+    /// `cpu`, or `cuda` (the first NVIDIA GPU; needs a build with the `cuda` feature).
     #[cfg_attr(feature = "clap", arg(long))]
     pub device: Option<crate::device::DeviceKind>,
-    /// `f32` (default), or `amp-f16`: forward and backward in half precision with f32 master
+    /// `f32`, or `amp-f16`: forward and backward in half precision with f32 master
     /// weights and dynamic loss scaling (the official code's `autocast` + `GradScaler`).
     #[cfg_attr(feature = "clap", arg(long))]
     pub precision: Option<Precision>,

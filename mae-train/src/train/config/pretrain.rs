@@ -87,10 +87,10 @@ pub struct PretrainOverrides {
     /// optimizer steps; the run stops with an error naming the ranks that drifted.
     #[cfg_attr(feature = "clap", arg(long))]
     pub check_sync_every: Option<u64>,
-    /// `cpu` (default) or `cuda` (the first NVIDIA GPU; needs a build with the `cuda` feature).
+    /// `cpu` or `cuda` (the first NVIDIA GPU; needs a build with the `cuda` feature).
     #[cfg_attr(feature = "clap", arg(long))]
     pub device: Option<crate::device::DeviceKind>,
-    /// `f32` (default) or `amp-f16`: forward and backward in half precision with f32 master
+    /// `f32` or `amp-f16`: forward and backward in half precision with f32 master
     /// weights and dynamic loss scaling (the official code's `autocast` + `GradScaler`).
     #[cfg_attr(feature = "clap", arg(long))]
     pub precision: Option<crate::amp::Precision>,
