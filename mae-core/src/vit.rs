@@ -146,6 +146,49 @@ fn geometry<P: MaePreset>() -> PatchGeometry {
     PatchGeometry::of::<P>()
 }
 
+impl<P: MaePreset, E: MaeDtype, D: MaeDevice<E>> Head<P, D, E> {
+    /// Logits `[N, classes]` of features `x` (`[N, D]`): `x · weightᵀ + bias`, recorded on
+    /// `x`'s tape.
+    pub fn forward<T: Tape<E, D>>(
+        &self,
+        x: Tensor<(usize, EncDim<P>), E, D, T>,
+    ) -> Result<Tensor<(usize, usize), E, D, T>, MaeError> {
+        let batch = x.shape().0;
+        let classes = self.bias.shape().0;
+        x.try_matmul(self.weight.retaped::<T>().try_permute().map_err(dev_err)?)
+            .and_then(|y| {
+                y.try_add(
+                    self.bias
+                        .retaped::<T>()
+                        .try_broadcast_like::<_, Axis<0>>(&(batch, classes))?,
+                )
+            })
+            .map_err(dev_err)
+    }
+
+    /// Gradients of the weight and the bias in `grads`, kept after backward (as a module
+    /// walk's own tensors are: the head lies outside it, and dfdx exposes a tensor's id only
+    /// through `UnusedTensors`).
+    pub fn alloc_grads_in(&self, grads: &mut Gradients<E, D>) -> Result<(), MaeError> {
+        grads.try_alloc_for(&self.weight).map_err(dev_err)?;
+        grads.try_alloc_for(&self.bias).map_err(dev_err)?;
+        let mut ids = dfdx::optim::UnusedTensors::default();
+        ids.add(&self.weight);
+        ids.add(&self.bias);
+        grads.retain_leafs(&ids.ids);
+        Ok(())
+    }
+
+    /// Zeroes the weight's and the bias's gradients.
+    pub fn zero_grads(&self, grads: &mut Gradients<E, D>) -> Result<(), MaeError> {
+        let dev = self.bias.device().clone();
+        dev.try_fill_with_zeros(grads.get_or_alloc_mut(&self.weight).map_err(dev_err)?)
+            .map_err(dev_err)?;
+        dev.try_fill_with_zeros(grads.get_or_alloc_mut(&self.bias).map_err(dev_err)?)
+            .map_err(dev_err)
+    }
+}
+
 impl<P: MaePreset, E: MaeDtype, D: MaeDevice<E>> Classifier<P, D, E> {
     /// Number of classes.
     pub fn num_classes(&self) -> usize {
@@ -189,48 +232,20 @@ impl<P: MaePreset, E: MaeDtype, D: MaeDevice<E>> Classifier<P, D, E> {
             .forward(pooled)?
             .try_reshape_like(&(batch, m))
             .map_err(dev_err)?;
-        let classes = self.num_classes();
-        pooled
-            .try_matmul(
-                self.head
-                    .weight
-                    .retaped::<T>()
-                    .try_permute()
-                    .map_err(dev_err)?,
-            )
-            .and_then(|y| {
-                y.try_add(
-                    self.head
-                        .bias
-                        .retaped::<T>()
-                        .try_broadcast_like::<_, Axis<0>>(&(batch, classes))?,
-                )
-            })
-            .map_err(dev_err)
+        self.head.forward(pooled)
     }
 
     /// Gradients for every trainable tensor, head included (what a tape should record into).
     pub fn alloc_grads(&self) -> Result<Gradients<E, D>, MaeError> {
         let mut grads = self.vit.try_alloc_grads().map_err(dev_err)?;
-        grads.try_alloc_for(&self.head.weight).map_err(dev_err)?;
-        grads.try_alloc_for(&self.head.bias).map_err(dev_err)?;
-        // keep the head's gradients after backward, as the walk's own tensors are kept; dfdx
-        // exposes a tensor's id only through `UnusedTensors`
-        let mut ids = dfdx::optim::UnusedTensors::default();
-        ids.add(&self.head.weight);
-        ids.add(&self.head.bias);
-        grads.retain_leafs(&ids.ids);
+        self.head.alloc_grads_in(&mut grads)?;
         Ok(grads)
     }
 
     /// Zeroes the gradients of every trainable tensor, head included.
     pub fn zero_grads(&self, grads: &mut Gradients<E, D>) -> Result<(), MaeError> {
         self.vit.try_zero_grads(grads).map_err(dev_err)?;
-        let dev = self.head.bias.device().clone();
-        dev.try_fill_with_zeros(grads.get_or_alloc_mut(&self.head.weight).map_err(dev_err)?)
-            .map_err(dev_err)?;
-        dev.try_fill_with_zeros(grads.get_or_alloc_mut(&self.head.bias).map_err(dev_err)?)
-            .map_err(dev_err)
+        self.head.zero_grads(grads)
     }
 }
 

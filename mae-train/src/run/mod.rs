@@ -15,7 +15,7 @@ use rand::SeedableRng;
 
 use crate::checkpoint::{self, Checkpointable, TrainState};
 use crate::error::TrainError;
-use crate::optim::AdamW;
+use crate::optimizer::Optimizer;
 use crate::schedule::StepPlan;
 
 pub use runlog::MetricsLine;
@@ -72,11 +72,11 @@ pub fn position_rng(seed: u64, epoch: u64, micro_step: usize) -> rand_chacha::Ch
 /// [`Resume::No`]; for `--resume auto` the newest one of `out` that loads (`None` when there is
 /// none). Returns the checkpoint loaded with one line for each newer one that failed. Refuses
 /// when `out` holds loadable checkpoints newer than the one loaded ([`rundir`]).
-pub(crate) fn resume<M: Checkpointable>(
+pub(crate) fn resume<M: Checkpointable, O: Optimizer>(
     resume: &Resume,
     out: &Path,
     model: &mut M,
-    opt: &mut AdamW,
+    opt: &mut O,
     state: &mut TrainState,
 ) -> Result<Resumed, TrainError> {
     let (path, failures) = match resume {

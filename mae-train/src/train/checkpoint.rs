@@ -7,9 +7,10 @@
 //! A checkpoint at optimizer step `s` is two safetensors files in the run directory:
 //! - `checkpoint-s.safetensors`: the model under the official `models_mae.py` names, with metadata
 //!   `preset`, `config` (JSON), `step`, `epoch`;
-//! - `checkpoint-s.state.safetensors`: the training state: `exp_avg.<name>` and
-//!   `exp_avg_sq.<name>` for every parameter, and metadata `train_state` (JSON: step, epoch,
-//!   position in the epoch, seed) and `optimizer` (JSON: betas, eps, weight decay, step).
+//! - `checkpoint-s.state.safetensors`: the training state: the optimizer's per-parameter tensors
+//!   ([`Optimizer::state_tensors`]: AdamW's `exp_avg.<name>` and `exp_avg_sq.<name>`), and
+//!   metadata `train_state` (JSON: step, epoch, position in the
+//!   epoch, seed) and `optimizer` (JSON: its hyper-parameters and step).
 //!
 //! Each is written to a temporary file, synced and renamed; the state first, so a model file
 //! never exists without its state (an orphan state file of an interrupted save is removed by the
@@ -18,7 +19,7 @@
 //! loaded state must agree with its file name's step. Masking noise and augmentation are functions of
 //! `(seed, epoch, position)`, so no RNG stream needs saving.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use mae_core::dfdx::prelude::*;
@@ -27,7 +28,7 @@ use mae_core::{Classifier, Mae, MaeDevice, MaePreset, Preset, TensorFile};
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
-use crate::optim::{AdamW, Moments};
+use crate::optimizer::Optimizer;
 
 /// Where training stands.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
@@ -48,15 +49,6 @@ pub struct TrainState {
     /// The loss scaler of a mixed-precision run (`None` in f32).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loss_scaler: Option<crate::amp::LossScaler>,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize)]
-struct OptimizerMeta {
-    betas: (f64, f64),
-    eps: f64,
-    weight_decay: f64,
-    step: u64,
-    decayed: BTreeSet<String>,
 }
 
 /// A model that checkpoints save and load: the MAE in pretraining, the classifier in
@@ -173,35 +165,17 @@ pub fn list_checkpoints(run_dir: &Path) -> Result<Vec<(u64, PathBuf)>, TrainErro
 
 /// Writes the checkpoint of `state` and keeps only the newest `keep_last` up to it
 /// ([`prune`]): the one just written is never among those removed.
-pub fn save<M: Checkpointable>(
+pub fn save<M: Checkpointable, O: Optimizer>(
     run_dir: &Path,
     model: &M,
-    opt: &AdamW,
+    opt: &O,
     state: &TrainState,
     config_json: &str,
     keep_last: usize,
 ) -> Result<PathBuf, TrainError> {
     let model_path = checkpoint_path(run_dir, state.step);
     // training state first
-    let moments = opt.moments()?;
-    let mut tensors = Vec::with_capacity(2 * moments.len());
-    for (name, m) in moments.iter() {
-        for (kind, data) in [("exp_avg", &m.exp_avg), ("exp_avg_sq", &m.exp_avg_sq)] {
-            tensors.push(NamedTensor {
-                name: format!("{kind}.{name}"),
-                shape: vec![data.len()],
-                data: data.clone(),
-                trainable: false,
-            });
-        }
-    }
-    let optimizer = OptimizerMeta {
-        betas: opt.betas,
-        eps: opt.eps,
-        weight_decay: opt.weight_decay,
-        step: opt.step,
-        decayed: opt.decayed.clone(),
-    };
+    let tensors = opt.state_tensors()?;
     let to_json = |r: serde_json::Result<String>| {
         r.map_err(|e| TrainError::checkpoint(&model_path, format!("metadata: {e}")))
     };
@@ -210,10 +184,7 @@ pub fn save<M: Checkpointable>(
             "train_state".to_string(),
             to_json(serde_json::to_string(state))?,
         ),
-        (
-            "optimizer".to_string(),
-            to_json(serde_json::to_string(&optimizer))?,
-        ),
+        ("optimizer".to_string(), to_json(opt.meta_json())?),
         (WRITTEN_BY_KEY.to_string(), M::WRITER.to_string()),
     ]);
     write_safetensors(&state_path(&model_path), &tensors, &meta)?;
@@ -273,10 +244,10 @@ pub fn preset_of(path: &Path) -> Result<Preset, TrainError> {
 
 /// Loads a checkpoint (model file + its state file) into `model` and `opt`; returns the state.
 /// Nothing is changed when it fails.
-pub fn load<M: Checkpointable>(
+pub fn load<M: Checkpointable, O: Optimizer>(
     model_path: &Path,
     model: &mut M,
-    opt: &mut AdamW,
+    opt: &mut O,
 ) -> Result<TrainState, TrainError> {
     // the file asked for first, so that a missing or corrupt one is the error named
     let weights = TensorFile::open(model_path)?;
@@ -295,48 +266,18 @@ pub fn load<M: Checkpointable>(
             state.step
         )));
     }
-    let optimizer: OptimizerMeta = serde_json::from_str(
-        meta.get("optimizer")
-            .ok_or_else(|| bad("no optimizer metadata".into()))?,
-    )
-    .map_err(|e| bad(format!("optimizer: {e}")))?;
-    // check the moments against the model's parameters before touching anything
+    let optimizer = meta
+        .get("optimizer")
+        .ok_or_else(|| bad("no optimizer metadata".into()))?;
+    // check the optimizer's state against the model's parameters before touching anything
     let params: Vec<NamedTensor> = model
         .tensors()?
         .into_iter()
         .filter(|t| t.trainable)
         .collect();
-    let mut moments = BTreeMap::new();
-    if optimizer.step > 0 {
-        for p in &params {
-            let read = |kind: &str| -> Result<Vec<f32>, TrainError> {
-                let key = format!("{kind}.{}", p.name);
-                let t = file
-                    .read(&key)?
-                    .ok_or_else(|| bad(format!("missing tensor `{key}`")))?;
-                if t.data.len() != p.data.len() || t.data.iter().any(|v| !v.is_finite()) {
-                    return Err(bad(format!(
-                        "tensor `{key}` has {} values (or non-finite ones), the model needs {}",
-                        t.data.len(),
-                        p.data.len()
-                    )));
-                }
-                Ok(t.data)
-            };
-            let m = Moments {
-                exp_avg: read("exp_avg")?,
-                exp_avg_sq: read("exp_avg_sq")?,
-            };
-            moments.insert(p.name.clone(), m);
-        }
-    }
+    let saved = O::read_saved(optimizer, &file, &params, &bad)?;
     model.load_model(&weights)?;
-    opt.betas = optimizer.betas;
-    opt.eps = optimizer.eps;
-    opt.weight_decay = optimizer.weight_decay;
-    opt.step = optimizer.step;
-    opt.decayed = optimizer.decayed;
-    opt.set_moments(moments);
+    opt.restore(saved);
     Ok(state)
 }
 
@@ -345,10 +286,10 @@ pub type Failure = (PathBuf, String);
 
 /// `--resume auto`: the newest checkpoint of `run_dir` that loads. Returns its path and state,
 /// and each newer checkpoint that failed to load with the reason.
-pub fn resume_latest<M: Checkpointable>(
+pub fn resume_latest<M: Checkpointable, O: Optimizer>(
     run_dir: &Path,
     model: &mut M,
-    opt: &mut AdamW,
+    opt: &mut O,
 ) -> Result<Option<(PathBuf, TrainState, Vec<Failure>)>, TrainError> {
     let mut failures = Vec::new();
     let candidates = list_checkpoints(run_dir)?;

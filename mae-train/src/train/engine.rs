@@ -26,7 +26,7 @@ use crate::checkpoint::{self, Checkpointable, TrainState};
 use crate::device::RunDevice;
 use crate::dist::{check_in_sync, Comm, GradSync};
 use crate::error::TrainError;
-use crate::optim::AdamW;
+use crate::optimizer::Optimizer;
 use crate::run::{self, Outcome, Resume, Resumed, RunSummary};
 use crate::runlog::RunLog;
 use crate::schedule::{lr_at, StepPlan};
@@ -211,6 +211,9 @@ pub struct Engine<'a> {
     pub config_json: &'a str,
 }
 
+/// The optimizer of task `T`'s model.
+type Opt<T, D> = <<T as Task<D>>::Model as TrainModel<D>>::Optimizer;
+
 /// How a run that stopped at `step` (not interrupted) ended.
 fn outcome_at(plan: &StepPlan, step: u64) -> Outcome {
     if step < plan.full_steps {
@@ -238,10 +241,10 @@ enum After {
 impl Engine<'_> {
     /// The state of a fresh run, then the resumed one where `resume` asks: the model and the
     /// optimizer loaded from the checkpoint, its seed checked.
-    pub fn start<M: Checkpointable>(
+    pub fn start<M: Checkpointable, O: Optimizer>(
         &self,
         model: &mut M,
-        opt: &mut AdamW,
+        opt: &mut O,
     ) -> Result<(TrainState, Resumed), TrainError> {
         let s = &self.settings;
         let mut state = TrainState {
@@ -266,7 +269,7 @@ impl Engine<'_> {
         dev: &D,
         task: &mut T,
         model: &mut T::Model,
-        opt: &mut AdamW,
+        opt: &mut Opt<T, D>,
         loader: &Loader,
         mut state: TrainState,
         resumed: Resumed,
@@ -363,7 +366,7 @@ impl Engine<'_> {
         dev: &D,
         task: &mut T,
         model: &mut T::Model,
-        opt: &mut AdamW,
+        opt: &mut Opt<T, D>,
         loader: &Loader,
         plan: &StepPlan,
         state: &mut TrainState,
@@ -434,7 +437,7 @@ impl Engine<'_> {
         &self,
         task: &mut T,
         model: &T::Model,
-        opt: &AdamW,
+        opt: &Opt<T, D>,
         plan: &StepPlan,
         state: &mut TrainState,
         looping: &mut Looping<T::Model, D>,
@@ -482,10 +485,10 @@ impl Engine<'_> {
     }
 
     /// A checkpoint of the run at `state`.
-    fn save<M: Checkpointable>(
+    fn save<M: Checkpointable, O: Optimizer>(
         &self,
         model: &M,
-        opt: &AdamW,
+        opt: &O,
         state: &TrainState,
     ) -> Result<std::path::PathBuf, TrainError> {
         let keep = self.settings.keep_last;
@@ -497,7 +500,7 @@ impl Engine<'_> {
     fn finish<M: TrainModel<D>, D: RunDevice>(
         &self,
         model: &M,
-        opt: &AdamW,
+        opt: &M::Optimizer,
         state: &TrainState,
         looping: Looping<M, D>,
         outcome: Outcome,

@@ -187,6 +187,7 @@ impl RunConfig for FinetuneConfig {
 }
 
 impl<P: MaePreset, D: RunDevice> TrainModel<D> for Classifier<P, D> {
+    type Optimizer = AdamW;
     fn alloc_gradients(&self) -> Result<Gradients<f32, D>, TrainError> {
         Ok(self.alloc_grads()?)
     }

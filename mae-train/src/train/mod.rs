@@ -1,5 +1,6 @@
 //! Training: the [`engine`] owns the loop, [`step`] is one step of it; [`pretrain`] and [`finetune`] are the tasks it runs.
-//! Beside them what the loop is made of: the optimizer ([`optim`]), the learning-rate schedule
+//! Beside them what the loop is made of: the optimizer ([`optim`]; what checkpoints need of one,
+//! [`optimizer`]), the learning-rate schedule
 //! ([`schedule`]), mixed precision ([`amp`]), checkpoints ([`checkpoint`]), the settings
 //! ([`config`]), and the timing of the engine's step ([`bench`]).
 
@@ -10,6 +11,7 @@ pub mod config;
 pub mod engine;
 pub mod finetune;
 pub mod optim;
+pub mod optimizer;
 pub mod pretrain;
 pub mod schedule;
 pub mod step;

@@ -136,6 +136,7 @@ impl RunConfig for PretrainConfig {
 }
 
 impl<P: MaePreset, D: RunDevice> TrainModel<D> for Mae<P, f32, D> {
+    type Optimizer = AdamW;
     fn alloc_gradients(&self) -> Result<Gradients<f32, D>, TrainError> {
         self.try_alloc_grads().map_err(device_err)
     }

@@ -16,13 +16,16 @@ use crate::checkpoint::{Checkpointable, TrainState};
 use crate::device::RunDevice;
 use crate::dist::{Comm, GradSync, StepScalars};
 use crate::error::TrainError;
-use crate::optim::AdamW;
+use crate::optimizer::Optimizer;
 use crate::run::Resumed;
 use crate::runlog::RunLog;
 use crate::schedule::StepPlan;
 
-/// A model the engine trains: its gradients, their all-reduce and its optimizer step.
+/// A model the engine trains: its optimizer, its gradients, their all-reduce and the optimizer
+/// step.
 pub trait TrainModel<D: RunDevice>: Checkpointable + AmpModel<D> {
+    /// Its optimizer (AdamW in pretraining and fine-tuning, LARS or AdamW in the probe).
+    type Optimizer: Optimizer;
     /// A gradient set for every trainable tensor.
     fn alloc_gradients(&self) -> Result<Gradients<f32, D>, TrainError>;
     /// Zeroes it.
@@ -36,10 +39,10 @@ pub trait TrainModel<D: RunDevice>: Checkpointable + AmpModel<D> {
         grads: &mut Gradients<f32, D>,
         scalars: StepScalars,
     ) -> Result<StepScalars, TrainError>;
-    /// The AdamW step of every trainable tensor at `lr`.
+    /// The optimizer step of every trainable tensor at `lr`.
     fn update(
         &mut self,
-        opt: &mut AdamW,
+        opt: &mut Self::Optimizer,
         grads: &mut Gradients<f32, D>,
         lr: f64,
     ) -> Result<(), TrainError>;
@@ -136,7 +139,7 @@ pub fn reduce<M: TrainModel<D>, D: RunDevice>(
 /// scale's update, and the gradients zeroed.
 pub fn apply<M: TrainModel<D>, D: RunDevice>(
     model: &mut M,
-    opt: &mut AdamW,
+    opt: &mut M::Optimizer,
     grads: &mut Gradients<f32, D>,
     amp: Option<&mut MixedPrecision<M, D>>,
     skip: bool,
