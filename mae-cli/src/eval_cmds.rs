@@ -65,6 +65,14 @@ pub struct LinprobeArgs {
     /// Seed of the head and the batch order.
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// Run folder of the augmented probe: a checkpoint of the head every epoch,
+    /// `metrics.jsonl`, `results.json`; SIGINT/SIGTERM save and stop. Without it the run
+    /// uses a temporary folder, removed after.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// `auto` (newest loadable checkpoint of --out, if any) or a checkpoint file.
+    #[arg(long, requires = "out")]
+    resume: Option<String>,
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -213,7 +221,22 @@ pub fn run_linprobe(a: LinprobeArgs) -> Result<()> {
         optimizer: a.optimizer.parse()?,
         augment: mae_train::linprobe::resolve_augment(&input, augment)?,
     };
-    probe(&a.source, &input, &a.feature, &cfg, a.json, a.force)
+    let mut place = mae_train::linprobe::ProbeRunPlace {
+        out: a.out.clone(),
+        resume: train::parse_resume(a.resume.as_deref()),
+        ..Default::default()
+    };
+    if place.out.is_some() {
+        place.stop = train::stop_on_signal()?;
+    }
+    probe(
+        &a.source,
+        &input,
+        &a.feature,
+        &cfg,
+        &place,
+        (a.json, a.force),
+    )
 }
 
 /// `mae linprobe`: trains and evaluates the probe, writes its results beside the features or
@@ -223,11 +246,10 @@ fn probe(
     input: &mae_train::features::FeatureSource,
     feature: &str,
     cfg: &mae_train::probe::ProbeConfig,
-    json: bool,
-    force: bool,
+    place: &mae_train::linprobe::ProbeRunPlace,
+    (json, force): (bool, bool),
 ) -> Result<()> {
-    let optimizer = serde_json::to_value(cfg.optimizer)?;
-    let optimizer = optimizer.as_str().unwrap_or("lars");
+    let optimizer = cfg.optimizer.name();
     let beside = source
         .anchor()
         .with_extension(format!("linprobe-{feature}-{optimizer}.json"));
@@ -242,7 +264,7 @@ fn probe(
     let comm = mae_train::dist::Comm::from_env()?;
     let result = train::on_every_rank(
         &comm,
-        mae_train::linprobe::linprobe(input, feature.parse()?, cfg, &comm),
+        mae_train::linprobe::linprobe(input, feature.parse()?, cfg, place, &comm),
     )?;
     if !comm.is_main() {
         return Ok(());
@@ -254,6 +276,13 @@ fn probe(
     if json {
         say!("{text}");
     } else {
+        if result.outcome == "Interrupted" {
+            let at = result
+                .checkpoint
+                .as_ref()
+                .map_or("no checkpoint".into(), |p| p.display().to_string());
+            say!("stopped at step {}; checkpoint {at}. Resume with the same command plus --resume auto; the head as it stands:", result.step);
+        }
         say!(
             "linear probe ({feature}, {optimizer}, {} epochs{}): top-1 {:.2}%, top-5 {:.2}% on {} val images; written to {}",
             cfg.epochs,

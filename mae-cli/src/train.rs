@@ -25,7 +25,7 @@ pub struct PretrainArgs {
     resume: Option<String>,
 }
 
-fn parse_resume(arg: Option<&str>) -> Resume {
+pub(crate) fn parse_resume(arg: Option<&str>) -> Resume {
     match arg {
         None => Resume::No,
         Some("auto") => Resume::Auto,
@@ -102,7 +102,7 @@ fn annotate(cmd: clap::Command, sub: &str, defaults: Result<Value, String>) -> c
 }
 
 /// A flag set by the first SIGINT/SIGTERM (the run then saves and stops); a second one exits.
-fn stop_on_signal() -> Result<Arc<AtomicBool>> {
+pub(crate) fn stop_on_signal() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
     let flag = Arc::clone(&stop);
     ctrlc::set_handler(move || {

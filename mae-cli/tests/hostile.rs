@@ -106,6 +106,36 @@ fn a_fresh_run_in_a_used_folder_is_refused_and_resume_continues_it() {
     let ft = mae(&resumed(finetune_args(scratch.data(), r, "1")));
     refused(&ft, &["config.json", "fine-tuning"]);
     assert_eq!(tree(&run), before);
+    // so would the augmented probe's run; its --out as the checkpoint it reads, or the data
+    let ckpt = run.join("checkpoint-3.safetensors");
+    let probe = |out: &Path, resume: bool| {
+        let mut args = vec![
+            "linprobe",
+            "--aug",
+            "--epochs",
+            "1",
+            "--checkpoint",
+            s(&ckpt),
+            "--data",
+            scratch.data(),
+            "--out",
+            s(out),
+        ];
+        if resume {
+            args.extend(["--resume", "auto"]);
+        }
+        mae(&args)
+    };
+    refused(&probe(&run, true), &["config.json", "linear-probe"]);
+    refused(&probe(&run, false), &["--resume auto", r]);
+    refused(&probe(&ckpt, false), &["--out", "not a folder"]);
+    let inside = Path::new(scratch.data()).join("probe");
+    refused(
+        &probe(&inside, false),
+        &["--out", "inside the dataset folder"],
+    );
+    assert!(!inside.exists());
+    assert_eq!(tree(&run), before);
     // --out inside the dataset folder
     let inside = Path::new(scratch.data()).join("run");
     refused(

@@ -63,6 +63,7 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
         &source,
         FeatureKind::Avg,
         &cfg,
+        &mae_train::linprobe::ProbeRunPlace::default(),
         &mae_train::dist::Comm::single(),
     )
     .unwrap();
@@ -85,6 +86,7 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
         &source,
         FeatureKind::Cls,
         &augmented,
+        &mae_train::linprobe::ProbeRunPlace::default(),
         &mae_train::dist::Comm::single(),
     )
     .unwrap();
@@ -105,6 +107,7 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
         &half_source,
         FeatureKind::Cls,
         &augmented,
+        &mae_train::linprobe::ProbeRunPlace::default(),
         &mae_train::dist::Comm::single(),
     )
     .unwrap();
@@ -132,6 +135,7 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
             &from_file,
             FeatureKind::Avg,
             &augmented,
+            &mae_train::linprobe::ProbeRunPlace::default(),
             &mae_train::dist::Comm::single()
         )
         .is_err(),
@@ -159,5 +163,151 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
     assert_eq!(
         file.read("train.labels").unwrap().unwrap().data[..4],
         [0.0, 1.0, 0.0, 1.0]
+    );
+}
+
+/// The augmented probe with a run folder: checkpoints of the head under the official names, a
+/// run interrupted after its first step and resumed ends bit-identical to one run straight
+/// through, and the careless cases are refused with a clear line.
+#[test]
+fn the_augmented_probe_checkpoints_resumes_bit_exactly_and_refuses_misuse() {
+    use mae_train::linprobe::ProbeRunPlace;
+    use mae_train::Resume;
+    use std::sync::atomic::AtomicBool;
+    use std::sync::Arc;
+
+    let scratch = common::temp_dir("probe-run");
+    let dir = scratch.path();
+    let data = dir.join("data");
+    common::two_colour_dataset(&data, 30, 10);
+    let checkpoint = dir.join("model.safetensors");
+    Mae::<Parity, f32, Cpu>::new(&Cpu::seed_from_u64(0))
+        .unwrap()
+        .save_safetensors(&checkpoint, &BTreeMap::new())
+        .unwrap();
+    let source = FeatureSource::Model(EvalInput {
+        checkpoint,
+        data,
+        batch: 16,
+        device: mae_train::device::DeviceKind::Cpu,
+        precision: mae_train::amp::Precision::F32,
+    });
+    let cfg = ProbeConfig {
+        epochs: 3,
+        batch_size: 8,
+        blr: 40.0,
+        warmup_epochs: 1.0,
+        augment: true,
+        ..Default::default()
+    };
+    let comm = mae_train::dist::Comm::single();
+    let place = |out: &str, resume: Resume, stop: bool| ProbeRunPlace {
+        out: Some(dir.join(out)),
+        resume,
+        stop: Arc::new(AtomicBool::new(stop)),
+    };
+    let run = |place: &ProbeRunPlace, cfg: &ProbeConfig| {
+        linprobe(&source, FeatureKind::Cls, cfg, place, &comm)
+    };
+
+    // straight through: 30 images in whole batches of 8 are 3 steps an epoch
+    let straight = run(&place("a", Resume::No, false), &cfg).unwrap();
+    assert_eq!((straight.outcome.as_str(), straight.step), ("Finished", 9));
+    let last = straight.checkpoint.clone().unwrap();
+    assert_eq!(last, dir.join("a/checkpoint-9.safetensors"));
+    let file = mae_core::TensorFile::open(&last).unwrap();
+    let meta = file.metadata().unwrap();
+    assert_eq!(meta["written_by"], "mae linprobe");
+    let names = |f: &mae_core::TensorFile| {
+        let mut n: Vec<String> = f.names().unwrap();
+        n.sort();
+        n
+    };
+    assert_eq!(
+        names(&file),
+        [
+            "head.0.running_mean",
+            "head.0.running_var",
+            "head.1.bias",
+            "head.1.weight"
+        ]
+    );
+    let state = mae_core::TensorFile::open(dir.join("a/checkpoint-9.state.safetensors")).unwrap();
+    assert_eq!(
+        names(&state),
+        [
+            "momentum_buffer.head.1.bias",
+            "momentum_buffer.head.1.weight"
+        ]
+    );
+    assert!(dir.join("a/results.json").is_file() && dir.join("a/metrics.jsonl").is_file());
+    // epoch checkpoints, the last 2 kept
+    assert!(!dir.join("a/checkpoint-3.safetensors").exists());
+    assert!(dir.join("a/checkpoint-6.safetensors").exists());
+
+    // stopped after its first step, then resumed: the same head, bit for bit
+    let stopped = run(&place("b", Resume::No, true), &cfg).unwrap();
+    assert_eq!((stopped.outcome.as_str(), stopped.step), ("Interrupted", 1));
+    let resumed = run(&place("b", Resume::Auto, false), &cfg).unwrap();
+    assert_eq!((resumed.outcome.as_str(), resumed.step), ("Finished", 9));
+    let read = |p: &std::path::Path| {
+        let f = mae_core::TensorFile::open(p).unwrap();
+        names(&f)
+            .iter()
+            .map(|n| f.read(n).unwrap().unwrap().data)
+            .collect::<Vec<_>>()
+    };
+    assert_eq!(read(&last), read(&dir.join("b/checkpoint-9.safetensors")));
+    assert_eq!((resumed.top1, resumed.top5), (straight.top1, straight.top5));
+
+    // misuse: a used folder without --resume, the other optimizer on resume, --out for cached
+    // features, --resume without --out
+    let err = run(&place("a", Resume::No, false), &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("already holds a run") && err.contains("--resume auto"),
+        "{err}"
+    );
+    let adamw = ProbeConfig {
+        optimizer: ProbeOptimizer::AdamW,
+        epochs: 4,
+        ..cfg
+    };
+    let err = run(&place("a", Resume::Auto, false), &adamw)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--optimizer lars") && err.contains("checkpoint-9"),
+        "{err}"
+    );
+    let cached = ProbeConfig {
+        augment: false,
+        ..cfg
+    };
+    let err = run(&place("c", Resume::No, false), &cached)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("--out and --resume are for the augmented probe"),
+        "{err}"
+    );
+    assert!(!dir.join("c").exists());
+    let no_out = ProbeRunPlace {
+        out: None,
+        resume: Resume::Auto,
+        ..ProbeRunPlace::default()
+    };
+    let err = run(&no_out, &cfg).unwrap_err().to_string();
+    assert!(err.contains("--resume needs --out"), "{err}");
+    // a fine-tuning folder is not a probe's
+    std::fs::create_dir(dir.join("f")).unwrap();
+    std::fs::write(dir.join("f/config.json"), "{\"preset\": \"parity\"}").unwrap();
+    let err = run(&place("f", Resume::Auto, false), &cfg)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("not the configuration of a linear-probe run"),
+        "{err}"
     );
 }

@@ -155,6 +155,7 @@ fn a_probe_on_bundled_fashion_mnist_beats_chance_by_a_wide_margin() {
         &source,
         FeatureKind::Cls,
         &cfg,
+        &mae_train::linprobe::ProbeRunPlace::default(),
         &mae_train::dist::Comm::single(),
     )
     .unwrap();

@@ -465,6 +465,31 @@ pub fn for_each_grad<M: TensorCollection<f32, D>, D: MaeDevice>(
     })
 }
 
+/// [`GradSync::all_reduce`] of a model made of `module` and a linear `head` outside its walk
+/// (the classifier; the probe, whose `module` is `()`): the head's two gradients ride along as
+/// extras. One rank returns at once.
+pub fn all_reduce_with_head<M: TensorCollection<f32, D>, P: mae_core::MaePreset, D: MaeDevice>(
+    sync: &mut GradSync,
+    comm: &Comm,
+    module: &mut M,
+    head: &mae_core::Head<P, D>,
+    grads: &mut Gradients<f32, D>,
+    scalars: StepScalars,
+) -> Result<StepScalars, TrainError> {
+    if comm.world_size() == 1 {
+        return Ok(scalars);
+    }
+    grads.try_alloc_for(&head.weight).map_err(device_err)?;
+    grads.try_alloc_for(&head.bias).map_err(device_err)?;
+    let mut head_w = grads.get(&head.weight).as_vec();
+    let mut head_b = grads.get(&head.bias).as_vec();
+    let extras: &mut [&mut [f32]] = &mut [&mut head_w[..], &mut head_b[..]];
+    let reduced = sync.all_reduce(comm, module, grads, extras, scalars)?;
+    set_grad(grads, &head.weight, &head_w)?;
+    set_grad(grads, &head.bias, &head_b)?;
+    Ok(reduced)
+}
+
 /// Overwrites the gradient of `t` with `values` (host memory or, with the `nccl` feature, a GPU).
 pub(crate) fn set_grad<S: Shape, D: MaeDevice>(
     grads: &mut Gradients<f32, D>,

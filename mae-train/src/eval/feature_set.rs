@@ -50,7 +50,8 @@ impl Features {
 }
 
 /// Which feature a classifier uses.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum FeatureKind {
     /// The cls token.
     #[default]

@@ -319,7 +319,7 @@ pub fn extract_files(
 }
 
 /// Appends the cls token and the patch-token mean of each of `n` token rows.
-fn push_pooled(out: &mut Features, tokens: &[f32], n: usize) {
+pub(crate) fn push_pooled(out: &mut Features, tokens: &[f32], n: usize) {
     let dim = out.dim;
     let t = tokens.len() / (n.max(1) * dim);
     for row in tokens.chunks_exact(t * dim) {

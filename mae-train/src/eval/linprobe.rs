@@ -1,16 +1,22 @@
 //! `mae linprobe`: the linear probe of a frozen encoder, on cached features or on freshly
-//! augmented ones every epoch.
+//! augmented images (a training run on the engine, [`crate::probing`]).
 //!
 //! PyTorch counterpart: `main_linprobe.py` (RandomResizedCrop + flip of the training images, the
-//! encoder under `torch.no_grad()`); the head and its optimizer are [`crate::probe`].
+//! encoder under `torch.no_grad()`); the head and its optimizers are [`crate::probe`].
 
-use mae_core::MaeDevice;
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
 use serde::Serialize;
 
-use crate::amp::Precision;
+use crate::dist::Comm;
 use crate::error::TrainError;
-use crate::features::FeatureSource;
-use crate::probe::{train_probe, LinearProbe, ProbeConfig, ProbeTrainer};
+use crate::feature_set::{FeatureKind, Features};
+use crate::features::{EvalInput, FeatureSource};
+use crate::probe::{train_probe, LinearProbe, ProbeConfig};
+use crate::probing::{train_linprobe, LinprobeConfig};
+use crate::run::Resume;
 
 /// Whether the probe augments: as asked (`--aug` / `--no-aug`), else on for an encoder over a
 /// dataset of images of 32×32 and up, off for smaller images and for cached features (`mae
@@ -44,114 +50,145 @@ pub struct ProbeResult {
     pub train: usize,
     /// Validation samples.
     pub val: usize,
+    /// How the training ended (`Finished`; an augmented run also `Interrupted`, its head
+    /// evaluated where it stopped).
+    pub outcome: String,
+    /// Optimizer steps done.
+    pub step: u64,
+    /// The augmented run's newest checkpoint (in its run folder).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<PathBuf>,
 }
 
-struct AugmentedProbe<'a> {
-    input: &'a crate::features::EvalInput,
-    feature: crate::feature_set::FeatureKind,
-    cfg: &'a ProbeConfig,
-    comm: &'a crate::dist::Comm,
+/// Where an augmented probe runs: its run folder (checkpoints of the head, `metrics.jsonl`,
+/// `results.json`; a temporary folder, removed after, when there is none), where it resumes
+/// from, and the flag that stops it (set from a signal handler: it saves and stops).
+#[derive(Debug, Clone)]
+pub struct ProbeRunPlace {
+    /// `--out`.
+    pub out: Option<PathBuf>,
+    /// `--resume`.
+    pub resume: Resume,
+    /// Polled after every optimizer step.
+    pub stop: Arc<AtomicBool>,
 }
 
-impl crate::device::Job for AugmentedProbe<'_> {
-    /// The probe, the val features and the number of training images.
-    type Output = (LinearProbe, crate::feature_set::Features, usize);
-    fn run<P: mae_core::MaePreset, D: crate::device::RunDevice>(
-        self,
-        dev: D,
-    ) -> Result<Self::Output, TrainError> {
-        let this = self;
-        let input = this.input;
-        let encoder = crate::features::load_encoder::<P, D>(
-            &mae_core::TensorFile::open(&input.checkpoint)?,
-            &dev,
-        )?;
-        match input.precision {
-            Precision::F32 => augmented_probe(&encoder, &this),
-            Precision::AmpF16 => augmented_probe(&crate::amp::to_half(&encoder)?, &this),
+impl Default for ProbeRunPlace {
+    /// No folder of its own, a fresh run, never stopped.
+    fn default() -> Self {
+        ProbeRunPlace {
+            out: None,
+            resume: Resume::No,
+            stop: Arc::new(AtomicBool::new(false)),
         }
     }
 }
 
-/// The augmented probe's epochs with `encoder` (in its precision): fresh augmented train features
-/// every epoch, then the val features.
-fn augmented_probe<P: mae_core::MaePreset, E: mae_core::MaeDtype, D: MaeDevice<E>>(
-    encoder: &mae_core::Encoder<P, E, D>,
-    this: &AugmentedProbe<'_>,
-) -> Result<(LinearProbe, crate::feature_set::Features, usize), TrainError> {
-    use mae_data::augment::{normalization, Augment, Transform};
-    let input = this.input;
-    let data = mae_data::Dataset::open(&input.data)?;
-    let m = data.manifest();
-    let (mean, std) = normalization(m, false);
-    // main_linprobe.py: RandomResizedCrop(224, interpolation=3) (scale 0.08–1) + flip
-    let crop = Transform::Pretrain {
-        scale: (0.08, 1.0),
-        ratio: (3.0 / 4.0, 4.0 / 3.0),
-        hflip: true,
-    };
-    let augment = Augment::new(crop, P::IMG_SIZE, &mean, &std, this.cfg.seed)?;
-    let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
-    let mut trainer = ProbeTrainer::new(dim, m.classes.len(), this.cfg)?;
-    for epoch in 0..this.cfg.epochs {
-        let f = crate::features::extract_sharded(
-            encoder,
-            data.train(),
-            m,
-            &augment,
-            epoch as u64,
-            input.batch,
-            this.comm,
-        )?;
-        trainer.epoch(epoch, f.select(this.feature), &f.labels)?;
-    }
-    let eval = crate::features::eval_augment::<P>(m)?;
-    let val =
-        crate::features::extract_sharded(encoder, data.val(), m, &eval, 0, input.batch, this.comm)?;
-    Ok((trainer.finish(), val, data.train().len()))
-}
-
-/// `mae linprobe`: a probe trained on the train split (on cached features, or on fresh augmented
-/// ones every epoch), top-1/top-5 on the val split, as one rank of `comm` ([`crate::dist::Comm::single`]
-/// for one process): the encoder's passes over the images (the costly part) are shared out over
-/// the ranks and the features all-gathered; every rank then trains the same probe on the same
-/// features (it takes seconds), so all ranks end with the same result, which rank 0 reports.
+/// `mae linprobe`: a probe trained on the train split, top-1/top-5 on the val split, as one rank
+/// of `comm` ([`Comm::single`] for one process). On cached features (`cfg.augment` false): the
+/// encoder's passes over the images (the costly part) are shared out over the ranks and the
+/// features all-gathered; every rank then trains the same probe on the same features (it takes
+/// seconds). Augmented: a training run on the engine ([`crate::probing`]) in `place`. All ranks
+/// end with a result; rank 0's is the one to report.
 pub fn linprobe(
     input: &FeatureSource,
-    feature: crate::feature_set::FeatureKind,
+    feature: FeatureKind,
     cfg: &ProbeConfig,
-    comm: &crate::dist::Comm,
+    place: &ProbeRunPlace,
+    comm: &Comm,
 ) -> Result<ProbeResult, TrainError> {
     cfg.validate()?;
     input.validate()?;
-    let (probe, val, train_len) = match input {
-        FeatureSource::Model(model) if cfg.augment => {
-            let preset = crate::checkpoint::preset_of(&model.checkpoint)?;
-            let job = AugmentedProbe {
-                input: model,
-                feature,
-                cfg,
-                comm,
-            };
-            crate::device::dispatch(preset, model.device, cfg.seed, job)?
+    if cfg.augment {
+        let FeatureSource::Model(model) = input else {
+            return Err(TrainError::Config(
+                "an augmented probe needs the encoder and the images (--checkpoint and --data), not cached features".into(),
+            ));
+        };
+        return augmented(model, feature, cfg, place, comm);
+    }
+    if place.out.is_some() || place.resume != Resume::No {
+        return Err(TrainError::Config(
+            "--out and --resume are for the augmented probe (--aug), a training run with checkpoints; the probe on cached features trains in seconds and writes its results file only".into(),
+        ));
+    }
+    let (train, val, classes) = input.load(comm)?;
+    let probe = train_probe(
+        train.select(feature),
+        &train.labels,
+        train.dim,
+        classes,
+        cfg,
+    )?;
+    let steps = train.len().div_ceil(cfg.batch_size) as u64 * cfg.epochs as u64;
+    let run = (String::from("Finished"), steps, None);
+    result(&probe, &val, feature, cfg, train.len(), run)
+}
+
+/// The augmented probe of `model`'s encoder, run in `place` (or a temporary folder).
+fn augmented(
+    model: &EvalInput,
+    feature: FeatureKind,
+    cfg: &ProbeConfig,
+    place: &ProbeRunPlace,
+    comm: &Comm,
+) -> Result<ProbeResult, TrainError> {
+    let temp;
+    let out = match &place.out {
+        Some(out) => out.clone(),
+        None if place.resume != Resume::No => {
+            return Err(TrainError::Config(
+                "--resume needs --out, the run folder to resume".into(),
+            ))
         }
-        _ => {
-            if cfg.augment {
-                return Err(TrainError::Config(
-                    "an augmented probe needs the encoder and the images (--checkpoint and --data), not cached features".into(),
-                ));
-            }
-            let (train, val, classes) = input.load(comm)?;
-            let probe = train_probe(
-                train.select(feature),
-                &train.labels,
-                train.dim,
-                classes,
-                cfg,
-            )?;
-            (probe, val, train.len())
+        None => {
+            temp = tempfile::Builder::new()
+                .prefix("mae-linprobe-")
+                .tempdir()
+                .map_err(|e| TrainError::io(std::env::temp_dir(), e))?;
+            temp.path().to_path_buf()
         }
     };
+    let config = LinprobeConfig {
+        checkpoint: model.checkpoint.clone(),
+        data: model.data.clone(),
+        out,
+        feature,
+        probe: *cfg,
+        eval_batch_size: model.batch,
+        device: model.device,
+        precision: model.precision,
+        world_size: comm.world_size(),
+    };
+    let stop = Arc::clone(&place.stop);
+    let run = train_linprobe(&config, &place.resume, stop, comm)?;
+    let s = &run.summary;
+    let outcome = (format!("{:?}", s.outcome), s.step, s.checkpoint.clone());
+    let result = result(
+        &run.probe,
+        &run.val,
+        feature,
+        cfg,
+        run.train_images,
+        outcome,
+    )?;
+    if comm.is_main() && place.out.is_some() {
+        let text =
+            serde_json::to_string_pretty(&result).map_err(|e| TrainError::Config(e.to_string()))?;
+        mae_core::weights::write_atomic(&config.out.join("results.json"), text.as_bytes())?;
+    }
+    Ok(result)
+}
+
+/// The probe's accuracy on `val` and what the run was.
+fn result(
+    probe: &LinearProbe,
+    val: &Features,
+    feature: FeatureKind,
+    cfg: &ProbeConfig,
+    train: usize,
+    (outcome, step, checkpoint): (String, u64, Option<PathBuf>),
+) -> Result<ProbeResult, TrainError> {
     if val.is_empty() {
         return Err(TrainError::Config("the validation split is empty".into()));
     }
@@ -161,14 +198,18 @@ pub fn linprobe(
         top5: acc.top5,
         feature: feature.name().into(),
         config: *cfg,
-        train: train_len,
+        train,
         val: val.len(),
+        outcome,
+        step,
+        checkpoint,
     })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::amp::Precision;
 
     #[test]
     fn the_probe_augments_images_of_32_and_up_unless_told() {

@@ -10,7 +10,9 @@
 
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
-use serde::Serialize;
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
 use crate::knn::Accuracy;
@@ -59,6 +61,114 @@ impl Lars {
         for ((w, m), d) in p.iter_mut().zip(mu.iter_mut()).zip(&dp) {
             *m = *m * self.momentum + d;
             *w -= lr * *m;
+        }
+    }
+}
+
+/// The checkpoint names of the probe's head (`Sequential(BatchNorm1d, Linear)`: `head.0` the
+/// BatchNorm, `head.1` the linear layer).
+pub const WEIGHT: &str = "head.1.weight";
+/// See [`WEIGHT`].
+pub const BIAS: &str = "head.1.bias";
+/// See [`WEIGHT`].
+pub const RUNNING_MEAN: &str = "head.0.running_mean";
+/// See [`WEIGHT`].
+pub const RUNNING_VAR: &str = "head.0.running_var";
+
+/// [`Lars`] with its momentum buffers by parameter name (`util/lars.py`'s `state[p]["mu"]`, made
+/// at zero on a parameter's first step) and its step count.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct LarsState {
+    /// The hyper-parameters.
+    pub lars: Lars,
+    /// `mu` of each parameter.
+    pub momentum_buffers: BTreeMap<String, Vec<f32>>,
+    /// Steps taken.
+    pub step: u64,
+}
+
+impl LarsState {
+    /// The step of parameter `name` (`matrix`: 2 or more dims) with gradient `g` at `lr`.
+    pub fn update_named(
+        &mut self,
+        name: &str,
+        p: &mut [f32],
+        g: &[f32],
+        lr: f64,
+        matrix: bool,
+    ) -> Result<(), TrainError> {
+        let mu = self
+            .momentum_buffers
+            .entry(name.to_string())
+            .or_insert_with(|| vec![0.0; p.len()]);
+        if g.len() != p.len() || mu.len() != p.len() {
+            return Err(TrainError::Config(format!(
+                "`{name}`: {} values, gradient {}, momentum {}",
+                p.len(),
+                g.len(),
+                mu.len()
+            )));
+        }
+        self.lars.step(p, g, mu, lr as f32, matrix);
+        Ok(())
+    }
+}
+
+/// The probe's optimizer with its state, as [`ProbeConfig::optimizer`] chooses.
+#[derive(Debug)]
+pub enum ProbeOpt {
+    /// LARS.
+    Lars(LarsState),
+    /// AdamW (β 0.9/0.999), decay on [`WEIGHT`] only.
+    AdamW(crate::optim::AdamW),
+}
+
+impl ProbeOpt {
+    /// A fresh optimizer of `cfg`.
+    pub fn new(cfg: &ProbeConfig) -> Self {
+        match cfg.optimizer {
+            ProbeOptimizer::Lars => ProbeOpt::Lars(LarsState {
+                lars: Lars {
+                    weight_decay: cfg.weight_decay,
+                    ..Lars::default()
+                },
+                ..LarsState::default()
+            }),
+            ProbeOptimizer::AdamW => {
+                let decayed = std::iter::once(WEIGHT.to_string()).collect();
+                let mut adamw = crate::optim::AdamW::new(cfg.weight_decay as f64, decayed);
+                adamw.betas = (0.9, 0.999);
+                ProbeOpt::AdamW(adamw)
+            }
+        }
+    }
+
+    /// Which one it is.
+    pub fn kind(&self) -> ProbeOptimizer {
+        match self {
+            ProbeOpt::Lars(_) => ProbeOptimizer::Lars,
+            ProbeOpt::AdamW(_) => ProbeOptimizer::AdamW,
+        }
+    }
+
+    /// One optimizer step of the head's weight `w` and bias `b` with gradients `gw`, `gb`.
+    pub fn step(
+        &mut self,
+        (w, gw): (&mut [f32], &[f32]),
+        (b, gb): (&mut [f32], &[f32]),
+        lr: f64,
+    ) -> Result<(), TrainError> {
+        match self {
+            ProbeOpt::Lars(o) => {
+                o.step += 1;
+                o.update_named(WEIGHT, w, gw, lr, true)?;
+                o.update_named(BIAS, b, gb, lr, false)
+            }
+            ProbeOpt::AdamW(o) => {
+                o.step += 1;
+                o.update_named(WEIGHT, w, gw, lr)?;
+                o.update_named(BIAS, b, gb, lr)
+            }
         }
     }
 }
@@ -135,7 +245,8 @@ impl BatchNorm {
 }
 
 /// Probe settings.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ProbeConfig {
     /// Epochs over the cached features.
     pub epochs: usize,
@@ -171,7 +282,7 @@ impl ProbeConfig {
 }
 
 /// The probe's optimizer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum ProbeOptimizer {
     /// `util/lars.py` (momentum 0.9, trust 0.001; no decay or scaling on 1-D parameters).
@@ -179,6 +290,16 @@ pub enum ProbeOptimizer {
     Lars,
     /// `torch.optim.AdamW` (β 0.9/0.999, ε 1e-8), decay on the weight only.
     AdamW,
+}
+
+impl ProbeOptimizer {
+    /// `lars` or `adamw`, as parsed.
+    pub fn name(self) -> &'static str {
+        match self {
+            ProbeOptimizer::Lars => "lars",
+            ProbeOptimizer::AdamW => "adamw",
+        }
+    }
 }
 
 impl std::str::FromStr for ProbeOptimizer {
@@ -265,57 +386,57 @@ impl LinearProbe {
     }
 }
 
-/// Trains a probe epoch by epoch, on the same cached features every epoch or on fresh
-/// (augmented) ones.
+/// Trains a probe epoch by epoch on cached features.
 pub struct ProbeTrainer {
     probe: LinearProbe,
     cfg: ProbeConfig,
     rng: rand_chacha::ChaCha8Rng,
-    lars: Lars,
-    adamw: crate::optim::AdamW,
-    mu_w: Vec<f32>,
-    mu_b: Vec<f32>,
+    opt: ProbeOpt,
 }
 
-impl ProbeTrainer {
-    /// A fresh head (trunc-normal 0.01 weight, zero bias) for `dim` features and `classes`.
-    pub fn new(dim: usize, classes: usize, cfg: &ProbeConfig) -> Result<Self, TrainError> {
+impl LinearProbe {
+    /// A fresh probe for `dim` features and `classes`: fresh BatchNorm statistics, the head
+    /// weight `trunc_normal(std=0.01)` drawn from `rng`, a zero bias.
+    pub fn fresh(
+        dim: usize,
+        classes: usize,
+        rng: &mut rand_chacha::ChaCha8Rng,
+    ) -> Result<Self, TrainError> {
         if dim == 0 || classes == 0 {
             return Err(TrainError::Config(
                 "probe: no features or no classes".into(),
             ));
         }
+        let len = dim.checked_mul(classes).ok_or_else(|| {
+            TrainError::Config(format!(
+                "probe: {classes} classes × {dim} features overflow"
+            ))
+        })?;
+        Ok(LinearProbe {
+            bn: BatchNorm::new(dim),
+            weight: (0..len).map(|_| trunc_normal(rng, 0.01)).collect(),
+            bias: vec![0.0; classes],
+            dim,
+            classes,
+        })
+    }
+}
+
+impl ProbeTrainer {
+    /// A fresh head (trunc-normal 0.01 weight, zero bias) for `dim` features and `classes`.
+    pub fn new(dim: usize, classes: usize, cfg: &ProbeConfig) -> Result<Self, TrainError> {
         if cfg.batch_size == 0 || cfg.epochs == 0 {
             return Err(TrainError::Config(
                 "probe: batch size and epochs must be at least 1".into(),
             ));
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
-        let probe = LinearProbe {
-            bn: BatchNorm::new(dim),
-            weight: (0..classes * dim)
-                .map(|_| trunc_normal(&mut rng, 0.01))
-                .collect(),
-            bias: vec![0.0; classes],
-            dim,
-            classes,
-        };
-        let mut adamw = crate::optim::AdamW::new(
-            cfg.weight_decay as f64,
-            std::iter::once("head.weight".to_string()).collect(),
-        );
-        adamw.betas = (0.9, 0.999);
+        let probe = LinearProbe::fresh(dim, classes, &mut rng)?;
         Ok(ProbeTrainer {
             probe,
             cfg: *cfg,
             rng,
-            lars: Lars {
-                weight_decay: cfg.weight_decay,
-                ..Lars::default()
-            },
-            adamw,
-            mu_w: vec![0f32; classes * dim],
-            mu_b: vec![0f32; classes],
+            opt: ProbeOpt::new(cfg),
         })
     }
 
@@ -377,21 +498,9 @@ impl ProbeTrainer {
                     }
                 }
             }
-            match cfg.optimizer {
-                ProbeOptimizer::Lars => {
-                    self.lars
-                        .step(&mut self.probe.weight, &gw, &mut self.mu_w, lr as f32, true);
-                    self.lars
-                        .step(&mut self.probe.bias, &gb, &mut self.mu_b, lr as f32, false);
-                }
-                ProbeOptimizer::AdamW => {
-                    self.adamw.step += 1;
-                    self.adamw
-                        .update_named("head.weight", &mut self.probe.weight, &gw, lr)?;
-                    self.adamw
-                        .update_named("head.bias", &mut self.probe.bias, &gb, lr)?;
-                }
-            }
+            let p = &mut self.probe;
+            self.opt
+                .step((&mut p.weight, &gw), (&mut p.bias, &gb), lr)?;
         }
         Ok(())
     }

@@ -54,7 +54,7 @@ pub trait RunDevice: MaeDevice + MaeDevice<AmpF16> + Cache + Synchronize + 'stat
 impl<D: MaeDevice + MaeDevice<AmpF16> + Cache + Synchronize + 'static> RunDevice for D {}
 
 /// Code generic over the device, run on the one a [`DeviceKind`] names ([`DeviceKind::run`]).
-pub trait DeviceVisitor {
+pub(crate) trait DeviceVisitor {
     /// What the code returns.
     type Output;
     /// Runs on `dev`.
@@ -121,7 +121,11 @@ impl<J: Job, P: MaePreset> DeviceVisitor for OnDevice<J, P> {
 impl DeviceKind {
     /// Opens the device (dfdx's RNG seeded with `seed`) and runs `visitor` on it; a clear error
     /// where CUDA is asked for and this build or this machine has none.
-    pub fn run<V: DeviceVisitor>(self, seed: u64, visitor: V) -> Result<V::Output, TrainError> {
+    pub(crate) fn run<V: DeviceVisitor>(
+        self,
+        seed: u64,
+        visitor: V,
+    ) -> Result<V::Output, TrainError> {
         match self {
             DeviceKind::Cpu => visitor.visit(Cpu::seed_from_u64(seed)),
             #[cfg(feature = "cuda")]

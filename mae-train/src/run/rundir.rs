@@ -1,4 +1,4 @@
-//! The run folder (`--out` of pretraining and fine-tuning): what a run may find in it, and what it
+//! The run folder (`--out` of pretraining, fine-tuning and the augmented linear probe): what a run may find in it, and what it
 //! does to it when it starts. Shared by both loops.
 //!
 //! PyTorch counterpart: `--output_dir` of `main_pretrain.py` / `main_finetune.py`, which writes
@@ -46,6 +46,8 @@ pub enum RunKind {
     Pretrain,
     /// `mae finetune` ([`crate::config::FinetuneConfig`]).
     Finetune,
+    /// `mae linprobe --out` ([`crate::probing::LinprobeConfig`]).
+    Linprobe,
 }
 
 impl RunKind {
@@ -53,6 +55,7 @@ impl RunKind {
         match self {
             RunKind::Pretrain => "pretraining",
             RunKind::Finetune => "fine-tuning",
+            RunKind::Linprobe => "linear-probe",
         }
     }
 
@@ -62,6 +65,9 @@ impl RunKind {
             RunKind::Pretrain => serde_json::from_slice::<crate::PretrainConfig>(json).map(|_| ()),
             RunKind::Finetune => {
                 serde_json::from_slice::<crate::config::FinetuneConfig>(json).map(|_| ())
+            }
+            RunKind::Linprobe => {
+                serde_json::from_slice::<crate::probing::LinprobeConfig>(json).map(|_| ())
             }
         };
         r.map_err(|e| e.to_string())

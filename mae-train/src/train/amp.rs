@@ -193,8 +193,7 @@ impl<P: MaePreset, D: MaeDevice + MaeDevice<AmpF16>> AmpModel<D> for Classifier<
     }
     fn flat_params(&self) -> Result<Vec<Flat<f32, D>>, TrainError> {
         let mut out = flatten(&self.vit, None)?;
-        out.push(flat(self.head.weight.clone()).map_err(device_err)?);
-        out.push(flat(self.head.bias.clone()).map_err(device_err)?);
+        out.extend(flat_head(&self.head)?);
         Ok(out)
     }
     fn flat_half_grads(
@@ -202,10 +201,30 @@ impl<P: MaePreset, D: MaeDevice + MaeDevice<AmpF16>> AmpModel<D> for Classifier<
         grads: &mut Gradients<AmpF16, D>,
     ) -> Result<Vec<Flat<AmpF16, D>>, TrainError> {
         let mut out = flatten(&half.vit, Some(grads))?;
-        out.push(flat_grad(grads, &half.head.weight).map_err(device_err)?);
-        out.push(flat_grad(grads, &half.head.bias).map_err(device_err)?);
+        out.extend(flat_head_grads(&half.head, grads)?);
         Ok(out)
     }
+}
+
+/// A linear head's weight and bias, flattened (they lie outside the module walk).
+pub(crate) fn flat_head<P: MaePreset, E: Dtype, D: Device<E>>(
+    head: &mae_core::Head<P, D, E>,
+) -> Result<[Flat<E, D>; 2], TrainError> {
+    Ok([
+        flat(head.weight.clone()).map_err(device_err)?,
+        flat(head.bias.clone()).map_err(device_err)?,
+    ])
+}
+
+/// The gradients of a linear head's weight and bias, flattened.
+pub(crate) fn flat_head_grads<P: MaePreset, E: Dtype, D: Device<E>>(
+    head: &mae_core::Head<P, D, E>,
+    grads: &mut Gradients<E, D>,
+) -> Result<[Flat<E, D>; 2], TrainError> {
+    Ok([
+        flat_grad(grads, &head.weight).map_err(device_err)?,
+        flat_grad(grads, &head.bias).map_err(device_err)?,
+    ])
 }
 
 /// `t` as `[n]`.

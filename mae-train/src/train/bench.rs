@@ -157,7 +157,12 @@ impl<P: MaePreset, D: RunDevice> Task<D> for Timed<P> {
     type Model = Mae<P, f32, D>;
     type Input = Masking;
 
-    fn input(&mut self, _: Batch, _: u64) -> Result<Masking, crate::TrainError> {
+    fn input(
+        &mut self,
+        _: &mut Self::Model,
+        _: Batch,
+        _: u64,
+    ) -> Result<Masking, crate::TrainError> {
         Err(crate::TrainError::Config(
             "the benchmark makes its own masks, not from batches".into(),
         ))

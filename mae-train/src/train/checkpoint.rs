@@ -8,16 +8,16 @@
 //! - `checkpoint-s.safetensors`: the model under the official `models_mae.py` names, with metadata
 //!   `preset`, `config` (JSON), `step`, `epoch`;
 //! - `checkpoint-s.state.safetensors`: the training state: the optimizer's per-parameter tensors
-//!   ([`Optimizer::state_tensors`]: AdamW's `exp_avg.<name>` and `exp_avg_sq.<name>`), and
-//!   metadata `train_state` (JSON: step, epoch, position in the
+//!   ([`Optimizer::state_tensors`]: AdamW's `exp_avg.<name>` and `exp_avg_sq.<name>`, LARS's
+//!   `momentum_buffer.<name>`), and metadata `train_state` (JSON: step, epoch, position in the
 //!   epoch, seed) and `optimizer` (JSON: its hyper-parameters and step).
 //!
 //! Each is written to a temporary file, synced and renamed; the state first, so a model file
 //! never exists without its state (an orphan state file of an interrupted save is removed by the
 //! next run, [`crate::rundir`]). Both carry a content checksum (`checksum` metadata, verified
 //! whenever they are opened: a flipped byte is an error naming the file) and `written_by`. A
-//! loaded state must agree with its file name's step. Masking noise and augmentation are functions of
-//! `(seed, epoch, position)`, so no RNG stream needs saving.
+//! loaded state must agree with its file name's step. Masking noise and augmentation are
+//! functions of `(seed, epoch, position)`, so no RNG stream needs saving.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -275,7 +275,7 @@ pub fn load<M: Checkpointable, O: Optimizer>(
         .into_iter()
         .filter(|t| t.trainable)
         .collect();
-    let saved = O::read_saved(optimizer, &file, &params, &bad)?;
+    let saved = opt.read_saved(optimizer, &file, &params, &bad)?;
     model.load_model(&weights)?;
     opt.restore(saved);
     Ok(state)

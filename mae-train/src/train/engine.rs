@@ -149,34 +149,35 @@ impl<'a> RunInputs<'a> {
         })
     }
 
-    /// The dataset (at `path`) against preset `P`: its channels and a train split; for
-    /// fine-tuning (`labeled`) also a validation split and two or more classes.
+    /// The dataset (at `path`) against preset `P`: its channels and a train split; for a task
+    /// that needs labels (`labeled`, the task's name: fine-tuning, the probe) also a validation
+    /// split and two or more classes.
     pub fn check_data<P: mae_core::MaePreset>(
         &self,
         path: &Path,
-        labeled: bool,
+        labeled: Option<&str>,
     ) -> Result<(), TrainError> {
         let (data, m) = (&self.data, self.data.manifest());
         let bad = |m: String| Err(TrainError::Config(format!("{}: {m}", path.display())));
         if let Err(e) = crate::features::check_channels::<P>(m) {
             return bad(e.to_string());
         }
-        if !labeled {
+        let Some(task) = labeled else {
             return match data.train().is_empty() {
                 true => bad("the train split is empty".into()),
                 false => Ok(()),
             };
-        }
+        };
         if data.train().is_empty() || data.val().is_empty() {
             return bad(format!(
-                "fine-tuning needs a train and a validation split ({} / {} images)",
+                "{task} needs a train and a validation split ({} / {} images)",
                 data.train().len(),
                 data.val().len()
             ));
         }
         match m.classes.len() {
             classes @ 0..=1 => bad(format!(
-                "{classes} class(es); fine-tuning needs labeled data with 2 or more"
+                "{classes} class(es); {task} needs labeled data with 2 or more"
             )),
             _ => Ok(()),
         }
@@ -392,7 +393,7 @@ impl Engine<'_> {
                     lr = lr_at(frac, s.lr, s.min_lr, s.warmup_epochs, s.epochs as f64);
                     group_loss = 0.0;
                 }
-                let input = task.input(batch, epoch)?;
+                let input = task.input(model, batch, epoch)?;
                 let amp = looping.amp.as_mut();
                 let (loss, g) =
                     forward_backward(task, dev, model, amp, grads, &input, s.accum_iter)?;

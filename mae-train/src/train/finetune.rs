@@ -35,9 +35,9 @@ use serde::{Deserialize, Serialize};
 use crate::checkpoint::TrainState;
 use crate::classify::evaluate;
 use crate::device::{dispatch, Job, RunDevice};
-use crate::dist::{set_grad, Comm, GradSync, StepScalars};
+use crate::dist::{all_reduce_with_head, Comm, GradSync, StepScalars};
 use crate::engine::{loop_settings, BatchChange, LoopSettings, RunConfig, RunInputs};
-use crate::error::{device_err, TrainError};
+use crate::error::TrainError;
 use crate::knn::Accuracy;
 use crate::optim::{param_groups_lrd, AdamW};
 use crate::run::{position_rng, Outcome, Resume, Resumed};
@@ -120,36 +120,6 @@ fn step_host_tensor<S: Shape, D: MaeDevice>(
     Ok(())
 }
 
-/// [`GradSync::all_reduce`] of the classifier's gradients: the head lies outside the module walk,
-/// so its two gradients ride along as extras. One rank returns at once.
-fn all_reduce_with_head<P: MaePreset, D: MaeDevice>(
-    sync: &mut GradSync,
-    comm: &Comm,
-    model: &mut Classifier<P, D>,
-    grads: &mut Gradients<f32, D>,
-    scalars: StepScalars,
-) -> Result<StepScalars, TrainError> {
-    if comm.world_size() == 1 {
-        return Ok(scalars);
-    }
-    grads
-        .try_alloc_for(&model.head.weight)
-        .map_err(device_err)?;
-    grads.try_alloc_for(&model.head.bias).map_err(device_err)?;
-    let mut head_w = grads.get(&model.head.weight).as_vec();
-    let mut head_b = grads.get(&model.head.bias).as_vec();
-    let reduced = sync.all_reduce(
-        comm,
-        &mut model.vit,
-        grads,
-        &mut [&mut head_w[..], &mut head_b[..]],
-        scalars,
-    )?;
-    set_grad(grads, &model.head.weight, &head_w)?;
-    set_grad(grads, &model.head.bias, &head_b)?;
-    Ok(reduced)
-}
-
 /// A fine-tuning run, as a [`Job`].
 struct Run<'a> {
     cfg: &'a FinetuneConfig,
@@ -201,7 +171,7 @@ impl<P: MaePreset, D: RunDevice> TrainModel<D> for Classifier<P, D> {
         grads: &mut Gradients<f32, D>,
         scalars: StepScalars,
     ) -> Result<StepScalars, TrainError> {
-        all_reduce_with_head(sync, comm, self, grads, scalars)
+        all_reduce_with_head(sync, comm, &mut self.vit, &self.head, grads, scalars)
     }
     fn update(
         &mut self,
@@ -243,7 +213,12 @@ impl<P: MaePreset, D: RunDevice> Task<D> for Finetuning<'_, P> {
     type Model = Classifier<P, D>;
     type Input = Mixed;
 
-    fn input(&mut self, mut batch: Batch, epoch: u64) -> Result<Mixed, TrainError> {
+    fn input(
+        &mut self,
+        _: &mut Self::Model,
+        mut batch: Batch,
+        epoch: u64,
+    ) -> Result<Mixed, TrainError> {
         let cfg = self.cfg;
         let (c, s) = (P::IN_CHANS, P::IMG_SIZE);
         // each rank its own draws (mixup λ, erasing, drop path), as each DDP process has
@@ -443,7 +418,8 @@ impl Job for Run<'_> {
 
     /// The data against the preset, before the device opens.
     fn check<P: MaePreset>(&self) -> Result<(), TrainError> {
-        self.inputs.check_data::<P>(&self.cfg.data, true)
+        self.inputs
+            .check_data::<P>(&self.cfg.data, Some("fine-tuning"))
     }
 
     /// The run on device `D`: the classifier, its optimizer and its batches, then the engine;

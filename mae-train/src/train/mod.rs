@@ -1,4 +1,5 @@
-//! Training: the [`engine`] owns the loop, [`step`] is one step of it; [`pretrain`] and [`finetune`] are the tasks it runs.
+//! Training: the [`engine`] owns the loop, [`step`] is one step of it; [`pretrain`], [`finetune`]
+//! and the augmented linear probe ([`probing`]) are the tasks it runs.
 //! Beside them what the loop is made of: the optimizer ([`optim`]; what checkpoints need of one,
 //! [`optimizer`]), the learning-rate schedule
 //! ([`schedule`]), mixed precision ([`amp`]), checkpoints ([`checkpoint`]), the settings
@@ -13,5 +14,6 @@ pub mod finetune;
 pub mod optim;
 pub mod optimizer;
 pub mod pretrain;
+pub mod probing;
 pub mod schedule;
 pub mod step;

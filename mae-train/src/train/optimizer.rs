@@ -3,9 +3,9 @@
 //! finite; nothing applied until all of it is read).
 //!
 //! PyTorch counterpart: `optimizer.state_dict()` / `optimizer.load_state_dict()` as
-//! `util/misc.save_model` / `load_model` use them. Implemented by [`AdamW`] (pretraining and
-//! fine-tuning); the linear probe's LARS ([`crate::probe::Lars`]) is to implement it when the
-//! probe trains on the engine.
+//! `util/misc.save_model` / `load_model` use them. Implemented by [`AdamW`] (pretraining,
+//! fine-tuning, the probe's `--optimizer adamw`), [`LarsState`] (the linear probe's LARS) and
+//! [`ProbeOptimizer`], the probe's choice of the two.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
 use crate::optim::{AdamW, Moments};
+use crate::probe::{Lars, LarsState, ProbeOpt, ProbeOptimizer};
 
 /// An optimizer whose state a checkpoint holds.
 pub trait Optimizer {
@@ -25,8 +26,10 @@ pub trait Optimizer {
     /// The per-parameter state as named tensors (`exp_avg.<name>`, ...).
     fn state_tensors(&self) -> Result<Vec<NamedTensor>, TrainError>;
     /// The state in a checkpoint's state `file` (`meta`: its `optimizer` metadata) for the
-    /// model's trainable `params`; `bad` makes an error that names the file.
+    /// model's trainable `params`; `bad` makes an error that names the file. Refuses the state
+    /// of another optimizer than `self`.
     fn read_saved(
+        &self,
         meta: &str,
         file: &TensorFile,
         params: &[NamedTensor],
@@ -37,7 +40,7 @@ pub trait Optimizer {
 }
 
 /// The state tensor `{kind}.{name}` of one parameter (`[n]`).
-pub fn state_tensor(kind: &str, name: &str, data: &[f32]) -> NamedTensor {
+fn state_tensor(kind: &str, name: &str, data: &[f32]) -> NamedTensor {
     NamedTensor {
         name: format!("{kind}.{name}"),
         shape: vec![data.len()],
@@ -47,7 +50,7 @@ pub fn state_tensor(kind: &str, name: &str, data: &[f32]) -> NamedTensor {
 }
 
 /// Reads the state tensor `{kind}.{p.name}` of `file`: present, of `p`'s size, finite.
-pub fn read_state_tensor(
+fn read_state_tensor(
     file: &TensorFile,
     kind: &str,
     p: &NamedTensor,
@@ -65,14 +68,6 @@ pub fn read_state_tensor(
         )));
     }
     Ok(t.data)
-}
-
-/// The metadata JSON `meta` as `T`.
-pub fn parse_meta<T: serde::de::DeserializeOwned>(
-    meta: &str,
-    bad: &dyn Fn(String) -> TrainError,
-) -> Result<T, TrainError> {
-    serde_json::from_str(meta).map_err(|e| bad(format!("optimizer: {e}")))
 }
 
 /// AdamW's checkpoint metadata.
@@ -109,12 +104,14 @@ impl Optimizer for AdamW {
     }
 
     fn read_saved(
+        &self,
         meta: &str,
         file: &TensorFile,
         params: &[NamedTensor],
         bad: &dyn Fn(String) -> TrainError,
     ) -> Result<Self::Saved, TrainError> {
-        let meta: AdamWMeta = parse_meta(meta, bad)?;
+        let meta: AdamWMeta =
+            serde_json::from_str(meta).map_err(|e| bad(format!("optimizer: {e}")))?;
         let mut moments = BTreeMap::new();
         if meta.step > 0 {
             for p in params {
@@ -135,5 +132,140 @@ impl Optimizer for AdamW {
         self.step = meta.step;
         self.decayed = meta.decayed;
         self.set_moments(moments);
+    }
+}
+
+/// LARS's checkpoint metadata.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct LarsMeta {
+    momentum: f32,
+    trust_coefficient: f32,
+    weight_decay: f32,
+    step: u64,
+}
+
+impl Optimizer for LarsState {
+    type Saved = (LarsMeta, BTreeMap<String, Vec<f32>>);
+
+    fn meta_json(&self) -> serde_json::Result<String> {
+        serde_json::to_string(&LarsMeta {
+            momentum: self.lars.momentum,
+            trust_coefficient: self.lars.trust_coefficient,
+            weight_decay: self.lars.weight_decay,
+            step: self.step,
+        })
+    }
+
+    fn state_tensors(&self) -> Result<Vec<NamedTensor>, TrainError> {
+        let buffers = self.momentum_buffers.iter();
+        Ok(buffers
+            .map(|(name, mu)| state_tensor("momentum_buffer", name, mu))
+            .collect())
+    }
+
+    fn read_saved(
+        &self,
+        meta: &str,
+        file: &TensorFile,
+        params: &[NamedTensor],
+        bad: &dyn Fn(String) -> TrainError,
+    ) -> Result<Self::Saved, TrainError> {
+        let meta: LarsMeta =
+            serde_json::from_str(meta).map_err(|e| bad(format!("optimizer: {e}")))?;
+        let mut buffers = BTreeMap::new();
+        if meta.step > 0 {
+            for p in params {
+                let mu = read_state_tensor(file, "momentum_buffer", p, bad)?;
+                buffers.insert(p.name.clone(), mu);
+            }
+        }
+        Ok((meta, buffers))
+    }
+
+    fn restore(&mut self, (meta, buffers): Self::Saved) {
+        self.lars = Lars {
+            momentum: meta.momentum,
+            trust_coefficient: meta.trust_coefficient,
+            weight_decay: meta.weight_decay,
+        };
+        self.step = meta.step;
+        self.momentum_buffers = buffers;
+    }
+}
+
+/// A checkpoint's state of the probe's optimizer.
+pub enum ProbeSaved {
+    /// LARS's.
+    Lars(<LarsState as Optimizer>::Saved),
+    /// AdamW's.
+    AdamW(<AdamW as Optimizer>::Saved),
+}
+
+/// The metadata key that names the probe's optimizer (`lars`, `adamw`).
+const KIND: &str = "kind";
+
+impl Optimizer for ProbeOpt {
+    type Saved = ProbeSaved;
+
+    /// The chosen optimizer's metadata with its [`ProbeOptimizer`] name under `kind`.
+    fn meta_json(&self) -> serde_json::Result<String> {
+        let inner = match self {
+            ProbeOpt::Lars(o) => o.meta_json()?,
+            ProbeOpt::AdamW(o) => o.meta_json()?,
+        };
+        let mut value: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&inner)?;
+        value.insert(KIND.into(), serde_json::to_value(self.kind())?);
+        serde_json::to_string(&value)
+    }
+
+    fn state_tensors(&self) -> Result<Vec<NamedTensor>, TrainError> {
+        match self {
+            ProbeOpt::Lars(o) => o.state_tensors(),
+            ProbeOpt::AdamW(o) => o.state_tensors(),
+        }
+    }
+
+    fn read_saved(
+        &self,
+        meta: &str,
+        file: &TensorFile,
+        params: &[NamedTensor],
+        bad: &dyn Fn(String) -> TrainError,
+    ) -> Result<Self::Saved, TrainError> {
+        #[derive(Deserialize)]
+        struct Kind {
+            kind: ProbeOptimizer,
+        }
+        let saved: Kind = serde_json::from_str(meta).map_err(|e| bad(format!("optimizer: {e}")))?;
+        if saved.kind != self.kind() {
+            return Err(bad(format!(
+                "trained with --optimizer {}, this run asks for {}: resume with the same optimizer",
+                saved.kind.name(),
+                self.kind().name()
+            )));
+        }
+        Ok(match self {
+            ProbeOpt::Lars(o) => ProbeSaved::Lars(o.read_saved(meta, file, params, bad)?),
+            ProbeOpt::AdamW(o) => ProbeSaved::AdamW(o.read_saved(meta, file, params, bad)?),
+        })
+    }
+
+    /// Takes up `saved` ([`Optimizer::read_saved`] made it of this optimizer's kind; one of the
+    /// other kind replaces it, hyper-parameters and all, as its metadata holds them).
+    fn restore(&mut self, saved: ProbeSaved) {
+        match (self, saved) {
+            (ProbeOpt::Lars(o), ProbeSaved::Lars(s)) => o.restore(s),
+            (ProbeOpt::AdamW(o), ProbeSaved::AdamW(s)) => o.restore(s),
+            (this, ProbeSaved::Lars(s)) => {
+                let mut o = LarsState::default();
+                o.restore(s);
+                *this = ProbeOpt::Lars(o);
+            }
+            (this, ProbeSaved::AdamW(s)) => {
+                let mut o = AdamW::new(0.0, BTreeSet::new());
+                o.restore(s);
+                *this = ProbeOpt::AdamW(o);
+            }
+        }
     }
 }

@@ -174,7 +174,12 @@ impl<P: MaePreset, D: RunDevice> Task<D> for Pretraining<'_, P> {
     type Model = Mae<P, f32, D>;
     type Input = (Batch, Masking);
 
-    fn input(&mut self, batch: Batch, epoch: u64) -> Result<Self::Input, TrainError> {
+    fn input(
+        &mut self,
+        _: &mut Self::Model,
+        batch: Batch,
+        epoch: u64,
+    ) -> Result<Self::Input, TrainError> {
         let cfg = self.config;
         let n = P::num_patches();
         let masking = batch_masking(cfg.seed, epoch, &batch.indices, n, cfg.model.mask_ratio)?;
@@ -229,7 +234,7 @@ impl Job for Run<'_> {
 
     /// The data against the preset, before the device opens.
     fn check<P: MaePreset>(&self) -> Result<(), TrainError> {
-        self.inputs.check_data::<P>(&self.config.data, false)
+        self.inputs.check_data::<P>(&self.config.data, None)
     }
 
     /// The run on device `D`: the model, its optimizer and its batches, then the engine.

@@ -24,7 +24,7 @@ use crate::schedule::StepPlan;
 /// A model the engine trains: its optimizer, its gradients, their all-reduce and the optimizer
 /// step.
 pub trait TrainModel<D: RunDevice>: Checkpointable + AmpModel<D> {
-    /// Its optimizer (AdamW in pretraining and fine-tuning, LARS or AdamW in the probe).
+    /// Its optimizer (AdamW in pretraining and fine-tuning, LARS or AdamW in the linear probe).
     type Optimizer: Optimizer;
     /// A gradient set for every trainable tensor.
     fn alloc_gradients(&self) -> Result<Gradients<f32, D>, TrainError>;
@@ -60,8 +60,14 @@ pub trait Task<D: RunDevice> {
     type Model: TrainModel<D>;
     /// What one micro-batch feeds the model (images with their masks, mixed images and targets).
     type Input;
-    /// The inputs of `batch` (micro-batch `batch.step` of `epoch`).
-    fn input(&mut self, batch: Batch, epoch: u64) -> Result<Self::Input, TrainError>;
+    /// The inputs of `batch` (micro-batch `batch.step` of `epoch`); `model` for what changes
+    /// outside the gradient (the probe's BatchNorm statistics).
+    fn input(
+        &mut self,
+        model: &mut Self::Model,
+        batch: Batch,
+        epoch: u64,
+    ) -> Result<Self::Input, TrainError>;
     /// The f32 forward pass and loss.
     fn loss(
         &self,

@@ -314,12 +314,13 @@ overrides!(FinetuneOverrides {
     preset,
     data,
     out,
-    epochs,
     max_steps,
+    lr
+} => FinetuneConfig {
+    epochs,
     batch_size,
     accum_iter,
     blr,
-    lr,
     min_lr,
     warmup_epochs,
     weight_decay,
@@ -347,7 +348,10 @@ impl FinetuneConfig {
     /// `world_size` ranks: the preset is the checkpoint's unless given, the learning rate
     /// `blr · batch · accum · ranks / 256` unless `lr` is given. `data` and `out` are required,
     /// and a checkpoint or `from_scratch` with a preset.
-    pub fn resolve_for(given: FinetuneOverrides, world_size: usize) -> Result<Self, TrainError> {
+    pub fn resolve_for(
+        mut given: FinetuneOverrides,
+        world_size: usize,
+    ) -> Result<Self, TrainError> {
         let bad = |m: &str| Err(TrainError::Config(m.to_string()));
         if world_size == 0 {
             return bad("world size 0");
@@ -355,7 +359,6 @@ impl FinetuneConfig {
         match (&given.checkpoint, given.from_scratch, given.preset) {
             (None, false, _) => return bad("give --checkpoint, or --from-scratch with --preset"),
             (Some(_), true, _) => return bad("--from-scratch and --checkpoint exclude each other"),
-            (None, true, None) => return bad("give --preset with --from-scratch"),
             _ => {}
         }
         let preset = match (given.preset, &given.checkpoint) {
@@ -364,38 +367,10 @@ impl FinetuneConfig {
             (None, None) => return bad("give --preset with --from-scratch"),
         };
         let missing = |what: &str| TrainError::Config(format!("--{what} is required"));
-        let data = given.data.ok_or_else(|| missing("data"))?;
-        let out = given.out.ok_or_else(|| missing("out"))?;
+        let data = given.data.take().ok_or_else(|| missing("data"))?;
+        let out = given.out.take().ok_or_else(|| missing("out"))?;
         let mut cfg = FinetuneConfig::new(data, out, preset);
-        macro_rules! set {
-            ($($f:ident),*) => { $(if let Some(v) = given.$f { cfg.$f = v; })* };
-        }
-        set!(
-            epochs,
-            batch_size,
-            accum_iter,
-            blr,
-            min_lr,
-            warmup_epochs,
-            weight_decay,
-            layer_decay,
-            drop_path,
-            smoothing,
-            mixup,
-            cutmix,
-            mixup_prob,
-            mixup_switch_prob,
-            reprob,
-            min_crop_scale,
-            seed,
-            workers,
-            save_every,
-            keep_last,
-            log_every,
-            eval_batch_size,
-            device,
-            precision
-        );
+        given.fill(&mut cfg);
         cfg.checkpoint = given.checkpoint;
         cfg.max_steps = given.max_steps;
         cfg.world_size = world_size;

@@ -6,8 +6,18 @@
 //! PyTorch counterpart: the `argparse` options of `main_pretrain.py` and `main_finetune.py`.
 
 /// `from_toml_file` and `merged` of a settings struct whose fields are `Option`s but for the `bool`
-/// flags named after `;`.
+/// flags named after `;`. Fields listed after `=> Config {` are also the resolved `Config`'s
+/// fields of the same names: `fill` sets those that are given.
 macro_rules! overrides {
+    ($ty:ident { $($f:ident),* $(,)? } => $cfg:ident { $($plain:ident),* $(,)? } $(; $flag:ident)*) => {
+        overrides!($ty { $($f,)* $($plain),* } $(; $flag)*);
+        impl $ty {
+            /// Sets each field of `cfg` that is given here (a `Copy` value) and resolves as is.
+            fn fill(&self, cfg: &mut $cfg) {
+                $(if let Some(v) = self.$plain { cfg.$plain = v; })*
+            }
+        }
+    };
     ($ty:ident { $($f:ident),* $(,)? } $(; $flag:ident)*) => {
         impl $ty {
             /// Reads a TOML file of these settings ([`super::read_toml_file`]).
