@@ -18,7 +18,7 @@ pub mod viz;
 pub use eval::{classify, feature_set, features, knn, linprobe, probe};
 pub use run::{device, rundir, runlog};
 pub use train::{
-    amp, bench, checkpoint, config, engine, finetune, optim, optimizer, pretrain, probing,
+    amp, bench, checkpoint, config, engine, finetune, lars, optim, optimizer, pretrain, probing,
     schedule, step,
 };
 pub use viz::{plot, reconstruct};

@@ -4,11 +4,6 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use mae_core::dfdx::prelude::*;
-use mae_core::presets::Parity;
-use mae_core::Mae;
 use mae_train::feature_set::{read_features, write_features, FeatureKind};
 use mae_train::features::{extract_dataset, EvalInput, FeatureSource};
 use mae_train::knn::knn_eval;
@@ -23,17 +18,8 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
     common::two_colour_dataset(&data, 30, 10);
 
     let checkpoint = dir.join("model.safetensors");
-    Mae::<Parity, f32, Cpu>::new(&Cpu::seed_from_u64(0))
-        .unwrap()
-        .save_safetensors(&checkpoint, &BTreeMap::new())
-        .unwrap();
-    let input = EvalInput {
-        checkpoint,
-        data,
-        batch: 7,
-        device: mae_train::device::DeviceKind::Cpu,
-        precision: mae_train::amp::Precision::F32,
-    };
+    common::random_parity_mae(&checkpoint, 0);
+    let input = common::cpu_eval_input(checkpoint, data, 7);
     let (train, val, classes) = extract_dataset(&input, &mae_train::dist::Comm::single()).unwrap();
     assert_eq!(
         (train.len(), val.len(), classes, train.dim),
@@ -181,17 +167,8 @@ fn the_augmented_probe_checkpoints_resumes_bit_exactly_and_refuses_misuse() {
     let data = dir.join("data");
     common::two_colour_dataset(&data, 30, 10);
     let checkpoint = dir.join("model.safetensors");
-    Mae::<Parity, f32, Cpu>::new(&Cpu::seed_from_u64(0))
-        .unwrap()
-        .save_safetensors(&checkpoint, &BTreeMap::new())
-        .unwrap();
-    let source = FeatureSource::Model(EvalInput {
-        checkpoint,
-        data,
-        batch: 16,
-        device: mae_train::device::DeviceKind::Cpu,
-        precision: mae_train::amp::Precision::F32,
-    });
+    common::random_parity_mae(&checkpoint, 0);
+    let source = FeatureSource::Model(common::cpu_eval_input(checkpoint, data, 16));
     let cfg = ProbeConfig {
         epochs: 3,
         batch_size: 8,

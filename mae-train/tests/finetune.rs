@@ -13,7 +13,7 @@ use mae_core::dfdx::prelude::*;
 use mae_core::presets::{Parity, Tiny};
 use mae_core::{Classifier, Mae, Preset, TensorFile};
 use mae_train::feature_set::FeatureKind;
-use mae_train::features::{EvalInput, FeatureSource};
+use mae_train::features::FeatureSource;
 use mae_train::finetune::finetune;
 use mae_train::linprobe::linprobe;
 use mae_train::probe::ProbeConfig;
@@ -39,10 +39,7 @@ fn finetuning_learns_keeps_the_best_model_and_resumes_bitwise() {
     let data = dir.join("data");
     common::two_colour_dataset(&data, 48, 16);
     let ckpt = dir.join("mae.safetensors");
-    Mae::<Parity, f32, Cpu>::new(&Cpu::seed_from_u64(5))
-        .unwrap()
-        .save_safetensors(&ckpt, &BTreeMap::new())
-        .unwrap();
+    common::random_parity_mae(&ckpt, 5);
     let stop = || Arc::new(AtomicBool::new(false));
 
     // uninterrupted: 3 epochs of 6 steps, mixup/cutmix/erasing/drop path on
@@ -137,13 +134,7 @@ fn a_probe_on_bundled_fashion_mnist_beats_chance_by_a_wide_margin() {
         .unwrap()
         .save_safetensors(&checkpoint, &BTreeMap::new())
         .unwrap();
-    let source = FeatureSource::Model(EvalInput {
-        checkpoint,
-        data,
-        batch: 100,
-        device: mae_train::device::DeviceKind::Cpu,
-        precision: mae_train::amp::Precision::F32,
-    });
+    let source = FeatureSource::Model(common::cpu_eval_input(checkpoint, data, 100));
     let cfg = ProbeConfig {
         epochs: 20,
         batch_size: 64,

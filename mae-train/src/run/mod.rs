@@ -60,6 +60,19 @@ pub enum Resume {
 /// The checkpoint a run resumed from, and one line for each newer one that failed to load.
 pub type Resumed = Option<(PathBuf, Vec<String>)>;
 
+/// The lines a resumed run logs at its start: each checkpoint skipped, then the one loaded.
+pub fn resume_messages(resumed: &Resumed) -> Vec<String> {
+    let Some((path, failures)) = resumed else {
+        return Vec::new();
+    };
+    let mut lines: Vec<String> = failures
+        .iter()
+        .map(|f| format!("skipped checkpoint: {f}"))
+        .collect();
+    lines.push(format!("resumed from {}", path.display()));
+    lines
+}
+
 /// An RNG that is a function of a seed and a position (epoch, micro-batch), so that resuming
 /// needs no RNG state.
 pub fn position_rng(seed: u64, epoch: u64, micro_step: usize) -> rand_chacha::ChaCha8Rng {

@@ -276,11 +276,7 @@ impl<P: MaePreset, D: RunDevice> Task<D> for Finetuning<'_, P> {
     }
 
     fn start_messages(&self, plan: &crate::schedule::StepPlan, resumed: &Resumed) -> Vec<String> {
-        let mut lines = Vec::new();
-        if let Some((path, failures)) = resumed {
-            lines.extend(failures.iter().map(|f| format!("skipped checkpoint: {f}")));
-            lines.push(format!("resumed from {}", path.display()));
-        }
+        let mut lines = crate::run::resume_messages(resumed);
         lines.push(format!(
             "fine-tuning {} ({} classes) from {}; {} train / {} val images, {} steps, lr {:.3e}",
             P::PRESET,

@@ -1,7 +1,7 @@
 //! Training: the [`engine`] owns the loop, [`step`] is one step of it; [`pretrain`], [`finetune`]
 //! and the augmented linear probe ([`probing`]) are the tasks it runs.
-//! Beside them what the loop is made of: the optimizer ([`optim`]; what checkpoints need of one,
-//! [`optimizer`]), the learning-rate schedule
+//! Beside them what the loop is made of: the optimizers ([`optim`]: AdamW; [`lars`]: the probe's
+//! LARS; what checkpoints need of one, [`optimizer`]), the learning-rate schedule
 //! ([`schedule`]), mixed precision ([`amp`]), checkpoints ([`checkpoint`]), the settings
 //! ([`config`]), and the timing of the engine's step ([`bench`]).
 
@@ -11,6 +11,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod engine;
 pub mod finetune;
+pub mod lars;
 pub mod optim;
 pub mod optimizer;
 pub mod pretrain;

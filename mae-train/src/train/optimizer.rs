@@ -4,7 +4,7 @@
 //!
 //! PyTorch counterpart: `optimizer.state_dict()` / `optimizer.load_state_dict()` as
 //! `util/misc.save_model` / `load_model` use them. Implemented by [`AdamW`] (pretraining,
-//! fine-tuning, the probe's `--optimizer adamw`), [`LarsState`] (the linear probe's LARS) and
+//! fine-tuning, the probe's `--optimizer adamw`), [`LarsState`] (the linear probe's LARS, [`crate::lars`]) and
 //! [`ProbeOptimizer`], the probe's choice of the two.
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -14,8 +14,9 @@ use mae_core::TensorFile;
 use serde::{Deserialize, Serialize};
 
 use crate::error::TrainError;
+use crate::lars::{Lars, LarsState};
 use crate::optim::{AdamW, Moments};
-use crate::probe::{Lars, LarsState, ProbeOpt, ProbeOptimizer};
+use crate::probe::{ProbeOpt, ProbeOptimizer};
 
 /// An optimizer whose state a checkpoint holds.
 pub trait Optimizer {
@@ -70,6 +71,14 @@ fn read_state_tensor(
     Ok(t.data)
 }
 
+/// The `optimizer` metadata JSON `meta` as `T`.
+fn parse_meta<T: serde::de::DeserializeOwned>(
+    meta: &str,
+    bad: &dyn Fn(String) -> TrainError,
+) -> Result<T, TrainError> {
+    serde_json::from_str(meta).map_err(|e| bad(format!("optimizer: {e}")))
+}
+
 /// AdamW's checkpoint metadata.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct AdamWMeta {
@@ -110,8 +119,7 @@ impl Optimizer for AdamW {
         params: &[NamedTensor],
         bad: &dyn Fn(String) -> TrainError,
     ) -> Result<Self::Saved, TrainError> {
-        let meta: AdamWMeta =
-            serde_json::from_str(meta).map_err(|e| bad(format!("optimizer: {e}")))?;
+        let meta: AdamWMeta = parse_meta(meta, bad)?;
         let mut moments = BTreeMap::new();
         if meta.step > 0 {
             for p in params {
@@ -170,8 +178,7 @@ impl Optimizer for LarsState {
         params: &[NamedTensor],
         bad: &dyn Fn(String) -> TrainError,
     ) -> Result<Self::Saved, TrainError> {
-        let meta: LarsMeta =
-            serde_json::from_str(meta).map_err(|e| bad(format!("optimizer: {e}")))?;
+        let meta: LarsMeta = parse_meta(meta, bad)?;
         let mut buffers = BTreeMap::new();
         if meta.step > 0 {
             for p in params {
@@ -236,7 +243,7 @@ impl Optimizer for ProbeOpt {
         struct Kind {
             kind: ProbeOptimizer,
         }
-        let saved: Kind = serde_json::from_str(meta).map_err(|e| bad(format!("optimizer: {e}")))?;
+        let saved: Kind = parse_meta(meta, bad)?;
         if saved.kind != self.kind() {
             return Err(bad(format!(
                 "trained with --optimizer {}, this run asks for {}: resume with the same optimizer",

@@ -339,11 +339,7 @@ impl<P: MaePreset, E: MaeDtype, D: RunDevice + MaeDevice<E>> Task<D> for Probing
     }
 
     fn start_messages(&self, plan: &crate::schedule::StepPlan, resumed: &Resumed) -> Vec<String> {
-        let mut lines = Vec::new();
-        if let Some((path, failures)) = resumed {
-            lines.extend(failures.iter().map(|f| format!("skipped checkpoint: {f}")));
-            lines.push(format!("resumed from {}", path.display()));
-        }
+        let mut lines = crate::run::resume_messages(resumed);
         let (cfg, p) = (self.cfg, &self.cfg.probe);
         lines.push(format!(
             "linear probe of {} ({}, {}) from {}; {} train images, {} classes, {} steps, lr {:.3e}",

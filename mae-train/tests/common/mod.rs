@@ -99,3 +99,27 @@ pub fn worst_rel_err(a: &[mae_core::NamedTensor], b: &[mae_core::NamedTensor]) -
     }
     out
 }
+
+/// A freshly initialized `Parity` MAE (dfdx's RNG seeded with `seed`) saved at `path`.
+pub fn random_parity_mae(path: &Path, seed: u64) {
+    use mae_core::dfdx::prelude::*;
+    mae_core::Mae::<mae_core::presets::Parity, f32, Cpu>::new(&Cpu::seed_from_u64(seed))
+        .unwrap()
+        .save_safetensors(path, &std::collections::BTreeMap::new())
+        .unwrap();
+}
+
+/// The encoder of `checkpoint` over `data`, on the CPU in f32, `batch` images a pass.
+pub fn cpu_eval_input(
+    checkpoint: PathBuf,
+    data: PathBuf,
+    batch: usize,
+) -> mae_train::features::EvalInput {
+    mae_train::features::EvalInput {
+        checkpoint,
+        data,
+        batch,
+        device: mae_train::device::DeviceKind::Cpu,
+        precision: mae_train::amp::Precision::F32,
+    }
+}
