@@ -129,7 +129,7 @@ pub struct FeatureArgs {
     #[arg(long, default_value = "cpu")]
     device: DeviceKind,
     /// `f32`, or `amp-f16`: the encoder's passes in half precision (as the official linear
-    /// probe runs under `autocast`).
+    /// probe runs under `autocast`; the augmented probe trains its head so too).
     #[arg(long, default_value = "f32")]
     precision: Precision,
 }

@@ -523,3 +523,99 @@ fn cuda_asked_of_a_cpu_build_says_how_to_get_one() {
     // nothing written: no run folder, no config.json, no features, no grid
     assert!(!ft.exists() && !emb.exists() && !png.exists());
 }
+
+/// `mae linprobe --aug --out RUN --json`: the result alone on stdout (log lines go to stderr), a
+/// checkpoint of the head per epoch in RUN, `--resume auto` continuing the run, and a fresh run
+/// into the used folder refused.
+#[test]
+fn the_augmented_probe_keeps_a_run_folder_and_json_alone_on_stdout() {
+    let scratch = Scratch::new();
+    let src = scratch.sub("shades");
+    for (class, shade) in [("dark", 30u8), ("light", 220u8)] {
+        std::fs::create_dir_all(src.join(class)).unwrap();
+        for i in 0..16u8 {
+            let img = image::GrayImage::from_fn(28, 28, |x, y| {
+                image::Luma([shade.wrapping_add(((x + y) as u8 + i) % 9)])
+            });
+            img.save(src.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let data = scratch.sub("prepared").join("shades");
+    let d = data.to_str().unwrap();
+    run_ok(&[
+        "data",
+        "prepare",
+        "--from",
+        "imagefolder",
+        src.to_str().unwrap(),
+        "--out",
+        d,
+        "--size",
+        "28",
+        "--channels",
+        "1",
+        "--val-fraction",
+        "0.25",
+    ]);
+    let ckpt = scratch.sub("enc").join("init.safetensors");
+    let c = ckpt.to_str().unwrap();
+    run_ok(&["init", "--preset", "tiny", "--out", c]);
+    let run = scratch.sub("probe");
+    let probe = |extra: &[&str]| {
+        let mut args = vec![
+            "linprobe",
+            "--checkpoint",
+            c,
+            "--data",
+            d,
+            "--aug",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "8",
+            "--blr",
+            "40",
+            "--warmup-epochs",
+            "1",
+            "--json",
+            "--out",
+            run.to_str().unwrap(),
+        ];
+        args.extend_from_slice(extra);
+        mae(&args)
+    };
+    let parse = |r: &std::process::Output| -> serde_json::Value {
+        let out = String::from_utf8_lossy(&r.stdout);
+        assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+        serde_json::from_str(out.trim()).unwrap_or_else(|e| panic!("{e}: {out}"))
+    };
+    let first = probe(&[]);
+    let result = parse(&first);
+    // 24 training images in batches of 8: 3 steps an epoch
+    assert_eq!(
+        (&result["outcome"], &result["step"]),
+        (&"Finished".into(), &6.into())
+    );
+    assert_eq!((&result["train"], &result["val"]), (&24.into(), &8.into()));
+    let stderr = String::from_utf8_lossy(&first.stderr);
+    assert!(stderr.contains("step 6/6"), "{stderr}");
+    for f in [
+        "checkpoint-6.safetensors",
+        "checkpoint-3.safetensors",
+        "results.json",
+        "metrics.jsonl",
+    ] {
+        assert!(run.join(f).is_file(), "{f}");
+    }
+    let again = parse(&probe(&["--resume", "auto"]));
+    assert_eq!(
+        (&again["step"], &again["top1"]),
+        (&result["step"], &result["top1"])
+    );
+    let refused = probe(&[]);
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success() && err.contains("--resume auto"),
+        "{err}"
+    );
+}

@@ -17,8 +17,11 @@ use std::time::Instant;
 use serde::Serialize;
 
 /// One line on stdout; a closed or full stdout is ignored (logging never stops a run).
-fn say(text: &str) {
-    let _ = writeln!(std::io::stdout().lock(), "{text}");
+fn say(text: &str, to_stderr: bool) {
+    let _ = match to_stderr {
+        true => writeln!(std::io::stderr().lock(), "{text}"),
+        false => writeln!(std::io::stdout().lock(), "{text}"),
+    };
 }
 
 /// Appends one JSON line to `path`.
@@ -58,16 +61,18 @@ pub struct RunLog {
     total_steps: u64,
     /// Files whose write failed (each is reported once).
     failed: Vec<PathBuf>,
+    to_stderr: bool,
 }
 
 impl RunLog {
-    /// Appends to `run_dir/metrics.jsonl`; shows a bar of `total_steps` at `step` on a terminal.
-    /// With `main` false (a data-parallel rank other than 0) it writes and shows nothing.
+    /// Appends to `run_dir/metrics.jsonl`; shows a bar of `total_steps` at `step` on a terminal,
+    /// or lines on stdout (on stderr with `to_stderr`). With `main` false (a data-parallel rank
+    /// other than 0) it writes and shows nothing.
     pub fn open(
         run_dir: &Path,
         total_steps: u64,
         step: u64,
-        main: bool,
+        (main, to_stderr): (bool, bool),
     ) -> Result<Self, TrainError> {
         let metrics = if main {
             let metrics_path = run_dir.join("metrics.jsonl");
@@ -80,7 +85,11 @@ impl RunLog {
         } else {
             None
         };
-        let interactive = main && std::io::stdout().is_terminal();
+        let interactive = main
+            && match to_stderr {
+                true => std::io::stderr().is_terminal(),
+                false => std::io::stdout().is_terminal(),
+            };
         let bar = if interactive {
             let bar = indicatif::ProgressBar::new(total_steps);
             if let Ok(style) =
@@ -97,6 +106,7 @@ impl RunLog {
             metrics,
             bar,
             interactive,
+            to_stderr,
             start: Instant::now(),
             window: (Instant::now(), 0),
             total_steps,
@@ -141,10 +151,11 @@ impl RunLog {
                 line.loss, line.lr, line.images_per_s
             ));
         } else {
-            say(&format!(
+            let text = format!(
                 "step {}/{} epoch {:.2} loss {:.4} lr {:.3e} {:.1} img/s",
                 line.step, self.total_steps, line.epoch, line.loss, line.lr, line.images_per_s
-            ));
+            );
+            say(&text, self.to_stderr);
         }
         Ok(())
     }
@@ -177,7 +188,7 @@ impl RunLog {
         if self.interactive {
             self.bar.println(text);
         } else {
-            say(text);
+            say(text, self.to_stderr);
         }
     }
 

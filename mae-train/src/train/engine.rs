@@ -74,6 +74,9 @@ pub struct LoopSettings {
     pub save_each_epoch: bool,
     /// What a resume with another global micro-batch does.
     pub batch_change: BatchChange,
+    /// Log lines to stderr rather than stdout (a command whose stdout is its result, such as
+    /// `mae linprobe --json`).
+    pub log_to_stderr: bool,
 }
 
 /// The [`LoopSettings`] of a task's configuration `$cfg`, whose fields of the same names give the
@@ -94,11 +97,28 @@ macro_rules! loop_settings {
             save_every: $cfg.save_every,
             keep_last: $cfg.keep_last,
             precision: $cfg.precision,
+            log_to_stderr: false,
             $($field: $value),*
         }
     };
 }
 pub(crate) use loop_settings;
+
+/// [`RunConfig`]'s `data`, `out` and `world_size` of a configuration with fields of those names.
+macro_rules! run_config_fields {
+    () => {
+        fn data(&self) -> &std::path::Path {
+            &self.data
+        }
+        fn out(&self) -> &std::path::Path {
+            &self.out
+        }
+        fn world_size(&self) -> usize {
+            self.world_size
+        }
+    };
+}
+pub(crate) use run_config_fields;
 
 /// A task's configuration as the engine sees it.
 pub trait RunConfig: serde::Serialize {
@@ -288,7 +308,12 @@ impl Engine<'_> {
         let moved = self.place(&mut state, &plan)?;
         let main = self.comm.is_main();
         let run_dir = crate::rundir::begin(self.out, state.step, self.config_json, main)?;
-        let log = RunLog::open(self.out, plan.total_steps, state.step, main)?;
+        let log = RunLog::open(
+            self.out,
+            plan.total_steps,
+            state.step,
+            (main, s.log_to_stderr),
+        )?;
         for note in &run_dir.notes {
             log.message(note);
         }

@@ -138,15 +138,7 @@ fn best_so_far(path: &std::path::Path) -> Option<(f64, u64)> {
 
 impl RunConfig for FinetuneConfig {
     const KIND: crate::rundir::RunKind = crate::rundir::RunKind::Finetune;
-    fn data(&self) -> &std::path::Path {
-        &self.data
-    }
-    fn out(&self) -> &std::path::Path {
-        &self.out
-    }
-    fn world_size(&self) -> usize {
-        self.world_size
-    }
+    crate::engine::run_config_fields!();
     fn loop_settings(&self) -> LoopSettings {
         loop_settings!(self, {
             check_sync_every: None,

@@ -117,15 +117,7 @@ fn knn_during_training<P: MaePreset, D: MaeDevice>(
 
 impl RunConfig for PretrainConfig {
     const KIND: RunKind = RunKind::Pretrain;
-    fn data(&self) -> &std::path::Path {
-        &self.data
-    }
-    fn out(&self) -> &std::path::Path {
-        &self.out
-    }
-    fn world_size(&self) -> usize {
-        self.world_size
-    }
+    crate::engine::run_config_fields!();
     fn loop_settings(&self) -> LoopSettings {
         loop_settings!(self, {
             check_sync_every: self.check_sync_every,

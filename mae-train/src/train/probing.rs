@@ -76,15 +76,7 @@ pub struct LinprobeConfig {
 
 impl RunConfig for LinprobeConfig {
     const KIND: crate::rundir::RunKind = crate::rundir::RunKind::Linprobe;
-    fn data(&self) -> &Path {
-        &self.data
-    }
-    fn out(&self) -> &Path {
-        &self.out
-    }
-    fn world_size(&self) -> usize {
-        self.world_size
-    }
+    crate::engine::run_config_fields!();
     fn loop_settings(&self) -> LoopSettings {
         let p = &self.probe;
         LoopSettings {
@@ -104,6 +96,8 @@ impl RunConfig for LinprobeConfig {
             check_sync_every: None,
             save_each_epoch: true,
             batch_change: BatchChange::Rescale,
+            // stdout is the probe's result (`--json`)
+            log_to_stderr: true,
         }
     }
 }
