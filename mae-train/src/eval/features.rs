@@ -107,73 +107,34 @@ pub fn extract<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
     manifest: &mae_data::Manifest,
     batch: usize,
 ) -> Result<Features, TrainError> {
-    extract_with(
-        encoder,
-        split,
-        manifest,
-        &eval_augment::<P>(manifest)?,
-        0,
-        batch,
-    )
+    extract_range(encoder, split, manifest, batch, 0..split.len())
 }
 
 /// The evaluation transform of preset `P` for data described by `manifest`.
-pub(crate) fn eval_augment<P: MaePreset>(
-    manifest: &mae_data::Manifest,
-) -> Result<Augment, TrainError> {
+fn eval_augment<P: MaePreset>(manifest: &mae_data::Manifest) -> Result<Augment, TrainError> {
     let (mean, std) = normalization(manifest, false);
     let s = P::IMG_SIZE;
     Ok(Augment::new(Transform::eval_for(s), s, &mean, &std, 0)?)
 }
 
-/// [`extract`] with another transform (the augmented linear probe's random crops) at `epoch`.
-pub fn extract_with<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
-    encoder: &Encoder<P, E, D>,
-    split: &Split,
-    manifest: &mae_data::Manifest,
-    augment: &Augment,
-    epoch: u64,
-    batch: usize,
-) -> Result<Features, TrainError> {
-    extract_range(
-        encoder,
-        split,
-        manifest,
-        augment,
-        epoch,
-        batch,
-        0..split.len(),
-    )
-}
-
-/// [`extract_with`] shared out over the ranks of `comm`: each rank runs the encoder over its
+/// [`extract`] shared out over the ranks of `comm`: each rank runs the encoder over its
 /// contiguous shard of the split and every rank gets the whole split's features back, in order
-/// (an all-gather). With one rank it is [`extract_with`].
+/// (an all-gather). With one rank it is [`extract`].
 pub fn extract_sharded<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
     encoder: &Encoder<P, E, D>,
     split: &Split,
     manifest: &mae_data::Manifest,
-    augment: &Augment,
-    epoch: u64,
     batch: usize,
     comm: &crate::dist::Comm,
 ) -> Result<Features, TrainError> {
     let (n, world) = (split.len(), comm.world_size());
     if world == 1 {
-        return extract_with(encoder, split, manifest, augment, epoch, batch);
+        return extract(encoder, split, manifest, batch);
     }
     let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
     let per_rank = n.div_ceil(world);
     let range_of = |r: usize| (r * per_rank).min(n)..((r + 1) * per_rank).min(n);
-    let mine = extract_range(
-        encoder,
-        split,
-        manifest,
-        augment,
-        epoch,
-        batch,
-        range_of(comm.rank()),
-    )?;
+    let mine = extract_range(encoder, split, manifest, batch, range_of(comm.rank()))?;
     // one buffer per rank, padded to the largest shard: cls rows, avg rows, labels (as f32:
     // class indices are far below 2^24)
     let width = per_rank * (2 * dim + 1);
@@ -196,33 +157,23 @@ pub fn extract_sharded<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
     Ok(out)
 }
 
+/// [`extract`] over the samples `range` of the split only (one rank's shard).
 fn extract_range<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
     encoder: &Encoder<P, E, D>,
     split: &Split,
     manifest: &mae_data::Manifest,
-    augment: &Augment,
-    epoch: u64,
     batch: usize,
     range: std::ops::Range<usize>,
 ) -> Result<Features, TrainError> {
     check_channels::<P>(manifest)?;
+    let eval = eval_augment::<P>(manifest)?;
     let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
     let n = range.len();
     let mut out = Features::with_capacity(dim, n);
-    for_each_batch_in(
-        split,
-        manifest,
-        augment,
-        epoch,
-        batch,
-        range,
-        |images, labels| {
-            out.labels.extend_from_slice(labels);
-            let tokens = E::into_f32_vec(encoder.forward_features(images, NoneTape)?.as_vec());
-            push_pooled(&mut out, &tokens, labels.len());
-            Ok(())
-        },
-    )?;
+    for_each_batch_in(split, manifest, &eval, 0, batch, range, |images, labels| {
+        out.labels.extend_from_slice(labels);
+        push_encoded(encoder, images, labels.len(), &mut out)
+    })?;
     Ok(out)
 }
 
@@ -293,8 +244,7 @@ impl Job for ExtractFiles<'_> {
                     &mut images[i * per..(i + 1) * per],
                 )?;
             }
-            let tokens = encoder.forward_features(&images, NoneTape)?.as_vec();
-            push_pooled(&mut out, &tokens, chunk.len());
+            push_encoded(&encoder, &images, chunk.len(), &mut out)?;
             out.labels.extend(std::iter::repeat_n(-1, chunk.len()));
         }
         Ok(out)
@@ -318,8 +268,21 @@ pub fn extract_files(
     dispatch(preset, device, 0, job)
 }
 
+/// Runs the frozen `encoder` over `n` NCHW `images` (no masking) and appends their cls tokens
+/// and patch-token means to `out`.
+pub(crate) fn push_encoded<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
+    encoder: &Encoder<P, E, D>,
+    images: &[f32],
+    n: usize,
+    out: &mut Features,
+) -> Result<(), TrainError> {
+    let tokens = E::into_f32_vec(encoder.forward_features(images, NoneTape)?.as_vec());
+    push_pooled(out, &tokens, n);
+    Ok(())
+}
+
 /// Appends the cls token and the patch-token mean of each of `n` token rows.
-pub(crate) fn push_pooled(out: &mut Features, tokens: &[f32], n: usize) {
+fn push_pooled(out: &mut Features, tokens: &[f32], n: usize) {
     let dim = out.dim;
     let t = tokens.len() / (n.max(1) * dim);
     for row in tokens.chunks_exact(t * dim) {
@@ -393,9 +356,8 @@ fn extract_splits<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
     comm: &crate::dist::Comm,
 ) -> Result<(Features, Features, usize), TrainError> {
     let m = data.manifest();
-    let eval = eval_augment::<P>(m)?;
-    let train = extract_sharded(encoder, data.train(), m, &eval, 0, batch, comm)?;
-    let val = extract_sharded(encoder, data.val(), m, &eval, 0, batch, comm)?;
+    let train = extract_sharded(encoder, data.train(), m, batch, comm)?;
+    let val = extract_sharded(encoder, data.val(), m, batch, comm)?;
     Ok((train, val, m.classes.len()))
 }
 

@@ -173,9 +173,7 @@ fn augmented(
         outcome,
     )?;
     if comm.is_main() && place.out.is_some() {
-        let text =
-            serde_json::to_string_pretty(&result).map_err(|e| TrainError::Config(e.to_string()))?;
-        mae_core::weights::write_atomic(&config.out.join("results.json"), text.as_bytes())?;
+        crate::rundir::write_results(&config.out, &result)?;
     }
     Ok(result)
 }

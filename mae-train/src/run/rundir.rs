@@ -1,5 +1,5 @@
-//! The run folder (`--out` of pretraining, fine-tuning and the augmented linear probe): what a run may find in it, and what it
-//! does to it when it starts. Shared by both loops.
+//! The run folder (`--out` of pretraining, fine-tuning and the augmented linear probe): what a
+//! run may find in it, and what it does to it when it starts. Shared by every task.
 //!
 //! PyTorch counterpart: `--output_dir` of `main_pretrain.py` / `main_finetune.py`, which writes
 //! into whatever is there (`os.makedirs(exist_ok=True)`, `log.txt` appended, `checkpoint-N.pth`
@@ -167,6 +167,15 @@ pub struct RunDir {
 /// The configuration a run writes to its folder (`config.json`) and into its checkpoints.
 pub fn config_json(config: &impl serde::Serialize) -> Result<String, TrainError> {
     serde_json::to_string_pretty(config).map_err(|e| TrainError::Config(e.to_string()))
+}
+
+/// Writes a run's summary to `out/results.json` (atomically).
+pub fn write_results(out: &Path, summary: &impl serde::Serialize) -> Result<(), TrainError> {
+    let text = config_json(summary)?;
+    Ok(mae_core::weights::write_atomic(
+        &out.join("results.json"),
+        text.as_bytes(),
+    )?)
 }
 
 /// Starts using `out` for a run resumed at `step` (0: fresh) with `config_json`; on rank 0

@@ -486,9 +486,7 @@ impl Job for Run<'_> {
             val_images: data.val().len(),
         };
         if main {
-            let text = serde_json::to_string_pretty(&summary)
-                .map_err(|e| TrainError::Config(e.to_string()))?;
-            mae_core::weights::write_atomic(&cfg.out.join("results.json"), text.as_bytes())?;
+            crate::rundir::write_results(&cfg.out, &summary)?;
         }
         Ok(summary)
     }

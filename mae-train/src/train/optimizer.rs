@@ -4,8 +4,8 @@
 //!
 //! PyTorch counterpart: `optimizer.state_dict()` / `optimizer.load_state_dict()` as
 //! `util/misc.save_model` / `load_model` use them. Implemented by [`AdamW`] (pretraining,
-//! fine-tuning, the probe's `--optimizer adamw`), [`LarsState`] (the linear probe's LARS, [`crate::lars`]) and
-//! [`ProbeOptimizer`], the probe's choice of the two.
+//! fine-tuning, the probe's `--optimizer adamw`), [`LarsState`] (the linear probe's LARS,
+//! [`crate::lars`]) and [`ProbeOpt`], the probe's choice of the two.
 
 use std::collections::{BTreeMap, BTreeSet};
 

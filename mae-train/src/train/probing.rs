@@ -287,10 +287,8 @@ impl<P: MaePreset, E: MaeDtype, D: RunDevice + MaeDevice<E>> Task<D> for Probing
         _: u64,
     ) -> Result<ProbeBatch, TrainError> {
         let n = batch.len();
-        let tokens = self.encoder.forward_features(&batch.images, NoneTape)?;
-        let tokens = E::into_f32_vec(tokens.as_vec());
         let mut pooled = Features::with_capacity(<P::Encoder as TransformerDims>::DIM, n);
-        crate::features::push_pooled(&mut pooled, &tokens, n);
+        crate::features::push_encoded(self.encoder, &batch.images, n, &mut pooled)?;
         let mut features = match self.cfg.feature {
             FeatureKind::Cls => pooled.cls,
             FeatureKind::Avg => pooled.avg,
@@ -442,9 +440,8 @@ impl Run<'_> {
         let summary = engine.run(
             dev, &mut task, &mut model, &mut opt, &loader, state, resumed, what,
         )?;
-        let eval = crate::features::eval_augment::<P>(m)?;
         let batch = cfg.eval_batch_size;
-        let val = crate::features::extract_sharded(encoder, data.val(), m, &eval, 0, batch, comm)?;
+        let val = crate::features::extract_sharded(encoder, data.val(), m, batch, comm)?;
         Ok(ProbeRun {
             probe: model.probe(),
             val,
