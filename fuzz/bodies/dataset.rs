@@ -24,7 +24,7 @@ pub fn run(data: &[u8]) {
         };
         for split in [ds.train(), ds.val()] {
             for i in 0..split.len().min(4096) {
-                let _ = split.get(i).map(|s| s.pixels.len());
+                let _ = split.get(i).map(|s| s.data.len());
             }
             let _ = split.get(split.len());
         }

@@ -50,21 +50,33 @@ pub enum DataCommand {
 /// `mae data prepare` arguments.
 #[derive(Args)]
 pub struct PrepareArgs {
-    /// Source kind and directory: `imagefolder DIR`, `idx DIR` or `cifar10 DIR`.
+    /// Source kind and path: `imagefolder DIR`, `csv LIST.csv` (`path,label` rows, paths relative
+    /// to the list), `idx DIR` or `cifar10 DIR`.
     #[arg(long, num_args = 2, value_names = ["KIND", "DIR"], required = true)]
     from: Vec<String>,
     /// Output dataset directory.
     #[arg(long)]
     out: PathBuf,
-    /// Image side (default 256 for image folders, native for idx and cifar10).
+    /// The shorter side images are resized to, the aspect ratio kept and never enlarged (default
+    /// 256 for imagefolder and csv, as the official eval's Resize(256); native for idx, cifar10).
     #[arg(long)]
     size: Option<usize>,
+    /// How images are stored: raw (no decode at load time, largest; the default), jpeg (about
+    /// 8x smaller, decoded by the loader) or png (lossless, smaller than raw for flat images).
+    #[arg(long, default_value = "raw")]
+    encoding: mae_data::format::Encoding,
+    /// JPEG quality for --encoding jpeg (1-100).
+    #[arg(long, default_value_t = mae_data::writer::DEFAULT_QUALITY)]
+    quality: u8,
     /// Channels, 1 or 3 (default 3, or 1 for idx).
     #[arg(long)]
     channels: Option<usize>,
-    /// Fraction carved out as validation from single-split sources (stratified by class).
-    #[arg(long, default_value_t = 0.1)]
-    val_fraction: f64,
+    /// Fraction held out as validation from a source without its own val split (stratified by
+    /// class). Default 0 for imagefolder and csv (the official pretraining uses all of train;
+    /// give `DIR/train` + `DIR/val` folders, or e.g. 0.1, for a val split to fine-tune on), 0.1
+    /// for a single idx split.
+    #[arg(long)]
+    val_fraction: Option<f64>,
     /// Seed of that split.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -91,10 +103,12 @@ pub fn run(command: DataCommand) -> Result<()> {
     match command {
         DataCommand::Prepare(a) => {
             let [kind, dir] = <[String; 2]>::try_from(a.from)
-                .map_err(|_| anyhow::anyhow!("--from takes a kind and a directory"))?;
+                .map_err(|_| anyhow::anyhow!("--from takes a kind and a path"))?;
             let kind: SourceKind = kind.parse()?;
             let mut opts = PrepareOptions::new(kind, dir, &a.out);
             opts.size = a.size;
+            opts.encoding = a.encoding;
+            opts.quality = a.quality;
             opts.channels = a.channels;
             opts.val_fraction = a.val_fraction;
             opts.seed = a.seed;

@@ -171,25 +171,15 @@ impl Augment {
         self.mean.len()
     }
 
-    /// The crop and flip for sample `index` of `epoch`, for a `size × size` source. Follows
-    /// torchvision's `RandomResizedCrop.get_params`: ten tries of a random area and log-uniform
-    /// aspect ratio, else a centre crop clamped to the ratio range.
-    pub fn params(&self, size: usize, epoch: u64, index: u64) -> CropParams {
-        let s = size as f64;
+    /// The crop and flip for sample `index` of `epoch`, for a `width × height` source: the
+    /// evaluation transform's centre crop, or [`random_resized_crop`] with draws keyed by
+    /// `(seed, epoch, index)` and then the flip.
+    pub fn params(&self, width: usize, height: usize, epoch: u64, index: u64) -> CropParams {
         match self.transform {
-            Transform::Eval { crop_pct } => {
-                let resized = (self.out_size as f64 / crop_pct).round();
-                let side = (self.out_size as f64 * s / resized).min(s);
-                CropParams {
-                    crop: CropBox {
-                        left: (s - side) / 2.0,
-                        top: (s - side) / 2.0,
-                        width: side,
-                        height: side,
-                    },
-                    flip: false,
-                }
-            }
+            Transform::Eval { crop_pct } => CropParams {
+                crop: eval_crop(width, height, self.out_size, crop_pct),
+                flip: false,
+            },
             Transform::Pretrain {
                 scale,
                 ratio,
@@ -198,32 +188,7 @@ impl Augment {
                 let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(mix(self.seed)
                     ^ mix(epoch.wrapping_add(0x1234_5678))
                     ^ index));
-                let area = s * s;
-                let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
-                let mut chosen = None;
-                for _ in 0..10 {
-                    let target = area * rng.gen_range(scale.0..=scale.1);
-                    let aspect = (lr0 + (lr1 - lr0) * rng.gen::<f64>()).exp();
-                    let w = (target * aspect).sqrt().round() as usize;
-                    let h = (target / aspect).sqrt().round() as usize;
-                    if 0 < w && w <= size && 0 < h && h <= size {
-                        let top = rng.gen_range(0..=size - h);
-                        let left = rng.gen_range(0..=size - w);
-                        chosen = Some((left, top, w, h));
-                        break;
-                    }
-                }
-                let (left, top, w, h) = chosen.unwrap_or_else(|| {
-                    // square source: the ratio 1 is always within a range around 1; otherwise clamp
-                    let (w, h) = if 1.0 < ratio.0 {
-                        (size, ((s / ratio.0).round() as usize).max(1))
-                    } else if 1.0 > ratio.1 {
-                        (((s * ratio.1).round() as usize).max(1), size)
-                    } else {
-                        (size, size)
-                    };
-                    ((size - w) / 2, (size - h) / 2, w, h)
-                });
+                let (left, top, w, h) = random_resized_crop(width, height, scale, ratio, &mut rng);
                 let flip = hflip && rng.gen::<bool>();
                 CropParams {
                     crop: CropBox {
@@ -238,7 +203,7 @@ impl Augment {
         }
     }
 
-    /// Transforms one `size × size × C` HWC sample into `out` (`C × out_size × out_size`, CHW,
+    /// Transforms one `width × height × C` HWC image into `out` (`C × out_size × out_size`, CHW,
     /// normalized). `scratch` is reused between calls.
     #[allow(clippy::too_many_arguments)]
     pub fn apply(
@@ -246,27 +211,28 @@ impl Augment {
         resizer: &mut Resizer,
         scratch: &mut Vec<u8>,
         pixels: &[u8],
-        size: usize,
+        (width, height): (usize, usize),
         epoch: u64,
         index: u64,
         out: &mut [f32],
     ) -> Result<CropParams, DataError> {
         let c = self.channels();
         let o = self.out_size;
-        if pixels.len() != size * size * c || out.len() != c * o * o {
+        if width == 0 || height == 0 || pixels.len() != width * height * c || out.len() != c * o * o
+        {
             return Err(DataError::Option(format!(
-                "augment: sample of {} bytes / output of {} values do not fit {size}×{size}×{c} → {c}×{o}×{o}",
+                "augment: sample of {} bytes / output of {} values do not fit {width}×{height}×{c} → {c}×{o}×{o}",
                 pixels.len(),
                 out.len()
             )));
         }
-        let params = self.params(size, epoch, index);
+        let params = self.params(width, height, epoch, index);
         scratch.resize(o * o * c, 0);
         resize_crop_into(
             resizer,
             pixels,
-            size,
-            size,
+            width,
+            height,
             c,
             params.crop,
             scratch,
@@ -296,6 +262,101 @@ impl Augment {
     }
 }
 
+/// The random numbers `RandomResizedCrop.get_params` consumes, in its order: per try an area
+/// fraction (`torch.empty(1).uniform_(*scale)`) and an aspect ratio
+/// (`torch.exp(torch.empty(1).uniform_(*log(ratio)))`), then on success the top and left offsets
+/// (`torch.randint(0, n)`). The loader's draws come from a ChaCha8 stream; tests feed torch's.
+pub trait CropDraws {
+    /// A uniform number in `[lo, hi)`: the crop's fraction of the image's area.
+    fn area_fraction(&mut self, lo: f64, hi: f64) -> f64;
+    /// `exp` of a uniform number in `[log_lo, log_hi)`: the crop's aspect ratio (w / h).
+    fn aspect(&mut self, log_lo: f64, log_hi: f64) -> f64;
+    /// A uniform integer in `0..n` (`n ≥ 1`).
+    fn below(&mut self, n: usize) -> usize;
+}
+
+impl<R: Rng> CropDraws for R {
+    fn area_fraction(&mut self, lo: f64, hi: f64) -> f64 {
+        lo + (hi - lo) * self.gen::<f64>()
+    }
+    fn aspect(&mut self, log_lo: f64, log_hi: f64) -> f64 {
+        (log_lo + (log_hi - log_lo) * self.gen::<f64>()).exp()
+    }
+    fn below(&mut self, n: usize) -> usize {
+        self.gen_range(0..n.max(1))
+    }
+}
+
+/// torchvision's `RandomResizedCrop.get_params` on a `width × height` image: ten tries of a
+/// random area in `scale` and a log-uniform aspect ratio in `ratio`, the first crop that fits
+/// taken at a uniform position; else the centre crop of the whole image clamped to the ratio
+/// range. Returns `(left, top, w, h)`. Rounding is Python's `round` (half to even).
+pub fn random_resized_crop(
+    width: usize,
+    height: usize,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+    draws: &mut impl CropDraws,
+) -> (usize, usize, usize, usize) {
+    let area = (width * height) as f64;
+    let (log_lo, log_hi) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * draws.area_fraction(scale.0, scale.1);
+        let aspect = draws.aspect(log_lo, log_hi);
+        let w = (target * aspect).sqrt().round_ties_even() as usize;
+        let h = (target / aspect).sqrt().round_ties_even() as usize;
+        if 0 < w && w <= width && 0 < h && h <= height {
+            let top = draws.below(height - h + 1);
+            let left = draws.below(width - w + 1);
+            return (left, top, w, h);
+        }
+    }
+    let in_ratio = width as f64 / height as f64;
+    let (w, h) = if in_ratio < ratio.0.min(ratio.1) {
+        (
+            width,
+            (width as f64 / ratio.0.min(ratio.1)).round_ties_even() as usize,
+        )
+    } else if in_ratio > ratio.0.max(ratio.1) {
+        (
+            (height as f64 * ratio.0.max(ratio.1)).round_ties_even() as usize,
+            height,
+        )
+    } else {
+        (width, height)
+    };
+    let (w, h) = (w.clamp(1, width), h.clamp(1, height));
+    ((width - w) / 2, (height - h) / 2, w, h)
+}
+
+/// The evaluation transform of `util/datasets.py` on a `width × height` image, as a region of the
+/// source: `Resize(int(out / crop_pct))` (shorter side to that, the longer side
+/// `int(size · long / short)`, torchvision's rule) then `CenterCrop(out)` (offsets
+/// `int(round((side - out) / 2))`), mapped back through the resize's scale per axis.
+pub fn eval_crop(width: usize, height: usize, out: usize, crop_pct: f64) -> CropBox {
+    let size = (out as f64 / crop_pct) as usize;
+    let (short, long) = (width.min(height), width.max(height));
+    let resized_long = (size as f64 * long as f64 / short as f64) as usize;
+    let (rw, rh) = if width <= height {
+        (size, resized_long)
+    } else {
+        (resized_long, size)
+    };
+    let (sx, sy) = (rw as f64 / width as f64, rh as f64 / height as f64);
+    let offset = |side: usize| {
+        ((side as f64 - out as f64) / 2.0)
+            .round_ties_even()
+            .max(0.0)
+    };
+    let (cw, ch) = ((out as f64).min(rw as f64), (out as f64).min(rh as f64));
+    CropBox {
+        left: offset(rw) / sx,
+        top: offset(rh) / sy,
+        width: cw / sx,
+        height: ch / sy,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -309,8 +370,8 @@ mod tests {
         let a = pretrain();
         let mut flips = 0;
         for index in 0..2000u64 {
-            let p = a.params(64, 3, index);
-            assert_eq!(p, a.params(64, 3, index));
+            let p = a.params(64, 64, 3, index);
+            assert_eq!(p, a.params(64, 64, 3, index));
             let area = p.crop.width * p.crop.height / (64.0 * 64.0);
             // rounding of w and h moves the area a little past the bounds
             assert!((0.2 - 0.02..=1.0).contains(&area), "area {area}");
@@ -321,7 +382,7 @@ mod tests {
         }
         assert!((900..1100).contains(&flips), "{flips} flips of 2000");
         // another epoch or seed gives other crops
-        assert_ne!(a.params(64, 3, 5), a.params(64, 4, 5));
+        assert_ne!(a.params(64, 64, 3, 5), a.params(64, 64, 4, 5));
     }
 
     #[test]
@@ -334,7 +395,7 @@ mod tests {
             0,
         )
         .expect("valid");
-        let p = a.params(256, 0, 0);
+        let p = a.params(256, 256, 0, 0);
         assert_eq!(
             p.crop,
             CropBox {
@@ -349,7 +410,7 @@ mod tests {
         let pixels: Vec<u8> = (0..16).map(|v| (v * 17) as u8).collect();
         let mut out = vec![0f32; 16];
         let mut r = Resizer::new();
-        a.apply(&mut r, &mut Vec::new(), &pixels, 4, 0, 0, &mut out)
+        a.apply(&mut r, &mut Vec::new(), &pixels, (4, 4), 0, 0, &mut out)
             .expect("fits");
         for (o, p) in out.iter().zip(&pixels) {
             assert!((o - ((*p as f32 / 255.0 - 0.5) / 0.5)).abs() < 1e-6);
@@ -376,7 +437,7 @@ mod tests {
         for index in 0..20 {
             let mut out = vec![0f32; 16];
             let p = a
-                .apply(&mut r, &mut Vec::new(), &pixels, 4, 0, index, &mut out)
+                .apply(&mut r, &mut Vec::new(), &pixels, (4, 4), 0, index, &mut out)
                 .expect("fits");
             let first_row: Vec<u8> = out[..4].iter().map(|v| (v * 255.0).round() as u8).collect();
             if p.flip {

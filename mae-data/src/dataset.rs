@@ -1,28 +1,77 @@
 //! Reading a prepared dataset: the manifest, and memory-mapped shards whose every offset and length
-//! is checked against the file before use.
+//! is checked against the file before use. Opening reads headers, footers and indexes only (cost
+//! O(shards + records), not O(bytes)); the shards' checksums are verified by a background thread,
+//! once per process, and a mismatch surfaces through [`Dataset::integrity`] (the loader stops on
+//! it, naming the shard).
 //!
 //! PyTorch counterpart: the `Dataset` of `torchvision.datasets.ImageFolder` (index → sample);
-//! here a sample is reachable by its global index without copying its pixels.
+//! here a sample is reachable by its global index without copying its bytes.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use memmap2::Mmap;
 
 use crate::error::DataError;
 use crate::format::{
-    Checksum, Manifest, ShardEntry, ShardHeader, SplitEntry, FORMAT_NAME, FORMAT_VERSION,
-    HEADER_LEN, MANIFEST, MAX_IMAGE_SIZE,
+    Encoding, IndexEntry, Manifest, ShardEntry, ShardFooter, ShardHeader, SplitEntry, FORMAT_NAME,
+    FORMAT_VERSION, HEADER_LEN, INDEX_ENTRY_LEN, MANIFEST, MAX_IMAGE_SIZE, MAX_STORED_SIDE,
+    OLDEST_FORMAT_VERSION,
 };
+use crate::verify::Integrity;
 
-/// One sample: its pixels (`S×S×C`, HWC, borrowed from the mapped shard) and its label (−1 when
-/// unlabeled).
+/// One sample: its record's bytes (borrowed from the mapped shard), its image's size and its
+/// label (−1 when unlabeled).
 #[derive(Debug, Clone, Copy)]
 pub struct Sample<'a> {
-    /// `u8` pixels, HWC.
-    pub pixels: &'a [u8],
+    /// The record: `width × height × channels` HWC pixels when `encoding` is raw, else the bytes
+    /// of a JPEG or PNG file.
+    pub data: &'a [u8],
     /// Class index or −1.
     pub label: i32,
+    /// Image width.
+    pub width: usize,
+    /// Image height.
+    pub height: usize,
+    /// Channels (1 or 3).
+    pub channels: usize,
+    /// How `data` is stored.
+    pub encoding: Encoding,
+    /// The shard it is in (named in decode errors).
+    pub shard: &'a Path,
+}
+
+impl<'a> Sample<'a> {
+    /// The pixels, `height × width × channels` HWC `u8`: the record itself when raw, else decoded
+    /// into `buf`. A record that does not decode to the indexed size is an error naming the shard.
+    pub fn pixels<'s>(&'s self, buf: &'s mut Vec<u8>) -> Result<&'s [u8], DataError> {
+        if self.encoding == Encoding::Raw {
+            return Ok(self.data);
+        }
+        let bad = |m: String| DataError::shard(self.shard, m);
+        let format = match self.encoding {
+            Encoding::Png => image::ImageFormat::Png,
+            _ => image::ImageFormat::Jpeg,
+        };
+        let img = image::load_from_memory_with_format(self.data, format)
+            .map_err(|e| bad(format!("a {} record does not decode: {e}", self.encoding)))?;
+        if (img.width() as usize, img.height() as usize) != (self.width, self.height) {
+            return Err(bad(format!(
+                "a record decodes to {}×{}, the index says {}×{}",
+                img.width(),
+                img.height(),
+                self.width,
+                self.height
+            )));
+        }
+        *buf = if self.channels == 1 {
+            img.into_luma8().into_raw()
+        } else {
+            img.into_rgb8().into_raw()
+        };
+        Ok(buf.as_slice())
+    }
 }
 
 /// Which split.
@@ -44,9 +93,20 @@ impl SplitName {
     }
 }
 
+/// Where a shard's records are.
+#[derive(Debug, Clone, Copy)]
+enum Layout {
+    /// Version 1: fixed records of `4 + S·S·C` bytes after the header.
+    Fixed { record_len: usize },
+    /// Version 2: an index of [`INDEX_ENTRY_LEN`]-byte entries from `index_offset`.
+    Indexed { index_offset: usize },
+}
+
 struct MappedShard {
+    path: PathBuf,
     map: Mmap,
     count: usize,
+    layout: Layout,
 }
 
 /// One split of a dataset: its shards, mapped.
@@ -56,8 +116,9 @@ pub struct Split {
     /// `starts[i]` is the global index of shard `i`'s first sample.
     starts: Vec<usize>,
     count: usize,
-    record_len: usize,
-    pixels_len: usize,
+    image_size: usize,
+    channels: usize,
+    encoding: Encoding,
 }
 
 impl std::fmt::Debug for Split {
@@ -93,14 +154,33 @@ impl Split {
         }
         let shard = self.starts.partition_point(|&s| s <= index) - 1;
         let local = index - self.starts[shard];
-        let map = &self.shards[shard].map;
+        let MappedShard {
+            path, map, layout, ..
+        } = &self.shards[shard];
         // offsets were checked against the file length when the shard was opened
-        let at = HEADER_LEN + local * self.record_len;
-        let record = map.get(at..at + self.record_len)?;
-        let label = i32::from_le_bytes([record[0], record[1], record[2], record[3]]);
+        let (data, label, width, height) = match *layout {
+            Layout::Fixed { record_len } => {
+                let at = HEADER_LEN + local * record_len;
+                let record = map.get(at..at + record_len)?;
+                let label = i32::from_le_bytes([record[0], record[1], record[2], record[3]]);
+                (&record[4..], label, self.image_size, self.image_size)
+            }
+            Layout::Indexed { index_offset } => {
+                let at = index_offset + local * INDEX_ENTRY_LEN;
+                let e = IndexEntry::parse(map.get(at..at + INDEX_ENTRY_LEN)?);
+                let start = e.offset as usize;
+                let data = map.get(start..start + e.len as usize)?;
+                (data, e.label, e.width as usize, e.height as usize)
+            }
+        };
         Some(Sample {
-            pixels: &record[4..4 + self.pixels_len],
+            data,
             label,
+            width,
+            height,
+            channels: self.channels,
+            encoding: self.encoding,
+            shard: path,
         })
     }
 }
@@ -112,29 +192,34 @@ pub struct Dataset {
     manifest: Manifest,
     train: Split,
     val: Split,
+    integrity: Arc<Integrity>,
 }
 
 /// How much to check when opening.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verify {
-    /// Headers, sizes and manifest consistency (cheap).
+    /// Headers, sizes, indexes and manifest consistency (cheap); checksums are not looked at.
     Structure,
-    /// Also every shard's checksum (reads all data once).
+    /// The structure now, every shard's checksum by a background thread (once per process);
+    /// [`Dataset::integrity`] reports a mismatch. What [`Dataset::open`] does.
+    Background,
+    /// The structure and every shard's checksum before returning (reads all data once).
     Checksums,
 }
 
 impl Dataset {
-    /// Opens the dataset in `dir`, checking checksums too (a corrupt shard is an error naming it).
+    /// Opens the dataset in `dir`: the structure is checked now, the checksums in the background
+    /// ([`Verify::Background`]).
     pub fn open(dir: impl AsRef<Path>) -> Result<Self, DataError> {
-        Self::open_with(dir, Verify::Checksums)
+        Self::open_with(dir, Verify::Background)
     }
 
     /// Opens the dataset in `dir` with the given level of checking.
     pub fn open_with(dir: impl AsRef<Path>, verify: Verify) -> Result<Self, DataError> {
         let dir = dir.as_ref().to_path_buf();
         let manifest = read_manifest(&dir)?;
-        let train = open_split(&dir, &manifest, SplitName::Train, &manifest.train, verify)?;
-        let val = open_split(&dir, &manifest, SplitName::Val, &manifest.val, verify)?;
+        let train = open_split(&dir, &manifest, SplitName::Train, &manifest.train)?;
+        let val = open_split(&dir, &manifest, SplitName::Val, &manifest.val)?;
         if train.count.checked_add(val.count) != Some(manifest.count) {
             return Err(DataError::Manifest {
                 path: dir.join(MANIFEST),
@@ -144,11 +229,28 @@ impl Dataset {
                 ),
             });
         }
+        let shards: Vec<(PathBuf, ShardEntry)> = manifest
+            .train
+            .shards
+            .iter()
+            .chain(&manifest.val.shards)
+            .map(|e| (dir.join(&e.file), e.clone()))
+            .collect();
+        let integrity = match verify {
+            Verify::Structure => Integrity::unchecked(),
+            Verify::Background => Integrity::spawn(shards, false),
+            Verify::Checksums => {
+                let done = Integrity::spawn(shards, true);
+                done.wait()?;
+                done
+            }
+        };
         Ok(Dataset {
             dir,
             manifest,
             train,
             val,
+            integrity,
         })
     }
 
@@ -175,13 +277,31 @@ impl Dataset {
             SplitName::Val => &self.val,
         }
     }
-    /// Image side.
+    /// `S`: the side of every image (version 1) or the size the shorter sides were resized to
+    /// (version 2).
     pub fn image_size(&self) -> usize {
         self.manifest.image_size
     }
     /// Channels.
     pub fn channels(&self) -> usize {
         self.manifest.channels
+    }
+
+    /// The background checksum verification so far: `Err` naming the shard once a mismatch (or a
+    /// read error) was found, `Ok` while it runs or when it passed. Never blocks.
+    pub fn integrity(&self) -> Result<(), DataError> {
+        self.integrity.check()
+    }
+
+    /// Waits until every shard's checksum was verified (at once after [`Verify::Structure`]).
+    pub fn wait_verified(&self) -> Result<(), DataError> {
+        self.integrity.wait()
+    }
+}
+
+impl Drop for Dataset {
+    fn drop(&mut self) {
+        self.integrity.cancel();
     }
 }
 
@@ -214,11 +334,16 @@ pub fn manifest_from_json(path: &Path, bytes: &[u8]) -> Result<Manifest, DataErr
         message,
     };
     let manifest: Manifest = serde_json::from_slice(bytes).map_err(|e| bad(e.to_string()))?;
-    if manifest.format != FORMAT_NAME || manifest.format_version != FORMAT_VERSION {
+    if manifest.format != FORMAT_NAME
+        || !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&manifest.format_version)
+    {
         return Err(bad(format!(
-            "format {} v{}, this reader knows {FORMAT_NAME} v{FORMAT_VERSION}",
+            "format {} v{}, this reader knows {FORMAT_NAME} v{OLDEST_FORMAT_VERSION} to v{FORMAT_VERSION}",
             manifest.format, manifest.format_version
         )));
+    }
+    if manifest.format_version == 1 && manifest.encoding != Encoding::Raw {
+        return Err(bad("version 1 datasets are raw only".into()));
     }
     if manifest.image_size == 0
         || manifest.image_size > MAX_IMAGE_SIZE
@@ -259,16 +384,14 @@ fn open_split(
     manifest: &Manifest,
     name: SplitName,
     entry: &SplitEntry,
-    verify: Verify,
 ) -> Result<Split, DataError> {
-    let record_len = crate::format::record_len(manifest.image_size, manifest.channels);
     let mut shards = Vec::with_capacity(entry.shards.len());
     let mut starts = Vec::with_capacity(entry.shards.len());
     let mut count = 0usize;
     for shard in &entry.shards {
         let path = dir.join(&shard.file);
         let map = map_file(&path)?;
-        check_shard(&path, &map, shard, manifest, verify)?;
+        let layout = check_shard(&path, &map, shard, manifest)?;
         starts.push(count);
         count = count
             .checked_add(shard.samples)
@@ -277,8 +400,10 @@ fn open_split(
                 message: format!("{} lists more samples than can exist", name.as_str()),
             })?;
         shards.push(MappedShard {
+            path,
             map,
             count: shard.samples,
+            layout,
         });
     }
     if count != entry.count {
@@ -303,36 +428,98 @@ fn open_split(
         shards,
         starts,
         count,
-        record_len,
-        pixels_len: record_len - 4,
+        image_size: manifest.image_size,
+        channels: manifest.channels,
+        encoding: manifest.encoding,
     })
 }
 
-/// Checks one mapped shard against its manifest entry.
+/// Checks one mapped shard's header, length and index against its manifest entry; returns where
+/// its records are.
 fn check_shard(
     path: &Path,
     bytes: &[u8],
     entry: &ShardEntry,
     manifest: &Manifest,
-    verify: Verify,
-) -> Result<(), DataError> {
-    let header = ShardHeader::parse(bytes).map_err(|m| DataError::shard(path, m))?;
+) -> Result<Layout, DataError> {
+    let bad = |m: String| DataError::shard(path, m);
+    let header = ShardHeader::parse(bytes).map_err(bad)?;
+    if header.version != manifest.format_version {
+        return Err(bad(format!(
+            "a version {} shard in a version {} dataset",
+            header.version, manifest.format_version
+        )));
+    }
     if header.image_size as usize != manifest.image_size
         || header.channels as usize != manifest.channels
+        || header.encoding != manifest.encoding
     {
-        return Err(DataError::shard(
-            path,
-            format!(
-                "holds {}×{}×{} images, the manifest says {}×{}×{}",
-                header.image_size,
-                header.image_size,
-                header.channels,
-                manifest.image_size,
-                manifest.image_size,
-                manifest.channels
-            ),
-        ));
+        return Err(bad(format!(
+            "holds size {} × {} channels ({}), the manifest says {} × {} ({})",
+            header.image_size,
+            header.channels,
+            header.encoding,
+            manifest.image_size,
+            manifest.channels,
+            manifest.encoding
+        )));
     }
+    if bytes.len() as u64 != entry.bytes {
+        return Err(bad(format!(
+            "{} bytes, the manifest says {}: truncated or padded",
+            bytes.len(),
+            entry.bytes
+        )));
+    }
+    if header.version == 1 {
+        return check_fixed(path, bytes, &header, entry);
+    }
+    let footer = ShardFooter::parse(bytes).map_err(bad)?;
+    if footer.count as usize != entry.samples {
+        return Err(bad(format!(
+            "footer counts {} samples, the manifest {}",
+            footer.count, entry.samples
+        )));
+    }
+    let index_offset = footer.index_offset as usize;
+    let channels = manifest.channels as u64;
+    for (i, raw) in bytes[index_offset..bytes.len() - crate::format::FOOTER_LEN]
+        .chunks_exact(INDEX_ENTRY_LEN)
+        .enumerate()
+    {
+        let e = IndexEntry::parse(raw);
+        let end = e.offset.checked_add(e.len as u64);
+        if e.offset < HEADER_LEN as u64 || end.is_none_or(|end| end > footer.index_offset) {
+            return Err(bad(format!(
+                "record {i} at bytes {}+{} lies outside the records",
+                e.offset, e.len
+            )));
+        }
+        let sides = 1..=MAX_STORED_SIDE as u32;
+        if !sides.contains(&e.width) || !sides.contains(&e.height) {
+            return Err(bad(format!(
+                "record {i} is {}×{}, outside 1..={MAX_STORED_SIDE}",
+                e.width, e.height
+            )));
+        }
+        let raw_len = e.width as u64 * e.height as u64 * channels;
+        if manifest.encoding == Encoding::Raw && raw_len != e.len as u64 {
+            return Err(bad(format!(
+                "record {i} has {} bytes, a raw {}×{}×{channels} image {raw_len}",
+                e.len, e.width, e.height
+            )));
+        }
+    }
+    Ok(Layout::Indexed { index_offset })
+}
+
+/// The version-1 checks: the header's count and the exact length of `count` fixed records.
+fn check_fixed(
+    path: &Path,
+    bytes: &[u8],
+    header: &ShardHeader,
+    entry: &ShardEntry,
+) -> Result<Layout, DataError> {
     if header.count as usize != entry.samples {
         return Err(DataError::shard(
             path,
@@ -347,41 +534,24 @@ fn check_shard(
         .count
         .checked_mul(header.record_len() as u64)
         .and_then(|n| n.checked_add(HEADER_LEN as u64));
-    let Some(expected_len) = expected_len else {
+    if expected_len != Some(bytes.len() as u64) {
         return Err(DataError::shard(
             path,
             format!(
-                "{} samples of {} bytes cannot exist",
-                header.count,
-                header.record_len()
-            ),
-        ));
-    };
-    if bytes.len() as u64 != expected_len || entry.bytes != expected_len {
-        return Err(DataError::shard(
-            path,
-            format!(
-                "{} bytes, but {} samples need {expected_len} (manifest says {}): truncated or padded",
+                "{} bytes, but {} samples of {} bytes need {}: truncated or padded",
                 bytes.len(),
                 header.count,
-                entry.bytes
+                header.record_len(),
+                expected_len.map_or("more than can exist".into(), |n| n.to_string())
             ),
         ));
     }
-    if verify == Verify::Checksums {
-        let actual = Checksum::of(bytes);
-        if actual != entry.checksum {
-            return Err(DataError::Checksum {
-                path: path.to_path_buf(),
-                expected: entry.checksum.clone(),
-                actual,
-            });
-        }
-    }
-    Ok(())
+    Ok(Layout::Fixed {
+        record_len: header.record_len(),
+    })
 }
 
-/// Re-checks every shard's checksum; returns the number of shards checked.
+/// Re-checks every shard's checksum now; returns the number of shards checked.
 pub fn verify(dir: impl AsRef<Path>) -> Result<usize, DataError> {
     let ds = Dataset::open_with(dir, Verify::Checksums)?;
     Ok(ds.manifest.train.shards.len() + ds.manifest.val.shards.len())

@@ -19,6 +19,7 @@ pub mod png;
 pub mod prepare;
 pub mod preview;
 pub mod resize;
+mod verify;
 mod walk;
 pub mod writer;
 

@@ -124,6 +124,11 @@ impl Loader {
         })
     }
 
+    /// The dataset read.
+    pub fn dataset(&self) -> &Arc<Dataset> {
+        &self.dataset
+    }
+
     /// The configuration.
     pub fn config(&self) -> &LoaderConfig {
         &self.config
@@ -222,8 +227,8 @@ impl WorkerJob {
     fn run(self, tx: SyncSender<Result<Batch, DataError>>, recycle: Receiver<Batch>) {
         let mut resizer = Resizer::new();
         let mut scratch = Vec::new();
+        let mut decoded = Vec::new();
         let split = self.dataset.split(self.split);
-        let size = self.dataset.image_size();
         let c = self.dataset.channels();
         let o = self.augment.out_size;
         let per_image = c * o * o;
@@ -244,22 +249,29 @@ impl WorkerJob {
             batch.indices.clear();
             batch.epoch = self.epoch;
             batch.step = step;
-            let mut failure = None;
+            // a checksum mismatch found in the background stops the run here, naming the shard
+            let mut failure = self.dataset.integrity().err();
             for (k, &index) in ids.iter().enumerate() {
+                if failure.is_some() {
+                    break;
+                }
                 let Some(sample) = split.get(index) else {
                     failure = Some(DataError::Worker(format!("index {index} out of range")));
                     break;
                 };
                 let out = &mut batch.images[k * per_image..(k + 1) * per_image];
-                if let Err(e) = self.augment.apply(
-                    &mut resizer,
-                    &mut scratch,
-                    sample.pixels,
-                    size,
-                    self.epoch,
-                    index as u64,
-                    out,
-                ) {
+                let applied = sample.pixels(&mut decoded).and_then(|pixels| {
+                    self.augment.apply(
+                        &mut resizer,
+                        &mut scratch,
+                        pixels,
+                        (sample.width, sample.height),
+                        self.epoch,
+                        index as u64,
+                        out,
+                    )
+                });
+                if let Err(e) = applied {
                     failure = Some(e);
                     break;
                 }

@@ -75,20 +75,28 @@ pub fn grid(
     let (width, height) = grid_size(n, cols, cell as u64 + 4, (cell + caption) as u64 + 4)?;
     let mut img = RgbImage::new(width, height);
     let classes = &dataset.manifest().classes;
+    let mut decoded = Vec::new();
     for i in 0..n {
         let Some(sample) = data.get(i) else { break };
+        let pixels = sample.pixels(&mut decoded)?;
+        // the centred square of each image, nearest-neighbour into the cell
+        let (w, h) = (sample.width, sample.height);
+        let side = w.min(h);
+        let (left, top) = ((w - side) / 2, (h - side) / 2);
         let (cx, cy) = (
             (i % cols) as u32 * (cell + 4),
             (i / cols) as u32 * (cell + caption + 4),
         );
         for y in 0..cell {
             for x in 0..cell {
-                let p = ((y as usize / zoom) * s + x as usize / zoom) * c;
+                let sy = top + y as usize * side / cell as usize;
+                let sx = left + x as usize * side / cell as usize;
+                let p = (sy * w + sx) * c;
                 let px = if c == 1 {
-                    let v = sample.pixels[p];
+                    let v = pixels[p];
                     [v, v, v]
                 } else {
-                    [sample.pixels[p], sample.pixels[p + 1], sample.pixels[p + 2]]
+                    [pixels[p], pixels[p + 1], pixels[p + 2]]
                 };
                 img.put_pixel(cx + x, cy + y, Rgb(px));
             }

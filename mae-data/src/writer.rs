@@ -1,25 +1,176 @@
-//! Writing a prepared dataset: shards of fixed-size records and the manifest, into a temporary
-//! directory that is renamed into place only when everything is written and synced. An interrupted
-//! run leaves no half dataset under the output name.
+//! Writing a prepared dataset: version-2 shards (records, index, footer) and the manifest, into a
+//! temporary directory that is renamed into place only when everything is written and synced. An
+//! interrupted run leaves no half dataset under the output name. Each shard is written front to
+//! back once and hashed as it is written (no re-read).
 
 use std::fs;
-use std::io::{BufWriter, Seek, SeekFrom, Write};
+use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use crate::dataset::SplitName;
 use crate::error::DataError;
 use crate::format::{
-    record_len, Checksum, Manifest, ShardEntry, ShardHeader, Skipped, SplitEntry, FORMAT_NAME,
-    FORMAT_VERSION, MANIFEST, MAX_IMAGE_SIZE,
+    Checksum, Encoding, IndexEntry, Manifest, ShardEntry, ShardFooter, ShardHeader, Skipped,
+    SplitEntry, FORMAT_NAME, FORMAT_VERSION, MANIFEST, MAX_IMAGE_SIZE, MAX_STORED_SIDE,
 };
 
 /// Default upper bound of one shard's size.
-pub const DEFAULT_SHARD_BYTES: usize = 256 << 20;
+pub const DEFAULT_SHARD_BYTES: u64 = 256 << 20;
+
+/// Per-channel sums of a set of pixels, for the manifest's mean and std.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct PixelStats {
+    /// Sum of the `u8` values, per channel.
+    pub sum: Vec<u64>,
+    /// Sum of their squares, per channel.
+    pub sum_sq: Vec<u64>,
+    /// Pixels counted (per channel).
+    pub pixels: u64,
+}
+
+impl PixelStats {
+    /// The sums of one HWC image with `channels` channels.
+    pub fn of(pixels: &[u8], channels: usize) -> Self {
+        let mut sum = vec![0u64; channels];
+        let mut sum_sq = vec![0u64; channels];
+        for px in pixels.chunks_exact(channels) {
+            for (c, &v) in px.iter().enumerate() {
+                sum[c] += v as u64;
+                sum_sq[c] += (v as u64) * (v as u64);
+            }
+        }
+        PixelStats {
+            sum,
+            sum_sq,
+            pixels: (pixels.len() / channels.max(1)) as u64,
+        }
+    }
+
+    fn add(&mut self, other: &PixelStats) {
+        if self.sum.is_empty() {
+            *self = other.clone();
+            return;
+        }
+        for (a, b) in self.sum.iter_mut().zip(&other.sum) {
+            *a += b;
+        }
+        for (a, b) in self.sum_sq.iter_mut().zip(&other.sum_sq) {
+            *a += b;
+        }
+        self.pixels += other.pixels;
+    }
+
+    /// Mean and standard deviation per channel, in `[0, 1]` units.
+    fn mean_std(&self, channels: usize) -> (Vec<f64>, Vec<f64>) {
+        let n = (self.pixels as f64).max(1.0);
+        let mean: Vec<f64> = (0..channels)
+            .map(|c| self.sum.get(c).copied().unwrap_or(0) as f64 / n / 255.0)
+            .collect();
+        let std = (0..channels)
+            .map(|c| {
+                let sq = self.sum_sq.get(c).copied().unwrap_or(0) as f64 / n / (255.0 * 255.0);
+                (sq - mean[c] * mean[c]).max(0.0).sqrt()
+            })
+            .collect();
+        (mean, std)
+    }
+}
+
+/// One record ready to be written: its stored bytes, its image's size, label and pixel sums.
+/// Made by [`encode_record`] (in parallel, by `prepare`'s workers).
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The stored bytes (raw pixels, or a JPEG/PNG file).
+    pub data: Vec<u8>,
+    /// Image width.
+    pub width: usize,
+    /// Image height.
+    pub height: usize,
+    /// Class index or −1.
+    pub label: i32,
+    /// The pixel sums of the image.
+    pub stats: PixelStats,
+}
+
+/// Encodes `width × height × channels` HWC pixels as a record of `encoding` (`quality` for JPEG).
+pub fn encode_record(
+    pixels: Vec<u8>,
+    width: usize,
+    height: usize,
+    channels: usize,
+    encoding: Encoding,
+    quality: u8,
+    label: i32,
+) -> Result<Record, DataError> {
+    let sides = 1..=MAX_STORED_SIDE;
+    if !sides.contains(&width)
+        || !sides.contains(&height)
+        || !(channels == 1 || channels == 3)
+        || width
+            .checked_mul(height)
+            .and_then(|n| n.checked_mul(channels))
+            != Some(pixels.len())
+    {
+        return Err(DataError::Option(format!(
+            "a record of {} bytes is not a {width}×{height}×{channels} image with sides in 1..={MAX_STORED_SIDE}",
+            pixels.len()
+        )));
+    }
+    let stats = PixelStats::of(&pixels, channels);
+    let color = if channels == 1 {
+        image::ExtendedColorType::L8
+    } else {
+        image::ExtendedColorType::Rgb8
+    };
+    let bad = |e: image::ImageError| DataError::Option(format!("{encoding} encoding: {e}"));
+    let data = match encoding {
+        Encoding::Raw => pixels,
+        Encoding::Jpeg => {
+            let mut out = Vec::with_capacity(pixels.len() / 8);
+            image::codecs::jpeg::JpegEncoder::new_with_quality(&mut out, quality)
+                .encode(&pixels, width as u32, height as u32, color)
+                .map_err(bad)?;
+            out
+        }
+        Encoding::Png => {
+            let mut out = Vec::with_capacity(pixels.len() / 2);
+            image::ImageEncoder::write_image(
+                image::codecs::png::PngEncoder::new(&mut out),
+                &pixels,
+                width as u32,
+                height as u32,
+                color,
+            )
+            .map_err(bad)?;
+            out
+        }
+    };
+    Ok(Record {
+        data,
+        width,
+        height,
+        label,
+        stats,
+    })
+}
 
 struct OpenShard {
     path: PathBuf,
     file: BufWriter<fs::File>,
-    samples: usize,
+    hash: Checksum,
+    written: u64,
+    index: Vec<IndexEntry>,
+}
+
+impl OpenShard {
+    fn write(&mut self, bytes: &[u8]) -> Result<(), DataError> {
+        self.file
+            .write_all(bytes)
+            .map_err(|e| DataError::io(&self.path, e))?;
+        self.hash.update(bytes);
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
 }
 
 struct SplitWriter {
@@ -27,6 +178,7 @@ struct SplitWriter {
     entries: Vec<ShardEntry>,
     current: Option<OpenShard>,
     count: usize,
+    stats: PixelStats,
 }
 
 /// Writes one dataset directory. Dropping it before [`DatasetWriter::finish`] removes the
@@ -38,18 +190,22 @@ pub struct DatasetWriter {
     force: bool,
     image_size: usize,
     channels: usize,
+    encoding: Encoding,
+    quality: u8,
     shard_samples: usize,
+    shard_bytes: u64,
     train: SplitWriter,
     val: SplitWriter,
-    sum: Vec<f64>,
-    sum_sq: Vec<f64>,
-    val_sum: Vec<f64>,
-    val_sum_sq: Vec<f64>,
     finished: bool,
 }
 
+/// The JPEG quality when none is given: torchvision-era ImageNet JPEGs are around 90–96, and
+/// 90 keeps re-encoding losses below the augmentation's own resampling.
+pub const DEFAULT_QUALITY: u8 = 90;
+
 impl DatasetWriter {
-    /// Starts writing `out`. An existing `out` is an error unless `force` and it is a prepared
+    /// Starts writing `out` (raw records; see [`DatasetWriter::with_encoding`]). `image_size` is
+    /// the manifest's `S`. An existing `out` is an error unless `force` and it is a prepared
     /// dataset with nothing else in it; it is replaced only at [`DatasetWriter::finish`].
     pub fn create(
         out: &Path,
@@ -80,6 +236,7 @@ impl DatasetWriter {
             entries: Vec::new(),
             current: None,
             count: 0,
+            stats: PixelStats::default(),
         };
         Ok(DatasetWriter {
             out: out.to_path_buf(),
@@ -88,15 +245,31 @@ impl DatasetWriter {
             force,
             image_size,
             channels,
-            shard_samples: (DEFAULT_SHARD_BYTES / record_len(image_size, channels)).max(1),
+            encoding: Encoding::Raw,
+            quality: DEFAULT_QUALITY,
+            shard_samples: usize::MAX,
+            shard_bytes: DEFAULT_SHARD_BYTES,
             train: split(SplitName::Train),
             val: split(SplitName::Val),
-            sum: vec![0.0; channels],
-            sum_sq: vec![0.0; channels],
-            val_sum: vec![0.0; channels],
-            val_sum_sq: vec![0.0; channels],
             finished: false,
         })
+    }
+
+    /// Stores records as `encoding` (`quality` 1–100 for JPEG).
+    pub fn with_encoding(mut self, encoding: Encoding, quality: u8) -> Result<Self, DataError> {
+        if !(1..=100).contains(&quality) {
+            return Err(DataError::Option(format!(
+                "--quality {quality} is outside 1..=100"
+            )));
+        }
+        self.encoding = encoding;
+        self.quality = quality;
+        Ok(self)
+    }
+
+    /// The encoding and quality records are written with.
+    pub fn encoding(&self) -> (Encoding, u8) {
+        (self.encoding, self.quality)
     }
 
     /// Caps the number of samples per shard (default: shards of at most 256 MiB).
@@ -113,31 +286,51 @@ impl DatasetWriter {
         }
     }
 
-    /// Appends one sample (`S×S×C` HWC pixels) to `split`.
+    /// Appends one `S×S×C` HWC image to `split` (the square shorthand of
+    /// [`DatasetWriter::push_image`]).
     pub fn push(&mut self, split: SplitName, pixels: &[u8], label: i32) -> Result<(), DataError> {
-        let expected = self.image_size * self.image_size * self.channels;
-        if pixels.len() != expected {
+        let s = self.image_size;
+        self.push_image(split, pixels, s, s, label)
+    }
+
+    /// Encodes and appends one `width × height × C` HWC image to `split`.
+    pub fn push_image(
+        &mut self,
+        split: SplitName,
+        pixels: &[u8],
+        width: usize,
+        height: usize,
+        label: i32,
+    ) -> Result<(), DataError> {
+        let record = encode_record(
+            pixels.to_vec(),
+            width,
+            height,
+            self.channels,
+            self.encoding,
+            self.quality,
+            label,
+        )?;
+        self.push_record(split, &record)
+    }
+
+    /// Appends one record made by [`encode_record`] with this writer's channels and encoding.
+    pub fn push_record(&mut self, split: SplitName, record: &Record) -> Result<(), DataError> {
+        let raw_len = record.width * record.height * self.channels;
+        if self.encoding == Encoding::Raw && record.data.len() != raw_len {
             return Err(DataError::Option(format!(
-                "sample has {} bytes, expected {expected}",
-                pixels.len()
+                "a raw record of {} bytes is not {}×{}×{}",
+                record.data.len(),
+                record.width,
+                record.height,
+                self.channels
             )));
         }
-        let (sum, sum_sq) = match split {
-            SplitName::Train => (&mut self.sum, &mut self.sum_sq),
-            SplitName::Val => (&mut self.val_sum, &mut self.val_sum_sq),
-        };
-        let c = self.channels;
-        for (i, &v) in pixels.iter().enumerate() {
-            let v = v as f64;
-            sum[i % c] += v;
-            sum_sq[i % c] += v * v;
-        }
-        let (tmp, image_size, channels, shard_samples) = (
-            &self.tmp,
-            self.image_size,
-            self.channels,
-            self.shard_samples,
-        );
+        let len = u32::try_from(record.data.len())
+            .map_err(|_| DataError::Option("a record of 4 GiB or more".into()))?;
+        let header = ShardHeader::v2(self.image_size as u32, self.channels as u32, self.encoding);
+        let (shard_samples, shard_bytes) = (self.shard_samples, self.shard_bytes);
+        let tmp = self.tmp.clone();
         let writer = match split {
             SplitName::Train => &mut self.train,
             SplitName::Val => &mut self.val,
@@ -149,30 +342,29 @@ impl DatasetWriter {
                 writer.entries.len()
             ));
             let file = fs::File::create(&path).map_err(|e| DataError::io(&path, e))?;
-            let mut file = BufWriter::with_capacity(1 << 20, file);
-            let header = ShardHeader {
-                image_size: image_size as u32,
-                channels: channels as u32,
-                count: 0,
-            };
-            file.write_all(&header.to_bytes())
-                .map_err(|e| DataError::io(&path, e))?;
-            writer.current = Some(OpenShard {
+            let mut shard = OpenShard {
                 path,
-                file,
-                samples: 0,
-            });
+                file: BufWriter::with_capacity(1 << 20, file),
+                hash: Checksum::new(),
+                written: 0,
+                index: Vec::new(),
+            };
+            shard.write(&header.to_bytes())?;
+            writer.current = Some(shard);
         }
         if let Some(shard) = writer.current.as_mut() {
-            shard
-                .file
-                .write_all(&label.to_le_bytes())
-                .and_then(|_| shard.file.write_all(pixels))
-                .map_err(|e| DataError::io(&shard.path, e))?;
-            shard.samples += 1;
+            shard.index.push(IndexEntry {
+                offset: shard.written,
+                len,
+                width: record.width as u32,
+                height: record.height as u32,
+                label: record.label,
+            });
+            shard.write(&record.data)?;
+            writer.stats.add(&record.stats);
             writer.count += 1;
-            if shard.samples >= shard_samples {
-                close_shard(writer, image_size, channels)?;
+            if shard.index.len() >= shard_samples || shard.written >= shard_bytes {
+                close_shard(writer)?;
             }
         }
         Ok(())
@@ -185,37 +377,21 @@ impl DatasetWriter {
         source: String,
         skipped: Vec<Skipped>,
     ) -> Result<Manifest, DataError> {
-        close_shard(&mut self.train, self.image_size, self.channels)?;
-        close_shard(&mut self.val, self.image_size, self.channels)?;
+        close_shard(&mut self.train)?;
+        close_shard(&mut self.val)?;
         // statistics of the train split (of val when there is no train data)
-        let pixels_per_channel = |n: usize| (n * self.image_size * self.image_size) as f64;
-        let (sum, sum_sq, n) = if self.train.count > 0 {
-            (
-                &self.sum,
-                &self.sum_sq,
-                pixels_per_channel(self.train.count),
-            )
+        let stats = if self.train.count > 0 {
+            &self.train.stats
         } else {
-            (
-                &self.val_sum,
-                &self.val_sum_sq,
-                pixels_per_channel(self.val.count),
-            )
+            &self.val.stats
         };
-        let mean: Vec<f64> = sum.iter().map(|s| s / n.max(1.0) / 255.0).collect();
-        let std: Vec<f64> = sum_sq
-            .iter()
-            .zip(&mean)
-            .map(|(sq, m)| {
-                ((sq / n.max(1.0) / (255.0 * 255.0)) - m * m)
-                    .max(0.0)
-                    .sqrt()
-            })
-            .collect();
+        let (mean, std) = stats.mean_std(self.channels);
         let manifest = Manifest {
             format: FORMAT_NAME.into(),
             format_version: FORMAT_VERSION,
             image_size: self.image_size,
+            encoding: self.encoding,
+            quality: (self.encoding == Encoding::Jpeg).then_some(self.quality),
             channels: self.channels,
             count: self.train.count + self.val.count,
             classes,
@@ -271,37 +447,33 @@ fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), DataError> {
         .map_err(|e| DataError::io(path, e))
 }
 
-/// Finishes the open shard of `writer`: writes the real count into the header, syncs, and records
-/// size and checksum.
-fn close_shard(
-    writer: &mut SplitWriter,
-    image_size: usize,
-    channels: usize,
-) -> Result<(), DataError> {
-    let Some(shard) = writer.current.take() else {
+/// Finishes the open shard of `writer`: writes the index and the footer, syncs, and records
+/// size and checksum (hashed while written).
+fn close_shard(writer: &mut SplitWriter) -> Result<(), DataError> {
+    let Some(mut shard) = writer.current.take() else {
         return Ok(());
     };
+    let footer = ShardFooter {
+        count: shard.index.len() as u64,
+        index_offset: shard.written,
+    };
+    let index = std::mem::take(&mut shard.index);
+    for entry in &index {
+        shard.write(&entry.to_bytes())?;
+    }
+    shard.write(&footer.to_bytes())?;
     let path = shard.path;
     let io = |e| DataError::io(&path, e);
-    let mut file = shard.file.into_inner().map_err(|e| io(e.into_error()))?;
-    let header = ShardHeader {
-        image_size: image_size as u32,
-        channels: channels as u32,
-        count: shard.samples as u64,
-    };
-    file.seek(SeekFrom::Start(0)).map_err(io)?;
-    file.write_all(&header.to_bytes()).map_err(io)?;
+    let file = shard.file.into_inner().map_err(|e| io(e.into_error()))?;
     file.sync_all().map_err(io)?;
-    drop(file);
-    let bytes = fs::read(&path).map_err(io)?;
     writer.entries.push(ShardEntry {
         file: path
             .file_name()
             .map(|n| n.to_string_lossy().into_owned())
             .unwrap_or_default(),
-        samples: shard.samples,
-        bytes: bytes.len() as u64,
-        checksum: Checksum::of(&bytes),
+        samples: index.len(),
+        bytes: shard.written,
+        checksum: shard.hash.finish(),
     });
     Ok(())
 }

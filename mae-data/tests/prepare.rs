@@ -33,7 +33,7 @@ fn bundled_fashion_mnist_prepares_exactly() {
     let scratch = tempfile::tempdir().unwrap();
     let out = tmp(&scratch, "fmnist-all").join("ds");
     let mut opts = PrepareOptions::new(SourceKind::Idx, bundled(), &out);
-    opts.val_fraction = 0.0;
+    opts.val_fraction = Some(0.0);
     opts.shard_samples = Some(3000); // several shards, to exercise the index lookup
     let summary = prepare(&opts).unwrap();
     assert_eq!(summary.manifest.count, 10_000);
@@ -49,7 +49,7 @@ fn bundled_fashion_mnist_prepares_exactly() {
     for i in 0..10_000 {
         let s = train.get(i).unwrap();
         assert_eq!(
-            s.pixels,
+            s.data,
             &images[16 + i * 784..16 + (i + 1) * 784],
             "sample {i}"
         );
@@ -81,8 +81,8 @@ fn single_split_sources_get_a_stratified_validation_split() {
     prepare(&opts2).unwrap();
     let ds2 = Dataset::open(&again).unwrap();
     assert_eq!(
-        ds.val().get(17).unwrap().pixels,
-        ds2.val().get(17).unwrap().pixels
+        ds.val().get(17).unwrap().data,
+        ds2.val().get(17).unwrap().data
     );
     let m = ds.manifest();
     assert!(
@@ -198,7 +198,7 @@ fn image_folders_of_odd_files_prepare_and_report_what_they_skip() {
     let out = tmp(&scratch, "folder-out").join("ds");
     let mut opts = PrepareOptions::new(SourceKind::ImageFolder, &src, &out);
     opts.size = Some(16);
-    opts.val_fraction = 0.0;
+    opts.val_fraction = Some(0.0);
     opts.max_pixels = 200 * 200;
     let summary = prepare(&opts).unwrap();
     let m = &summary.manifest;
@@ -231,21 +231,27 @@ fn image_folders_of_odd_files_prepare_and_report_what_they_skip() {
 
     let ds = Dataset::open(&out).unwrap();
     let get = |i: usize| ds.train().get(i).unwrap();
-    assert_eq!(get(0).pixels, exact.as_raw().as_slice());
+    assert_eq!(get(0).data, exact.as_raw().as_slice());
     assert_eq!(get(0).label, 0);
-    // 40×30 red: centre square resized, still red
-    assert!(get(1).pixels.chunks(3).all(|p| p[0] > 190 && p[1] < 20));
+    // 40×30 red: the whole image, shorter side to 16, aspect kept, still red
+    assert_eq!((get(1).width, get(1).height), (21, 16));
+    assert_eq!(get(1).data.len(), 21 * 16 * 3);
+    assert!(get(1).data.chunks(3).all(|p| p[0] > 190 && p[1] < 20));
+    // 17×33 gray: 16×31; 9×12 (smaller than --size): kept at 9×12, never enlarged
+    assert_eq!((get(2).width, get(2).height), (16, 31));
+    assert_eq!((get(4).width, get(4).height), (9, 12));
     // 16-bit gray 40000/65535 → about 155 in every channel
     assert!(
-        get(2).pixels.iter().all(|&v| (150..=160).contains(&v)),
+        get(2).data.iter().all(|&v| (150..=160).contains(&v)),
         "{:?}",
-        &get(2).pixels[..6]
+        &get(2).data[..6]
     );
     // labels follow the class folders; the nested image comes last
     assert_eq!(get(3).label, 1);
-    assert!(get(8).pixels.iter().all(|&v| v == 99));
-    // EXIF: after rotation the top rows are dark and the bottom rows light
-    let exif = get(7).pixels; // sorted: d, e, g, h, i_exif, then nested/f
+    assert!(get(8).data.iter().all(|&v| v == 99));
+    // EXIF: after rotation (40×20 → 20×40, stored 16×32) the top rows are dark, the bottom light
+    assert_eq!((get(7).width, get(7).height), (16, 32));
+    let exif = get(7).data; // sorted: d, e, g, h, i_exif, then nested/f
     let row_mean = |y: usize| {
         exif[y * 48..(y + 1) * 48]
             .iter()
@@ -254,10 +260,10 @@ fn image_folders_of_odd_files_prepare_and_report_what_they_skip() {
             / 48.0
     };
     assert!(
-        row_mean(1) < 60.0 && row_mean(14) > 190.0,
+        row_mean(1) < 60.0 && row_mean(30) > 190.0,
         "{} {}",
         row_mean(1),
-        row_mean(14)
+        row_mean(30)
     );
 
     // strict mode fails on the skipped files; an existing output needs --force
@@ -312,7 +318,7 @@ fn loose_images_give_an_unlabeled_dataset() {
     let out = tmp(&scratch, "loose-out").join("ds");
     let mut opts = PrepareOptions::new(SourceKind::ImageFolder, &src, &out);
     opts.size = Some(8);
-    opts.val_fraction = 0.2;
+    opts.val_fraction = Some(0.2);
     let m = prepare(&opts).unwrap().manifest;
     assert!(m.classes.is_empty());
     assert_eq!((m.train.count, m.val.count), (4, 1));
@@ -348,10 +354,7 @@ fn cifar10_records_become_hwc_images() {
     assert_eq!(m.classes[9], "truck");
     let ds = Dataset::open(&out).unwrap();
     let s = ds.train().get(0).unwrap();
-    assert_eq!(
-        (s.label, &s.pixels[..6]),
-        (1, &[10, 20, 30, 10, 20, 30][..])
-    );
+    assert_eq!((s.label, &s.data[..6]), (1, &[10, 20, 30, 10, 20, 30][..]));
     assert_eq!(ds.val().get(0).unwrap().label, 9);
     // a truncated batch is an error naming the file
     std::fs::write(src.join("test_batch.bin"), &record(9, 7, 8, 9)[..100]).unwrap();
@@ -384,10 +387,36 @@ fn a_flipped_byte_fails_verify_and_reading_naming_the_shard() {
     let err = mae_data::dataset::verify(&out).unwrap_err();
     assert!(matches!(err, DataError::Checksum { .. }));
     assert!(err.to_string().contains("train-00001.shard"), "{err}");
-    let err = Dataset::open(&out).unwrap_err();
+    // opening checks the structure only; the background verification finds the mismatch, and a
+    // loader over the data stops with it
+    let ds = std::sync::Arc::new(Dataset::open(&out).unwrap());
+    let err = ds.wait_verified().unwrap_err();
     assert!(err.to_string().contains("train-00001.shard"), "{err}");
-    // the structure alone is still sound
-    assert!(Dataset::open_with(&out, Verify::Structure).is_ok());
+    assert!(ds.integrity().is_err());
+    let augment = mae_data::augment::Augment::new(
+        mae_data::augment::Transform::pretrain(),
+        16,
+        &[0.5],
+        &[0.5],
+        0,
+    )
+    .unwrap();
+    let config = mae_data::loader::LoaderConfig {
+        batch_size: 8,
+        workers: 1,
+        ..Default::default()
+    };
+    let loader =
+        mae_data::loader::Loader::new(ds, mae_data::SplitName::Train, augment, config).unwrap();
+    let first = loader.epoch(0, 0).next().unwrap();
+    let err = first.unwrap_err();
+    assert!(err.to_string().contains("train-00001.shard"), "{err}");
+    // the structure alone is still sound, and reports nothing
+    let ds = Dataset::open_with(&out, Verify::Structure).unwrap();
+    assert!(ds.wait_verified().is_ok());
+    // opened again in this process: the changed file is hashed again, not taken as verified
+    let err = Dataset::open(&out).unwrap().wait_verified().unwrap_err();
+    assert!(err.to_string().contains("train-00001.shard"), "{err}");
 }
 
 #[test]
@@ -440,7 +469,7 @@ fn a_split_lookup_is_consistent_across_shards() {
     // samples on both sides of the shard boundary are distinct records
     let a = ds.split(SplitName::Train).get(4999).unwrap();
     let b = ds.split(SplitName::Train).get(5000).unwrap();
-    assert_ne!(a.pixels, b.pixels);
+    assert_ne!(a.data, b.data);
 }
 
 /// Every file (relative path → bytes) under `dir`, for before/after comparisons.
@@ -497,7 +526,7 @@ fn truncated_images_of_every_format_are_skipped_with_the_reason() {
     let out = tmp(&scratch, "cut-out").join("ds");
     let mut opts = PrepareOptions::new(SourceKind::ImageFolder, &src, &out);
     opts.size = Some(16);
-    opts.val_fraction = 0.0;
+    opts.val_fraction = Some(0.0);
     let summary = prepare(&opts).unwrap();
     assert_eq!(summary.manifest.count, formats.len(), "{summary}");
     let mut skipped: Vec<String> = summary

@@ -44,7 +44,7 @@ pub fn for_each_batch_in(
     let size = augment.out_size;
     let per = manifest.channels * size * size;
     let mut resizer = Resizer::new();
-    let mut scratch = Vec::new();
+    let (mut scratch, mut decoded) = (Vec::new(), Vec::new());
     let (mut images, mut labels) = (Vec::new(), Vec::new());
     let last = range.end.min(split.len());
     for start in (range.start..last).step_by(batch.max(1)) {
@@ -58,8 +58,8 @@ pub fn for_each_batch_in(
             augment.apply(
                 &mut resizer,
                 &mut scratch,
-                sample.pixels,
-                manifest.image_size,
+                sample.pixels(&mut decoded)?,
+                (sample.width, sample.height),
                 epoch,
                 i as u64,
                 &mut images[(i - start) * per..(i - start + 1) * per],
@@ -233,12 +233,12 @@ impl Job for ExtractFiles<'_> {
         for chunk in this.files.chunks(this.batch.max(1)) {
             let mut images = vec![0f32; chunk.len() * per];
             for (i, path) in chunk.iter().enumerate() {
-                let pixels = mae_data::prepare::load_image(path, side, c)?;
+                let (pixels, w, h) = mae_data::prepare::load_image(path, side, c)?;
                 eval.apply(
                     &mut resizer,
                     &mut scratch,
                     &pixels,
-                    side,
+                    (w, h),
                     0,
                     i as u64,
                     &mut images[i * per..(i + 1) * per],

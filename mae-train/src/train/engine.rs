@@ -345,6 +345,12 @@ impl Engine<'_> {
             &mut state,
             &mut looping,
         )?;
+        // a finished run has read every shard: it ends only once their checksums passed
+        // (verified in the background since the dataset was opened)
+        match outcome {
+            Outcome::Finished => loader.dataset().wait_verified()?,
+            _ => loader.dataset().integrity()?,
+        }
         self.finish(model, opt, &state, looping, outcome, resumed)
     }
 

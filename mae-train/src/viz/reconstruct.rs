@@ -98,8 +98,9 @@ impl Job for Draw<'_> {
         mae_core::masking::check_len_keep(P::num_patches(), mask_ratio)?;
         let (c, s) = (P::IN_CHANS, P::IMG_SIZE);
 
-        // the images as u8 HWC (with their side), and the normalization of training
-        let (sources, mean, std): (Vec<(Vec<u8>, usize)>, _, _) = match &opts.images {
+        // the images as u8 HWC (with their width and height), and the normalization of training
+        type Source = (Vec<u8>, usize, usize);
+        let (sources, mean, std): (Vec<Source>, _, _) = match &opts.images {
             ImagesFrom::Data(dir) => {
                 let data = Dataset::open(dir)?;
                 if data.channels() != c {
@@ -115,10 +116,14 @@ impl Job for Draw<'_> {
                 } else {
                     data.val()
                 };
+                let mut decoded = Vec::new();
                 let sources = (0..opts.count.min(split.len()))
                     .filter_map(|i| split.get(i))
-                    .map(|sample| (sample.pixels.to_vec(), data.image_size()))
-                    .collect();
+                    .map(|sample| {
+                        let pixels = sample.pixels(&mut decoded)?.to_vec();
+                        Ok((pixels, sample.width, sample.height))
+                    })
+                    .collect::<Result<Vec<_>, TrainError>>()?;
                 let (mean, std) = normalization(data.manifest(), false);
                 (sources, mean, std)
             }
@@ -127,7 +132,7 @@ impl Job for Draw<'_> {
                 let (mean, std) = crate::features::training_normalization(&file, c)?;
                 let sources = files
                     .iter()
-                    .map(|f| Ok((mae_data::prepare::load_image(f, s, c)?, s)))
+                    .map(|f| Ok(mae_data::prepare::load_image(f, s, c)?))
                     .collect::<Result<Vec<_>, TrainError>>()?;
                 (sources, mean, std)
             }
@@ -137,12 +142,12 @@ impl Job for Draw<'_> {
         let mut pixels = vec![0f32; sources.len() * per];
         let mut resizer = Resizer::new();
         let mut scratch = Vec::new();
-        for (i, (img, side)) in sources.iter().enumerate() {
+        for (i, (img, w, h)) in sources.iter().enumerate() {
             eval.apply(
                 &mut resizer,
                 &mut scratch,
                 img,
-                *side,
+                (*w, *h),
                 0,
                 i as u64,
                 &mut pixels[i * per..(i + 1) * per],

@@ -57,7 +57,7 @@ pub fn bundled_subset(dir: &Path, train: usize, val: usize) -> PathBuf {
     ] {
         for i in 0..n {
             let s = from.get(i).unwrap();
-            w.push(split, s.pixels, s.label).unwrap();
+            w.push(split, s.data, s.label).unwrap();
         }
     }
     w.finish(m.classes.clone(), "bundled subset".into(), Vec::new())
