@@ -635,3 +635,182 @@ fn absurd_sample_counts_are_errors_not_overflows() {
     let err = Dataset::open(&out).unwrap_err().to_string();
     assert!(err.contains("image size"), "{err}");
 }
+
+#[test]
+fn a_version_1_dataset_still_opens_verifies_and_loads() {
+    use mae_data::format::{
+        Checksum, Encoding, Manifest, ShardEntry, ShardHeader, SplitEntry, FORMAT_NAME,
+    };
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = tmp(&scratch, "v1").join("ds");
+    std::fs::create_dir_all(&dir).unwrap();
+    // a v1 shard written by hand: 64-byte header, then fixed records of label + 6×6 gray pixels
+    let (s, n) = (6usize, 5usize);
+    let header = ShardHeader {
+        version: 1,
+        image_size: s as u32,
+        channels: 1,
+        encoding: Encoding::Raw,
+        count: n as u64,
+    };
+    let mut bytes = header.to_bytes().to_vec();
+    for i in 0..n {
+        bytes.extend_from_slice(&(i as i32 % 2).to_le_bytes());
+        bytes.extend(std::iter::repeat_n((i * 40) as u8, s * s));
+    }
+    std::fs::write(dir.join("train-00000.shard"), &bytes).unwrap();
+    let manifest = Manifest {
+        format: FORMAT_NAME.into(),
+        format_version: 1,
+        image_size: s,
+        encoding: Encoding::Raw,
+        quality: None,
+        channels: 1,
+        count: n,
+        classes: vec!["a".into(), "b".into()],
+        mean: vec![0.3],
+        std: vec![0.2],
+        source: "written by hand".into(),
+        train: SplitEntry {
+            count: n,
+            shards: vec![ShardEntry {
+                file: "train-00000.shard".into(),
+                samples: n,
+                bytes: bytes.len() as u64,
+                checksum: Checksum::of(&bytes),
+            }],
+        },
+        val: SplitEntry::default(),
+        skipped: vec![],
+    };
+    // the manifest as v1 wrote it: no encoding or quality field
+    let mut json: serde_json::Value = serde_json::to_value(&manifest).unwrap();
+    json.as_object_mut().unwrap().remove("encoding");
+    std::fs::write(dir.join("manifest.json"), json.to_string()).unwrap();
+
+    let ds = std::sync::Arc::new(Dataset::open(&dir).unwrap());
+    ds.wait_verified().unwrap();
+    assert_eq!(ds.manifest().format_version, 1);
+    for i in 0..n {
+        let sample = ds.train().get(i).unwrap();
+        assert_eq!((sample.width, sample.height), (s, s));
+        assert_eq!(sample.label, i as i32 % 2);
+        let mut buf = Vec::new();
+        assert!(sample
+            .pixels(&mut buf)
+            .unwrap()
+            .iter()
+            .all(|&v| v == (i * 40) as u8));
+    }
+    assert!(ds.train().get(n).is_none());
+    let augment = mae_data::augment::Augment::new(
+        mae_data::augment::Transform::pretrain(),
+        4,
+        &[0.3],
+        &[0.2],
+        0,
+    )
+    .unwrap();
+    let config = mae_data::loader::LoaderConfig {
+        batch_size: 5,
+        workers: 1,
+        ..Default::default()
+    };
+    let loader =
+        mae_data::loader::Loader::new(ds, mae_data::SplitName::Train, augment, config).unwrap();
+    let batch = loader.epoch(0, 0).next().unwrap().unwrap();
+    assert_eq!(batch.images.len(), 5 * 16);
+    // a byte flipped in the v1 shard: the background verification names it
+    let mut bad = bytes.clone();
+    bad[70] ^= 1;
+    std::fs::write(dir.join("train-00000.shard"), &bad).unwrap();
+    let err = Dataset::open(&dir).unwrap().wait_verified().unwrap_err();
+    assert!(err.to_string().contains("train-00000.shard"), "{err}");
+}
+
+#[test]
+fn jpeg_and_png_records_decode_to_the_source_pixels() {
+    let scratch = tempfile::tempdir().unwrap();
+    // a smooth non-square image, so JPEG's error stays small
+    let img = RgbImage::from_fn(48, 30, |x, y| Rgb([(x * 5) as u8, (y * 8) as u8, 128]));
+    let src = tmp(&scratch, "enc-src");
+    std::fs::create_dir_all(src.join("only")).unwrap();
+    save(
+        DynamicImage::ImageRgb8(img.clone()),
+        &src.join("only/a.png"),
+    );
+    let mut decoded = Vec::new();
+    for (encoding, tolerance) in [("raw", 0u8), ("png", 0), ("jpeg", 12)] {
+        let out = tmp(&scratch, encoding).join("ds");
+        let mut opts = PrepareOptions::new(SourceKind::ImageFolder, &src, &out);
+        opts.size = Some(64); // larger than the image: stored as it is
+        opts.encoding = encoding.parse().unwrap();
+        prepare(&opts).unwrap();
+        let ds = Dataset::open(&out).unwrap();
+        ds.wait_verified().unwrap();
+        assert_eq!(ds.manifest().encoding.as_str(), encoding);
+        let sample = ds.train().get(0).unwrap();
+        assert_eq!((sample.width, sample.height), (48, 30));
+        let pixels = sample.pixels(&mut decoded).unwrap();
+        assert_eq!(pixels.len(), img.as_raw().len());
+        let worst = pixels
+            .iter()
+            .zip(img.as_raw())
+            .map(|(a, b)| a.abs_diff(*b))
+            .max()
+            .unwrap();
+        assert!(worst <= tolerance, "{encoding}: worst difference {worst}");
+        if encoding != "raw" {
+            assert!(
+                sample.data.len() < img.as_raw().len(),
+                "{encoding} is not smaller"
+            );
+        }
+    }
+}
+
+#[test]
+fn a_csv_file_list_prepares_with_its_labels_and_reports_missing_files() {
+    let scratch = tempfile::tempdir().unwrap();
+    let src = tmp(&scratch, "csv-src");
+    std::fs::create_dir_all(src.join("imgs")).unwrap();
+    save(
+        DynamicImage::ImageRgb8(RgbImage::from_pixel(40, 20, Rgb([10, 20, 30]))),
+        &src.join("imgs/a, with comma.png"),
+    );
+    save(
+        DynamicImage::ImageRgb8(RgbImage::from_pixel(20, 40, Rgb([200, 0, 0]))),
+        &src.join("imgs/b.png"),
+    );
+    let list = src.join("list.csv");
+    std::fs::write(
+        &list,
+        "path,label\nimgs/a, with comma.png,zebra\r\nimgs/b.png,ant\n\nimgs/gone.png,ant\n",
+    )
+    .unwrap();
+    let out = tmp(&scratch, "csv-out").join("ds");
+    let mut opts = PrepareOptions::new(SourceKind::Csv, &list, &out);
+    opts.size = Some(10);
+    let summary = prepare(&opts).unwrap();
+    let m = &summary.manifest;
+    assert_eq!(m.classes, vec!["ant", "zebra"]);
+    assert_eq!((m.train.count, m.val.count), (2, 0), "{summary}");
+    assert_eq!(m.skipped.len(), 1);
+    assert_eq!(m.skipped[0].path, "imgs/gone.png");
+    assert!(
+        summary.to_string().contains("val: none held out"),
+        "{summary}"
+    );
+    let ds = Dataset::open(&out).unwrap();
+    let (a, b) = (ds.train().get(0).unwrap(), ds.train().get(1).unwrap());
+    assert_eq!((a.label, a.width, a.height), (1, 20, 10));
+    assert_eq!((b.label, b.width, b.height), (0, 10, 20));
+    // a list where some rows have a label and others not is refused, naming the list
+    std::fs::write(&list, "imgs/b.png,ant\nimgs/b.png\n").unwrap();
+    opts.out = tmp(&scratch, "csv-out2").join("ds");
+    let err = prepare(&opts).unwrap_err();
+    assert!(
+        err.to_string().contains("list.csv") && err.to_string().contains("line 2"),
+        "{err}"
+    );
+}
