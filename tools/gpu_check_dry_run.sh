@@ -7,7 +7,7 @@
 # profile's slower run) and runs gpu_check.sh against a stand-in carry: `mae` maps
 # `--device cuda` to `cpu` (and `knn --precision amp-f16` to f32: minutes on the CPU), the two GPU
 # test binaries are stand-ins that say so, `nvidia-smi` is a
-# shim, and PyTorch's bench runs on the CPU when torch is installed (a stand-in line otherwise).
+# shim, and PyTorch's bench runs on the CPU when numpy, torch and timm are installed (a stand-in line otherwise).
 # The real checks need the real carry (`cargo xtask gpu-build`) on a GPU machine.
 set -euo pipefail
 root="$(cd "$(dirname "$0")/.." && pwd)"
@@ -39,7 +39,8 @@ cat >"$fake/shim/python" <<'EOF2'
 #!/usr/bin/env bash
 # gpu_check.sh's own snippets (`python -`) run as they are; the torch bench on the CPU
 [ "${1:-}" = - ] && exec python3 "$@"
-if ! python3 -c "import torch" 2>/dev/null; then
+# torch_mae.py needs numpy, torch and timm: a host with torch alone gets the stand-in too
+if ! python3 -c "import numpy, torch, timm" 2>/dev/null; then
   echo '{"impl": "pytorch", "standin": true}'
   exit 0
 fi

@@ -163,7 +163,7 @@ impl ShardHeader {
         if &b[..8] != SHARD_MAGIC {
             return Err("not a shard (wrong magic bytes)".into());
         }
-        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
+        let u32_at = |o: usize| u32_at(b, o);
         let version = u32_at(8);
         if !(OLDEST_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(format!(
@@ -205,6 +205,10 @@ impl ShardHeader {
             count: 0,
         })
     }
+}
+
+fn u32_at(b: &[u8], o: usize) -> u32 {
+    u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]])
 }
 
 fn u64_at(b: &[u8], o: usize) -> u64 {
@@ -288,13 +292,12 @@ impl IndexEntry {
     }
     /// Reads an entry from its 24 bytes.
     pub fn parse(b: &[u8]) -> Self {
-        let u32_at = |o: usize| u32::from_le_bytes([b[o], b[o + 1], b[o + 2], b[o + 3]]);
         IndexEntry {
             offset: u64_at(b, 0),
-            len: u32_at(8),
-            width: u32_at(12),
-            height: u32_at(16),
-            label: u32_at(20) as i32,
+            len: u32_at(b, 8),
+            width: u32_at(b, 12),
+            height: u32_at(b, 16),
+            label: u32_at(b, 20) as i32,
         }
     }
 }

@@ -393,23 +393,7 @@ fn a_flipped_byte_fails_verify_and_reading_naming_the_shard() {
     let err = ds.wait_verified().unwrap_err();
     assert!(err.to_string().contains("train-00001.shard"), "{err}");
     assert!(ds.integrity().is_err());
-    let augment = mae_data::augment::Augment::new(
-        mae_data::augment::Transform::pretrain(),
-        16,
-        &[0.5],
-        &[0.5],
-        0,
-    )
-    .unwrap();
-    let config = mae_data::loader::LoaderConfig {
-        batch_size: 8,
-        workers: 1,
-        ..Default::default()
-    };
-    let loader =
-        mae_data::loader::Loader::new(ds, mae_data::SplitName::Train, augment, config).unwrap();
-    let first = loader.epoch(0, 0).next().unwrap();
-    let err = first.unwrap_err();
+    let err = first_train_batch(ds, 16, 8, 1).unwrap_err();
     assert!(err.to_string().contains("train-00001.shard"), "{err}");
     // the structure alone is still sound, and reports nothing
     let ds = Dataset::open_with(&out, Verify::Structure).unwrap();
@@ -703,22 +687,7 @@ fn a_version_1_dataset_still_opens_verifies_and_loads() {
             .all(|&v| v == (i * 40) as u8));
     }
     assert!(ds.train().get(n).is_none());
-    let augment = mae_data::augment::Augment::new(
-        mae_data::augment::Transform::pretrain(),
-        4,
-        &[0.3],
-        &[0.2],
-        0,
-    )
-    .unwrap();
-    let config = mae_data::loader::LoaderConfig {
-        batch_size: 5,
-        workers: 1,
-        ..Default::default()
-    };
-    let loader =
-        mae_data::loader::Loader::new(ds, mae_data::SplitName::Train, augment, config).unwrap();
-    let batch = loader.epoch(0, 0).next().unwrap().unwrap();
+    let batch = first_train_batch(ds, 4, 5, 1).unwrap();
     assert_eq!(batch.images.len(), 5 * 16);
     // a byte flipped in the v1 shard: the background verification names it
     let mut bad = bytes.clone();
@@ -813,4 +782,30 @@ fn a_csv_file_list_prepares_with_its_labels_and_reports_missing_files() {
         err.to_string().contains("list.csv") && err.to_string().contains("line 2"),
         "{err}"
     );
+}
+
+/// The first pretraining batch of the train split: `size`-px crops of one channel, normalised
+/// with mean and std 0.5.
+fn first_train_batch(
+    ds: std::sync::Arc<Dataset>,
+    size: usize,
+    batch_size: usize,
+    workers: usize,
+) -> Result<mae_data::loader::Batch, DataError> {
+    let augment = mae_data::augment::Augment::new(
+        mae_data::augment::Transform::pretrain(),
+        size,
+        &[0.5],
+        &[0.5],
+        0,
+    )
+    .unwrap();
+    let config = mae_data::loader::LoaderConfig {
+        batch_size,
+        workers,
+        ..Default::default()
+    };
+    let loader =
+        mae_data::loader::Loader::new(ds, mae_data::SplitName::Train, augment, config).unwrap();
+    loader.epoch(0, 0).next().unwrap()
 }

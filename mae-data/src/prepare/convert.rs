@@ -91,7 +91,6 @@ impl Convert {
     ) -> Result<(Vec<u8>, usize, usize), String> {
         let image = match item {
             Item::File { path, .. } => self.decode(path)?,
-            Item::Bytes { bytes, .. } => decode_image(bytes, self.max_pixels)?,
             Item::Raw {
                 pixels,
                 width,

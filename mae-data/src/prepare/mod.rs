@@ -197,16 +197,10 @@ impl std::fmt::Display for PrepareSummary {
     }
 }
 
-/// An image to be written: a file to decode, a file's bytes, or pixels already in memory.
+/// An image to be written: a file to decode, or pixels already in memory.
 enum Item {
     File {
         path: PathBuf,
-        rel: String,
-        label: i32,
-    },
-    #[allow(dead_code)] // archive members (tar sources) arrive as bytes
-    Bytes {
-        bytes: Vec<u8>,
         rel: String,
         label: i32,
     },
@@ -222,16 +216,14 @@ enum Item {
 impl Item {
     fn label(&self) -> i32 {
         match self {
-            Item::File { label, .. } | Item::Bytes { label, .. } | Item::Raw { label, .. } => {
-                *label
-            }
+            Item::File { label, .. } | Item::Raw { label, .. } => *label,
         }
     }
 
     /// The name reported when the item is skipped.
     fn name(&self) -> String {
         match self {
-            Item::File { rel, .. } | Item::Bytes { rel, .. } => rel.clone(),
+            Item::File { rel, .. } => rel.clone(),
             Item::Raw { .. } => "<in-memory record>".into(),
         }
     }
@@ -336,12 +328,14 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary, DataError> {
     let total = (train.len() + val.len()) as u64;
     let bar = progress_bar(opts.progress, total);
     let mut skipped = listing.skipped;
+    // the records are encoded as the writer will label them
+    let (encoding, quality) = writer.encoding();
     let convert = Convert {
         size,
         channels,
         max_pixels: opts.max_pixels,
-        encoding: opts.encoding,
-        quality: opts.quality,
+        encoding,
+        quality,
     };
     for (split, items) in [(SplitName::Train, train), (SplitName::Val, val)] {
         write_pipelined(&convert, &items, &mut writer, split, &mut skipped, &bar)?;
