@@ -51,14 +51,16 @@ pub enum DataCommand {
 #[derive(Args)]
 pub struct PrepareArgs {
     /// Source kind and path: `imagefolder DIR`, `csv LIST.csv` (`path,label` rows, paths relative
-    /// to the list), `idx DIR` or `cifar10 DIR`.
+    /// to the list), `tar SHARD.tar|DIR` (WebDataset tar shards: `KEY.jpg|png|webp` images with
+    /// `KEY.cls` labels, or the folder in the key as the class; uncompressed), `idx DIR` or
+    /// `cifar10 DIR`.
     #[arg(long, num_args = 2, value_names = ["KIND", "DIR"], required = true)]
     from: Vec<String>,
     /// Output dataset directory.
     #[arg(long)]
     out: PathBuf,
     /// The shorter side images are resized to, the aspect ratio kept and never enlarged (default
-    /// 256 for imagefolder and csv, as the official eval's Resize(256); native for idx, cifar10).
+    /// 256 for imagefolder, csv and tar, as the official eval's Resize(256); native for idx, cifar10).
     #[arg(long)]
     size: Option<usize>,
     /// How images are stored: raw (no decode at load time, largest; the default), jpeg (about
@@ -72,7 +74,7 @@ pub struct PrepareArgs {
     #[arg(long)]
     channels: Option<usize>,
     /// Fraction held out as validation from a source without its own val split (stratified by
-    /// class). Default 0 for imagefolder and csv (the official pretraining uses all of train;
+    /// class). Default 0 for imagefolder, csv and tar (the official pretraining uses all of train;
     /// give `DIR/train` + `DIR/val` folders, or e.g. 0.1, for a val split to fine-tune on), 0.1
     /// for a single idx split.
     #[arg(long)]

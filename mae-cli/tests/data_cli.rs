@@ -85,3 +85,27 @@ fn prepare_info_verify_show() {
 fn image_size(path: &Path) -> u64 {
     std::fs::metadata(path).map(|m| m.len()).unwrap_or(0)
 }
+
+#[test]
+fn a_tar_source_that_is_no_tar_or_a_kind_misspelt_is_one_line_naming_it() {
+    let scratch = tempfile::tempdir().unwrap();
+    let junk = scratch.path().join("junk.tar");
+    std::fs::write(&junk, [9u8; 2048]).unwrap();
+    let out = scratch.path().join("ds");
+    let (junk_s, out_s) = (junk.to_str().unwrap(), out.to_str().unwrap());
+    let r = mae(&["data", "prepare", "--from", "tar", junk_s, "--out", out_s]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains("junk.tar") && err.contains("not a readable tar"),
+        "{err}"
+    );
+    assert!(!out.exists());
+    let r = mae(&[
+        "data", "prepare", "--from", "tarball", junk_s, "--out", out_s,
+    ]);
+    let err = String::from_utf8_lossy(&r.stderr);
+    assert!(!r.status.success());
+    assert!(err.contains("tarball") && err.contains("tar,"), "{err}");
+}

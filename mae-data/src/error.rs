@@ -62,12 +62,14 @@ pub enum DataError {
         reason: String,
     },
     /// No image of the source could be read.
-    #[error("{}: no image could be read ({skipped} skipped)", path.display())]
+    #[error("{}: no image could be read ({skipped} skipped{first})", path.display())]
     NothingRead {
         /// The source.
         path: PathBuf,
         /// How many files were skipped.
         skipped: usize,
+        /// `; the first: NAME: REASON`, when something was skipped.
+        first: String,
     },
     /// `--strict` was given and some files were skipped.
     #[error("{}: {skipped} file(s) skipped and --strict given; first: {first}", path.display())]

@@ -7,6 +7,7 @@
 //! `transforms.Resize(S)` (the shorter side), done once instead of every epoch.
 
 use std::fs;
+use std::io::{Read, Seek, SeekFrom};
 use std::path::Path;
 
 use fast_image_resize::Resizer;
@@ -91,6 +92,9 @@ impl Convert {
     ) -> Result<(Vec<u8>, usize, usize), String> {
         let image = match item {
             Item::File { path, .. } => self.decode(path)?,
+            Item::Member {
+                tar, offset, len, ..
+            } => decode_image(&self.read_member(tar, *offset, *len)?, self.max_pixels)?,
             Item::Raw {
                 pixels,
                 width,
@@ -152,6 +156,30 @@ impl Convert {
         }
         let bytes = fs::read(path).map_err(|e| e.to_string())?;
         decode_image(&bytes, self.max_pixels)
+    }
+}
+
+impl Convert {
+    /// The `len` bytes at `offset` of a tar; the error is the reason to report.
+    fn read_member(&self, tar: &Path, offset: u64, len: u64) -> Result<Vec<u8>, String> {
+        if len == 0 {
+            return Err("empty member".into());
+        }
+        let limit = max_alloc(self.max_pixels);
+        if len > limit {
+            return Err(format!(
+                "{len} bytes, more than the {limit} an image of at most {} pixels can need",
+                self.max_pixels
+            ));
+        }
+        let mut file = fs::File::open(tar).map_err(|e| e.to_string())?;
+        file.seek(SeekFrom::Start(offset))
+            .map_err(|e| e.to_string())?;
+        let mut bytes = vec![0u8; len as usize];
+        file.read_exact(&mut bytes).map_err(|e| {
+            format!("the member's {len} bytes at offset {offset} cannot be read (a truncated tar?): {e}")
+        })?;
+        Ok(bytes)
     }
 }
 

@@ -9,13 +9,14 @@
 
 mod convert;
 mod sources;
+mod webdataset;
 
 pub use convert::{decode_image, load_image, stored_size};
 pub use sources::{parse_cifar10_batch, parse_idx};
 
 use std::collections::BTreeMap;
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use fast_image_resize::Resizer;
@@ -51,6 +52,9 @@ pub enum SourceKind {
     Cifar10,
     /// A CSV file list: `path,label` rows (or `path` alone), paths relative to the list's folder.
     Csv,
+    /// Tar shards in the WebDataset layout: one `.tar` or a folder of them; `KEY.jpg|jpeg|png|webp`
+    /// images with optional `KEY.cls` labels (else the folder in the key is the class).
+    Tar,
 }
 
 impl std::str::FromStr for SourceKind {
@@ -61,8 +65,9 @@ impl std::str::FromStr for SourceKind {
             "idx" => Ok(SourceKind::Idx),
             "cifar10" => Ok(SourceKind::Cifar10),
             "csv" => Ok(SourceKind::Csv),
+            "tar" => Ok(SourceKind::Tar),
             _ => Err(DataError::Option(format!(
-                "source kind `{s}`: imagefolder, csv, idx or cifar10"
+                "source kind `{s}`: imagefolder, csv, tar, idx or cifar10"
             ))),
         }
     }
@@ -75,6 +80,7 @@ impl std::fmt::Display for SourceKind {
             SourceKind::Idx => "idx",
             SourceKind::Cifar10 => "cifar10",
             SourceKind::Csv => "csv",
+            SourceKind::Tar => "tar",
         })
     }
 }
@@ -89,7 +95,7 @@ pub struct PrepareOptions {
     /// Output dataset directory.
     pub out: PathBuf,
     /// The shorter side images are resized to (never enlarged; the aspect ratio is kept);
-    /// default 256 for image folders and lists, native for idx (28) and CIFAR-10 (32).
+    /// default 256 for image folders, lists and tars, native for idx (28) and CIFAR-10 (32).
     pub size: Option<usize>,
     /// How records are stored (default raw).
     pub encoding: Encoding,
@@ -98,7 +104,7 @@ pub struct PrepareOptions {
     /// Channels, 1 or 3; default 3 for image folders and CIFAR-10, 1 for idx.
     pub channels: Option<usize>,
     /// Fraction of a single-split source carved out as validation (stratified by class). `None`:
-    /// 0 for image folders and file lists (the official pretraining trains on all of `train/`),
+    /// 0 for image folders, file lists and tars (the official pretraining trains on all of `train/`),
     /// 0.1 for an idx source with one split (the bundled Fashion-MNIST test set, so the demo can
     /// evaluate). A source with its own splits (`train/` + `val/`, idx train + t10k, CIFAR-10)
     /// keeps them whatever this is.
@@ -197,10 +203,18 @@ impl std::fmt::Display for PrepareSummary {
     }
 }
 
-/// An image to be written: a file to decode, or pixels already in memory.
+/// An image to be written: a file to decode, a tar member to read and decode, or pixels already
+/// in memory.
 enum Item {
     File {
         path: PathBuf,
+        rel: String,
+        label: i32,
+    },
+    Member {
+        tar: std::sync::Arc<Path>,
+        offset: u64,
+        len: u64,
         rel: String,
         label: i32,
     },
@@ -216,14 +230,16 @@ enum Item {
 impl Item {
     fn label(&self) -> i32 {
         match self {
-            Item::File { label, .. } | Item::Raw { label, .. } => *label,
+            Item::File { label, .. } | Item::Member { label, .. } | Item::Raw { label, .. } => {
+                *label
+            }
         }
     }
 
     /// The name reported when the item is skipped.
     fn name(&self) -> String {
         match self {
-            Item::File { rel, .. } => rel.clone(),
+            Item::File { rel, .. } | Item::Member { rel, .. } => rel.clone(),
             Item::Raw { .. } => "<in-memory record>".into(),
         }
     }
@@ -282,6 +298,7 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary, DataError> {
         SourceKind::Idx => sources::list_idx(&opts.source)?,
         SourceKind::Cifar10 => sources::list_cifar10(&opts.source)?,
         SourceKind::Csv => sources::list_csv(&opts.source)?,
+        SourceKind::Tar => webdataset::list_tar(&opts.source)?,
     };
     let mut classes = listing.classes;
     if let Some(path) = &opts.class_names {
@@ -346,6 +363,9 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary, DataError> {
         return Err(DataError::NothingRead {
             path: opts.source.clone(),
             skipped: skipped.len(),
+            first: skipped.first().map_or(String::new(), |s| {
+                format!("; the first: {}: {}", s.path, s.reason)
+            }),
         });
     }
     if opts.strict && !skipped.is_empty() {
