@@ -223,16 +223,58 @@ struct OpenShard {
     hash: Checksum,
     written: u64,
     index: Vec<IndexEntry>,
+    /// Bytes written since the last background write-back started.
+    unsynced: u64,
+    /// A write-back of what was written so far, on its own thread.
+    writeback: Option<std::thread::JoinHandle<std::io::Result<()>>>,
 }
 
+/// Bytes between two background write-backs of an open shard: the data reaches the disk while
+/// more is written, so the sync at close has little left to wait for.
+const WRITEBACK_BYTES: u64 = 32 << 20;
+
 impl OpenShard {
+    fn new(path: PathBuf, file: fs::File) -> Self {
+        OpenShard {
+            path,
+            file: BufWriter::with_capacity(1 << 20, file),
+            hash: Checksum::new(),
+            written: 0,
+            index: Vec::new(),
+            unsynced: 0,
+            writeback: None,
+        }
+    }
+
     fn write(&mut self, bytes: &[u8]) -> Result<(), DataError> {
         self.file
             .write_all(bytes)
             .map_err(|e| DataError::io(&self.path, e))?;
         self.hash.update(bytes);
         self.written += bytes.len() as u64;
+        self.unsynced += bytes.len() as u64;
+        let idle = self.writeback.as_ref().is_none_or(|w| w.is_finished());
+        if self.unsynced >= WRITEBACK_BYTES && idle {
+            self.wait_writeback()?;
+            let io = |e| DataError::io(&self.path, e);
+            self.file.flush().map_err(io)?;
+            let file = self.file.get_ref().try_clone().map_err(io)?;
+            self.writeback = Some(std::thread::spawn(move || file.sync_data()));
+            self.unsynced = 0;
+        }
         Ok(())
+    }
+
+    /// Waits for the background write-back, if one is running, and reports its error.
+    fn wait_writeback(&mut self) -> Result<(), DataError> {
+        match self.writeback.take().map(|w| w.join()) {
+            None | Some(Ok(Ok(()))) => Ok(()),
+            Some(Ok(Err(e))) => Err(DataError::io(&self.path, e)),
+            Some(Err(_)) => Err(DataError::io(
+                &self.path,
+                std::io::Error::other("the thread writing it back panicked"),
+            )),
+        }
     }
 }
 
@@ -408,13 +450,7 @@ impl DatasetWriter {
                 writer.entries.len()
             ));
             let file = fs::File::create(&path).map_err(|e| DataError::io(&path, e))?;
-            let mut shard = OpenShard {
-                path,
-                file: BufWriter::with_capacity(1 << 20, file),
-                hash: Checksum::new(),
-                written: 0,
-                index: Vec::new(),
-            };
+            let mut shard = OpenShard::new(path, file);
             shard.write(&header.to_bytes())?;
             writer.current = Some(shard);
         }
@@ -531,6 +567,7 @@ fn close_shard(writer: &mut SplitWriter) -> Result<(), DataError> {
         shard.write(&entry.to_bytes())?;
     }
     shard.write(&footer.to_bytes())?;
+    shard.wait_writeback()?;
     let path = shard.path;
     let io = |e| DataError::io(&path, e);
     let file = shard.file.into_inner().map_err(|e| io(e.into_error()))?;
