@@ -240,25 +240,48 @@ impl Augment {
             o,
             self.interpolation,
         )?;
-        for ch in 0..c {
-            let scale = 1.0 / (255.0 * self.std[ch]);
-            let shift = self.mean[ch] / self.std[ch];
-            let plane = &mut out[ch * o * o..(ch + 1) * o * o];
-            for y in 0..o {
-                let row = &scratch[y * o * c..(y + 1) * o * c];
-                let dst = &mut plane[y * o..(y + 1) * o];
-                if params.flip {
-                    for (x, d) in dst.iter_mut().enumerate() {
-                        *d = row[(o - 1 - x) * c + ch] as f32 * scale - shift;
-                    }
-                } else {
-                    for (x, d) in dst.iter_mut().enumerate() {
-                        *d = row[x * c + ch] as f32 * scale - shift;
-                    }
+        let luts: Vec<[f32; 256]> = (0..c).map(|ch| self.lut(ch)).collect();
+        to_planes(scratch, o, &luts, params.flip, out);
+        Ok(params)
+    }
+}
+
+impl Augment {
+    /// Channel `ch`'s normalization of every byte value: `v / (255 std) − mean / std`.
+    fn lut(&self, ch: usize) -> [f32; 256] {
+        let scale = 1.0 / (255.0 * self.std[ch]);
+        let shift = self.mean[ch] / self.std[ch];
+        std::array::from_fn(|v| v as f32 * scale - shift)
+    }
+}
+
+/// `o × o` HWC bytes (`luts.len()` channels) into `C × o × o` planes, each byte through its
+/// channel's table, mirrored when `flip`. One pass over the pixels (the channel-at-a-time strided
+/// loop it replaces was a third of the raw loader's time).
+fn to_planes(hwc: &[u8], o: usize, luts: &[[f32; 256]], flip: bool, out: &mut [f32]) {
+    let c = luts.len();
+    let plane = o * o;
+    for y in 0..o {
+        let row = &hwc[y * o * c..(y + 1) * o * c];
+        let at = y * o;
+        if let [l0, l1, l2] = luts {
+            let (r, rest) = out.split_at_mut(plane);
+            let (g, b) = rest.split_at_mut(plane);
+            let (r, g, b) = (&mut r[at..at + o], &mut g[at..at + o], &mut b[at..at + o]);
+            for (x, px) in row.chunks_exact(3).enumerate() {
+                let d = if flip { o - 1 - x } else { x };
+                r[d] = l0[px[0] as usize];
+                g[d] = l1[px[1] as usize];
+                b[d] = l2[px[2] as usize];
+            }
+        } else {
+            for (x, px) in row.chunks_exact(c).enumerate() {
+                let d = at + if flip { o - 1 - x } else { x };
+                for (ch, (&v, lut)) in px.iter().zip(luts).enumerate() {
+                    out[ch * plane + d] = lut[v as usize];
                 }
             }
         }
-        Ok(params)
     }
 }
 
@@ -449,6 +472,30 @@ mod tests {
             }
         }
         assert!(seen_flip && seen_plain);
+    }
+
+    #[test]
+    fn planes_hold_every_channel_normalized_and_mirrored() {
+        let (mean, std) = (IMAGENET_MEAN, IMAGENET_STD);
+        let a = Augment::new(Transform::pretrain(), 5, &mean, &std, 0).expect("valid");
+        let hwc: Vec<u8> = (0..5 * 5 * 3).map(|v| (v * 37 % 256) as u8).collect();
+        let luts: Vec<[f32; 256]> = (0..3).map(|ch| a.lut(ch)).collect();
+        for flip in [false, true] {
+            let mut out = vec![f32::NAN; 3 * 25];
+            to_planes(&hwc, 5, &luts, flip, &mut out);
+            for (ch, y, x) in
+                (0..3).flat_map(|c| (0..5).flat_map(move |y| (0..5).map(move |x| (c, y, x))))
+            {
+                let sx = if flip { 4 - x } else { x };
+                let v = hwc[(y * 5 + sx) * 3 + ch] as f64;
+                let want = (v / 255.0 - mean[ch]) / std[ch];
+                let got = out[ch * 25 + y * 5 + x] as f64;
+                assert!(
+                    (got - want).abs() < 1e-5,
+                    "c{ch} y{y} x{x} flip {flip}: {got} vs {want}"
+                );
+            }
+        }
     }
 
     #[test]

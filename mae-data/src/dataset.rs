@@ -11,6 +11,9 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use image::codecs::jpeg::JpegDecoder;
+use image::codecs::png::PngDecoder;
+use image::{ColorType, DynamicImage, ImageDecoder};
 use memmap2::Mmap;
 
 use crate::error::DataError;
@@ -50,26 +53,37 @@ impl<'a> Sample<'a> {
             return Ok(self.data);
         }
         let bad = |m: String| DataError::shard(self.shard, m);
-        let format = match self.encoding {
-            Encoding::Png => image::ImageFormat::Png,
-            _ => image::ImageFormat::Jpeg,
+        let undecodable =
+            |e: image::ImageError| bad(format!("a {} record does not decode: {e}", self.encoding));
+        let cursor = std::io::Cursor::new(self.data);
+        let decoder: Box<dyn ImageDecoder> = match self.encoding {
+            Encoding::Png => Box::new(PngDecoder::new(cursor).map_err(undecodable)?),
+            _ => Box::new(JpegDecoder::new(cursor).map_err(undecodable)?),
         };
-        let img = image::load_from_memory_with_format(self.data, format)
-            .map_err(|e| bad(format!("a {} record does not decode: {e}", self.encoding)))?;
-        if (img.width() as usize, img.height() as usize) != (self.width, self.height) {
+        let (w, h) = decoder.dimensions();
+        if (w as usize, h as usize) != (self.width, self.height) {
             return Err(bad(format!(
-                "a record decodes to {}×{}, the index says {}×{}",
-                img.width(),
-                img.height(),
-                self.width,
-                self.height
+                "a record decodes to {w}×{h}, the index says {}×{}",
+                self.width, self.height
             )));
         }
-        *buf = if self.channels == 1 {
-            img.into_luma8().into_raw()
+        let wanted = if self.channels == 1 {
+            ColorType::L8
         } else {
-            img.into_rgb8().into_raw()
+            ColorType::Rgb8
         };
+        if decoder.color_type() == wanted {
+            // what prepare writes: decoded straight into the reused buffer
+            buf.resize(self.width * self.height * self.channels, 0);
+            decoder.read_image(buf).map_err(undecodable)?;
+        } else {
+            let img = DynamicImage::from_decoder(decoder).map_err(undecodable)?;
+            *buf = if self.channels == 1 {
+                img.into_luma8().into_raw()
+            } else {
+                img.into_rgb8().into_raw()
+            };
+        }
         Ok(buf.as_slice())
     }
 }

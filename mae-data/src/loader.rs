@@ -8,7 +8,7 @@
 //! steps, `floor(N / world_size) / batch_size`.
 
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
 
 use fast_image_resize::Resizer;
@@ -55,7 +55,9 @@ impl Default for LoaderConfig {
     }
 }
 
-/// One batch, ready for a dfdx tensor.
+/// One batch, ready for a dfdx tensor. Dropping it hands its image buffer back to the loader that
+/// made it, for a later batch: a batch at 224 px is tens of MB, and a fresh one costs a page fault
+/// per 4 KiB (a quarter of the loader's time when measured, BENCHMARKS.md).
 #[derive(Debug, Clone)]
 pub struct Batch {
     /// `[n, C, S, S]` normalized images, row-major.
@@ -68,6 +70,60 @@ pub struct Batch {
     pub epoch: u64,
     /// Step of the batch within the epoch.
     pub step: usize,
+    /// Where `images` goes back to when the batch is dropped.
+    pool: Option<BufferPool>,
+}
+
+impl Drop for Batch {
+    fn drop(&mut self) {
+        if let Some(pool) = &self.pool {
+            pool.put(std::mem::take(&mut self.images));
+        }
+    }
+}
+
+/// Image buffers of dropped batches, kept for the next ones (at most `cap`).
+#[derive(Clone)]
+struct BufferPool {
+    buffers: Arc<Mutex<Vec<Vec<f32>>>>,
+    cap: usize,
+}
+
+impl std::fmt::Debug for BufferPool {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BufferPool")
+            .field("cap", &self.cap)
+            .finish()
+    }
+}
+
+impl BufferPool {
+    fn new(cap: usize) -> Self {
+        BufferPool {
+            buffers: Arc::new(Mutex::new(Vec::new())),
+            cap,
+        }
+    }
+
+    /// A buffer of `len` values: a kept one when there is one (its contents are overwritten by
+    /// the caller), else a new one.
+    fn take(&self, len: usize) -> Vec<f32> {
+        let kept = self.buffers.lock().ok().and_then(|mut b| b.pop());
+        let mut v = kept.unwrap_or_default();
+        v.resize(len, 0.0);
+        v
+    }
+
+    fn put(&self, buffer: Vec<f32>) {
+        if buffer.capacity() == 0 {
+            return;
+        }
+        if let Ok(mut b) = self.buffers.lock() {
+            if b.len() < self.cap {
+                b.push(buffer);
+            }
+        }
+    }
 }
 
 impl Batch {
@@ -88,6 +144,7 @@ pub struct Loader {
     split: SplitName,
     augment: Augment,
     config: LoaderConfig,
+    pool: BufferPool,
 }
 
 impl Loader {
@@ -116,11 +173,17 @@ impl Loader {
                 dataset.channels()
             )));
         }
+        // every batch in flight (queued, being made, held by the consumer) can come back
+        let cap = config
+            .workers
+            .saturating_mul(config.prefetch.saturating_add(1))
+            .saturating_add(2);
         Ok(Loader {
             dataset,
             split,
             augment,
             config,
+            pool: BufferPool::new(cap),
         })
     }
 
@@ -180,11 +243,9 @@ impl Loader {
             .min(steps.saturating_sub(start_step))
             .max(1);
         let mut receivers = Vec::with_capacity(workers);
-        let mut recyclers = Vec::with_capacity(workers);
         let mut handles = Vec::with_capacity(workers);
         for w in 0..workers {
             let (tx, rx) = mpsc::sync_channel::<Result<Batch, DataError>>(self.config.prefetch);
-            let (recycle_tx, recycle_rx) = mpsc::channel::<Batch>();
             let job = WorkerJob {
                 dataset: Arc::clone(&self.dataset),
                 split: self.split,
@@ -195,14 +256,13 @@ impl Loader {
                 first: start_step + w,
                 stride: workers,
                 steps,
+                pool: self.pool.clone(),
             };
-            handles.push(std::thread::spawn(move || job.run(tx, recycle_rx)));
+            handles.push(std::thread::spawn(move || job.run(tx)));
             receivers.push(rx);
-            recyclers.push(recycle_tx);
         }
         EpochIter {
             receivers,
-            recyclers,
             handles,
             start_step,
             next_step: start_step,
@@ -221,10 +281,11 @@ struct WorkerJob {
     first: usize,
     stride: usize,
     steps: usize,
+    pool: BufferPool,
 }
 
 impl WorkerJob {
-    fn run(self, tx: SyncSender<Result<Batch, DataError>>, recycle: Receiver<Batch>) {
+    fn run(self, tx: SyncSender<Result<Batch, DataError>>) {
         let mut resizer = Resizer::new();
         let mut scratch = Vec::new();
         let mut decoded = Vec::new();
@@ -237,18 +298,14 @@ impl WorkerJob {
             let lo = step * self.batch_size;
             let hi = (lo + self.batch_size).min(self.indices.len());
             let ids = &self.indices[lo..hi];
-            let mut batch = recycle.try_recv().unwrap_or_else(|_| Batch {
-                images: Vec::new(),
-                labels: Vec::new(),
-                indices: Vec::new(),
-                epoch: 0,
-                step: 0,
-            });
-            batch.images.resize(ids.len() * per_image, 0.0);
-            batch.labels.clear();
-            batch.indices.clear();
-            batch.epoch = self.epoch;
-            batch.step = step;
+            let mut batch = Batch {
+                images: self.pool.take(ids.len() * per_image),
+                labels: Vec::with_capacity(ids.len()),
+                indices: Vec::with_capacity(ids.len()),
+                epoch: self.epoch,
+                step,
+                pool: Some(self.pool.clone()),
+            };
             // a checksum mismatch found in the background stops the run here, naming the shard
             let mut failure = self.dataset.integrity().err();
             for (k, &index) in ids.iter().enumerate() {
@@ -294,7 +351,6 @@ impl WorkerJob {
 /// The batches of one epoch, in step order.
 pub struct EpochIter {
     receivers: Vec<Receiver<Result<Batch, DataError>>>,
-    recyclers: Vec<mpsc::Sender<Batch>>,
     handles: Vec<JoinHandle<()>>,
     start_step: usize,
     next_step: usize,
@@ -302,14 +358,6 @@ pub struct EpochIter {
 }
 
 impl EpochIter {
-    /// Hands a consumed batch's buffers back to the workers for reuse.
-    pub fn recycle(&self, batch: Batch) {
-        let w = batch.step.saturating_sub(self.start_step) % self.recyclers.len().max(1);
-        if let Some(tx) = self.recyclers.get(w) {
-            let _ = tx.send(batch);
-        }
-    }
-
     /// Steps left in this epoch.
     pub fn remaining(&self) -> usize {
         self.steps.saturating_sub(self.next_step)
@@ -339,9 +387,35 @@ impl Drop for EpochIter {
     fn drop(&mut self) {
         // closing the channels makes blocked workers return
         self.receivers.clear();
-        self.recyclers.clear();
         for h in self.handles.drain(..) {
             let _ = h.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::BufferPool;
+
+    #[test]
+    fn the_pool_hands_back_what_was_put_up_to_its_cap() {
+        let pool = BufferPool::new(2);
+        let a = pool.take(1000);
+        let b = pool.take(1000);
+        let c = pool.take(1000);
+        let (pa, pb) = (a.as_ptr(), b.as_ptr());
+        pool.put(a);
+        pool.put(b);
+        pool.put(c); // over the cap: freed
+        let again = [pool.take(1000), pool.take(10)];
+        let mut got: Vec<_> = again.iter().map(|v| v.as_ptr()).collect();
+        let mut want = vec![pa, pb];
+        got.sort();
+        want.sort();
+        assert_eq!(got, want);
+        assert_eq!((again[0].len(), again[1].len()), (1000, 10));
+        assert!(pool.buffers.lock().unwrap().is_empty());
+        pool.put(Vec::new()); // nothing to keep
+        assert!(pool.buffers.lock().unwrap().is_empty());
     }
 }
