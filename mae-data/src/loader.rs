@@ -414,8 +414,8 @@ mod tests {
         want.sort();
         assert_eq!(got, want);
         assert_eq!((again[0].len(), again[1].len()), (1000, 10));
-        assert!(pool.buffers.lock().unwrap().is_empty());
+        assert!(pool.buffers.lock().expect("not poisoned").is_empty());
         pool.put(Vec::new()); // nothing to keep
-        assert!(pool.buffers.lock().unwrap().is_empty());
+        assert!(pool.buffers.lock().expect("not poisoned").is_empty());
     }
 }
