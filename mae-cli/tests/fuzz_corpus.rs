@@ -24,6 +24,9 @@ mod config {
 mod image_files {
     include!("../../fuzz/bodies/image.rs");
 }
+mod tar_listing {
+    include!("../../fuzz/bodies/tar.rs");
+}
 
 /// The committed inputs of `target`; there must be some (the seeds at least).
 fn inputs(target: &str) -> Vec<PathBuf> {
@@ -75,4 +78,9 @@ fn config_inputs() {
 #[test]
 fn image_inputs() {
     run_all("image", image_files::run);
+}
+
+#[test]
+fn tar_inputs() {
+    run_all("tar", tar_listing::run);
 }

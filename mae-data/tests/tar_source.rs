@@ -232,3 +232,29 @@ fn sources_that_hold_no_tar_say_so() {
     let err = prepare(&opts(&missing, &out)).unwrap_err().to_string();
     assert!(err.contains("nope.tar"), "{err}");
 }
+
+#[test]
+fn the_listing_of_an_archive_points_at_each_image_members_bytes() {
+    let scratch = tempfile::tempdir().unwrap();
+    let path = scratch.path().join("s.tar");
+    let members: Vec<(String, Vec<u8>)> = vec![
+        ("a/0.jpg".into(), image_bytes(0, "jpg")),
+        ("a/0.cls".into(), b"2".to_vec()),
+        ("a/0.json".into(), b"{}".to_vec()),
+        ("b/1.png".into(), image_bytes(1, "png")),
+        ("b/1.cls".into(), b"0\n".to_vec()),
+        ("c/2.cls".into(), b"1".to_vec()),
+    ];
+    write_tar(&path, &members);
+    let bytes = std::fs::read(&path).unwrap();
+    let (found, skipped) =
+        prepare::scan_tar_members(std::io::Cursor::new(&bytes), Path::new("s.tar")).unwrap();
+    let names: Vec<_> = found.iter().map(|m| (m.name.as_str(), m.label)).collect();
+    assert_eq!(names, [("s.tar:a/0.jpg", 2), ("s.tar:b/1.png", 0)]);
+    for (m, source) in found.iter().zip([&members[0].1, &members[3].1]) {
+        let at = m.offset as usize;
+        assert_eq!(&bytes[at..at + m.len as usize], &source[..], "{}", m.name);
+    }
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert!(skipped[0].path.ends_with("c/2.cls") && skipped[0].reason.contains("without an image"));
+}

@@ -13,6 +13,7 @@ mod webdataset;
 
 pub use convert::{decode_image, load_image, stored_size};
 pub use sources::{parse_cifar10_batch, parse_idx};
+pub use webdataset::{scan_tar_members, TarMember};
 
 use std::collections::BTreeMap;
 use std::fs;

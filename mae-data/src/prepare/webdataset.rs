@@ -13,7 +13,7 @@
 
 use std::collections::HashMap;
 use std::fs::{self, File};
-use std::io::Read;
+use std::io::{Read, Seek};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -66,6 +66,52 @@ pub(super) fn list_tar(source: &Path) -> Result<Listing, DataError> {
         native_size: None,
         native_channels: 3,
     })
+}
+
+/// One sample that `--from tar` takes from an archive: `name` (`ARCHIVE:KEY.ext`), where its image
+/// member's bytes are, and its label (−1 when unlabeled).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TarMember {
+    /// `ARCHIVE:KEY.ext`, as reported.
+    pub name: String,
+    /// Offset of the image member's bytes in the archive.
+    pub offset: u64,
+    /// Its length as the header declares it (not checked against the archive's size: reading it
+    /// is where a short archive is found).
+    pub len: u64,
+    /// Class index or −1.
+    pub label: i32,
+}
+
+/// The listing `prepare --from tar` makes of one archive (`name` is used in reports): the samples
+/// taken, in order, and what is skipped, with the reasons. Reads headers only.
+pub fn scan_tar_members<R: Read + Seek>(
+    reader: R,
+    name: &Path,
+) -> Result<(Vec<TarMember>, Vec<Skipped>), DataError> {
+    let (mut samples, mut skipped) = (Vec::new(), Vec::new());
+    scan_archive(reader, Arc::from(name), &mut samples, &mut skipped)
+        .map_err(|e| DataError::io(name, e))?;
+    let (items, _) = label_samples(samples, &mut skipped);
+    let members = items
+        .into_iter()
+        .filter_map(|item| match item {
+            Item::Member {
+                rel,
+                offset,
+                len,
+                label,
+                ..
+            } => Some(TarMember {
+                name: rel,
+                offset,
+                len,
+                label,
+            }),
+            _ => None,
+        })
+        .collect();
+    Ok((members, skipped))
 }
 
 fn is_compressed(name: &str) -> bool {
@@ -133,12 +179,20 @@ fn scan_tar(
     skipped: &mut Vec<Skipped>,
 ) -> Result<(), DataError> {
     let file = File::open(path).map_err(|e| DataError::io(path, e))?;
-    let tar: Arc<Path> = Arc::from(path);
-    let mut archive = tar::Archive::new(file);
+    scan_archive(file, Arc::from(path), samples, skipped).map_err(|e| DataError::io(path, e))
+}
+
+/// [`scan_tar`] on an open archive named `tar`.
+fn scan_archive<R: Read + Seek>(
+    reader: R,
+    tar: Arc<Path>,
+    samples: &mut Vec<TarSample>,
+    skipped: &mut Vec<Skipped>,
+) -> std::io::Result<()> {
+    let path: &Path = &tar.clone();
+    let mut archive = tar::Archive::new(reader);
     let mut by_key: HashMap<String, usize> = HashMap::new();
-    let entries = archive
-        .entries_with_seek()
-        .map_err(|e| DataError::io(path, e))?;
+    let entries = archive.entries_with_seek()?;
     for (members, entry) in entries.enumerate() {
         let mut entry = match entry {
             Ok(e) => e,
