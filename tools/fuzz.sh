@@ -8,7 +8,7 @@
 #
 #   bash tools/fuzz.sh [SECONDS]                 # or: cargo xtask fuzz [SECONDS]
 #   FUZZ_SET=data bash tools/fuzz.sh 30          # data: dataset idx image tar (mae-data only)
-#   FUZZ_SET=model bash tools/fuzz.sh 600        # model: weights checkpoint config
+#   FUZZ_SET=model bash tools/fuzz.sh 600        # model: weights checkpoint config pth
 #   FUZZ_TARGETS="weights" FUZZ_SET=model bash tools/fuzz.sh 600
 #   FUZZ_PROFILE=dev ...                         # unoptimized: builds in half the time, runs
 #                                                # slower (CI's short run)

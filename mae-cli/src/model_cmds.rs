@@ -117,7 +117,7 @@ pub fn run_info(a: InfoArgs) -> Result<()> {
 fn import_metadata() -> BTreeMap<String, String> {
     BTreeMap::from([(WRITTEN_BY_KEY.to_string(), "mae import".to_string())])
 }
-/// `mae import --from FILE --preset P --out C`.
+/// `mae import --from FILE [--preset P] --out C`.
 pub fn run_import(a: ImportArgs) -> Result<()> {
     let ImportArgs {
         from,
@@ -128,6 +128,7 @@ pub fn run_import(a: ImportArgs) -> Result<()> {
     let inputs = input_files(&[&from], &[]);
     crate::outputs::check("--out", &out, Kind::Weights("mae import"), &inputs, force)?;
     let file = TensorFile::open(&from)?;
+    let container = describe_container(&file)?;
     let (file, naming) = if is_hugging_face(&file)? {
         // converted in memory: nothing is written beside --out
         let tensors = hugging_face_to_official(&file)?;
@@ -139,13 +140,64 @@ pub fn run_import(a: ImportArgs) -> Result<()> {
     } else {
         (file, "official/timm names")
     };
+    let (preset, how_chosen) = match preset {
+        Some(p) => (p, String::new()),
+        None => choose_preset(&from, &file)?,
+    };
     let how = import_file(preset, &file, &out, &import_metadata())?;
     say!(
-        "{} → {} ({naming}, {how}, preset {preset})",
+        "{} → {} ({container}, {naming}, {how}, preset {preset}{how_chosen})",
         from.display(),
         out.display()
     );
     Ok(())
+}
+
+/// What kind of file the weights came in: safetensors, or a PyTorch file and what was taken off
+/// its names.
+fn describe_container(file: &TensorFile) -> Result<String> {
+    use mae_core::pth::{PTH_FORMAT_KEY, PTH_PREFIX_KEY, PTH_WRAPPER_KEY};
+    let meta = file.metadata()?;
+    let Some(format) = meta.get(PTH_FORMAT_KEY) else {
+        return Ok("safetensors".into());
+    };
+    let mut s = format!("PyTorch {format} file");
+    if let Some(w) = meta.get(PTH_WRAPPER_KEY) {
+        s += &format!(", state dict under `{w}`");
+    }
+    if let Some(p) = meta.get(PTH_PREFIX_KEY) {
+        s += &format!(", `{p}` prefix removed");
+    }
+    Ok(s)
+}
+
+fn shown(shape: Option<Vec<usize>>) -> String {
+    shape.map_or_else(|| "missing".into(), |s| format!("{s:?}"))
+}
+
+/// The preset whose shapes the weights have; the first when several fit (they differ in heads
+/// or, for an encoder-only file, in the decoder), saying which others did.
+fn choose_preset(from: &std::path::Path, file: &TensorFile) -> Result<(Preset, String)> {
+    let fits = mae_core::model_files::presets_matching(file)?;
+    let Some(&first) = fits.first() else {
+        bail!(
+            "{}: no preset has these shapes (patch_embed.proj.weight {}, pos_embed {}); see \
+             `mae presets`",
+            from.display(),
+            shown(file.shape("patch_embed.proj.weight")?),
+            shown(file.shape("pos_embed")?)
+        );
+    };
+    let others: Vec<&str> = fits[1..].iter().map(|p| p.name()).collect();
+    let note = if others.is_empty() {
+        ", from the shapes".to_string()
+    } else {
+        format!(
+            ", from the shapes; {} fit too: choose with --preset",
+            others.join(", ")
+        )
+    };
+    Ok((first, note))
 }
 
 /// `mae plot` arguments.
@@ -182,12 +234,14 @@ pub struct InfoArgs {
 /// `mae import` arguments.
 #[derive(Args)]
 pub struct ImportArgs {
-    /// Source safetensors file.
+    /// The weights: safetensors (official, timm or Hugging Face ViTMAE names) or a PyTorch
+    /// `.pth` / `.bin` (`torch.save`: the released `mae_pretrain_vit_*.pth`, a
+    /// `main_pretrain.py` checkpoint, a DDP state dict); read without running any code in it.
     #[arg(long)]
     from: PathBuf,
-    /// Preset the weights are for.
+    /// Preset the weights are for (default: the one whose shapes they have).
     #[arg(long)]
-    preset: Preset,
+    preset: Option<Preset>,
     /// Output file (an existing one that is not an earlier `mae import` output needs
     /// --force).
     #[arg(long)]
@@ -221,7 +275,7 @@ pub struct CheckArgs {
     /// Preset name.
     #[arg(long)]
     preset: Preset,
-    /// Weights file (safetensors, official `models_mae.py` names).
+    /// Weights file (safetensors or a PyTorch .pth/.bin, official `models_mae.py` names).
     file: PathBuf,
     /// Load only the encoder (encoder-only files such as `mae_pretrain_vit_*`).
     #[arg(long)]

@@ -24,6 +24,9 @@ mod config {
 mod image_files {
     include!("../../fuzz/bodies/image.rs");
 }
+mod pth {
+    include!("../../fuzz/bodies/pth.rs");
+}
 mod tar_listing {
     include!("../../fuzz/bodies/tar.rs");
 }
@@ -83,4 +86,9 @@ fn image_inputs() {
 #[test]
 fn tar_inputs() {
     run_all("tar", tar_listing::run);
+}
+
+#[test]
+fn pth_inputs() {
+    run_all("pth", pth::run);
 }

@@ -17,6 +17,7 @@ pub mod model_files;
 pub mod patch;
 pub mod pos_embed;
 pub mod preset;
+pub mod pth;
 pub mod vit;
 pub mod weights;
 

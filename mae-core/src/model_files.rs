@@ -105,3 +105,43 @@ pub fn import_file(
     }
     preset.visit(Import(file, out, metadata))
 }
+
+/// The presets whose shapes `file` (official names) has: patch embedding, position embedding and
+/// encoder depth, and the decoder's width and depth when it has a decoder. Heads cannot be seen
+/// in shapes; presets that differ only there (or only in the decoder, for an encoder-only file)
+/// all match, in definition order.
+pub fn presets_matching(file: &TensorFile) -> Result<Vec<Preset>, MaeError> {
+    let names = file.names()?;
+    let depth = |prefix: &str| {
+        let mut blocks: Vec<&str> = names
+            .iter()
+            .filter_map(|n| n.strip_prefix(prefix)?.split('.').next())
+            .collect();
+        blocks.sort_unstable();
+        blocks.dedup();
+        blocks.len()
+    };
+    let (depth, decoder_depth) = (depth("blocks."), depth("decoder_blocks."));
+    let patch = file.shape("patch_embed.proj.weight")?;
+    let pos = file.shape("pos_embed")?;
+    let decoder = file.shape("decoder_embed.weight")?;
+    Ok(Preset::ALL
+        .iter()
+        .copied()
+        .filter(|p| {
+            let d = p.dims();
+            let tokens = (d.img_size / d.patch_size).pow(2) + 1;
+            let encoder_fits = patch.as_deref()
+                == Some(&[d.embed_dim, d.in_chans, d.patch_size, d.patch_size][..])
+                && pos.as_deref() == Some(&[1, tokens, d.embed_dim][..])
+                && depth == d.depth;
+            let decoder_fits = match &decoder {
+                None => true,
+                Some(s) => {
+                    s[..] == [d.decoder_embed_dim, d.embed_dim] && decoder_depth == d.decoder_depth
+                }
+            };
+            encoder_fits && decoder_fits
+        })
+        .collect())
+}

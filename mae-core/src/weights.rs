@@ -254,8 +254,17 @@ impl TensorFile {
     /// Reads `path` into memory and checks it: a valid safetensors file (offsets, sizes, header)
     /// whose content checksum, if it has one, matches. `path` must be a regular file (not a
     /// device, a FIFO or a directory).
+    ///
+    /// A PyTorch file (`.pth`, `.bin`: what `torch.save` writes) is read as [`crate::pth`] says
+    /// and held as the safetensors file of its state dict.
     pub fn open(path: impl AsRef<Path>) -> Result<Self, MaeError> {
         let path = path.as_ref().to_path_buf();
+        let head = read_head(&path, 512)?;
+        // safetensors: an 8-byte header length, then the JSON header
+        if head.get(8) != Some(&b'{') && crate::pth::looks_like_pth(&head) {
+            let converted = crate::pth::pth_to_safetensors(&path)?;
+            return Self::from_bytes(path, converted);
+        }
         let bytes = read_regular_file(&path)?;
         Self::from_bytes(path, bytes)
     }
@@ -379,6 +388,20 @@ fn to_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
         _ => return None,
     };
     Some(out)
+}
+
+/// The first `n` bytes (fewer if the file is shorter) of a file that must be a regular file.
+fn read_head(path: &Path, n: u64) -> Result<Vec<u8>, MaeError> {
+    use std::io::Read;
+    let meta = fs::metadata(path).map_err(|e| MaeError::io(path, e))?;
+    if !meta.is_file() {
+        return Err(MaeError::io(path, not_a_regular_file()));
+    }
+    let mut head = Vec::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(n).read_to_end(&mut head))
+        .map_err(|e| MaeError::io(path, e))?;
+    Ok(head)
 }
 
 /// Reads a file that must be a regular file (a device such as `/dev/zero` would be read forever).

@@ -1,0 +1,205 @@
+//! PyTorch `.pth` files as `torch.save` writes them (fixtures made by
+//! `tools/reference/pth_fixtures.py` from `mae-parity-a.safetensors`'s weights): every layout a
+//! weights file comes in reads to the same values, bit for bit or exactly converted from
+//! f16/bf16/f64, and hostile or broken files are errors naming the file, never a panic.
+#![allow(clippy::unwrap_used)]
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use mae_core::model_files::import_file;
+use mae_core::pth::{PTH_FORMAT_KEY, PTH_PREFIX_KEY, PTH_WRAPPER_KEY};
+use mae_core::{MaeError, Preset, TensorFile};
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
+}
+
+/// The source weights: `model.*` of the parity fixture, without the prefix.
+fn source() -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let f = TensorFile::open(fixture("mae-parity-a.safetensors")).unwrap();
+    f.names()
+        .unwrap()
+        .into_iter()
+        .filter_map(|n| {
+            let short = n.strip_prefix("model.")?.to_string();
+            let t = f.read(&n).unwrap().unwrap();
+            Some((short, (t.shape, t.data)))
+        })
+        .collect()
+}
+
+fn read_all(f: &TensorFile) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    f.names()
+        .unwrap()
+        .into_iter()
+        .map(|n| {
+            let t = f.read(&n).unwrap().unwrap();
+            (n, (t.shape, t.data))
+        })
+        .collect()
+}
+
+fn bits(v: &[f32]) -> Vec<u32> {
+    v.iter().map(|x| x.to_bits()).collect()
+}
+
+fn error_of(path: &Path) -> String {
+    match TensorFile::open(path) {
+        Ok(_) => panic!("{} was read", path.display()),
+        Err(e) => {
+            let msg = e.to_string();
+            assert!(msg.contains(&path.display().to_string()), "{msg}");
+            msg
+        }
+    }
+}
+
+#[test]
+fn a_full_checkpoint_reads_bit_for_bit_without_its_wrapper() {
+    let f = TensorFile::open(fixture("pth/full.pth")).unwrap();
+    let meta = f.metadata().unwrap();
+    assert_eq!(meta.get(PTH_WRAPPER_KEY).map(String::as_str), Some("model"));
+    assert_eq!(meta.get(PTH_FORMAT_KEY).map(String::as_str), Some("zip"));
+    assert_eq!(meta.get(PTH_PREFIX_KEY), None);
+    let (got, want) = (read_all(&f), source());
+    assert_eq!(
+        got.keys().collect::<Vec<_>>(),
+        want.keys().collect::<Vec<_>>()
+    );
+    for (name, (shape, data)) in &want {
+        assert_eq!(&got[name].0, shape, "{name}");
+        assert_eq!(bits(&got[name].1), bits(data), "{name}");
+    }
+}
+
+#[test]
+fn an_official_training_checkpoint_reads_its_model_and_skips_the_rest() {
+    // model, optimizer state, epoch, scaler and an argparse.Namespace of args
+    let f = TensorFile::open(fixture("pth/checkpoint.pth")).unwrap();
+    let got = read_all(&f);
+    assert_eq!(got.len(), source().len());
+    assert!(got.keys().all(|k| !k.starts_with("optimizer")));
+}
+
+#[test]
+fn ddp_prefixes_come_off_and_f16_converts_exactly() {
+    let f = TensorFile::open(fixture("pth/ddp_f16.pth")).unwrap();
+    let meta = f.metadata().unwrap();
+    assert_eq!(
+        meta.get(PTH_WRAPPER_KEY).map(String::as_str),
+        Some("state_dict")
+    );
+    assert_eq!(
+        meta.get(PTH_PREFIX_KEY).map(String::as_str),
+        Some("module.")
+    );
+    let got = read_all(&f);
+    for (name, (shape, data)) in source() {
+        let halved: Vec<f32> = data
+            .iter()
+            .map(|&v| half::f16::from_f32(v).to_f32())
+            .collect();
+        assert_eq!(got[&name].0, shape, "{name}");
+        assert_eq!(bits(&got[&name].1), bits(&halved), "{name}");
+    }
+}
+
+#[test]
+fn encoder_only_files_import_with_a_fresh_decoder() {
+    let f = TensorFile::open(fixture("pth/encoder.pth")).unwrap();
+    assert!(f.names().unwrap().iter().all(|n| !n.starts_with("decoder")));
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("imported.safetensors");
+    let how = import_file(Preset::Parity, &f, &out, &BTreeMap::new()).unwrap();
+    assert!(how.starts_with("encoder only"), "{how}");
+    let imported = read_all(&TensorFile::open(&out).unwrap());
+    for (name, (_, data)) in source().iter().filter(|(n, _)| n.starts_with("blocks.")) {
+        assert_eq!(bits(&imported[name].1), bits(data), "{name}");
+    }
+}
+
+/// `base = arange(24) / 7` in f32, as torch computes it.
+fn base(i: usize) -> f32 {
+    i as f32 / 7.0
+}
+
+#[test]
+fn views_dtypes_and_the_legacy_format_read_exactly() {
+    for (file, format) in [("pth/views.pth", "zip"), ("pth/legacy.pth", "legacy")] {
+        let f = TensorFile::open(fixture(file)).unwrap();
+        assert_eq!(
+            f.metadata()
+                .unwrap()
+                .get(PTH_FORMAT_KEY)
+                .map(String::as_str),
+            Some(format)
+        );
+        let got = read_all(&f);
+        let bf16: Vec<f32> = (0..12)
+            .map(|i| half::bf16::from_f32(i as f32 / 3.0 - 2.0).to_f32())
+            .collect();
+        assert_eq!(got["bf16"], (vec![3, 4], bf16), "{file}");
+        let f64s: Vec<f32> = (0..6).map(|i| (i as f64 / 9.0) as f32).collect();
+        assert_eq!(got["f64"], (vec![2, 3], f64s), "{file}");
+        // base[:12].reshape(3, 4).t(): element (i, j) is base[j * 4 + i]
+        let transposed: Vec<f32> = (0..4)
+            .flat_map(|i| (0..3).map(move |j| base(j * 4 + i)))
+            .collect();
+        assert_eq!(got["transposed"], (vec![4, 3], transposed), "{file}");
+        let offset: Vec<f32> = (5..17).map(base).collect();
+        assert_eq!(got["offset"], (vec![2, 6], offset), "{file}");
+        assert_eq!(
+            got["int64"],
+            (vec![5], vec![-2.0, -1.0, 0.0, 1.0, 2.0]),
+            "{file}"
+        );
+        assert_eq!(got["scalar"], (vec![], vec![2.5]), "{file}");
+    }
+}
+
+#[test]
+fn a_pickle_that_would_run_a_command_is_refused_naming_the_global() {
+    let msg = error_of(&fixture("pth/os_system.pth"));
+    assert!(
+        msg.contains("posix.system") && msg.contains("refused"),
+        "{msg}"
+    );
+    // the same as a bare pickle (no zip): GLOBAL posix.system, REDUCE
+    let dir = tempfile::tempdir().unwrap();
+    let bare = dir.path().join("bare.pth");
+    std::fs::write(
+        &bare,
+        b"\x80\x02cposix\nsystem\nq\x00X\x04\x00\x00\x00echoq\x01\x85q\x02Rq\x03.",
+    )
+    .unwrap();
+    let msg = error_of(&bare);
+    assert!(msg.contains("posix.system"), "{msg}");
+}
+
+#[test]
+fn broken_and_absurd_files_are_errors_naming_them() {
+    let msg = error_of(&fixture("pth/short_storage.pth"));
+    assert!(msg.contains("storage"), "{msg}");
+    let msg = error_of(&fixture("pth/expanded.pth"));
+    assert!(msg.contains("bytes"), "{msg}");
+    let dir = tempfile::tempdir().unwrap();
+    let full = std::fs::read(fixture("pth/full.pth")).unwrap();
+    for cut in [full.len() / 2, full.len() - 30, 100, 4] {
+        let p = dir.path().join(format!("cut-{cut}.pth"));
+        std::fs::write(&p, &full[..cut]).unwrap();
+        let msg = error_of(&p);
+        assert!(!msg.is_empty());
+    }
+    // a zip that is not a PyTorch file
+    let p = dir.path().join("other.pth");
+    std::fs::write(&p, b"PK\x03\x04 not really a zip").unwrap();
+    error_of(&p);
+    // an empty state dict
+    assert!(matches!(
+        TensorFile::open(fixture("pth/empty.pth")),
+        Err(MaeError::Format { .. })
+    ));
+}
