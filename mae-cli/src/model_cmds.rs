@@ -6,10 +6,8 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mae_core::model_files::{check_file, import_file, init_file, parameter_counts};
-use mae_core::weights::{
-    hugging_face_to_official, is_hugging_face, safetensors_bytes, WRITTEN_BY_KEY,
-};
+use mae_core::model_files::{check_file, import_file, init_file, open_weights, parameter_counts};
+use mae_core::weights::WRITTEN_BY_KEY;
 use mae_core::{Preset, TensorFile};
 use mae_train::reconstruct::{reconstruct, ImagesFrom, ReconstructOptions};
 
@@ -127,19 +125,9 @@ pub fn run_import(a: ImportArgs) -> Result<()> {
     } = a;
     let inputs = input_files(&[&from], &[]);
     crate::outputs::check("--out", &out, Kind::Weights("mae import"), &inputs, force)?;
-    let file = TensorFile::open(&from)?;
+    // Hugging Face names are converted in memory: nothing is written beside --out
+    let (file, naming) = open_weights(&from)?;
     let container = describe_container(&file)?;
-    let (file, naming) = if is_hugging_face(&file)? {
-        // converted in memory: nothing is written beside --out
-        let tensors = hugging_face_to_official(&file)?;
-        let bytes = safetensors_bytes(&from, &tensors, &BTreeMap::new())?;
-        (
-            TensorFile::from_bytes(&from, bytes)?,
-            "Hugging Face ViTMAE names",
-        )
-    } else {
-        (file, "official/timm names")
-    };
     let (preset, how_chosen) = match preset {
         Some(p) => (p, String::new()),
         None => choose_preset(&from, &file)?,

@@ -152,6 +152,9 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         }
         say!("resumed from {}", path.display());
     }
+    if let Some((path, how)) = &summary.initialized_from {
+        say!("started from {} ({how})", path.display());
+    }
     let where_ = summary
         .checkpoint
         .as_ref()

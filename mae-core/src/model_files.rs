@@ -13,7 +13,10 @@ use dfdx::prelude::*;
 use crate::error::MaeError;
 use crate::model::Mae;
 use crate::preset::{MaePreset, Preset, PresetVisitor};
-use crate::weights::{is_decoder_name, TensorFile};
+use crate::weights::{
+    hugging_face_to_official, is_decoder_name, is_hugging_face, safetensors_bytes, TensorFile,
+    CHECKSUM_KEY,
+};
 
 /// Writes a freshly initialized MAE of `preset` (dfdx's RNG seeded with `seed`) to `out`, with
 /// `metadata` (atomically).
@@ -91,19 +94,47 @@ pub fn import_file(
         type Output = Result<&'static str, MaeError>;
         fn visit<P: MaePreset>(self) -> Self::Output {
             let mut model = Mae::<P, f32, Cpu>::new(&Cpu::seed_from_u64(0))?;
-            let how = match model.load_from(self.0, "") {
-                Ok(()) => "full model",
-                Err(MaeError::MissingKey { key, .. }) if is_decoder_name(&key) => {
-                    model.encoder.load_from(self.0, "")?;
-                    "encoder only (decoder freshly initialized)"
-                }
-                Err(e) => return Err(e),
-            };
+            let how = load_mae_weights(&mut model, self.0)?;
             model.save_safetensors(self.1, self.2)?;
             Ok(how)
         }
     }
     preset.visit(Import(file, out, metadata))
+}
+
+/// Loads `file` (official names) into `model`: every tensor, or, for an encoder-only file, the
+/// encoder alone, the decoder keeping the initialization it has (`Mae::new`'s, the official
+/// `initialize_weights`). Returns which of the two it was; on an error `model` is unchanged.
+pub fn load_mae_weights<P: MaePreset, D: Device<f32>>(
+    model: &mut Mae<P, f32, D>,
+    file: &TensorFile,
+) -> Result<&'static str, MaeError> {
+    match model.load_from(file, "") {
+        Ok(()) => Ok("full model"),
+        Err(MaeError::MissingKey { key, .. }) if is_decoder_name(&key) => {
+            model.encoder.load_from(file, "")?;
+            Ok("encoder only (decoder freshly initialized)")
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Opens weights in any form the commands take: safetensors or a PyTorch `.pth` / `.bin`
+/// ([`crate::pth`]), under official/timm names or Hugging Face ViTMAE names (converted in
+/// memory). Returns the file under official names and which naming it had.
+pub fn open_weights(path: &Path) -> Result<(TensorFile, &'static str), MaeError> {
+    let file = TensorFile::open(path)?;
+    if !is_hugging_face(&file)? {
+        return Ok((file, "official/timm names"));
+    }
+    let tensors = hugging_face_to_official(&file)?;
+    let mut meta = file.metadata()?;
+    meta.remove(CHECKSUM_KEY);
+    let bytes = safetensors_bytes(path, &tensors, &meta.into_iter().collect())?;
+    Ok((
+        TensorFile::from_bytes(path, bytes)?,
+        "Hugging Face ViTMAE names",
+    ))
 }
 
 /// The presets whose shapes `file` (official names) has: patch embedding, position embedding and

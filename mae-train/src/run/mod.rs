@@ -42,6 +42,8 @@ pub struct RunSummary {
     pub checkpoint: Option<PathBuf>,
     /// Checkpoint resumed from, if any, and the newer ones that failed to load.
     pub resumed_from: Option<(PathBuf, Vec<String>)>,
+    /// Weights a fresh run started from (`--init`) and what was loaded from them.
+    pub initialized_from: Option<(PathBuf, String)>,
     /// Loss of the last optimizer step.
     pub last_loss: Option<f32>,
 }

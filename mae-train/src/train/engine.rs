@@ -566,6 +566,7 @@ impl Engine<'_> {
             step: state.step,
             checkpoint: last_checkpoint,
             resumed_from: resumed,
+            initialized_from: None,
             last_loss,
         })
     }

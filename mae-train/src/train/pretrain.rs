@@ -239,6 +239,15 @@ impl Job for Run<'_> {
         let mut opt = AdamW::new(cfg.weight_decay, decayed_names(&model)?);
         let engine = self.inputs.engine(cfg);
         let (state, resumed) = engine.start(&mut model, &mut opt)?;
+        // --init: a fresh run starts from the weights; a resumed one has its checkpoint's
+        let initialized_from = match (&cfg.init, &resumed) {
+            (Some(path), None) => {
+                let (file, naming) = mae_core::model_files::open_weights(path)?;
+                let how = mae_core::model_files::load_mae_weights(&mut model, &file)?;
+                Some((path.clone(), format!("{how}, {naming}")))
+            }
+            _ => None,
+        };
 
         let (mean, std) = normalization(m, false);
         let augment = Augment::new(Transform::pretrain(), P::IMG_SIZE, &mean, &std, cfg.seed)?;
@@ -277,8 +286,10 @@ impl Job for Run<'_> {
             data,
             preset: std::marker::PhantomData,
         };
-        engine.run(
+        let mut summary = engine.run(
             &dev, &mut task, &mut model, &mut opt, &loader, state, resumed, what,
-        )
+        )?;
+        summary.initialized_from = initialized_from;
+        Ok(summary)
     }
 }

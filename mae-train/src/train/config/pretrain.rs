@@ -22,9 +22,16 @@ pub struct PretrainOverrides {
     /// Prepared dataset directory (trains on its train split).
     #[cfg_attr(feature = "clap", arg(long))]
     pub data: Option<PathBuf>,
-    /// Model preset (`tiny`, `vit-b16`, ...).
+    /// Model preset (`tiny`, `vit-b16`, ...; default with --init: the one whose shapes the
+    /// weights have).
     #[cfg_attr(feature = "clap", arg(long))]
     pub preset: Option<Preset>,
+    /// Start from these weights: any file `mae import` reads (the released `.pth`, a timm or
+    /// Hugging Face file, safetensors; full MAE, or encoder only with the decoder initialized as
+    /// the official code does). A fresh run: step 0, a new optimizer, the recipe's schedule.
+    /// (--resume continues a run of ours exactly.)
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub init: Option<PathBuf>,
     /// Run directory: checkpoints, metrics.jsonl, config.json.
     #[cfg_attr(feature = "clap", arg(long))]
     pub out: Option<PathBuf>,
@@ -107,6 +114,7 @@ impl PretrainOverrides {
 overrides!(PretrainOverrides {
     data,
     preset,
+    init,
     out,
     epochs,
     max_steps,
@@ -140,6 +148,9 @@ pub struct PretrainConfig {
     pub out: PathBuf,
     /// The model.
     pub model: MaeConfig,
+    /// Weights the run started from (`--init`), if any.
+    #[serde(default)]
+    pub init: Option<PathBuf>,
     /// Epochs.
     pub epochs: usize,
     /// Optional cap on optimizer steps.
@@ -186,6 +197,18 @@ pub struct PretrainConfig {
     pub precision: crate::amp::Precision,
 }
 
+/// The preset of an `--init` file: the first whose shapes it has.
+fn preset_of_weights(path: &std::path::Path) -> Result<Preset, TrainError> {
+    let (file, _) = mae_core::model_files::open_weights(path)?;
+    let fits = mae_core::model_files::presets_matching(&file)?;
+    fits.first().copied().ok_or_else(|| {
+        TrainError::Config(format!(
+            "{}: no preset has these weights' shapes; give --preset",
+            path.display()
+        ))
+    })
+}
+
 impl PretrainConfig {
     /// Fills defaults and checks ranges for one process. `data`, `preset` and `out` are required.
     pub fn resolve(given: PretrainOverrides) -> Result<Self, TrainError> {
@@ -199,7 +222,11 @@ impl PretrainConfig {
             return Err(TrainError::Config("world size 0".into()));
         }
         let missing = |what: &str| TrainError::Config(format!("--{what} is required"));
-        let preset = given.preset.ok_or_else(|| missing("preset"))?;
+        let preset = match (given.preset, &given.init) {
+            (Some(p), _) => p,
+            (None, Some(init)) => preset_of_weights(init)?,
+            (None, None) => return Err(missing("preset")),
+        };
         let mut model = MaeConfig::new(preset);
         if let Some(size) = given.input_size {
             model.image_size = size;
@@ -217,6 +244,7 @@ impl PretrainConfig {
             data: given.data.ok_or_else(|| missing("data"))?,
             out: given.out.ok_or_else(|| missing("out"))?,
             model,
+            init: given.init,
             epochs,
             max_steps: given.max_steps,
             batch_size,
