@@ -59,8 +59,12 @@ enum Command {
     Embed(eval_cmds::EmbedArgs),
     /// Show a checkpoint's preset, parameter counts, step and configuration.
     Info(model_cmds::InfoArgs),
-    /// Convert weights in official/timm or Hugging Face ViTMAE names into a checkpoint.
+    /// Convert weights (.pth/.bin/safetensors; official, timm or Hugging Face ViTMAE names) into a
+    /// checkpoint; the kind of file and its preset are recognised.
     Import(model_cmds::ImportArgs),
+    /// Write weights for PyTorch (`.pth` that the official models_mae.py/models_vit.py load
+    /// strictly) or as safetensors, the whole MAE or the encoder only.
+    Export(model_cmds::ExportArgs),
     /// Datasets: prepare, info, verify, show.
     #[command(subcommand)]
     Data(data::DataCommand),
@@ -150,6 +154,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Plot(args) => model_cmds::run_plot(args),
         Command::Info(args) => model_cmds::run_info(args),
         Command::Import(args) => model_cmds::run_import(args),
+        Command::Export(args) => model_cmds::run_export(args),
         Command::Init(args) => model_cmds::run_init(args),
         Command::Check(args) => model_cmds::run_check(args),
         Command::Knn(args) => eval_cmds::run_knn(args),

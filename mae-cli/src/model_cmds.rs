@@ -300,3 +300,70 @@ pub fn run_check(a: CheckArgs) -> Result<()> {
     say!("{path}: loads into preset {preset} ({params} trainable parameters)");
     Ok(())
 }
+
+/// `mae export` formats.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum ExportFormatArg {
+    /// `torch.save({'model': state_dict})`: what `models_mae.py` / `models_vit.py` load with
+    /// `load_state_dict(checkpoint['model'], strict=True)`.
+    Pth,
+    /// safetensors, official names (what every `mae` command reads).
+    Safetensors,
+}
+
+/// `mae export` arguments.
+#[derive(Args)]
+pub struct ExportArgs {
+    /// The weights: a checkpoint of a run, `mae import` output, or any file `mae import` reads.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "pth")]
+    format: ExportFormatArg,
+    /// Output file (an existing one needs --force, unless an earlier `mae export` safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// Write the encoder only (the released `mae_pretrain_vit_*.pth` layout).
+    #[arg(long)]
+    encoder_only: bool,
+    /// Preset of the weights (default: the checkpoint's, else the one its shapes fit).
+    #[arg(long)]
+    preset: Option<Preset>,
+    /// Replace an existing --out.
+    #[arg(long)]
+    force: bool,
+}
+
+/// `mae export --checkpoint C --format pth|safetensors --out F`.
+pub fn run_export(a: ExportArgs) -> Result<()> {
+    use mae_core::model_files::{export_file, ExportFormat};
+    let (format, kind) = match a.format {
+        ExportFormatArg::Pth => (ExportFormat::Pth, Kind::Unmarked),
+        ExportFormatArg::Safetensors => (ExportFormat::Safetensors, Kind::Weights("mae export")),
+    };
+    let inputs = input_files(&[&a.checkpoint], &[]);
+    crate::outputs::check("--out", &a.out, kind, &inputs, a.force)?;
+    let (file, _) = open_weights(&a.checkpoint)?;
+    let preset = match a.preset {
+        Some(p) => p,
+        None => match file.metadata()?.get("preset") {
+            Some(name) => name
+                .parse()
+                .with_context(|| format!("{}: preset `{name}`", a.checkpoint.display()))?,
+            None => choose_preset(&a.checkpoint, &file)?.0,
+        },
+    };
+    let meta = BTreeMap::from([(WRITTEN_BY_KEY.to_string(), "mae export".to_string())]);
+    let n = export_file(preset, &file, format, a.encoder_only, &a.out, &meta)?;
+    say!(
+        "{} → {} ({n} tensors, {}, preset {preset})",
+        a.checkpoint.display(),
+        a.out.display(),
+        if a.encoder_only {
+            "encoder only"
+        } else {
+            "full model"
+        }
+    );
+    Ok(())
+}

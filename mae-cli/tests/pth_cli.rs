@@ -82,3 +82,78 @@ fn a_hostile_pth_is_refused_in_one_line_and_writes_nothing() {
     assert_eq!(r.status.code(), Some(1));
     assert!(!out.exists());
 }
+
+#[test]
+fn export_round_trips_and_never_writes_over_its_input_or_a_stranger() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = pth("full.pth");
+    let out = dir.path().join("out.pth");
+    let said = run_ok(&["export", "--checkpoint", s(&src), "--out", s(&out)]);
+    assert!(
+        said.contains("50 tensors") && said.contains("preset parity"),
+        "{said}"
+    );
+    // back through import: the same weights
+    let back = dir.path().join("back.safetensors");
+    run_ok(&["import", "--from", s(&out), "--out", s(&back)]);
+    let (a, b) = (
+        mae_core::TensorFile::open(&src).unwrap(),
+        mae_core::TensorFile::open(&back).unwrap(),
+    );
+    for name in a.names().unwrap() {
+        assert_eq!(a.read(&name).unwrap(), b.read(&name).unwrap(), "{name}");
+    }
+    // an existing .pth cannot say who wrote it: --force
+    let before = std::fs::read(&out).unwrap();
+    let r = mae(&[
+        "export",
+        "--checkpoint",
+        s(&src),
+        "--out",
+        s(&out),
+        "--encoder-only",
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("--force"));
+    assert_eq!(std::fs::read(&out).unwrap(), before);
+    // its own input, even with --force
+    let copy = dir.path().join("copy.pth");
+    std::fs::copy(&src, &copy).unwrap();
+    let r = mae(&[
+        "export",
+        "--checkpoint",
+        s(&copy),
+        "--out",
+        s(&copy),
+        "--force",
+    ]);
+    assert_eq!(r.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&r.stderr).contains("also an input"));
+    assert_eq!(std::fs::read(&copy).unwrap(), std::fs::read(&src).unwrap());
+    // safetensors output is recognised as its own next time
+    let st = dir.path().join("w.safetensors");
+    run_ok(&[
+        "export",
+        "--checkpoint",
+        s(&src),
+        "--format",
+        "safetensors",
+        "--out",
+        s(&st),
+    ]);
+    run_ok(&[
+        "export",
+        "--checkpoint",
+        s(&src),
+        "--format",
+        "safetensors",
+        "--out",
+        s(&st),
+        "--encoder-only",
+    ]);
+    let names = mae_core::TensorFile::open(&st).unwrap().names().unwrap();
+    assert!(
+        names.iter().all(|n| !mae_core::weights::is_decoder_name(n)),
+        "{names:?}"
+    );
+}

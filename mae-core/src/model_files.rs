@@ -176,3 +176,55 @@ pub fn presets_matching(file: &TensorFile) -> Result<Vec<Preset>, MaeError> {
         })
         .collect())
 }
+
+/// The file formats [`export_file`] writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ExportFormat {
+    /// `torch.save({'model': state_dict})`, as the official checkpoints: `models_mae.py` (or
+    /// `models_vit.py` for the encoder) loads `checkpoint['model']` with `strict=True`.
+    Pth,
+    /// safetensors under the official names.
+    Safetensors,
+}
+
+/// Loads `file` into an MAE of `preset` (strictly; an encoder-only file gets the fresh decoder)
+/// and writes it to `out` in `format` under the official names and shapes, the encoder alone
+/// when `encoder_only` (the released `mae_pretrain_vit_*` layout). Returns the tensors written.
+pub fn export_file(
+    preset: Preset,
+    file: &TensorFile,
+    format: ExportFormat,
+    encoder_only: bool,
+    out: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> Result<usize, MaeError> {
+    struct Export<'a>(
+        &'a TensorFile,
+        ExportFormat,
+        bool,
+        &'a Path,
+        &'a BTreeMap<String, String>,
+    );
+    impl PresetVisitor for Export<'_> {
+        type Output = Result<usize, MaeError>;
+        fn visit<P: MaePreset>(self) -> Self::Output {
+            let Export(file, format, encoder_only, out, metadata) = self;
+            let mut model = Mae::<P, f32, Cpu>::new(&Cpu::seed_from_u64(0))?;
+            load_mae_weights(&mut model, file)?;
+            let mut tensors = crate::weights::named_tensors(&model)?;
+            if encoder_only {
+                tensors.retain(|t| !is_decoder_name(&t.name));
+            }
+            match format {
+                ExportFormat::Pth => crate::pth::write_pth(out, &tensors, Some("model"))?,
+                ExportFormat::Safetensors => {
+                    let mut meta = metadata.clone();
+                    meta.insert("preset".into(), P::PRESET.to_string());
+                    crate::weights::write_safetensors(out, &tensors, &meta)?
+                }
+            }
+            Ok(tensors.len())
+        }
+    }
+    preset.visit(Export(file, format, encoder_only, out, metadata))
+}

@@ -185,3 +185,166 @@ fn st_dtype(d: DType) -> StDtype {
         DType::Bool => StDtype::BOOL,
     }
 }
+
+/// Writes f32 tensors as `torch.save` does (the ZIP format of PyTorch ≥ 1.6, protocol-2 pickle,
+/// one stored entry per tensor, 64-byte aligned): a state dict (`OrderedDict` of contiguous f32
+/// tensors) under `wrapper` when given (`{'model': state_dict}`, the official checkpoints'
+/// layout), as the file itself otherwise. `torch.load(path, weights_only=True)` reads it.
+/// Written through a synced temporary file and a rename, as every weights file is.
+pub fn write_pth(
+    path: &Path,
+    tensors: &[crate::weights::NamedTensor],
+    wrapper: Option<&str>,
+) -> Result<(), MaeError> {
+    let bytes = pth_bytes(path, tensors, wrapper)?;
+    crate::weights::write_atomic(path, &bytes)
+}
+
+/// The bytes [`write_pth`] writes; `path` names the file in errors and gives the archive's
+/// folder name (its stem, as `torch.save` does).
+pub fn pth_bytes(
+    path: &Path,
+    tensors: &[crate::weights::NamedTensor],
+    wrapper: Option<&str>,
+) -> Result<Vec<u8>, MaeError> {
+    use std::io::Write;
+    use zip::write::SimpleFileOptions;
+    let bad = |message: String| MaeError::Format {
+        path: path.to_path_buf(),
+        message,
+    };
+    let archive = path
+        .file_stem()
+        .map(|s| {
+            s.to_string_lossy()
+                .replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+        })
+        .filter(|s| !s.is_empty())
+        .unwrap_or_else(|| "archive".into());
+    for t in tensors {
+        let n = t.shape.iter().try_fold(1usize, |n, &d| n.checked_mul(d));
+        if n != Some(t.data.len()) {
+            return Err(bad(format!(
+                "tensor `{}`: shape {:?} does not hold {} values",
+                t.name,
+                t.shape,
+                t.data.len()
+            )));
+        }
+    }
+    let mut zip = zip::ZipWriter::new(std::io::Cursor::new(Vec::new()));
+    let stored = SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Stored)
+        .large_file(tensors.iter().map(|t| t.data.len() as u64 * 4).sum::<u64>() >= u32::MAX as u64)
+        .with_alignment(64);
+    let mut put = |name: &str, bytes: &[u8]| -> Result<(), MaeError> {
+        zip.start_file(format!("{archive}/{name}"), stored)
+            .and_then(|()| zip.write_all(bytes).map_err(Into::into))
+            .map_err(|e| bad(format!("writing {name}: {e}")))
+    };
+    put("data.pkl", &state_dict_pickle(tensors, wrapper))?;
+    put("byteorder", b"little")?;
+    for (i, t) in tensors.iter().enumerate() {
+        let data: Vec<u8> = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        put(&format!("data/{i}"), &data)?;
+    }
+    put("version", b"3\n")?;
+    let cursor = zip.finish().map_err(|e| bad(e.to_string()))?;
+    Ok(cursor.into_inner())
+}
+
+/// The pickle of `torch.save(state_dict)`: `OrderedDict` entries rebuilt by
+/// `torch._utils._rebuild_tensor_v2(storage, 0, size, stride, False, OrderedDict())` with the
+/// storages as persistent ids `('storage', torch.FloatStorage, key, 'cpu', numel)`.
+fn state_dict_pickle(tensors: &[crate::weights::NamedTensor], wrapper: Option<&str>) -> Vec<u8> {
+    let mut p = PickleWriter(vec![0x80, 2]);
+    if let Some(w) = wrapper {
+        p.0.push(b'}'); // EMPTY_DICT
+        p.unicode(w);
+    }
+    p.global("collections", "OrderedDict");
+    p.0.extend([b')', b'R']); // EMPTY_TUPLE REDUCE
+    p.0.push(b'('); // MARK
+    for (i, t) in tensors.iter().enumerate() {
+        p.unicode(&t.name);
+        p.global("torch._utils", "_rebuild_tensor_v2");
+        p.0.push(b'(');
+        // the storage, as a persistent id
+        p.0.push(b'(');
+        p.unicode("storage");
+        p.global("torch", "FloatStorage");
+        p.unicode(&i.to_string());
+        p.unicode("cpu");
+        p.int(t.data.len() as u64);
+        p.0.extend([b't', b'Q']); // TUPLE BINPERSID
+        p.int(0); // storage offset
+        p.tuple(&t.shape);
+        let mut stride = vec![1u64; t.shape.len()];
+        for d in (0..t.shape.len().saturating_sub(1)).rev() {
+            stride[d] = stride[d + 1].saturating_mul(t.shape[d + 1] as u64);
+        }
+        p.tuple_u64(&stride);
+        p.0.push(0x89); // NEWFALSE: requires_grad
+        p.global("collections", "OrderedDict");
+        p.0.extend([b')', b'R']);
+        p.0.extend([b't', b'R']); // the arguments, the call
+    }
+    p.0.push(b'u'); // SETITEMS
+    if wrapper.is_some() {
+        p.0.push(b's'); // SETITEM
+    }
+    p.0.push(b'.');
+    p.0
+}
+
+/// Just the pickle opcodes [`state_dict_pickle`] needs (protocol 2).
+struct PickleWriter(Vec<u8>);
+
+impl PickleWriter {
+    fn global(&mut self, module: &str, name: &str) {
+        self.0.push(b'c');
+        for part in [module, name] {
+            self.0.extend(part.as_bytes());
+            self.0.push(b'\n');
+        }
+    }
+
+    fn unicode(&mut self, s: &str) {
+        self.0.push(b'X'); // BINUNICODE
+        self.0.extend((s.len() as u32).to_le_bytes());
+        self.0.extend(s.as_bytes());
+    }
+
+    fn int(&mut self, v: u64) {
+        match v {
+            0..=0xff => self.0.extend([b'K', v as u8]),
+            0x100..=0xffff => {
+                self.0.push(b'M');
+                self.0.extend((v as u16).to_le_bytes());
+            }
+            0x1_0000..=0x7fff_ffff => {
+                self.0.push(b'J');
+                self.0.extend((v as u32).to_le_bytes());
+            }
+            _ => {
+                // LONG1: 8 little-endian bytes, a ninth 0 keeps it positive
+                self.0.extend([0x8a, 9]);
+                self.0.extend(v.to_le_bytes());
+                self.0.push(0);
+            }
+        }
+    }
+
+    fn tuple(&mut self, items: &[usize]) {
+        let items: Vec<u64> = items.iter().map(|&d| d as u64).collect();
+        self.tuple_u64(&items);
+    }
+
+    fn tuple_u64(&mut self, items: &[u64]) {
+        self.0.push(b'(');
+        for &v in items {
+            self.int(v);
+        }
+        self.0.push(b't');
+    }
+}

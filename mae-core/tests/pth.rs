@@ -203,3 +203,89 @@ fn broken_and_absurd_files_are_errors_naming_them() {
         Err(MaeError::Format { .. })
     ));
 }
+
+#[test]
+fn exported_pth_and_safetensors_read_back_identical() {
+    use mae_core::model_files::{export_file, ExportFormat};
+    let dir = tempfile::tempdir().unwrap();
+    let src = TensorFile::open(fixture("pth/full.pth")).unwrap();
+    let want = read_all(&src);
+    for (format, name) in [
+        (ExportFormat::Pth, "out.pth"),
+        (ExportFormat::Safetensors, "out.safetensors"),
+    ] {
+        for encoder_only in [false, true] {
+            let out = dir.path().join(format!("{encoder_only}-{name}"));
+            let n = export_file(
+                Preset::Parity,
+                &src,
+                format,
+                encoder_only,
+                &out,
+                &BTreeMap::new(),
+            )
+            .unwrap();
+            let back = TensorFile::open(&out).unwrap();
+            let got = read_all(&back);
+            assert_eq!(got.len(), n);
+            let expected: Vec<&String> = want
+                .keys()
+                .filter(|k| !encoder_only || !mae_core::weights::is_decoder_name(k))
+                .collect();
+            assert_eq!(
+                got.keys().collect::<Vec<_>>(),
+                expected,
+                "{}",
+                out.display()
+            );
+            for (k, (shape, data)) in &got {
+                assert_eq!(shape, &want[k].0, "{k}");
+                assert_eq!(bits(data), bits(&want[k].1), "{k}");
+            }
+            if format == ExportFormat::Pth {
+                let meta = back.metadata().unwrap();
+                assert_eq!(meta.get(PTH_WRAPPER_KEY).map(String::as_str), Some("model"));
+            }
+        }
+    }
+}
+
+#[test]
+fn the_pth_writer_handles_scalars_and_large_dimensions() {
+    use mae_core::pth::pth_bytes;
+    use mae_core::weights::NamedTensor;
+    let t = |name: &str, shape: Vec<usize>| {
+        let n = shape.iter().product();
+        NamedTensor {
+            name: name.into(),
+            shape,
+            data: (0..n).map(|i| i as f32 * 0.5 - 3.0).collect(),
+            trainable: true,
+        }
+    };
+    // sizes needing BININT2 and BININT, a 0-d tensor, a name with non-ASCII text
+    let tensors = vec![
+        t("scalar", vec![]),
+        t("wide", vec![1, 70_000]),
+        t("größe", vec![300, 2]),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("w.pth");
+    std::fs::write(&path, pth_bytes(&path, &tensors, None).unwrap()).unwrap();
+    let got = read_all(&TensorFile::open(&path).unwrap());
+    for x in &tensors {
+        assert_eq!(
+            got[&x.name],
+            (x.shape.clone(), x.data.clone()),
+            "{}",
+            x.name
+        );
+    }
+    let bad = vec![NamedTensor {
+        name: "x".into(),
+        shape: vec![2, 2],
+        data: vec![1.0],
+        trainable: true,
+    }];
+    assert!(pth_bytes(&path, &bad, None).is_err());
+}
