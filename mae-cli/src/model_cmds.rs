@@ -309,6 +309,9 @@ pub enum ExportFormatArg {
     Pth,
     /// safetensors, official names (what every `mae` command reads).
     Safetensors,
+    /// A Hugging Face folder (--out is the folder): config.json + model.safetensors for
+    /// `ViTMAEForPreTraining.from_pretrained`, or `ViTModel` with --encoder-only.
+    Hf,
 }
 
 /// `mae export` arguments.
@@ -340,9 +343,40 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
     let (format, kind) = match a.format {
         ExportFormatArg::Pth => (ExportFormat::Pth, Kind::Unmarked),
         ExportFormatArg::Safetensors => (ExportFormat::Safetensors, Kind::Weights("mae export")),
+        ExportFormatArg::Hf => (ExportFormat::HuggingFace, Kind::Unmarked),
     };
     let inputs = input_files(&[&a.checkpoint], &[]);
-    crate::outputs::check("--out", &a.out, kind, &inputs, a.force)?;
+    if a.format == ExportFormatArg::Hf {
+        if a.out.exists() && !a.out.is_dir() {
+            bail!(
+                "--out {} exists and is not a folder; give a folder for --format hf",
+                a.out.display()
+            );
+        }
+        // the two files written inside; anything else in the folder is left alone
+        let ours = Kind::Weights("mae export");
+        crate::outputs::check(
+            "--out",
+            &a.out.join("model.safetensors"),
+            ours,
+            &inputs,
+            a.force,
+        )?;
+        let config = a.out.join("config.json");
+        let ours_before = mae_core::weights::written_by(&a.out.join("model.safetensors"))
+            .as_deref()
+            == Some("mae export");
+        let config_kind = if ours_before { Kind::Unmarked } else { kind };
+        crate::outputs::check(
+            "--out",
+            &config,
+            config_kind,
+            &inputs,
+            a.force || ours_before,
+        )?;
+    } else {
+        crate::outputs::check("--out", &a.out, kind, &inputs, a.force)?;
+    }
     let (file, _) = open_weights(&a.checkpoint)?;
     let preset = match a.preset {
         Some(p) => p,

@@ -14,8 +14,8 @@ use crate::error::MaeError;
 use crate::model::Mae;
 use crate::preset::{MaePreset, Preset, PresetVisitor};
 use crate::weights::{
-    hugging_face_to_official, is_decoder_name, is_hugging_face, safetensors_bytes, TensorFile,
-    CHECKSUM_KEY,
+    hugging_face_to_official, is_decoder_name, is_hugging_face, official_to_hugging_face,
+    safetensors_bytes, TensorFile, CHECKSUM_KEY,
 };
 
 /// Writes a freshly initialized MAE of `preset` (dfdx's RNG seeded with `seed`) to `out`, with
@@ -122,7 +122,24 @@ pub fn load_mae_weights<P: MaePreset, D: Device<f32>>(
 /// Opens weights in any form the commands take: safetensors or a PyTorch `.pth` / `.bin`
 /// ([`crate::pth`]), under official/timm names or Hugging Face ViTMAE names (converted in
 /// memory). Returns the file under official names and which naming it had.
+///
+/// A folder is taken as a Hugging Face model folder: its `model.safetensors`, else its
+/// `pytorch_model.bin`.
 pub fn open_weights(path: &Path) -> Result<(TensorFile, &'static str), MaeError> {
+    let chosen;
+    let path = if path.is_dir() {
+        chosen = ["model.safetensors", "pytorch_model.bin"]
+            .iter()
+            .map(|n| path.join(n))
+            .find(|p| p.is_file())
+            .ok_or_else(|| MaeError::Format {
+                path: path.to_path_buf(),
+                message: "a folder without model.safetensors or pytorch_model.bin".into(),
+            })?;
+        chosen.as_path()
+    } else {
+        path
+    };
     let file = TensorFile::open(path)?;
     if !is_hugging_face(&file)? {
         return Ok((file, "official/timm names"));
@@ -185,6 +202,10 @@ pub enum ExportFormat {
     Pth,
     /// safetensors under the official names.
     Safetensors,
+    /// A Hugging Face folder (`out` is the folder): `config.json` and `model.safetensors` that
+    /// `ViTMAEForPreTraining.from_pretrained` loads, or, encoder only, `ViTMAEModel` /
+    /// `ViTModel`.
+    HuggingFace,
 }
 
 /// Loads `file` into an MAE of `preset` (strictly; an encoder-only file gets the fresh decoder)
@@ -217,6 +238,20 @@ pub fn export_file(
             }
             match format {
                 ExportFormat::Pth => crate::pth::write_pth(out, &tensors, Some("model"))?,
+                ExportFormat::HuggingFace => {
+                    let hf = official_to_hugging_face(out, &tensors, !encoder_only)?;
+                    std::fs::create_dir_all(out).map_err(|e| MaeError::io(out, e))?;
+                    let config = hugging_face_config(P::PRESET, encoder_only);
+                    let text =
+                        serde_json::to_string_pretty(&config).map_err(|e| MaeError::Format {
+                            path: out.to_path_buf(),
+                            message: e.to_string(),
+                        })?;
+                    crate::weights::write_atomic(&out.join("config.json"), text.as_bytes())?;
+                    let mut meta = metadata.clone();
+                    meta.insert("format".into(), "pt".into());
+                    crate::weights::write_safetensors(&out.join("model.safetensors"), &hf, &meta)?;
+                }
                 ExportFormat::Safetensors => {
                     let mut meta = metadata.clone();
                     meta.insert("preset".into(), P::PRESET.to_string());
@@ -227,4 +262,44 @@ pub fn export_file(
         }
     }
     preset.visit(Export(file, format, encoder_only, out, metadata))
+}
+
+/// The Hugging Face `config.json` of a preset: `ViTMAEConfig` (`vit_mae`), with the official
+/// LayerNorm epsilon (1e-6; Hugging Face's default is 1e-12), GELU, no dropout, the paper's mask
+/// ratio; for an encoder alone the `ViTModel` fields (`vit`), which `ViTMAEModel` reads too.
+pub fn hugging_face_config(preset: Preset, encoder_only: bool) -> serde_json::Value {
+    let d = preset.dims();
+    let mut c = serde_json::json!({
+        "architectures": [if encoder_only { "ViTModel" } else { "ViTMAEForPreTraining" }],
+        "model_type": if encoder_only { "vit" } else { "vit_mae" },
+        "hidden_size": d.embed_dim,
+        "num_hidden_layers": d.depth,
+        "num_attention_heads": d.num_heads,
+        "intermediate_size": 4 * d.embed_dim,
+        "hidden_act": "gelu",
+        "hidden_dropout_prob": 0.0,
+        "attention_probs_dropout_prob": 0.0,
+        "initializer_range": 0.02,
+        "layer_norm_eps": 1e-6,
+        "image_size": d.img_size,
+        "patch_size": d.patch_size,
+        "num_channels": d.in_chans,
+        "qkv_bias": true,
+        "torch_dtype": "float32",
+        "mae_rs_preset": preset.name(),
+    });
+    if !encoder_only {
+        let decoder = serde_json::json!({
+            "decoder_hidden_size": d.decoder_embed_dim,
+            "decoder_num_hidden_layers": d.decoder_depth,
+            "decoder_num_attention_heads": d.decoder_num_heads,
+            "decoder_intermediate_size": 4 * d.decoder_embed_dim,
+            "mask_ratio": crate::masking::DEFAULT_MASK_RATIO,
+            "norm_pix_loss": false,
+        });
+        if let (Some(c), serde_json::Value::Object(extra)) = (c.as_object_mut(), decoder) {
+            c.extend(extra);
+        }
+    }
+    c
 }

@@ -875,3 +875,68 @@ fn unknown_hf(path: PathBuf, key: &str) -> MaeError {
         message: format!("tensor `{key}` is not a Hugging Face ViTMAE name this converter knows"),
     }
 }
+
+/// Converts official names to Hugging Face ViTMAE names, the inverse of
+/// [`hugging_face_to_official`]: `qkv` split into `query`, `key`, `value`; the encoder under
+/// `vit.` when `vit_prefix` (`ViTMAEForPreTraining`), bare for an encoder alone (`ViTMAEModel`,
+/// `ViTModel`). A name the tables do not know is an error naming it.
+pub fn official_to_hugging_face(
+    path: &Path,
+    tensors: &[NamedTensor],
+    vit_prefix: bool,
+) -> Result<Vec<NamedTensor>, MaeError> {
+    let unknown = |name: &str| MaeError::Format {
+        path: path.to_path_buf(),
+        message: format!("tensor `{name}` has no Hugging Face ViTMAE name"),
+    };
+    let mut out = Vec::with_capacity(tensors.len() + 2 * tensors.len() / 12);
+    let encoder_prefix = if vit_prefix { "vit." } else { "" };
+    for t in tensors {
+        let renamed = |name: String| NamedTensor { name, ..t.clone() };
+        let under = |hf: &str| {
+            if hf.starts_with("decoder.") {
+                hf.to_string()
+            } else {
+                format!("{encoder_prefix}{hf}")
+            }
+        };
+        if let Some((hf, _)) = HF_TABLE.iter().find(|(_, o)| *o == t.name) {
+            out.push(renamed(under(hf)));
+            continue;
+        }
+        let (rest, hf_prefix) = if let Some(r) = t.name.strip_prefix("blocks.") {
+            (r, format!("{encoder_prefix}encoder.layer."))
+        } else if let Some(r) = t.name.strip_prefix("decoder_blocks.") {
+            (r, "decoder.decoder_layers.".to_string())
+        } else {
+            return Err(unknown(&t.name));
+        };
+        let (index, part) = rest.split_once('.').ok_or_else(|| unknown(&t.name))?;
+        if let Some((hf, _)) = HF_BLOCK_TABLE.iter().find(|(_, o)| *o == part) {
+            out.push(renamed(format!("{hf_prefix}{index}.{hf}")));
+        } else if let Some(kind) = part.strip_prefix("attn.qkv.") {
+            let rows = t.shape.first().copied().unwrap_or(0);
+            if rows == 0 || rows % 3 != 0 {
+                return Err(MaeError::Format {
+                    path: path.to_path_buf(),
+                    message: format!("`{}` of shape {:?} is not 3 stacked parts", t.name, t.shape),
+                });
+            }
+            let third = t.data.len() / 3;
+            for (i, which) in ["query", "key", "value"].iter().enumerate() {
+                let mut shape = t.shape.clone();
+                shape[0] = rows / 3;
+                out.push(NamedTensor {
+                    name: format!("{hf_prefix}{index}.attention.attention.{which}.{kind}"),
+                    shape,
+                    data: t.data[i * third..(i + 1) * third].to_vec(),
+                    trainable: t.trainable,
+                });
+            }
+        } else {
+            return Err(unknown(&t.name));
+        }
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}

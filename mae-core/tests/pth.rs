@@ -289,3 +289,49 @@ fn the_pth_writer_handles_scalars_and_large_dimensions() {
     }];
     assert!(pth_bytes(&path, &bad, None).is_err());
 }
+
+#[test]
+fn a_hugging_face_export_reads_back_through_its_folder() {
+    use mae_core::model_files::{export_file, open_weights, ExportFormat};
+    let dir = tempfile::tempdir().unwrap();
+    let src = TensorFile::open(fixture("pth/full.pth")).unwrap();
+    let want = read_all(&src);
+    for encoder_only in [false, true] {
+        let out = dir.path().join(format!("hf-{encoder_only}"));
+        export_file(
+            Preset::Parity,
+            &src,
+            ExportFormat::HuggingFace,
+            encoder_only,
+            &out,
+            &BTreeMap::new(),
+        )
+        .unwrap();
+        let config: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(out.join("config.json")).unwrap()).unwrap();
+        assert_eq!(config["hidden_size"], 48);
+        assert_eq!(
+            config["model_type"],
+            if encoder_only { "vit" } else { "vit_mae" }
+        );
+        let raw = TensorFile::open(out.join("model.safetensors"))
+            .unwrap()
+            .names()
+            .unwrap();
+        let prefixed = raw.iter().filter(|n| n.starts_with("vit.")).count();
+        assert_eq!(prefixed > 0, !encoder_only, "{raw:?}");
+        assert!(raw
+            .iter()
+            .any(|n| n.ends_with("attention.attention.query.weight")));
+        let (back, naming) = open_weights(&out).unwrap();
+        assert!(naming.contains("Hugging Face"), "{naming}");
+        let got = read_all(&back);
+        for (k, (shape, data)) in &want {
+            if encoder_only && mae_core::weights::is_decoder_name(k) {
+                assert!(!got.contains_key(k), "{k}");
+                continue;
+            }
+            assert_eq!((&got[k].0, bits(&got[k].1)), (shape, bits(data)), "{k}");
+        }
+    }
+}
