@@ -9,3 +9,5 @@ python "$ref" fixture "$out/mae-parity-a.safetensors" --seed 1 --config parity
 python "$ref" fixture "$out/mae-parity-b.safetensors" --seed 5 --batch 4 --mask-ratio 0.6 --config parity
 python "$ref" fixture "$out/mae-parity-c.safetensors" --seed 9 --batch 2 --mask-ratio 0.9 --config parity
 python "$ref" fixture "$out/mae-tiny-a.safetensors" --seed 9 --batch 2 --mask-ratio 0.6 --config tiny --no-grads
+# the .pth fixtures hold mae-parity-a's weights: made after it
+python "$root/tools/reference/pth_fixtures.py" "$out/pth"

@@ -6,7 +6,7 @@
 
 use mae_core::device::MaeDevice;
 use mae_core::dfdx::prelude::*;
-use mae_core::{Classifier, MaePreset, Preset, TensorFile};
+use mae_core::{Classifier, MaePreset, Preset};
 use mae_data::{Dataset, Split};
 
 use crate::checkpoint;
@@ -50,7 +50,7 @@ impl Job for EvaluateFile<'_> {
     type Output = Accuracy;
     fn run<P: MaePreset, D: RunDevice>(self, dev: D) -> Result<Accuracy, TrainError> {
         let this = self;
-        let file = TensorFile::open(this.checkpoint)?;
+        let (file, _) = mae_core::model_files::open_weights(this.checkpoint)?;
         let classes = file
             .shape("head.bias")?
             .and_then(|s| s.first().copied())

@@ -215,7 +215,7 @@ impl Job for ExtractFiles<'_> {
     type Output = Features;
     fn run<P: MaePreset, D: RunDevice>(self, dev: D) -> Result<Features, TrainError> {
         let this = self;
-        let file = mae_core::TensorFile::open(this.checkpoint)?;
+        let (file, _) = mae_core::model_files::open_weights(this.checkpoint)?;
         let encoder = load_encoder::<P, D>(&file, &dev)?;
         let (c, s) = (P::IN_CHANS, P::IMG_SIZE);
         let (mean, std) = training_normalization(&file, c)?;
@@ -339,7 +339,10 @@ impl Job for Extract<'_> {
     type Output = (Features, Features, usize);
     fn run<P: MaePreset, D: RunDevice>(self, dev: D) -> Result<Self::Output, TrainError> {
         let Extract(input, comm) = self;
-        let encoder = load_encoder::<P, D>(&mae_core::TensorFile::open(&input.checkpoint)?, &dev)?;
+        let encoder = load_encoder::<P, D>(
+            &mae_core::model_files::open_weights(&input.checkpoint)?.0,
+            &dev,
+        )?;
         let data = mae_data::Dataset::open(&input.data)?;
         match input.precision {
             Precision::F32 => extract_splits(&encoder, &data, input.batch, comm),

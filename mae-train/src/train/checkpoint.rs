@@ -232,14 +232,21 @@ fn remove_orphan_states(run_dir: &Path, step: u64) -> Result<(), TrainError> {
     Ok(())
 }
 
-/// The preset a model file was saved with (its `preset` metadata).
+/// The preset a model file was saved with (its `preset` metadata), else, for weights from
+/// elsewhere (`.pth`, Hugging Face, timm), the first preset whose shapes they have.
 pub fn preset_of(path: &Path) -> Result<Preset, TrainError> {
-    let file = TensorFile::open(path)?;
+    let (file, _) = mae_core::model_files::open_weights(path)?;
     let meta = file.metadata()?;
-    let name = meta.get("preset").ok_or_else(|| {
-        TrainError::checkpoint(path, "no `preset` in the metadata; give --preset")
-    })?;
-    Ok(name.parse()?)
+    if let Some(name) = meta.get("preset") {
+        return Ok(name.parse()?);
+    }
+    let fits = mae_core::model_files::presets_matching(&file)?;
+    fits.first().copied().ok_or_else(|| {
+        TrainError::checkpoint(
+            path,
+            "no `preset` in the metadata and no preset has its shapes; give --preset",
+        )
+    })
 }
 
 /// Loads a checkpoint (model file + its state file) into `model` and `opt`; returns the state.

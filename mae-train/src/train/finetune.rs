@@ -334,7 +334,7 @@ fn init_model<P: MaePreset, D: RunDevice>(
     let Some(path) = checkpoint else {
         return Ok((model, "random init".to_string()));
     };
-    let r = model.load_pretrained(&TensorFile::open(path)?)?;
+    let r = model.load_pretrained(&mae_core::model_files::open_weights(path)?.0)?;
     let mut text = format!(
         "{}: loaded {} tensors; fresh: {}",
         path.display(),

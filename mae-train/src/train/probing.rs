@@ -398,7 +398,7 @@ impl Job for Run<'_> {
     }
 
     fn run<P: MaePreset, D: RunDevice>(self, dev: D) -> Result<ProbeRun, TrainError> {
-        let file = TensorFile::open(&self.cfg.checkpoint)?;
+        let (file, _) = mae_core::model_files::open_weights(&self.cfg.checkpoint)?;
         let encoder = crate::features::load_encoder::<P, D>(&file, &dev)?;
         dev.enable_cache();
         match self.cfg.precision {

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use image::{Rgb, RgbImage};
 use mae_core::dfdx::prelude::*;
-use mae_core::{Mae, MaePreset, Masking, PatchGeometry, TensorFile};
+use mae_core::{Mae, MaePreset, Masking, PatchGeometry};
 use mae_data::augment::{normalization, Augment, Transform};
 use mae_data::preview::{draw_text, GLYPH};
 use mae_data::resize::Resizer;
@@ -84,7 +84,7 @@ impl Job for Draw<'_> {
     fn run<P: MaePreset, D: RunDevice>(self, dev: D) -> Result<ReconstructSummary, TrainError> {
         let opts = self.0;
         let mut model = Mae::<P, f32, D>::new(&dev)?;
-        let file = TensorFile::open(&opts.checkpoint)?;
+        let (file, _) = mae_core::model_files::open_weights(&opts.checkpoint)?;
         model.load_from(&file, "")?;
         let config: Option<PretrainConfig> = file
             .metadata()?
