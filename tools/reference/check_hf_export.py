@@ -17,6 +17,7 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import torch_mae as tm  # noqa: E402
+from check_export import state_dict  # noqa: E402
 
 
 def main():
@@ -33,7 +34,7 @@ def main():
     assert not info["missing_keys"] and not info["unexpected_keys"], info
     hf.eval()
     ref = tm.MAE(*tm.CONFIGS[a.config])
-    ref.load_state_dict(torch.load(a.pth, weights_only=True)["model"], strict=True)
+    ref.load_state_dict(state_dict(a.pth), strict=True)
     ref.eval()
     img, p, c = tm.CONFIGS[a.config][:3]
     g = torch.Generator().manual_seed(0)

@@ -189,7 +189,8 @@ fn scan_archive<R: Read + Seek>(
     samples: &mut Vec<TarSample>,
     skipped: &mut Vec<Skipped>,
 ) -> std::io::Result<()> {
-    let path: &Path = &tar.clone();
+    let path = Arc::clone(&tar);
+    let path: &Path = &path;
     let mut archive = tar::Archive::new(reader);
     let mut by_key: HashMap<String, usize> = HashMap::new();
     let entries = archive.entries_with_seek()?;

@@ -197,18 +197,6 @@ pub struct PretrainConfig {
     pub precision: crate::amp::Precision,
 }
 
-/// The preset of an `--init` file: the first whose shapes it has.
-fn preset_of_weights(path: &std::path::Path) -> Result<Preset, TrainError> {
-    let (file, _) = mae_core::model_files::open_weights(path)?;
-    let fits = mae_core::model_files::presets_matching(&file)?;
-    fits.first().copied().ok_or_else(|| {
-        TrainError::Config(format!(
-            "{}: no preset has these weights' shapes; give --preset",
-            path.display()
-        ))
-    })
-}
-
 impl PretrainConfig {
     /// Fills defaults and checks ranges for one process. `data`, `preset` and `out` are required.
     pub fn resolve(given: PretrainOverrides) -> Result<Self, TrainError> {
@@ -224,7 +212,7 @@ impl PretrainConfig {
         let missing = |what: &str| TrainError::Config(format!("--{what} is required"));
         let preset = match (given.preset, &given.init) {
             (Some(p), _) => p,
-            (None, Some(init)) => preset_of_weights(init)?,
+            (None, Some(init)) => crate::checkpoint::preset_of(init)?,
             (None, None) => return Err(missing("preset")),
         };
         let mut model = MaeConfig::new(preset);
