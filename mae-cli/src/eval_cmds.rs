@@ -1,5 +1,6 @@
 //! `mae knn`, `mae linprobe`, `mae embed`: the frozen encoder's features and what they are worth
-//! (library: `mae_train::features`, `mae_train::linprobe`).
+//! (library: `mae_train::features`, `mae_train::linprobe`); `mae classify`: a classifier's top
+//! classes of image files (`mae_train::classify`).
 
 use std::path::PathBuf;
 
@@ -372,5 +373,63 @@ pub fn run_embed(a: EmbedArgs) -> Result<()> {
         counts.join(" + "),
         splits[0].1.dim
     );
+    Ok(())
+}
+
+/// `mae classify` arguments.
+#[derive(Args)]
+pub struct ClassifyArgs {
+    /// Fine-tuned classifier: `mae finetune`'s best.safetensors, a released
+    /// mae_finetuned_vit_*.pth, a timm ViT's weights; the head (global pool `fc_norm` or cls
+    /// token `norm`) is the file's.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// Image files (JPEG, PNG, ...); resized and centre-cropped as in evaluation.
+    #[arg(long, num_args = 1.., required = true)]
+    image: Vec<PathBuf>,
+    /// Class names, one per line in label order (default: the fine-tuning dataset's for our
+    /// checkpoints, ImageNet-1k's for a 1000-class head, else `class K`).
+    #[arg(long)]
+    classes: Option<PathBuf>,
+    /// How many classes to show per image.
+    #[arg(long, default_value_t = 5)]
+    top: usize,
+    /// Preset (default: the checkpoint's, else the one its shapes fit).
+    #[arg(long)]
+    preset: Option<mae_core::Preset>,
+    /// Where the model runs: `cpu`, or `cuda` (needs a build with the `cuda` feature).
+    #[arg(long, default_value = "cpu")]
+    device: DeviceKind,
+    /// One JSON object instead of text (the last line of the output).
+    #[arg(long)]
+    json: bool,
+}
+
+/// `mae classify --checkpoint C --image a.jpg [b.jpg ...]`.
+pub fn run_classify(a: ClassifyArgs) -> Result<()> {
+    let predictions = mae_train::classify::classify_files(
+        &a.checkpoint,
+        a.preset,
+        &a.image,
+        a.classes.as_deref(),
+        a.top,
+        a.device,
+    )?;
+    if a.json {
+        say!("{}", serde_json::json!({ "images": predictions }));
+        return Ok(());
+    }
+    for p in predictions {
+        say!("{}", p.image.display());
+        for (rank, t) in p.top.iter().enumerate() {
+            say!(
+                "  {}. {:6.2}%  {} ({})",
+                rank + 1,
+                100.0 * t.probability,
+                t.name,
+                t.class
+            );
+        }
+    }
     Ok(())
 }

@@ -57,6 +57,9 @@ enum Command {
     Linprobe(Box<eval_cmds::LinprobeArgs>),
     /// Write the encoder's features (cls and mean-pooled) with labels for both splits.
     Embed(eval_cmds::EmbedArgs),
+    /// The top-5 classes of image files under a fine-tuned classifier (ours, the released
+    /// mae_finetuned_vit_*.pth, timm's ViTs), with class names.
+    Classify(eval_cmds::ClassifyArgs),
     /// Show a checkpoint's preset, parameter counts, step and configuration.
     Info(model_cmds::InfoArgs),
     /// Convert weights (.pth/.bin/safetensors; official, timm or Hugging Face ViTMAE names) into a
@@ -160,6 +163,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Knn(args) => eval_cmds::run_knn(args),
         Command::Linprobe(args) => eval_cmds::run_linprobe(*args),
         Command::Embed(args) => eval_cmds::run_embed(args),
+        Command::Classify(args) => eval_cmds::run_classify(args),
         Command::Presets => bench_cmd::run_presets(),
         Command::Bench(args) => bench_cmd::run_bench(args),
     }

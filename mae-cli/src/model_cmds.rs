@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
 use clap::Args;
-use mae_core::model_files::{check_file, import_file, init_file, open_weights, parameter_counts};
+use mae_core::model_files::{check_file, import_file, init_file, open_weights};
 use mae_core::weights::WRITTEN_BY_KEY;
 use mae_core::{Preset, TensorFile};
 use mae_train::reconstruct::{reconstruct, ImagesFrom, ReconstructOptions};
@@ -83,20 +83,36 @@ pub fn run_reconstruct(a: ReconstructArgs) -> Result<()> {
 
 /// `mae info CHECKPOINT`.
 pub fn run_info(a: InfoArgs) -> Result<()> {
+    use mae_core::model_files::{weights_kind, WeightsKind};
     let path = a.checkpoint;
-    let file = TensorFile::open(&path)?;
+    let (file, naming) = open_weights(&path)?;
     let meta = file.metadata()?;
-    let preset: Preset = meta
-        .get("preset")
-        .context("no `preset` in the file's metadata")?
-        .parse()?;
-    let (enc, dec) = parameter_counts(preset, &file)?;
+    let (preset, how_chosen) = match meta.get("preset") {
+        Some(name) => (
+            name.parse::<Preset>()
+                .with_context(|| format!("{}: preset `{name}`", path.display()))?,
+            String::new(),
+        ),
+        None => choose_preset(&path, &file)?,
+    };
+    let kind = weights_kind(preset, &file)?;
     say!("{}", path.display());
-    say!("  preset {preset}");
-    say!(
-        "  parameters: encoder {enc}, decoder {dec}, total {}",
-        enc + dec
-    );
+    say!("  {}, {naming}", describe_container(&file)?);
+    say!("  preset {preset}{how_chosen}");
+    match kind {
+        WeightsKind::Full { encoder, decoder } => say!(
+            "  parameters: encoder {encoder}, decoder {decoder}, total {}",
+            encoder + decoder
+        ),
+        WeightsKind::EncoderOnly { encoder } => {
+            say!("  encoder only: {encoder} parameters")
+        }
+        WeightsKind::Classifier { layout, params } => say!(
+            "  classifier: {} classes, {}; {params} parameters",
+            layout.num_classes,
+            layout.pooling
+        ),
+    }
     for key in ["step", "epoch", "seed"] {
         if let Some(v) = meta.get(key) {
             say!("  {key} {v}");
@@ -132,7 +148,22 @@ pub fn run_import(a: ImportArgs) -> Result<()> {
         Some(p) => (p, String::new()),
         None => choose_preset(&from, &file)?,
     };
-    let how = import_file(preset, &file, &out, &import_metadata())?;
+    let how = match mae_core::ClassifierLayout::of_file(&file)? {
+        Some(layout) => {
+            mae_core::model_files::import_classifier_file(
+                preset,
+                &file,
+                layout,
+                &out,
+                &import_metadata(),
+            )?;
+            format!(
+                "classifier, {} classes, {}",
+                layout.num_classes, layout.pooling
+            )
+        }
+        None => import_file(preset, &file, &out, &import_metadata())?.to_string(),
+    };
     say!(
         "{} → {} ({container}, {naming}, {how}, preset {preset}{how_chosen})",
         from.display(),
@@ -223,8 +254,10 @@ pub struct InfoArgs {
 #[derive(Args)]
 pub struct ImportArgs {
     /// The weights: safetensors (official, timm or Hugging Face ViTMAE names) or a PyTorch
-    /// `.pth` / `.bin` (`torch.save`: the released `mae_pretrain_vit_*.pth`, a
-    /// `main_pretrain.py` checkpoint, a DDP state dict); read without running any code in it.
+    /// `.pth` / `.bin` (`torch.save`: the released `mae_pretrain_vit_*.pth`,
+    /// `mae_visualize_vit_*.pth` and `mae_finetuned_vit_*.pth`, a `main_pretrain.py` checkpoint,
+    /// a DDP state dict, timm's `pytorch_model.bin`); read without running any code in it. A
+    /// fine-tuned classifier (with `head.*`) stays a classifier, its head's pooling kept.
     #[arg(long)]
     from: PathBuf,
     /// Preset the weights are for (default: the one whose shapes they have).
@@ -296,7 +329,13 @@ pub fn run_check(a: CheckArgs) -> Result<()> {
     let file = TensorFile::open(&a.file)?;
     let path = file.path().display().to_string();
     let preset = a.preset;
-    let params = check_file(preset, &file, a.encoder_only, &a.prefix)?;
+    let classifier = mae_core::ClassifierLayout::of_file(&file)?.is_some();
+    let params = if classifier && a.prefix.is_empty() && !a.encoder_only {
+        // with its head, strictly
+        mae_core::model_files::weights_kind(preset, &file)?.params()
+    } else {
+        check_file(preset, &file, a.encoder_only, &a.prefix)?
+    };
     say!("{path}: loads into preset {preset} ({params} trainable parameters)");
     Ok(())
 }
@@ -389,15 +428,18 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
     };
     let meta = BTreeMap::from([(WRITTEN_BY_KEY.to_string(), "mae export".to_string())]);
     let n = export_file(preset, &file, format, a.encoder_only, &a.out, &meta)?;
+    let what = match mae_core::ClassifierLayout::of_file(&file)? {
+        Some(layout) => format!(
+            "classifier, {} classes, {}",
+            layout.num_classes, layout.pooling
+        ),
+        None if a.encoder_only => "encoder only".into(),
+        None => "full model".into(),
+    };
     say!(
-        "{} → {} ({n} tensors, {}, preset {preset})",
+        "{} → {} ({n} tensors, {what}, preset {preset})",
         a.checkpoint.display(),
-        a.out.display(),
-        if a.encoder_only {
-            "encoder only"
-        } else {
-            "full model"
-        }
+        a.out.display()
     );
     Ok(())
 }

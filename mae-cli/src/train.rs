@@ -186,8 +186,9 @@ pub struct FinetuneArgs {
     /// `auto` (newest loadable checkpoint of --out) or a checkpoint file.
     #[arg(long)]
     resume: Option<String>,
-    /// Only evaluate a fine-tuned classifier (--checkpoint, e.g. RUN/best.safetensors) on the
-    /// val split of --data.
+    /// Only evaluate a fine-tuned classifier (--checkpoint: RUN/best.safetensors, a released
+    /// mae_finetuned_vit_*.pth, a timm ViT) on the val split of --data, with the file's own head
+    /// (global pool `fc_norm` or cls token `norm`).
     #[arg(long, requires = "checkpoint")]
     eval: bool,
     /// Print the results as one JSON object (the last line of the output).

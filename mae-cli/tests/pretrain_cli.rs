@@ -370,7 +370,7 @@ fn finetune_runs_and_its_classifier_evaluates_to_the_same_numbers() {
     let run = scratch.sub("finetune");
     let ft = run.join("ft");
     let ft = ft.to_str().unwrap();
-    let finetune = |out: &str, precision: &str| {
+    let finetune = |out: &str, precision: &str, extra: &[&'static str]| {
         let mut args = finetune_args(scratch.data(), out, "3");
         args.extend([
             "--batch-size",
@@ -381,9 +381,10 @@ fn finetune_runs_and_its_classifier_evaluates_to_the_same_numbers() {
             precision,
             "--json",
         ]);
+        args.extend(extra);
         run_ok(&args)
     };
-    let out = finetune(ft, "f32");
+    let out = finetune(ft, "f32", &[]);
     // progress lines first, the JSON summary last
     let summary: serde_json::Value =
         serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
@@ -402,14 +403,23 @@ fn finetune_runs_and_its_classifier_evaluates_to_the_same_numbers() {
     let eval: serde_json::Value = serde_json::from_str(eval.trim()).unwrap();
     assert_eq!(eval["top1"].as_f64(), Some(top1));
 
-    // in mixed precision: it trains, and the loss scaler is saved with the state
+    // in mixed precision (and with the cls-token head): it trains, and the loss scaler is
+    // saved with the state
     let amp = run.join("ft-amp");
-    let out = finetune(amp.to_str().unwrap(), "amp-f16");
+    let out = finetune(amp.to_str().unwrap(), "amp-f16", &["--cls-token"]);
     let summary: serde_json::Value =
         serde_json::from_str(out.trim().lines().last().unwrap()).unwrap();
     assert_eq!(summary["outcome"], "MaxSteps", "{out}");
     let state = train_state(&amp.join("checkpoint-3.safetensors"));
     assert_eq!(loss_scaler_steps(&state), 3, "{state}");
+    let names = mae_core::TensorFile::open(amp.join("checkpoint-3.safetensors"))
+        .unwrap()
+        .names()
+        .unwrap();
+    assert!(
+        names.iter().any(|n| n == "norm.weight") && !names.iter().any(|n| n == "fc_norm.weight"),
+        "the cls-token head keeps `norm`: {names:?}"
+    );
 
     // an MAE checkpoint is not a classifier; --from-scratch needs a preset
     let mae_ckpt = run.join("mae.safetensors");

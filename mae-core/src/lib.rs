@@ -28,8 +28,8 @@ pub use model::{tape_from, Decoder, Encoder, Mae, MaeOutput, ScaledLoss};
 pub use patch::PatchGeometry;
 pub use preset::{presets, MaeConfig, MaePreset, Preset, PresetVisitor, TransformerDims};
 pub use vit::{
-    soft_target_cross_entropy, soft_target_cross_entropy_scaled, Classifier, Head, PretrainedLoad,
-    VisionTransformer,
+    soft_target_cross_entropy, soft_target_cross_entropy_scaled, Classifier, ClassifierLayout,
+    Head, Pooling, PretrainedLoad, VisionTransformer,
 };
 pub use weights::{HostTensor, NamedTensor, TensorFile};
 

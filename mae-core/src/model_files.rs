@@ -1,5 +1,5 @@
-//! Whole model files by preset name: a fresh initialization, a strict load check, the parameter
-//! counts, and an import of official / timm weights (full, or encoder-only with a fresh decoder).
+//! Whole model files by preset name: a fresh initialization, a strict load check, what a file
+//! holds ([`weights_kind`]), and an import of official / timm weights (full, or encoder-only with a fresh decoder).
 //!
 //! PyTorch counterpart: `models_mae.mae_vit_*()` + `torch.save(model.state_dict())`, and
 //! `model.load_state_dict(checkpoint['model'], strict=True)` (what `mae check` and `mae import`
@@ -13,6 +13,7 @@ use dfdx::prelude::*;
 use crate::error::MaeError;
 use crate::model::Mae;
 use crate::preset::{MaePreset, Preset, PresetVisitor};
+use crate::vit::{Classifier, ClassifierLayout};
 use crate::weights::{
     hugging_face_to_official, is_decoder_name, is_hugging_face, official_to_hugging_face,
     safetensors_bytes, TensorFile, CHECKSUM_KEY,
@@ -62,22 +63,68 @@ pub fn check_file(
     preset.visit(Check(file, encoder_only, prefix))
 }
 
-/// The trainable parameters of the encoder and of the decoder of `file`, loaded strictly as an
-/// MAE of `preset`.
-pub fn parameter_counts(preset: Preset, file: &TensorFile) -> Result<(usize, usize), MaeError> {
-    struct Counts<'a>(&'a TensorFile);
-    impl PresetVisitor for Counts<'_> {
-        type Output = Result<(usize, usize), MaeError>;
-        fn visit<P: MaePreset>(self) -> Self::Output {
-            let mut model = Mae::<P, f32, Cpu>::new(&Cpu::default())?;
-            model.load_from(self.0, "")?;
-            Ok((
-                model.encoder.num_trainable_params(),
-                model.decoder.num_trainable_params(),
-            ))
+/// What a weights file holds, as [`weights_kind`] finds it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WeightsKind {
+    /// A whole MAE: trainable parameters of the encoder and of the decoder.
+    Full {
+        /// Encoder parameters.
+        encoder: usize,
+        /// Decoder parameters.
+        decoder: usize,
+    },
+    /// An encoder without its decoder (the released `mae_pretrain_vit_*`).
+    EncoderOnly {
+        /// Encoder parameters.
+        encoder: usize,
+    },
+    /// A classifier with its head (`mae_finetuned_vit_*`, timm's ViTs, `mae finetune` output).
+    Classifier {
+        /// Classes and pooling.
+        layout: ClassifierLayout,
+        /// All its parameters, head included.
+        params: usize,
+    },
+}
+
+impl WeightsKind {
+    /// All the trainable parameters loaded.
+    pub fn params(&self) -> usize {
+        match *self {
+            WeightsKind::Full { encoder, decoder } => encoder + decoder,
+            WeightsKind::EncoderOnly { encoder } => encoder,
+            WeightsKind::Classifier { params, .. } => params,
         }
     }
-    preset.visit(Counts(file))
+}
+
+/// Loads `file` strictly as preset `preset`, as whichever of [`WeightsKind`] it is, and says
+/// which with the parameter counts.
+pub fn weights_kind(preset: Preset, file: &TensorFile) -> Result<WeightsKind, MaeError> {
+    struct Kind<'a>(&'a TensorFile);
+    impl PresetVisitor for Kind<'_> {
+        type Output = Result<WeightsKind, MaeError>;
+        fn visit<P: MaePreset>(self) -> Self::Output {
+            if let Some(layout) = ClassifierLayout::of_file(self.0)? {
+                let model = load_classifier::<P>(self.0, layout)?;
+                let params = model.named_tensors()?.iter().map(|t| t.data.len()).sum();
+                return Ok(WeightsKind::Classifier { layout, params });
+            }
+            let mut model = Mae::<P, f32, Cpu>::new(&Cpu::default())?;
+            let encoder = model.encoder.num_trainable_params();
+            load_mae_weights(&mut model, self.0)?;
+            let has_decoder = self.0.names()?.iter().any(|n| is_decoder_name(n));
+            Ok(if has_decoder {
+                WeightsKind::Full {
+                    encoder,
+                    decoder: model.decoder.num_trainable_params(),
+                }
+            } else {
+                WeightsKind::EncoderOnly { encoder }
+            })
+        }
+    }
+    preset.visit(Kind(file))
 }
 
 /// Loads `file` (official names) into an MAE of `preset` and writes it to `out` with `metadata`:
@@ -100,6 +147,45 @@ pub fn import_file(
         }
     }
     preset.visit(Import(file, out, metadata))
+}
+
+/// Loads the classifier of `file` (official / timm names, the head `layout` says) strictly.
+pub fn load_classifier<P: MaePreset>(
+    file: &TensorFile,
+    layout: ClassifierLayout,
+) -> Result<Classifier<P, Cpu>, MaeError> {
+    let mut model = Classifier::<P, Cpu>::with_pooling(
+        &Cpu::seed_from_u64(0),
+        layout.num_classes,
+        layout.pooling,
+    )?;
+    model.load_from(file, "")?;
+    Ok(model)
+}
+
+/// Loads the fine-tuned classifier `file` (the released `mae_finetuned_vit_*.pth`, a timm ViT,
+/// one of ours) strictly as preset `preset` with the head `layout` says, and writes it to `out`
+/// as our classifier file with `metadata`.
+pub fn import_classifier_file(
+    preset: Preset,
+    file: &TensorFile,
+    layout: ClassifierLayout,
+    out: &Path,
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), MaeError> {
+    struct Import<'a>(
+        &'a TensorFile,
+        ClassifierLayout,
+        &'a Path,
+        &'a BTreeMap<String, String>,
+    );
+    impl PresetVisitor for Import<'_> {
+        type Output = Result<(), MaeError>;
+        fn visit<P: MaePreset>(self) -> Self::Output {
+            load_classifier::<P>(self.0, self.1)?.save_safetensors(self.2, self.3)
+        }
+    }
+    preset.visit(Import(file, layout, out, metadata))
 }
 
 /// Loads `file` (official names) into `model`: every tensor, or, for an encoder-only file, the
@@ -210,7 +296,9 @@ pub enum ExportFormat {
 
 /// Loads `file` into an MAE of `preset` (strictly; an encoder-only file gets the fresh decoder)
 /// and writes it to `out` in `format` under the official names and shapes, the encoder alone
-/// when `encoder_only` (the released `mae_pretrain_vit_*` layout). Returns the tensors written.
+/// when `encoder_only` (the released `mae_pretrain_vit_*` layout). A fine-tuned classifier
+/// (`head.*`) is written whole, as `pth` (`mae_finetuned_vit_*`'s layout, which `models_vit.py`
+/// loads strictly) or safetensors. Returns the tensors written.
 pub fn export_file(
     preset: Preset,
     file: &TensorFile,
@@ -230,12 +318,38 @@ pub fn export_file(
         type Output = Result<usize, MaeError>;
         fn visit<P: MaePreset>(self) -> Self::Output {
             let Export(file, format, encoder_only, out, metadata) = self;
-            let mut model = Mae::<P, f32, Cpu>::new(&Cpu::seed_from_u64(0))?;
-            load_mae_weights(&mut model, file)?;
-            let mut tensors = crate::weights::named_tensors(&model)?;
-            if encoder_only {
-                tensors.retain(|t| !is_decoder_name(&t.name));
-            }
+            let tensors = match ClassifierLayout::of_file(file)? {
+                Some(layout) => {
+                    let refuse = |what: &str| {
+                        Err(MaeError::Format {
+                            path: file.path().to_path_buf(),
+                            message: format!(
+                                "a fine-tuned classifier ({} classes, {}): {what}",
+                                layout.num_classes, layout.pooling
+                            ),
+                        })
+                    };
+                    if encoder_only {
+                        return refuse("--encoder-only is for MAE checkpoints");
+                    }
+                    if format == ExportFormat::HuggingFace {
+                        return refuse(
+                            "Hugging Face export is for MAE checkpoints (export the classifier as \
+                             pth or safetensors)",
+                        );
+                    }
+                    load_classifier::<P>(file, layout)?.named_tensors()?
+                }
+                None => {
+                    let mut model = Mae::<P, f32, Cpu>::new(&Cpu::seed_from_u64(0))?;
+                    load_mae_weights(&mut model, file)?;
+                    let mut tensors = crate::weights::named_tensors(&model)?;
+                    if encoder_only {
+                        tensors.retain(|t| !is_decoder_name(&t.name));
+                    }
+                    tensors
+                }
+            };
             match format {
                 ExportFormat::Pth => crate::pth::write_pth(out, &tensors, Some("model"))?,
                 ExportFormat::HuggingFace => {

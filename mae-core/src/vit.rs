@@ -1,14 +1,17 @@
-//! The fine-tuning classifier: the pretrained ViT encoder with global average pooling, `fc_norm`
-//! and a linear head.
+//! The fine-tuning classifier: the pretrained ViT encoder, a pooling of its tokens and a linear
+//! head.
 //!
-//! PyTorch counterpart: `models_vit.VisionTransformer(global_pool=True)` (timm's ViT with
-//! `qkv_bias=True`, LayerNorm eps 1e-6, drop path; the final `norm` replaced by `fc_norm` over
-//! the mean of the patch tokens) and the loading part of `main_finetune.py` (`interpolate_pos_embed`,
+//! PyTorch counterpart: `models_vit.VisionTransformer` (timm's ViT with `qkv_bias=True`,
+//! LayerNorm eps 1e-6, drop path) with either head of its `global_pool` flag ([`Pooling`]): the
+//! default `global_pool=True`, where `fc_norm` normalizes the mean of the patch tokens (the final
+//! `norm` removed), or `global_pool=False` (`--cls_token`), where the final `norm` is kept and the
+//! cls token is classified; and the loading part of `main_finetune.py` (`interpolate_pos_embed`,
 //! `load_state_dict(strict=False)` leaving `head` and `fc_norm` fresh, `trunc_normal_(head.weight,
 //! std=2e-5)`). In fine-tuning the position embedding is a trained parameter.
 //!
 //! Parameter paths are the official ones (`patch_embed.proj.weight`, `cls_token`, `pos_embed`,
-//! `blocks.{i}.…`, `fc_norm.*`, `head.weight`, `head.bias`). The head's class count is a runtime
+//! `blocks.{i}.…`, `fc_norm.*` or `norm.*`, `head.weight`, `head.bias`), which timm's ViT
+//! (`global_pool='avg'` / `'token'`) shares. The head's class count is a runtime
 //! value, so the head lives beside the [`TensorCollection`] (whose tensors need const shapes).
 
 use std::collections::{BTreeMap, HashMap};
@@ -44,7 +47,10 @@ pub struct VisionTransformer<P: MaePreset, E: Dtype, D: Storage<E>> {
     pub pos_embed: Tensor<(P::Tokens, EncDim<P>), E, D>,
     /// `blocks.{i}`.
     pub blocks: Blocks<P::Encoder, E, D>,
-    /// `fc_norm`, over the pooled patch tokens.
+    /// The LayerNorm before the head: `fc_norm` over the pooled patch tokens
+    /// ([`Pooling::GlobalPool`]), or the final `norm`, of which the cls token is taken
+    /// ([`Pooling::ClsToken`]). Walked as `fc_norm` whichever it is; [`Classifier::named_tensors`]
+    /// names it as the pooling does.
     pub fc_norm: LayerNorm<EncDim<P>, E, D>,
 }
 
@@ -94,6 +100,108 @@ pub struct Head<P: MaePreset, D: Storage<E>, E: Dtype = f32> {
     pub bias: Tensor<(usize,), E, D>,
 }
 
+/// How the classifier turns the encoder's tokens into one feature vector: `models_vit.py`'s
+/// `global_pool` (timm's `global_pool='avg'` / `'token'`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
+pub enum Pooling {
+    /// `global_pool=True`, the official fine-tuning default: `fc_norm(mean of the patch tokens)`.
+    #[default]
+    GlobalPool,
+    /// `global_pool=False` (`main_finetune.py --cls_token`, and timm's supervised ViTs):
+    /// `norm(x)[:, 0]`, the cls token after the final norm.
+    ClsToken,
+}
+
+impl Pooling {
+    /// The module name of the norm before the head: `fc_norm` or `norm`.
+    pub fn norm_name(self) -> &'static str {
+        match self {
+            Pooling::GlobalPool => "fc_norm",
+            Pooling::ClsToken => "norm",
+        }
+    }
+
+    /// timm's name for it (`avg` or `token`), also what classifier files record as `global_pool`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Pooling::GlobalPool => "avg",
+            Pooling::ClsToken => "token",
+        }
+    }
+
+    /// The pooling whose norm a classifier's tensor names hold: `fc_norm.weight` for the global
+    /// pool, else `norm.weight` for the cls token; `None` when neither is there.
+    pub fn of_names<S: AsRef<str>>(names: &[S]) -> Option<Pooling> {
+        let has = |n: &str| names.iter().any(|s| s.as_ref() == n);
+        if has("fc_norm.weight") {
+            Some(Pooling::GlobalPool)
+        } else if has("norm.weight") {
+            Some(Pooling::ClsToken)
+        } else {
+            None
+        }
+    }
+}
+
+impl std::fmt::Display for Pooling {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Pooling::GlobalPool => f.write_str("global-pool head (`fc_norm`)"),
+            Pooling::ClsToken => f.write_str("cls-token head (`norm`)"),
+        }
+    }
+}
+
+impl std::str::FromStr for Pooling {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "avg" | "global-pool" | "global_pool" => Ok(Pooling::GlobalPool),
+            "token" | "cls-token" | "cls_token" => Ok(Pooling::ClsToken),
+            other => Err(format!(
+                "pooling `{other}`: expected `avg` (global pool, fc_norm) or `token` (cls token, norm)"
+            )),
+        }
+    }
+}
+
+/// What a classifier file holds: its class count (`head.bias`) and its head's pooling.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ClassifierLayout {
+    /// `head.bias`'s length.
+    pub num_classes: usize,
+    /// `fc_norm` (global pool) or `norm` (cls token).
+    pub pooling: Pooling,
+}
+
+impl ClassifierLayout {
+    /// The layout of `file`'s classifier; `None` when it has no `head.bias` (an MAE or an
+    /// encoder), an error when it has a head but neither `fc_norm` nor `norm`.
+    pub fn of_file(file: &TensorFile) -> Result<Option<ClassifierLayout>, MaeError> {
+        let Some(shape) = file.shape("head.bias")? else {
+            return Ok(None);
+        };
+        let num_classes = match shape[..] {
+            [n] if n > 0 => n,
+            _ => {
+                return Err(MaeError::Format {
+                    path: file.path().to_path_buf(),
+                    message: format!("`head.bias` has shape {shape:?}, not [classes]"),
+                })
+            }
+        };
+        let pooling = Pooling::of_names(&file.names()?).ok_or_else(|| MaeError::Format {
+            path: file.path().to_path_buf(),
+            message: "a classifier head without `fc_norm.*` (global pool) or `norm.*` (cls token)"
+                .into(),
+        })?;
+        Ok(Some(ClassifierLayout {
+            num_classes,
+            pooling,
+        }))
+    }
+}
+
 /// The classifier: ViT + head.
 ///
 /// ```
@@ -115,6 +223,8 @@ pub struct Classifier<P: MaePreset, D: Storage<E>, E: Dtype = f32> {
     pub vit: VisionTransformer<P, E, D>,
     /// The head.
     pub head: Head<P, D, E>,
+    /// How the tokens are pooled for the head.
+    pub pooling: Pooling,
 }
 
 /// What [`Classifier::load_pretrained`] did.
@@ -122,7 +232,8 @@ pub struct Classifier<P: MaePreset, D: Storage<E>, E: Dtype = f32> {
 pub struct PretrainedLoad {
     /// Names loaded from the file.
     pub loaded: Vec<String>,
-    /// Names left at their initialization (`fc_norm`, `head` from an MAE checkpoint).
+    /// Names left at their initialization (`fc_norm` or, for the cls-token head, nothing
+    /// beyond `head`, from an MAE checkpoint).
     pub fresh: Vec<String>,
     /// `Some((old, new))` when the position embedding was interpolated from an `old×old` grid.
     pub interpolated: Option<(usize, usize)>,
@@ -221,12 +332,18 @@ impl<P: MaePreset, E: MaeDtype, D: MaeDevice<E>> Classifier<P, D, E> {
             .map_err(dev_err)?;
         let x = prepend_cls(cls, x)?;
         let x = vit.blocks.forward_scaled(x, drop_path)?;
-        // global pool: mean of the patch tokens, then fc_norm
-        let pooled = x
-            .try_slice((.., 1..l + 1, ..))
-            .and_then(|t| t.try_mean::<(usize, EncDim<P>), Axis<1>>())
-            .and_then(|t| t.try_reshape_like(&(batch, 1usize, m)))
-            .map_err(dev_err)?;
+        let pooled = match self.pooling {
+            // the mean of the patch tokens, then fc_norm
+            Pooling::GlobalPool => x
+                .try_slice((.., 1..l + 1, ..))
+                .and_then(|t| t.try_mean::<(usize, EncDim<P>), Axis<1>>())
+                .and_then(|t| t.try_reshape_like(&(batch, 1usize, m))),
+            // norm(x)[:, 0]: LayerNorm is per token, so norm of the cls token alone
+            Pooling::ClsToken => x
+                .try_slice((.., 0..1, ..))
+                .and_then(|t| t.try_reshape_like(&(batch, 1usize, m))),
+        }
+        .map_err(dev_err)?;
         let pooled = vit
             .fc_norm
             .forward(pooled)?
@@ -262,12 +379,18 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
                 weight: self.head.weight.clone().try_to_dtype().map_err(dev_err)?,
                 bias: self.head.bias.clone().try_to_dtype().map_err(dev_err)?,
             },
+            pooling: self.pooling,
         })
     }
 
-    /// A fresh classifier for `num_classes` classes: the ViT initialized as the MAE encoder is,
-    /// a unit `fc_norm`, the head weight `trunc_normal(std=2e-5)` and a zero bias.
+    /// A fresh global-pool classifier for `num_classes` classes: the ViT initialized as the MAE
+    /// encoder is, a unit `fc_norm`, the head weight `trunc_normal(std=2e-5)` and a zero bias.
     pub fn new(dev: &D, num_classes: usize) -> Result<Self, MaeError> {
+        Self::with_pooling(dev, num_classes, Pooling::GlobalPool)
+    }
+
+    /// [`Self::new`] with the head's `pooling` (a unit `norm` for [`Pooling::ClsToken`]).
+    pub fn with_pooling(dev: &D, num_classes: usize, pooling: Pooling) -> Result<Self, MaeError> {
         if num_classes == 0 {
             return Err(MaeError::InputShape {
                 what: "number of classes",
@@ -286,19 +409,33 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
         Ok(Classifier {
             vit,
             head: Head { weight, bias },
+            pooling,
         })
     }
 
     /// Every tensor (all trainable), official names and shapes, head last.
     pub fn named_tensors(&self) -> Result<Vec<NamedTensor>, MaeError> {
         let mut out = collect_tensors(&self.vit, geometry::<P>())?;
+        self.rename_norm(&mut out);
         out.extend(self.head_tensors(None));
         Ok(out)
+    }
+
+    /// The walk names the norm before the head `fc_norm`; the cls-token head's is `norm`.
+    fn rename_norm(&self, tensors: &mut [NamedTensor]) {
+        if self.pooling == Pooling::ClsToken {
+            for t in tensors {
+                if let Some(rest) = t.name.strip_prefix("fc_norm.") {
+                    t.name = format!("norm.{rest}");
+                }
+            }
+        }
     }
 
     /// The gradient of every tensor, official names and shapes (as [`Self::named_tensors`]).
     pub fn named_gradients(&self, grads: &Gradients<f32, D>) -> Result<Vec<NamedTensor>, MaeError> {
         let mut out = collect_gradients(&self.vit, geometry::<P>(), grads)?;
+        self.rename_norm(&mut out);
         out.extend(self.head_tensors(Some(grads)));
         Ok(out)
     }
@@ -348,6 +485,17 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
     /// [`Self::assign`] of values whose lengths the caller has already checked against
     /// [`Self::named_tensors`] (the loaders do, tensor by tensor).
     fn assign_checked(&mut self, values: &HashMap<String, Vec<f32>>) -> Result<(), MaeError> {
+        if self.pooling == Pooling::ClsToken {
+            // the walk's name for the cls-token head's `norm`
+            let renamed: HashMap<String, Vec<f32>> = values
+                .iter()
+                .filter_map(|(k, v)| {
+                    let rest = k.strip_prefix("norm.")?;
+                    Some((format!("fc_norm.{rest}"), v.clone()))
+                })
+                .collect();
+            assign_tensors(&mut self.vit, &renamed)?;
+        }
         assign_tensors(&mut self.vit, values)?;
         if let Some(w) = values.get("head.weight") {
             self.head.weight.copy_from(w);
@@ -400,8 +548,10 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
     /// `main_finetune.py`'s start from pretrained weights: the encoder tensors (`patch_embed`,
     /// `cls_token`, `pos_embed`, `blocks`) from an MAE checkpoint, full or encoder-only, of any
     /// preset with the same encoder; the position embedding is interpolated (bicubic) when the
-    /// checkpoint's patch grid differs. The pretraining `norm`, the decoder and `mask_token` are
-    /// skipped; `fc_norm` and `head` stay fresh unless the file has them with matching shapes.
+    /// checkpoint's patch grid differs. The decoder and `mask_token` are skipped, and so is the
+    /// pretraining `norm` under the global-pool head, while the cls-token head takes it (as
+    /// `main_finetune.py --cls_token` does); the head's norm and `head` stay fresh unless the file
+    /// has them with matching shapes.
     /// Nothing changes when it fails.
     pub fn load_pretrained(&mut self, file: &TensorFile) -> Result<PretrainedLoad, MaeError> {
         let path = file.path().to_path_buf();
@@ -413,8 +563,9 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
         };
         let l = P::num_patches();
         let grid = (l as f64).sqrt().round() as usize;
+        let norm_prefix = format!("{}.", self.pooling.norm_name());
         for t in self.named_tensors()? {
-            let optional = t.name.starts_with("fc_norm.") || t.name.starts_with("head.");
+            let optional = t.name.starts_with(norm_prefix.as_str()) || t.name.starts_with("head.");
             let Some(host) = file.read(&t.name)? else {
                 if optional {
                     report.fresh.push(t.name);
@@ -468,7 +619,7 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
     }
 
     /// Writes every tensor (official names and shapes) with `metadata` plus `preset`,
-    /// `kind = classifier` and `num_classes`, atomically.
+    /// `kind = classifier`, `num_classes` and `global_pool` (`avg` or `token`), atomically.
     pub fn save_safetensors(
         &self,
         path: impl AsRef<Path>,
@@ -478,6 +629,7 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
         meta.insert("preset".into(), P::PRESET.to_string());
         meta.insert("kind".into(), "classifier".into());
         meta.insert("num_classes".into(), self.num_classes().to_string());
+        meta.insert("global_pool".into(), self.pooling.as_str().into());
         write_safetensors(path.as_ref(), &self.named_tensors()?, &meta)
     }
 }

@@ -479,7 +479,8 @@ pub fn written_by(path: &Path) -> Option<String> {
 enum Extra {
     /// Any extra tensor is an error (strict, as `load_state_dict(strict=True)`).
     Error,
-    /// The decoder's tensors are skipped (encoder from a full MAE file); others are an error.
+    /// The decoder's tensors are skipped (encoder from a full MAE file), and so is a
+    /// classifier's `head.*` (the encoder of a timm / cls-token classifier); others are an error.
     SkipDecoder,
 }
 
@@ -576,7 +577,8 @@ fn load_into<M: TensorCollection<f32, D>, D: Device<f32>>(
         let Some(name) = key.strip_prefix(prefix) else {
             continue;
         };
-        if visitor.used.contains(&key) || (extra == Extra::SkipDecoder && is_decoder_name(name)) {
+        let skipped = is_decoder_name(name) || name.starts_with("head.");
+        if visitor.used.contains(&key) || (extra == Extra::SkipDecoder && skipped) {
             continue;
         }
         return Err(MaeError::UnexpectedKey {
@@ -630,9 +632,10 @@ impl<P: MaePreset, D: Device<f32>> Mae<P, f32, D> {
 }
 
 impl<P: MaePreset, D: Device<f32>> Encoder<P, f32, D> {
-    /// Loads the encoder from an encoder-only file (the official `mae_pretrain_vit_*` kind,
-    /// converted to safetensors) or from a full MAE file, whose decoder tensors are skipped.
-    /// Otherwise as strict as [`Mae::load_from`].
+    /// Loads the encoder from an encoder-only file (the official `mae_pretrain_vit_*` kind),
+    /// from a full MAE file, whose decoder tensors are skipped, or from a classifier with the
+    /// final `norm` (timm's ViTs, the cls-token head), whose `head.*` is skipped. Otherwise as
+    /// strict as [`Mae::load_from`].
     pub fn load_from(&mut self, file: &TensorFile, prefix: &str) -> Result<(), MaeError> {
         load_into(
             self,

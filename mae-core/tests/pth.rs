@@ -7,9 +7,11 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use mae_core::dfdx::prelude::*;
 use mae_core::model_files::import_file;
+use mae_core::presets::Parity;
 use mae_core::pth::{PTH_FORMAT_KEY, PTH_PREFIX_KEY, PTH_WRAPPER_KEY};
-use mae_core::{MaeError, Preset, TensorFile};
+use mae_core::{Classifier, ClassifierLayout, MaeError, Pooling, Preset, TensorFile};
 
 fn fixture(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -19,7 +21,12 @@ fn fixture(name: &str) -> PathBuf {
 
 /// The source weights: `model.*` of the parity fixture, without the prefix.
 fn source() -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
-    let f = TensorFile::open(fixture("mae-parity-a.safetensors")).unwrap();
+    model_tensors(&fixture("mae-parity-a.safetensors"))
+}
+
+/// The `model.*` tensors of a reference fixture, without the prefix.
+fn model_tensors(path: &Path) -> BTreeMap<String, (Vec<usize>, Vec<f32>)> {
+    let f = TensorFile::open(path).unwrap();
     f.names()
         .unwrap()
         .into_iter()
@@ -332,6 +339,54 @@ fn a_hugging_face_export_reads_back_through_its_folder() {
                 continue;
             }
             assert_eq!((&got[k].0, bits(&got[k].1)), (shape, bits(data)), "{k}");
+        }
+    }
+}
+
+#[test]
+fn fine_tuned_and_timm_classifiers_load_with_their_own_head() {
+    for (file, source, pooling) in [
+        (
+            "finetuned.pth",
+            "vit-parity-a.safetensors",
+            Pooling::GlobalPool,
+        ),
+        (
+            "timm_vit.pth",
+            "vit-parity-token.safetensors",
+            Pooling::ClsToken,
+        ),
+    ] {
+        let f = TensorFile::open(fixture("pth").join(file)).unwrap();
+        let layout = ClassifierLayout::of_file(&f).unwrap().unwrap();
+        assert_eq!(layout.pooling, pooling, "{file}");
+        assert_eq!(layout.num_classes, 5, "{file}");
+        let mut model =
+            Classifier::<Parity, Cpu>::with_pooling(&Cpu::default(), 5, pooling).unwrap();
+        model.load_from(&f, "").unwrap();
+        let expected = model_tensors(&fixture("vit").join(source));
+        // the encoder of the cls-token classifier (its `norm` is the encoder's) loads too, the
+        // head skipped; the global-pool one has no final `norm`: a clear error naming it
+        let mut encoder = mae_core::Mae::<Parity, f32, Cpu>::new(&Cpu::default())
+            .unwrap()
+            .encoder;
+        match (pooling, encoder.load_from(&f, "")) {
+            (Pooling::ClsToken, Ok(())) => {
+                assert_eq!(
+                    bits(&encoder.norm.weight.as_vec()),
+                    bits(&expected["norm.weight"].1)
+                )
+            }
+            (Pooling::GlobalPool, Err(e)) => assert!(e.to_string().contains("norm.weight"), "{e}"),
+            (p, r) => panic!("{file} ({p:?}): {r:?}"),
+        }
+        let loaded = model.named_tensors().unwrap();
+        assert_eq!(loaded.len(), expected.len(), "{file}");
+        for t in loaded {
+            let (shape, data) = &expected[&t.name];
+            // the official layouts are [1, 1, D] and [1, 1 + L, D]; ours drop the leading ones
+            assert_eq!(t.data.len(), shape.iter().product::<usize>(), "{}", t.name);
+            assert_eq!(bits(&t.data), bits(data), "{file}: {}", t.name);
         }
     }
 }

@@ -5,6 +5,9 @@
 //! float32): weights `model.*`, `input`, soft `targets` (label smoothing 0.1, mixed with the
 //! flipped batch at λ 0.7, as timm's Mixup makes them), `logits`, `loss`, every gradient
 //! `grad.*`, and `interpolate_pos_embed` cases `interp.*` (7→8 and 8→6 grids).
+//! `vit-parity-token.safetensors` is the same for the cls-token head, made by `torch_vit.py OUT
+//! --seed 3 --pool token` from timm 1.0.31's own `VisionTransformer(global_pool='token')`
+//! (models_vit.py with `global_pool=False`; keys `norm.*` instead of `fc_norm.*`).
 #![allow(clippy::unwrap_used)]
 
 use std::collections::BTreeMap;
@@ -14,15 +17,24 @@ use mae_core::dfdx::prelude::*;
 use mae_core::layers::BranchScales;
 use mae_core::pos_embed::interpolate_pos_embed;
 use mae_core::presets::Parity;
-use mae_core::{soft_target_cross_entropy, Classifier, Mae, MaeError, MaePreset, TensorFile};
+use mae_core::{
+    soft_target_cross_entropy, Classifier, ClassifierLayout, Mae, MaeError, MaePreset, Pooling,
+    TensorFile,
+};
 
 const TOLERANCE: f64 = 1e-4;
 
-fn fixture() -> TensorFile {
+fn fixture_named(name: &str) -> TensorFile {
     TensorFile::open(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vit/vit-parity-a.safetensors"),
+        Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/vit")
+            .join(name),
     )
     .unwrap()
+}
+
+fn fixture() -> TensorFile {
+    fixture_named("vit-parity-a.safetensors")
 }
 
 fn read(f: &TensorFile, name: &str) -> Vec<f32> {
@@ -47,10 +59,19 @@ fn rel_err(ours: &[f32], reference: &[f32]) -> f64 {
 
 #[test]
 fn logits_loss_and_every_gradient_match_the_reference() {
-    let f = fixture();
+    matches_reference("vit-parity-a.safetensors", Pooling::GlobalPool);
+}
+
+#[test]
+fn the_cls_token_head_matches_timm() {
+    matches_reference("vit-parity-token.safetensors", Pooling::ClsToken);
+}
+
+fn matches_reference(name: &str, pooling: Pooling) {
+    let f = fixture_named(name);
     let classes: usize = f.metadata().unwrap()["classes"].parse().unwrap();
     let dev = Cpu::default();
-    let mut model = Classifier::<Parity, Cpu>::new(&dev, classes).unwrap();
+    let mut model = Classifier::<Parity, Cpu>::with_pooling(&dev, classes, pooling).unwrap();
     model.load_from(&f, "model.").unwrap();
     let imgs = read(&f, "input");
     let targets = read(&f, "targets");
@@ -83,10 +104,83 @@ fn logits_loss_and_every_gradient_match_the_reference() {
         assert_eq!(reference.shape, g.shape, "{}", g.name);
         check(&format!("grad.{}", g.name), &g.data, &reference.data);
     }
-    println!(
-        "vit-parity-a: worst relative error {:.3e} ({})",
-        worst.0, worst.1
+    println!("{name}: worst relative error {:.3e} ({})", worst.0, worst.1);
+}
+
+#[test]
+fn a_classifier_file_says_its_head() {
+    let dir = tempfile::tempdir().unwrap();
+    for pooling in [Pooling::GlobalPool, Pooling::ClsToken] {
+        let model = Classifier::<Parity, Cpu>::with_pooling(&Cpu::default(), 7, pooling).unwrap();
+        let names: Vec<String> = model
+            .named_tensors()
+            .unwrap()
+            .into_iter()
+            .map(|t| t.name)
+            .collect();
+        let norm = pooling.norm_name();
+        assert!(names.contains(&format!("{norm}.weight")), "{names:?}");
+        let other = if norm == "norm" { "fc_norm" } else { "norm" };
+        assert!(!names.contains(&format!("{other}.weight")), "{names:?}");
+        let path = dir.path().join(format!("{}.safetensors", pooling.as_str()));
+        model.save_safetensors(&path, &BTreeMap::new()).unwrap();
+        let file = TensorFile::open(&path).unwrap();
+        assert_eq!(
+            ClassifierLayout::of_file(&file).unwrap(),
+            Some(ClassifierLayout {
+                num_classes: 7,
+                pooling
+            })
+        );
+        assert_eq!(file.metadata().unwrap()["global_pool"], pooling.as_str());
+        // the other head does not take it (a missing norm is named)
+        let flipped = match pooling {
+            Pooling::GlobalPool => Pooling::ClsToken,
+            Pooling::ClsToken => Pooling::GlobalPool,
+        };
+        let mut wrong =
+            Classifier::<Parity, Cpu>::with_pooling(&Cpu::default(), 7, flipped).unwrap();
+        let err = wrong.load_from(&file, "").unwrap_err();
+        assert!(err.to_string().contains(flipped.norm_name()), "{err}");
+    }
+    // an MAE is not a classifier
+    let mae = Mae::<Parity, f32, Cpu>::new(&Cpu::default()).unwrap();
+    let path = dir.path().join("mae.safetensors");
+    mae.save_safetensors(&path, &BTreeMap::new()).unwrap();
+    assert_eq!(
+        ClassifierLayout::of_file(&TensorFile::open(&path).unwrap()).unwrap(),
+        None
     );
+    assert_eq!("token".parse::<Pooling>(), Ok(Pooling::ClsToken));
+    assert!("max".parse::<Pooling>().unwrap_err().contains("`max`"));
+}
+
+#[test]
+fn the_cls_token_head_takes_the_pretrained_norm() {
+    let dir = tempfile::tempdir().unwrap();
+    let dev = Cpu::seed_from_u64(5);
+    let mae = Mae::<Parity, f32, Cpu>::new(&dev).unwrap();
+    let mut tensors = mae_core::weights::named_tensors(&mae).unwrap();
+    let norm = tensors
+        .iter_mut()
+        .find(|t| t.name == "norm.weight")
+        .unwrap();
+    norm.data = (0..48).map(|i| 1.0 + i as f32 / 100.0).collect();
+    let pretrained = norm.data.clone();
+    let path = dir.path().join("mae.safetensors");
+    mae_core::weights::write_safetensors(&path, &tensors, &BTreeMap::new()).unwrap();
+    let file = TensorFile::open(&path).unwrap();
+
+    let mut token = Classifier::<Parity, Cpu>::with_pooling(&dev, 3, Pooling::ClsToken).unwrap();
+    let report = token.load_pretrained(&file).unwrap();
+    // main_finetune.py --cls_token: only the head is missing
+    assert_eq!(report.fresh, ["head.weight", "head.bias"]);
+    assert_eq!(token.vit.fc_norm.weight.as_vec(), pretrained);
+
+    let mut pooled = Classifier::<Parity, Cpu>::new(&dev, 3).unwrap();
+    let report = pooled.load_pretrained(&file).unwrap();
+    assert!(report.fresh.contains(&"fc_norm.weight".to_string()));
+    assert_eq!(pooled.vit.fc_norm.weight.as_vec(), vec![1.0; 48]);
 }
 
 #[test]

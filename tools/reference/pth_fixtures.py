@@ -18,6 +18,11 @@ Files:
   short_storage.pth   full.pth with one storage cut short of what its tensor's view needs
   expanded.pth        a stride-0 view declaring 2**40 elements over a storage of one
   empty.pth           an empty dict
+  finetuned.pth       {'model': classifier state_dict} with the global-pool head (fc_norm, head), as
+                      the released mae_finetuned_vit_*.pth: the weights of
+                      tests/fixtures/vit/vit-parity-a.safetensors
+  timm_vit.pth        a bare state_dict of timm's VisionTransformer(global_pool='token') (norm,
+                      head), as timm's pytorch_model.bin: tests/fixtures/vit/vit-parity-token
 """
 
 import argparse
@@ -85,6 +90,13 @@ def main():
 
     torch.save({"big": torch.ones(1).expand(2 ** 40)}, p("expanded.pth"))
     torch.save({}, p("empty.pth"))
+
+    def classifier(name):
+        t = load_file(os.path.join(root, "mae-core/tests/fixtures/vit", name))
+        return collections.OrderedDict(
+            (k[len("model."):], v) for k, v in sorted(t.items()) if k.startswith("model."))
+    torch.save({"model": classifier("vit-parity-a.safetensors")}, p("finetuned.pth"))
+    torch.save(classifier("vit-parity-token.safetensors"), p("timm_vit.pth"))
     print("wrote", sorted(os.listdir(out)), "with torch", torch.__version__, file=sys.stderr)
 
 

@@ -1,9 +1,11 @@
 """PyTorch reference for fine-tuning parity: the classifier of models_vit.py (global average
-pool of the patch tokens, fc_norm, head) built from timm's Block, the soft-target cross-entropy
+pool of the patch tokens, fc_norm, head) built from timm's Block, or with --pool token timm's own
+VisionTransformer(global_pool='token') (models_vit.py with global_pool=False: the final norm and
+the cls token; timm's supervised ViTs), the soft-target cross-entropy
 that main_finetune.py trains with under mixup/label smoothing, and util/pos_embed.py's
 interpolate_pos_embed. Writes one safetensors fixture for mae-core's tests. Not part of the product.
 
-  python torch_vit.py OUT.safetensors --seed S [--config parity] [--classes 5] [--batch 3]
+  python torch_vit.py OUT.safetensors --seed S [--config parity] [--classes 5] [--batch 3] [--pool avg|token]
 """
 import argparse, json
 import torch, torch.nn as nn, torch.nn.functional as F
@@ -43,6 +45,22 @@ class ViT(nn.Module):
         return self.head(self.fc_norm(x))
 
 
+def timm_token_vit(img, p, c, d, depth, h, classes):
+    """timm's VisionTransformer with the cls-token head, as models_vit.py builds it for
+    global_pool=False (qkv_bias, LayerNorm eps 1e-6), norms made non-trivial as in ViT."""
+    from functools import partial
+    from timm.models.vision_transformer import VisionTransformer
+    m = VisionTransformer(img_size=img, patch_size=p, in_chans=c, num_classes=classes, embed_dim=d,
+                          depth=depth, num_heads=h, mlp_ratio=4.0, qkv_bias=True, global_pool="token",
+                          norm_layer=partial(nn.LayerNorm, eps=1e-6))
+    with torch.no_grad():
+        for mod in m.modules():
+            if isinstance(mod, nn.LayerNorm):
+                mod.weight.add_(0.1 * torch.randn_like(mod.weight)); mod.bias.add_(0.1 * torch.randn_like(mod.bias))
+        m.head.weight.normal_(0, 0.05)  # larger than its init, so that the logits are far from zero
+    return m
+
+
 def interpolate_pos_embed(pos_embed, new):
     """util/pos_embed.py: bicubic on the patch grid, extra (cls) token kept."""
     d = pos_embed.shape[-1]
@@ -59,10 +77,12 @@ def main():
     ap.add_argument("out"); ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--config", default="parity"); ap.add_argument("--classes", type=int, default=5)
     ap.add_argument("--batch", type=int, default=3)
+    ap.add_argument("--pool", choices=["avg", "token"], default="avg")
     a = ap.parse_args()
     torch.manual_seed(a.seed)
     img, p, c, d, depth, h = CONFIGS[a.config][:6]
-    model = ViT(img, p, c, d, depth, h, a.classes)
+    build = ViT if a.pool == "avg" else timm_token_vit
+    model = build(img, p, c, d, depth, h, a.classes)
     imgs = torch.randn(a.batch, c, img, img)
     # soft targets as Mixup(label_smoothing=0.1) makes them: two smoothed one-hots mixed by lam
     labels = torch.randint(0, a.classes, (a.batch,))
@@ -83,6 +103,7 @@ def main():
     t["interp.src7"] = src7; t["interp.up8"] = interpolate_pos_embed(src7, 8)
     t["interp.src8"] = src8; t["interp.down6"] = interpolate_pos_embed(src8, 6)
     meta = {"config": a.config, "seed": str(a.seed), "classes": str(a.classes), "batch": str(a.batch),
+            "global_pool": a.pool,
             "made_by": "tools/reference/torch_vit.py", "torch": torch.__version__}
     save_file({k: v.contiguous() for k, v in t.items()}, a.out, metadata=meta)
     print(json.dumps({"loss": loss.item(), "out": a.out}))

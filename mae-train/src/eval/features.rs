@@ -177,14 +177,12 @@ fn extract_range<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
     Ok(out)
 }
 
-/// The normalization a checkpoint was trained with, for images that come as files: the statistics
-/// of its training data (the manifest named by the config in the checkpoint's metadata), else
-/// ImageNet's for RGB, else mean 0.5 / std 0.5.
-pub fn training_normalization(
+/// The manifest of the data a checkpoint of ours was trained on (named by the config in its
+/// metadata), when that dataset is still there.
+pub fn training_manifest(
     file: &mae_core::TensorFile,
-    channels: usize,
-) -> Result<(Vec<f64>, Vec<f64>), TrainError> {
-    let manifest = file
+) -> Result<Option<mae_data::Manifest>, TrainError> {
+    Ok(file
         .metadata()?
         .get("config")
         .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok())
@@ -193,8 +191,17 @@ pub fn training_normalization(
                 .and_then(|d| d.as_str())
                 .map(std::path::PathBuf::from)
         })
-        .and_then(|dir| mae_data::dataset::read_manifest(&dir).ok())
-        .filter(|m| m.channels == channels);
+        .and_then(|dir| mae_data::dataset::read_manifest(&dir).ok()))
+}
+
+/// The normalization a checkpoint was trained with, for images that come as files: the statistics
+/// of its training data (the manifest named by the config in the checkpoint's metadata), else
+/// ImageNet's for RGB, else mean 0.5 / std 0.5.
+pub fn training_normalization(
+    file: &mae_core::TensorFile,
+    channels: usize,
+) -> Result<(Vec<f64>, Vec<f64>), TrainError> {
+    let manifest = training_manifest(file)?.filter(|m| m.channels == channels);
     Ok(match manifest {
         Some(m) => normalization(&m, false),
         None if channels == 3 => (
@@ -217,38 +224,55 @@ impl Job for ExtractFiles<'_> {
         let this = self;
         let (file, _) = mae_core::model_files::open_weights(this.checkpoint)?;
         let encoder = load_encoder::<P, D>(&file, &dev)?;
-        let (c, s) = (P::IN_CHANS, P::IMG_SIZE);
-        let (mean, std) = training_normalization(&file, c)?;
-        let transform = Transform::eval_for(s);
-        let eval = Augment::new(transform, s, &mean, &std, 0)?;
-        // decode at the side the evaluation crop expects (256 for 224), as a prepared dataset is
-        let side = match transform {
-            Transform::Eval { crop_pct } => (s as f64 / crop_pct).round() as usize,
-            Transform::Pretrain { .. } => s,
-        };
         let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
         let mut out = Features::with_capacity(dim, this.files.len());
-        let (mut resizer, mut scratch) = (Resizer::new(), Vec::new());
-        let per = c * s * s;
-        for chunk in this.files.chunks(this.batch.max(1)) {
-            let mut images = vec![0f32; chunk.len() * per];
-            for (i, path) in chunk.iter().enumerate() {
-                let (pixels, w, h) = mae_data::prepare::load_image(path, side, c)?;
-                eval.apply(
-                    &mut resizer,
-                    &mut scratch,
-                    &pixels,
-                    (w, h),
-                    0,
-                    i as u64,
-                    &mut images[i * per..(i + 1) * per],
-                )?;
-            }
-            push_encoded(&encoder, &images, chunk.len(), &mut out)?;
-            out.labels.extend(std::iter::repeat_n(-1, chunk.len()));
-        }
+        for_each_file_batch::<P>(&file, this.files, this.batch, |images, n| {
+            push_encoded(&encoder, images, n, &mut out)?;
+            out.labels.extend(std::iter::repeat_n(-1, n));
+            Ok(())
+        })?;
         Ok(out)
     }
+}
+
+/// Calls `f(images, n)` for consecutive batches of at most `batch` of the image `files`, in
+/// order, each decoded (EXIF orientation applied), converted to preset `P`'s channels and given
+/// the evaluation transform (resize, centre crop) with the normalization the checkpoint `file`
+/// was trained with ([`training_normalization`]).
+pub fn for_each_file_batch<P: MaePreset>(
+    file: &mae_core::TensorFile,
+    files: &[std::path::PathBuf],
+    batch: usize,
+    mut f: impl FnMut(&[f32], usize) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
+    let (c, s) = (P::IN_CHANS, P::IMG_SIZE);
+    let (mean, std) = training_normalization(file, c)?;
+    let transform = Transform::eval_for(s);
+    let eval = Augment::new(transform, s, &mean, &std, 0)?;
+    // decode at the side the evaluation crop expects (256 for 224), as a prepared dataset is
+    let side = match transform {
+        Transform::Eval { crop_pct } => (s as f64 / crop_pct).round() as usize,
+        Transform::Pretrain { .. } => s,
+    };
+    let (mut resizer, mut scratch) = (Resizer::new(), Vec::new());
+    let per = c * s * s;
+    for chunk in files.chunks(batch.max(1)) {
+        let mut images = vec![0f32; chunk.len() * per];
+        for (i, path) in chunk.iter().enumerate() {
+            let (pixels, w, h) = mae_data::prepare::load_image(path, side, c)?;
+            eval.apply(
+                &mut resizer,
+                &mut scratch,
+                &pixels,
+                (w, h),
+                0,
+                i as u64,
+                &mut images[i * per..(i + 1) * per],
+            )?;
+        }
+        f(&images, chunk.len())?;
+    }
+    Ok(())
 }
 
 /// Encoder features of image files (labels −1), in order, computed on `device`:

@@ -24,7 +24,7 @@ use mae_core::layers::BranchScales;
 use mae_core::weights::official_shape;
 use mae_core::{
     soft_target_cross_entropy, soft_target_cross_entropy_scaled, AmpF16, Classifier, MaePreset,
-    NamedTensor, ScaledLoss, TensorFile, TransformerDims,
+    NamedTensor, Pooling, ScaledLoss, TensorFile, TransformerDims,
 };
 use mae_data::augment::{normalization, Augment, Transform};
 use mae_data::loader::{Batch, Loader, LoaderConfig};
@@ -328,9 +328,10 @@ impl<P: MaePreset, D: RunDevice> Task<D> for Finetuning<'_, P> {
 fn init_model<P: MaePreset, D: RunDevice>(
     dev: &D,
     classes: usize,
+    pooling: Pooling,
     checkpoint: Option<&std::path::Path>,
 ) -> Result<(Classifier<P, D>, String), TrainError> {
-    let mut model = Classifier::<P, D>::new(dev, classes)?;
+    let mut model = Classifier::<P, D>::with_pooling(dev, classes, pooling)?;
     let Some(path) = checkpoint else {
         return Ok((model, "random init".to_string()));
     };
@@ -420,7 +421,8 @@ impl Job for Run<'_> {
         let comm = self.inputs.comm;
         let main = comm.is_main();
         dev.enable_cache();
-        let (mut model, init) = init_model::<P, D>(&dev, classes, cfg.checkpoint.as_deref())?;
+        let (mut model, init) =
+            init_model::<P, D>(&dev, classes, cfg.pooling(), cfg.checkpoint.as_deref())?;
         let mut opt = optimizer(&model, cfg)?;
         let engine = self.inputs.engine(cfg);
         let (state, resumed) = engine.start(&mut model, &mut opt)?;

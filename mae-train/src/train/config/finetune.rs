@@ -6,10 +6,10 @@
 
 use std::path::PathBuf;
 
-use mae_core::Preset;
+use mae_core::{Pooling, Preset};
 use serde::{Deserialize, Serialize};
 
-use super::one;
+use super::{one, yes};
 use crate::amp::Precision;
 use crate::error::TrainError;
 use crate::schedule::absolute_lr;
@@ -49,6 +49,11 @@ pub struct FinetuneConfig {
     pub layer_decay: f64,
     /// Drop path rate of the last block (linear from 0).
     pub drop_path: f64,
+    /// The head's pooling, `main_finetune.py`'s `global_pool`: `true` (the default) classifies
+    /// `fc_norm` of the mean patch token, `false` (`--cls-token`) the cls token after the final
+    /// `norm`.
+    #[serde(default = "yes")]
+    pub global_pool: bool,
     /// Label smoothing.
     pub smoothing: f64,
     /// Mixup α (0 = off).
@@ -88,6 +93,15 @@ pub struct FinetuneConfig {
 }
 
 impl FinetuneConfig {
+    /// The head's pooling ([`Self::global_pool`]).
+    pub fn pooling(&self) -> Pooling {
+        if self.global_pool {
+            Pooling::GlobalPool
+        } else {
+            Pooling::ClsToken
+        }
+    }
+
     /// Images per evaluation forward unless given.
     pub const EVAL_BATCH_SIZE: usize = 256;
 
@@ -110,6 +124,7 @@ impl FinetuneConfig {
             weight_decay: 0.05,
             layer_decay: 0.75,
             drop_path: 0.1,
+            global_pool: true,
             smoothing: 0.1,
             mixup: 0.8,
             cutmix: 1.0,
@@ -222,6 +237,11 @@ pub struct FinetuneOverrides {
     #[cfg_attr(feature = "clap", arg(long))]
     #[serde(default)]
     pub from_scratch: bool,
+    /// Classify the cls token after the final `norm` instead of the global pool of the patch
+    /// tokens with `fc_norm` (the official `--cls_token`, models_vit `global_pool=False`).
+    #[cfg_attr(feature = "clap", arg(long))]
+    #[serde(default)]
+    pub cls_token: bool,
     /// Prepared dataset: trains on train, evaluates on val after every epoch.
     #[cfg_attr(feature = "clap", arg(long))]
     pub data: Option<PathBuf>,
@@ -341,7 +361,7 @@ overrides!(FinetuneOverrides {
     eval_batch_size,
     device,
     precision
-}; from_scratch);
+}; from_scratch; cls_token);
 
 impl FinetuneConfig {
     /// Fills the defaults ([`FinetuneConfig::new`]) and checks the settings for a run over
@@ -373,6 +393,7 @@ impl FinetuneConfig {
         given.fill(&mut cfg);
         cfg.checkpoint = given.checkpoint;
         cfg.max_steps = given.max_steps;
+        cfg.global_pool = !given.cls_token;
         cfg.world_size = world_size;
         cfg.lr = given
             .lr
@@ -397,7 +418,7 @@ mod tests {
             accum_iter: Some(2),
             ..Default::default()
         };
-        let c = FinetuneConfig::resolve_for(file.merged(flags), 4).expect("valid");
+        let c = FinetuneConfig::resolve_for(file.clone().merged(flags), 4).expect("valid");
         let recipe = FinetuneConfig::new("d".into(), "o".into(), Preset::Tiny);
         assert_eq!((c.batch_size, c.accum_iter, c.world_size), (16, 2, 4));
         assert_eq!(
@@ -411,6 +432,14 @@ mod tests {
             c.lr
         );
         assert_eq!(c.checkpoint, None);
+        // the official global pool unless --cls-token (a flag or `cls_token = true`)
+        assert_eq!(c.pooling(), Pooling::GlobalPool);
+        let token = FinetuneOverrides {
+            cls_token: true,
+            ..Default::default()
+        };
+        let c = FinetuneConfig::resolve_for(file.merged(token), 1).expect("valid");
+        assert_eq!((c.global_pool, c.pooling()), (false, Pooling::ClsToken));
 
         std::fs::write(&path, "mix_up = 0.5\n").expect("write");
         let err = FinetuneOverrides::from_toml_file(&path).expect_err("unknown key");

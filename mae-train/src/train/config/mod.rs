@@ -92,6 +92,11 @@ pub fn read_toml_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, 
     toml::from_str(&text).map_err(|e| bad(e.to_string()))
 }
 
+/// serde's default of a flag that is on unless said otherwise.
+fn yes() -> bool {
+    true
+}
+
 /// serde's default of a world size: one process.
 fn one() -> usize {
     1
