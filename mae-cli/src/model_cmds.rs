@@ -87,14 +87,7 @@ pub fn run_info(a: InfoArgs) -> Result<()> {
     let path = a.checkpoint;
     let (file, naming) = open_weights(&path)?;
     let meta = file.metadata()?;
-    let (preset, how_chosen) = match meta.get("preset") {
-        Some(name) => (
-            name.parse::<Preset>()
-                .with_context(|| format!("{}: preset `{name}`", path.display()))?,
-            String::new(),
-        ),
-        None => choose_preset(&path, &file)?,
-    };
+    let (preset, how_chosen) = preset_of_file(&path, &file, None)?;
     let kind = weights_kind(preset, &file)?;
     say!("{}", path.display());
     say!("  {}, {naming}", describe_container(&file)?);
@@ -192,6 +185,26 @@ fn describe_container(file: &TensorFile) -> Result<String> {
 
 fn shown(shape: Option<Vec<usize>>) -> String {
     shape.map_or_else(|| "missing".into(), |s| format!("{s:?}"))
+}
+
+/// The preset of weights `file` (opened from `from`): `given`, else the one its metadata names,
+/// else the one its shapes fit ([`choose_preset`], whose note on how it chose comes along).
+fn preset_of_file(
+    from: &std::path::Path,
+    file: &TensorFile,
+    given: Option<Preset>,
+) -> Result<(Preset, String)> {
+    if let Some(p) = given {
+        return Ok((p, String::new()));
+    }
+    match file.metadata()?.get("preset") {
+        Some(name) => Ok((
+            name.parse()
+                .with_context(|| format!("{}: preset `{name}`", from.display()))?,
+            String::new(),
+        )),
+        None => choose_preset(from, file),
+    }
 }
 
 /// The preset whose shapes the weights have; the first when several fit (they differ in heads
@@ -417,15 +430,7 @@ pub fn run_export(a: ExportArgs) -> Result<()> {
         crate::outputs::check("--out", &a.out, kind, &inputs, a.force)?;
     }
     let (file, _) = open_weights(&a.checkpoint)?;
-    let preset = match a.preset {
-        Some(p) => p,
-        None => match file.metadata()?.get("preset") {
-            Some(name) => name
-                .parse()
-                .with_context(|| format!("{}: preset `{name}`", a.checkpoint.display()))?,
-            None => choose_preset(&a.checkpoint, &file)?.0,
-        },
-    };
+    let (preset, _) = preset_of_file(&a.checkpoint, &file, a.preset)?;
     let meta = BTreeMap::from([(WRITTEN_BY_KEY.to_string(), "mae export".to_string())]);
     let n = export_file(preset, &file, format, a.encoder_only, &a.out, &meta)?;
     let what = match mae_core::ClassifierLayout::of_file(&file)? {

@@ -106,7 +106,7 @@ pub fn weights_kind(preset: Preset, file: &TensorFile) -> Result<WeightsKind, Ma
         type Output = Result<WeightsKind, MaeError>;
         fn visit<P: MaePreset>(self) -> Self::Output {
             if let Some(layout) = ClassifierLayout::of_file(self.0)? {
-                let model = load_classifier::<P>(self.0, layout)?;
+                let model = Classifier::<P, Cpu>::from_file(&Cpu::default(), self.0, layout)?;
                 let params = model.named_tensors()?.iter().map(|t| t.data.len()).sum();
                 return Ok(WeightsKind::Classifier { layout, params });
             }
@@ -149,20 +149,6 @@ pub fn import_file(
     preset.visit(Import(file, out, metadata))
 }
 
-/// Loads the classifier of `file` (official / timm names, the head `layout` says) strictly.
-pub fn load_classifier<P: MaePreset>(
-    file: &TensorFile,
-    layout: ClassifierLayout,
-) -> Result<Classifier<P, Cpu>, MaeError> {
-    let mut model = Classifier::<P, Cpu>::with_pooling(
-        &Cpu::seed_from_u64(0),
-        layout.num_classes,
-        layout.pooling,
-    )?;
-    model.load_from(file, "")?;
-    Ok(model)
-}
-
 /// Loads the fine-tuned classifier `file` (the released `mae_finetuned_vit_*.pth`, a timm ViT,
 /// one of ours) strictly as preset `preset` with the head `layout` says, and writes it to `out`
 /// as our classifier file with `metadata`.
@@ -182,7 +168,8 @@ pub fn import_classifier_file(
     impl PresetVisitor for Import<'_> {
         type Output = Result<(), MaeError>;
         fn visit<P: MaePreset>(self) -> Self::Output {
-            load_classifier::<P>(self.0, self.1)?.save_safetensors(self.2, self.3)
+            Classifier::<P, Cpu>::from_file(&Cpu::default(), self.0, self.1)?
+                .save_safetensors(self.2, self.3)
         }
     }
     preset.visit(Import(file, layout, out, metadata))
@@ -338,7 +325,8 @@ pub fn export_file(
                              pth or safetensors)",
                         );
                     }
-                    load_classifier::<P>(file, layout)?.named_tensors()?
+                    Classifier::<P, Cpu>::from_file(&Cpu::default(), file, layout)?
+                        .named_tensors()?
                 }
                 None => {
                     let mut model = Mae::<P, f32, Cpu>::new(&Cpu::seed_from_u64(0))?;

@@ -389,6 +389,18 @@ impl<P: MaePreset, D: MaeDevice> Classifier<P, D> {
         Self::with_pooling(dev, num_classes, Pooling::GlobalPool)
     }
 
+    /// The classifier of `file` with the head `layout` says (the official / timm names), loaded
+    /// strictly as [`Self::load_from`] does.
+    pub fn from_file(
+        dev: &D,
+        file: &TensorFile,
+        layout: ClassifierLayout,
+    ) -> Result<Self, MaeError> {
+        let mut model = Self::with_pooling(dev, layout.num_classes, layout.pooling)?;
+        model.load_from(file, "")?;
+        Ok(model)
+    }
+
     /// [`Self::new`] with the head's `pooling` (a unit `norm` for [`Pooling::ClsToken`]).
     pub fn with_pooling(dev: &D, num_classes: usize, pooling: Pooling) -> Result<Self, MaeError> {
         if num_classes == 0 {

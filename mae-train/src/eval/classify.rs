@@ -41,7 +41,8 @@ pub fn evaluate<P: MaePreset, D: MaeDevice>(
 }
 
 /// The classifier in `file` (opened from `path`), with the head it has: its class count and its
-/// pooling (`fc_norm`: global pool, `norm`: cls token), loaded strictly.
+/// pooling (`fc_norm`: global pool, `norm`: cls token), loaded strictly; a file without a head is
+/// an error saying what to use instead.
 pub fn load_classifier<P: MaePreset, D: MaeDevice>(
     dev: &D,
     path: &std::path::Path,
@@ -53,9 +54,7 @@ pub fn load_classifier<P: MaePreset, D: MaeDevice>(
             "no `head.bias`: not a fine-tuned classifier (use mae knn / linprobe for an MAE checkpoint)",
         )
     })?;
-    let mut model = Classifier::<P, D>::with_pooling(dev, layout.num_classes, layout.pooling)?;
-    model.load_from(file, "")?;
-    Ok(model)
+    Ok(Classifier::<P, D>::from_file(dev, file, layout)?)
 }
 
 struct EvaluateFile<'a> {
