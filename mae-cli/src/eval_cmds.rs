@@ -39,6 +39,20 @@ pub struct LinprobeArgs {
     /// `cls` or `avg` (mean of the patch tokens).
     #[arg(long, default_value = "cls")]
     feature: String,
+    /// Probe the cls token (`--feature cls`, the default; the official `--cls_token`).
+    #[arg(long, conflicts_with_all = ["feature", "global_pool"])]
+    cls_token: bool,
+    /// Probe the mean of the patch tokens (`--feature avg`; the official `--global_pool`).
+    #[arg(long, conflicts_with = "feature")]
+    global_pool: bool,
+    /// The preset the checkpoint must be (the official `--model`; the checkpoint says which it
+    /// is, so this only checks).
+    #[arg(long, requires = "checkpoint")]
+    preset: Option<mae_core::Preset>,
+    /// Accepted for the official command: the encoder's passes over both splits are always
+    /// shared out over the ranks of an MPI run, and every rank evaluates the same features.
+    #[arg(long)]
+    dist_eval: bool,
     /// Epochs.
     #[arg(long, default_value_t = 90)]
     epochs: usize,
@@ -48,9 +62,9 @@ pub struct LinprobeArgs {
     /// Base learning rate (lr = blr · batch / 256).
     #[arg(long, default_value_t = 0.1)]
     blr: f64,
-    /// Warmup epochs.
-    #[arg(long, default_value_t = 10.0)]
-    warmup_epochs: f64,
+    /// Warmup epochs [default: epochs / 9, the official 10 of 90]; must be shorter than the run.
+    #[arg(long)]
+    warmup_epochs: Option<f64>,
     /// Weight decay (on the weight matrix).
     #[arg(long, default_value_t = 0.0)]
     weight_decay: f32,
@@ -207,6 +221,13 @@ pub fn run_knn(a: KnnArgs) -> Result<()> {
 /// `mae linprobe`: the settings, then the probe.
 pub fn run_linprobe(a: LinprobeArgs) -> Result<()> {
     let input = a.source.source()?;
+    if let (Some(want), Some(c)) = (a.preset, &a.source.checkpoint) {
+        let is = mae_train::checkpoint::preset_of(c)?;
+        if is != want {
+            bail!("--preset {want}: {} is a {is} checkpoint", c.display());
+        }
+    }
+    let _ = a.dist_eval;
     let augment = match (a.aug, a.no_aug) {
         (_, true) => Some(false),
         (true, _) => Some(true),
@@ -216,7 +237,9 @@ pub fn run_linprobe(a: LinprobeArgs) -> Result<()> {
         epochs: a.epochs,
         batch_size: a.batch_size,
         blr: a.blr,
-        warmup_epochs: a.warmup_epochs,
+        warmup_epochs: a
+            .warmup_epochs
+            .unwrap_or_else(|| mae_train::probe::ProbeConfig::default_warmup(a.epochs)),
         weight_decay: a.weight_decay,
         seed: a.seed,
         optimizer: a.optimizer.parse()?,
@@ -230,14 +253,12 @@ pub fn run_linprobe(a: LinprobeArgs) -> Result<()> {
     if place.out.is_some() {
         place.stop = train::stop_on_signal()?;
     }
-    probe(
-        &a.source,
-        &input,
-        &a.feature,
-        &cfg,
-        &place,
-        (a.json, a.force),
-    )
+    let feature = if a.global_pool {
+        "avg"
+    } else {
+        a.feature.as_str()
+    };
+    probe(&a.source, &input, feature, &cfg, &place, (a.json, a.force))
 }
 
 /// `mae linprobe`: trains and evaluates the probe, writes its results beside the features or

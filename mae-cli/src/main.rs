@@ -17,6 +17,7 @@ mod bench_cmd;
 mod data;
 mod eval_cmds;
 mod model_cmds;
+mod official;
 mod outputs;
 mod train;
 
@@ -102,7 +103,9 @@ fn keep_freed_memory() {}
 
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
-    let command = train::with_defaults_in_help(<Cli as clap::CommandFactory>::command());
+    let command = official::accept_official_spellings(train::with_defaults_in_help(
+        <Cli as clap::CommandFactory>::command(),
+    ));
     let parsed = command
         .try_get_matches()
         .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));

@@ -187,9 +187,10 @@ pub struct FinetuneArgs {
     #[arg(long)]
     resume: Option<String>,
     /// Only evaluate a fine-tuned classifier (--checkpoint: RUN/best.safetensors, a released
-    /// mae_finetuned_vit_*.pth, a timm ViT) on the val split of --data, with the file's own head
-    /// (global pool `fc_norm` or cls token `norm`).
-    #[arg(long, requires = "checkpoint")]
+    /// mae_finetuned_vit_*.pth, a timm ViT; or --resume FILE as `main_finetune.py --eval
+    /// --resume`) on the val split of --data, with the file's own head (global pool `fc_norm`
+    /// or cls token `norm`).
+    #[arg(long)]
     eval: bool,
     /// Print the results as one JSON object (the last line of the output).
     #[arg(long)]
@@ -197,8 +198,13 @@ pub struct FinetuneArgs {
 }
 
 /// `mae finetune --eval`: top-1/top-5 of a classifier file.
-fn evaluate(given: FinetuneOverrides, json: bool) -> Result<()> {
-    let checkpoint = given.checkpoint.context("--eval needs --checkpoint")?;
+fn evaluate(given: FinetuneOverrides, resume: Option<&str>, json: bool) -> Result<()> {
+    // main_finetune.py --eval names the classifier with --resume
+    let checkpoint = match (given.checkpoint, resume) {
+        (Some(c), _) => c,
+        (None, Some(file)) if file != "auto" => PathBuf::from(file),
+        _ => anyhow::bail!("--eval needs --checkpoint FILE (or --resume FILE)"),
+    };
     let data = given.data.context("--data is required")?;
     let batch = given
         .eval_batch_size
@@ -229,7 +235,7 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
     }
     let given = given.merged(a.settings);
     if a.eval {
-        return evaluate(given, a.json);
+        return evaluate(given, a.resume.as_deref(), a.json);
     }
     let comm = Comm::from_env()?;
     let cfg = FinetuneConfig::resolve_for(given, comm.world_size())?;

@@ -217,6 +217,83 @@ fn two_ranks_match_one_process_in_fine_tuning() {
     assert_close_checkpoint(&checkpoint(&two, 3), &checkpoint(&one, 3), 1e-5);
 }
 
+/// `--dist-eval` (each rank classifies its share of the validation split, the hits summed) gives
+/// the top-1 rank 0 alone gives, on a validation split that 2 ranks do not divide evenly.
+#[test]
+fn a_shared_evaluation_counts_every_image_once() {
+    let s = Scratch::new();
+    let src = s.sub("shades");
+    for (class, shade) in [("dark", 30u8), ("mid", 120u8), ("light", 220u8)] {
+        std::fs::create_dir_all(src.join(class)).unwrap();
+        for i in 0..10u8 {
+            let img = image::GrayImage::from_fn(28, 28, |x, y| {
+                image::Luma([shade.wrapping_add(((x * y) as u8 + 7 * i) % 31)])
+            });
+            img.save(src.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let data = s.sub("prepared").join("shades");
+    let d = data.to_str().unwrap();
+    run_ok(&[
+        "data",
+        "prepare",
+        "--from",
+        "imagefolder",
+        src.to_str().unwrap(),
+        "--out",
+        d,
+        "--size",
+        "28",
+        "--channels",
+        "1",
+        "--val-fraction",
+        "0.25",
+    ]);
+    let manifest: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap())
+            .unwrap();
+    let top1_of = |dist_eval: bool| -> f64 {
+        let out = s.sub(if dist_eval { "ft-shared" } else { "ft-rank0" });
+        let mut a = vec![
+            "finetune",
+            "--from-scratch",
+            "--preset",
+            "tiny",
+            "--data",
+            d,
+            "--out",
+            out.to_str().unwrap(),
+            "--batch-size",
+            "4",
+            "--epochs",
+            "1",
+            "--mixup",
+            "0",
+            "--cutmix",
+            "0",
+            "--reprob",
+            "0",
+            "--drop-path",
+            "0",
+            "--aa",
+            "none",
+            "--workers",
+            "1",
+            "--eval-batch-size",
+            "3",
+        ];
+        if dist_eval {
+            a.push("--dist-eval");
+        }
+        mpirun_ok(2, &a);
+        let text = std::fs::read_to_string(out.join("eval.jsonl")).unwrap();
+        let line: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+        line["top1"].as_f64().unwrap()
+    };
+    let (shared, alone) = (top1_of(true), top1_of(false));
+    assert_eq!(shared, alone, "{manifest}");
+}
+
 /// Mixed precision on 2 ranks: the ranks' weights stay identical after every step
 /// (`--check-sync-every 1`) through the first steps, where the scale comes down from 2¹⁶ by
 /// overflows, and the first loss is one process's at the same global batch, to half precision.

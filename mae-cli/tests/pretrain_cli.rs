@@ -454,6 +454,115 @@ fn finetune_runs_and_its_classifier_evaluates_to_the_same_numbers() {
     assert!(!r.status.success());
 }
 
+/// The official scripts' spellings run (`main_finetune.py`'s flags with `mae finetune` in front),
+/// with the recipe's RandAugment and gradient clipping; `--nb_classes`, `--input_size` and `--aa`
+/// that do not fit are refused in one line naming the flag, and nothing is written.
+#[test]
+fn the_official_flag_spellings_run_and_misfits_are_refused() {
+    let scratch = Scratch::new();
+    let out = scratch.sub("official").join("ft");
+    let out = out.to_str().unwrap();
+    let official = |extra: &[&str]| {
+        let mut args = vec![
+            "finetune",
+            "--model",
+            "tiny",
+            "--data_path",
+            scratch.data(),
+            "--output_dir",
+            out,
+            "--batch_size",
+            "8",
+            "--num_workers",
+            "1",
+            "--max_steps",
+            "2",
+            "--blr",
+            "5e-4",
+            "--layer_decay",
+            "0.65",
+            "--weight_decay",
+            "0.05",
+            "--drop_path",
+            "0.1",
+            "--mixup",
+            "0.8",
+            "--cutmix",
+            "1.0",
+            "--reprob",
+            "0.25",
+            "--smoothing",
+            "0.1",
+            "--aa",
+            "rand-m9-mstd0.5-inc1",
+            "--clip_grad",
+            "1.0",
+            "--input_size",
+            "28",
+            "--nb_classes",
+            "10",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        mae(&args)
+    };
+    let r = official(&["--from_scratch"]);
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+    let text = String::from_utf8_lossy(&r.stdout);
+    let summary: serde_json::Value =
+        serde_json::from_str(text.trim().lines().last().unwrap()).unwrap();
+    assert_eq!(summary["outcome"], "MaxSteps");
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{out}/config.json")).unwrap())
+            .unwrap();
+    assert_eq!(config["aa"], "rand-m9-mstd0.5-inc1", "{config}");
+    assert_eq!(config["clip_grad"], 1.0, "{config}");
+    assert_eq!(config["batch_size"], 8, "{config}");
+    // main_finetune.py --eval --resume FILE: the same top-1 as the run's own evaluation
+    let ckpt = format!("{out}/checkpoint-2.safetensors");
+    let eval = run_ok(&[
+        "finetune",
+        "--eval",
+        "--resume",
+        &ckpt,
+        "--data_path",
+        scratch.data(),
+        "--json",
+    ]);
+    let eval: serde_json::Value = serde_json::from_str(eval.trim()).unwrap();
+    assert_eq!(eval["top1"], summary["last"]["top1"]);
+
+    let fresh = scratch.sub("refused").join("ft");
+    let fresh = fresh.to_str().unwrap();
+    for (flag, value, says) in [
+        ("--nb_classes", "5", "10 classes"),
+        ("--input_size", "32", "28-px"),
+        ("--aa", "rand-q9", "--aa rand-q9"),
+        ("--clip_grad", "0", "--clip-grad"),
+    ] {
+        let mut args = vec![
+            "finetune",
+            "--from-scratch",
+            "--model",
+            "tiny",
+            "--data",
+            scratch.data(),
+        ];
+        args.extend(["--out", fresh, flag, value]);
+        let r = mae(&args);
+        let err = String::from_utf8_lossy(&r.stderr);
+        assert!(
+            !r.status.success() && err.contains(says),
+            "{flag} {value}: {err}"
+        );
+        assert_eq!(err.trim().lines().count(), 1, "{err}");
+        assert!(
+            !std::path::Path::new(fresh).exists(),
+            "{flag}: wrote {fresh}"
+        );
+    }
+}
+
 /// A `mae` built without the `mpi` feature, started by mpirun as one of several ranks, refuses to
 /// run (rather than run N copies of one job into one folder) and says how to get an MPI build.
 #[cfg(not(feature = "mpi"))]

@@ -192,6 +192,10 @@ define_presets! {
     Tiny = "tiny": img 28, chans 1, patch 4, encoder (192, 6, 3), decoder (128, 2, 4);
     /// CIFAR sized: 32×32 RGB, patch 4, 192-d/12/3, decoder 128-d/4/4.
     Small32 = "small32": img 32, chans 3, patch 4, encoder (192, 12, 3), decoder (128, 4, 4);
+    /// ViT-S/16 at 224 (timm's `vit_small_patch16_224`: 384-d, 12 blocks, 6 heads; 22M encoder
+    /// parameters) with the paper's 512-d/8-block decoder: the size of most small-scale MAE
+    /// studies, and the largest that pretrains at a useful pace on a CPU.
+    VitS16 = "vit-s16": img 224, chans 3, patch 16, encoder (384, 12, 6), decoder (512, 8, 16);
     /// ViT-B/16 at 224 with the paper's 512-d/8-block decoder (86M encoder parameters).
     VitB16 = "vit-b16": img 224, chans 3, patch 16, encoder (768, 12, 12), decoder (512, 8, 16);
     /// ViT-L/16 at 224 with the paper's 512-d/8-block decoder (304M encoder parameters).
@@ -213,13 +217,33 @@ impl fmt::Display for Preset {
     }
 }
 
+impl Preset {
+    /// The preset a model name of the official scripts or timm stands for: `models_mae.py`'s
+    /// `mae_vit_base_patch16` (also with `_dec512d8b`), `models_vit.py`'s / timm's
+    /// `vit_base_patch16` (also with `_224`), and the same for small, large and huge.
+    pub fn from_official_name(name: &str) -> Option<Preset> {
+        let name = name.strip_prefix("mae_").unwrap_or(name);
+        let name = name.strip_suffix("_dec512d8b").unwrap_or(name);
+        let name = name.strip_suffix("_224").unwrap_or(name);
+        match name {
+            "vit_small_patch16" => Some(Preset::VitS16),
+            "vit_base_patch16" => Some(Preset::VitB16),
+            "vit_large_patch16" => Some(Preset::VitL16),
+            "vit_huge_patch14" => Some(Preset::VitH14),
+            _ => None,
+        }
+    }
+}
+
 impl FromStr for Preset {
     type Err = MaeError;
+    /// A preset's name, or an official model name ([`Preset::from_official_name`]).
     fn from_str(s: &str) -> Result<Self, Self::Err> {
         Preset::ALL
             .iter()
             .copied()
             .find(|p| p.name() == s)
+            .or_else(|| Preset::from_official_name(s))
             .ok_or_else(|| MaeError::UnknownPreset {
                 name: s.to_string(),
                 known: Preset::ALL
@@ -306,6 +330,17 @@ mod tests {
             assert_eq!(p.to_string().parse::<Preset>().ok(), Some(p));
         }
         assert_eq!("vit-b16".parse::<Preset>().ok(), Some(Preset::VitB16));
+        // the official scripts' and timm's model names
+        for (official, preset) in [
+            ("mae_vit_base_patch16", Preset::VitB16),
+            ("mae_vit_large_patch16_dec512d8b", Preset::VitL16),
+            ("mae_vit_huge_patch14", Preset::VitH14),
+            ("vit_small_patch16_224", Preset::VitS16),
+            ("vit_base_patch16", Preset::VitB16),
+        ] {
+            assert_eq!(official.parse::<Preset>().ok(), Some(preset), "{official}");
+        }
+        assert!("vit_base_patch32".parse::<Preset>().is_err());
         let err = "vit-x".parse::<Preset>().err().map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains("vit-x") && e.contains("small32")));
     }
@@ -325,6 +360,9 @@ mod tests {
     #[test]
     fn preset_types_carry_the_recipe_dimensions() {
         assert_eq!(Preset::VitB16.visit(NumPatches), (196, 768, 64));
+        assert_eq!(Preset::VitS16.visit(NumPatches), (196, 768, 64));
+        let s = Preset::VitS16.dims();
+        assert_eq!((s.embed_dim, s.depth, s.num_heads), (384, 12, 6));
         assert_eq!(Preset::VitH14.visit(NumPatches), (256, 588, 80));
         assert_eq!(Preset::VitH14At448.visit(NumPatches), (1024, 588, 80));
         assert_eq!(Preset::Tiny.visit(NumPatches), (49, 16, 64));

@@ -92,6 +92,74 @@ impl Report {
     }
 }
 
+impl Report {
+    /// A formula fixture's summary of a tensor: `[Σx², Σx·probe]` with `probe =
+    /// formula("probe." + name)`. The first within 2·TOLERANCE relative (it is squared), the
+    /// second within TOLERANCE of `‖x‖·‖probe‖` (the error seen along a random direction).
+    fn compare_summary(&mut self, what: &str, ours: &[f32], name: &str, reference: &[f32]) {
+        self.checked += 1;
+        let probe = formula_values(&format!("probe.{name}"), ours.len());
+        let sq: f64 = ours.iter().map(|&v| v as f64 * v as f64).sum();
+        let dot: f64 = ours.iter().zip(&probe).map(|(&v, p)| v as f64 * p).sum();
+        let probe_norm = probe.iter().map(|p| p * p).sum::<f64>().sqrt();
+        let (ref_sq, ref_dot) = (reference[0] as f64, reference[1] as f64);
+        let e_sq = (sq - ref_sq).abs() / ref_sq.max(f64::MIN_POSITIVE) / 2.0;
+        let e_dot = (dot - ref_dot).abs() / (ref_sq.sqrt() * probe_norm).max(f64::MIN_POSITIVE);
+        let e = e_sq.max(e_dot);
+        if e > self.worst.0 || self.worst.1.is_empty() {
+            self.worst = (e, what.to_string());
+        }
+        if e.is_nan() || e > TOLERANCE {
+            self.failures.push(format!(
+                "{what}: summary error {e:.3e} > {TOLERANCE:e} (Σx² {sq} vs {ref_sq}, Σx·probe {dot} vs {ref_dot})"
+            ));
+        }
+    }
+}
+
+/// `n` numbers in `[-1, 1)` on a 2⁻²³ grid from `(name, index)` alone: SplitMix64 of
+/// `index · golden + fnv1a(name)`, as `formula` in `tools/reference/torch_mae.py`.
+fn formula_values(name: &str, n: usize) -> Vec<f64> {
+    let mut salt: u64 = 0xcbf2_9ce4_8422_2325;
+    for b in name.bytes() {
+        salt = (salt ^ b as u64).wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    (0..n as u64)
+        .map(|i| {
+            let mut x = i.wrapping_mul(0x9E37_79B9_7F4A_7C15).wrapping_add(salt);
+            x ^= x >> 30;
+            x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            x ^= x >> 27;
+            x = x.wrapping_mul(0x94D0_49BB_1331_11EB);
+            x ^= x >> 31;
+            (x >> 40) as f64 / f64::from(1u32 << 23) - 1.0
+        })
+        .collect()
+}
+
+/// The weights of a formula fixture (`formula_weight` in `torch_mae.py`) under the official
+/// names, the fixed position embeddings as the model has them.
+fn formula_weights<P: MaePreset>(model: &Mae<P, f32, Dev>) -> TensorFile {
+    let mut tensors = mae_core::weights::named_tensors(model).unwrap();
+    for t in tensors.iter_mut().filter(|t| t.trainable) {
+        let u = formula_values(&t.name, t.data.len());
+        let is_norm_weight =
+            t.shape.len() == 1 && t.name.contains("norm") && t.name.ends_with("weight");
+        t.data = if is_norm_weight {
+            u.iter().map(|u| (1.0 + 0.1 * u) as f32).collect()
+        } else if t.shape.len() == 1 || t.name.contains("token") {
+            u.iter().map(|u| (0.02 * u) as f32).collect()
+        } else {
+            let fan_in: usize = t.shape[1..].iter().product();
+            let scale = (3.0 / fan_in as f64).sqrt();
+            u.iter().map(|u| (u * scale) as f32).collect()
+        };
+    }
+    let path = Path::new("formula-weights");
+    let bytes = mae_core::weights::safetensors_bytes(path, &tensors, &BTreeMap::new()).unwrap();
+    TensorFile::from_bytes(path, bytes).unwrap()
+}
+
 fn meta(file: &TensorFile) -> serde_json::Value {
     let meta = file.metadata().unwrap();
     serde_json::from_str(meta.get("meta").expect("fixture has __metadata__.meta")).unwrap()
@@ -125,20 +193,31 @@ impl PresetVisitor for Check<'_> {
         }
         let mask_ratio = meta["mask_ratio"].as_f64().expect("meta.mask_ratio");
 
+        let formula = meta.get("weights").and_then(|v| v.as_str()) == Some("formula");
+
         let dev = Dev::seed_from_u64(0);
         let mut model = Mae::<P, f32, Dev>::new(&dev).unwrap();
-        model.load_from(file, "model.").unwrap();
-
         let read = |name: &str| {
             file.read(name)
                 .unwrap()
                 .unwrap_or_else(|| panic!("{name}"))
                 .data
         };
-        let imgs = read("input.imgs");
-        let noise = read("input.noise");
-        let batch = imgs.len() / P::image_numel();
         let l = P::num_patches();
+        let (imgs, noise) = if formula {
+            model.load_from(&formula_weights(&model), "").unwrap();
+            let batch = read("expect.mask").len() / l;
+            let imgs = formula_values("input.imgs", batch * P::image_numel());
+            let noise = formula_values("input.noise", batch * l);
+            (
+                imgs.iter().map(|u| (2.0 * u) as f32).collect(),
+                noise.iter().map(|u| (0.5 + 0.5 * u) as f32).collect(),
+            )
+        } else {
+            model.load_from(file, "model.").unwrap();
+            (read("input.imgs"), read("input.noise"))
+        };
+        let batch = imgs.len() / P::image_numel();
         let masking = Masking::from_noise(&noise, batch, l, mask_ratio).unwrap();
         report.compare("mask", &masking.mask, &read("expect.mask"));
         let ids_restore: Vec<f32> = masking.ids_restore.iter().map(|&i| i as f32).collect();
@@ -164,16 +243,26 @@ impl PresetVisitor for Check<'_> {
                 &[out.loss.array()],
                 &read(&format!("expect.{tag}.loss")),
             );
-            report.compare(
-                &format!("{tag}.pred"),
-                &out.pred.as_vec(),
-                &read(&format!("expect.{tag}.pred")),
-            );
+            if formula {
+                report.compare_summary(
+                    &format!("{tag}.pred"),
+                    &out.pred.as_vec(),
+                    "pred",
+                    &read(&format!("expect.{tag}.predsum")),
+                );
+            } else {
+                report.compare(
+                    &format!("{tag}.pred"),
+                    &out.pred.as_vec(),
+                    &read(&format!("expect.{tag}.pred")),
+                );
+            }
             if !norm_pix {
                 report.compare("latent", &out.latent.as_vec(), &read("expect.latent"));
             }
             let grads = out.loss.backward();
-            let prefix = format!("expect.{tag}.grad.");
+            let kind = if formula { "gradsum" } else { "grad" };
+            let prefix = format!("expect.{tag}.{kind}.");
             let expected: Vec<String> = file
                 .names()
                 .unwrap()
@@ -200,6 +289,15 @@ impl PresetVisitor for Check<'_> {
                 let g = &ours[&name];
                 let expected = file.read(&format!("{prefix}{name}")).unwrap().unwrap();
                 let (shape, reference) = (expected.shape, expected.data);
+                if formula {
+                    report.compare_summary(
+                        &format!("{tag}.grad.{name}"),
+                        &g.data,
+                        &name,
+                        &reference,
+                    );
+                    continue;
+                }
                 assert_eq!(g.shape, shape, "{}: shape of grad {name}", report.file);
                 report.compare(&format!("{tag}.grad.{name}"), &g.data, &reference);
             }

@@ -12,6 +12,7 @@ use rand::{Rng, SeedableRng};
 
 use crate::error::DataError;
 use crate::format::Manifest;
+use crate::randaugment::RandAugment;
 use crate::resize::{resize_crop_into, CropBox, Interpolation};
 
 /// ImageNet per-channel mean (RGB), the recipe's normalization.
@@ -64,12 +65,13 @@ impl Transform {
         }
     }
 
-    /// The evaluation transform for images of side `size`: `main_finetune.py`'s centre crop of
-    /// 224/256 for ImageNet-sized inputs (≥ 224); the whole image for small ones (Fashion-MNIST,
-    /// CIFAR), where a crop would cut into the object.
+    /// The evaluation transform for images of side `size`, as `util/datasets.py`'s
+    /// `build_transform` at every size: `crop_pct` 224/256 up to 224 px (`Resize(256)` +
+    /// `CenterCrop(224)`; `Resize(32)` + `CenterCrop(28)` for Fashion-MNIST), 1.0 above (a
+    /// 448-px model sees the whole resized image).
     pub fn eval_for(size: usize) -> Self {
         Transform::Eval {
-            crop_pct: if size >= 224 { 224.0 / 256.0 } else { 1.0 },
+            crop_pct: if size <= 224 { 224.0 / 256.0 } else { 1.0 },
         }
     }
 
@@ -98,6 +100,9 @@ pub struct Augment {
     pub std: Vec<f32>,
     /// Seed of the random crops and flips.
     pub seed: u64,
+    /// RandAugment after the crop and flip, before normalization (fine-tuning's `--aa`), with
+    /// the bytes geometric ops fill uncovered pixels with.
+    pub rand_augment: Option<(RandAugment, Vec<u8>)>,
 }
 
 /// What the random transform chose for one sample.
@@ -163,7 +168,35 @@ impl Augment {
             mean: mean.iter().map(|&v| v as f32).collect(),
             std: std.iter().map(|&v| v as f32).collect(),
             seed,
+            rand_augment: None,
         })
+    }
+
+    /// The same augmentation with `ra` applied to each random crop (after the flip, before
+    /// normalization, as timm's `create_transform` orders them); its fill colour is the
+    /// normalization mean in bytes (timm's `img_mean`). Only for the random transform of 1- or
+    /// 3-channel images.
+    pub fn with_rand_augment(mut self, ra: RandAugment) -> Result<Self, DataError> {
+        if !matches!(self.transform, Transform::Pretrain { .. }) {
+            return Err(DataError::Option(format!(
+                "--aa {}: RandAugment is for training crops, not the evaluation transform",
+                ra.spec
+            )));
+        }
+        if !matches!(self.channels(), 1 | 3) {
+            return Err(DataError::Option(format!(
+                "--aa {}: RandAugment takes 1- or 3-channel images, not {}",
+                ra.spec,
+                self.channels()
+            )));
+        }
+        let fill = self
+            .mean
+            .iter()
+            .map(|&m| (255.0 * m as f64).round_ties_even().clamp(0.0, 255.0) as u8)
+            .collect();
+        self.rand_augment = Some((ra, fill));
+        Ok(self)
     }
 
     /// Channels this augmentation normalizes.
@@ -185,9 +218,7 @@ impl Augment {
                 ratio,
                 hflip,
             } => {
-                let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(mix(mix(self.seed)
-                    ^ mix(epoch.wrapping_add(0x1234_5678))
-                    ^ index));
+                let mut rng = self.rng(epoch, index);
                 let (left, top, w, h) = random_resized_crop(width, height, scale, ratio, &mut rng);
                 let flip = hflip && rng.gen::<bool>();
                 CropParams {
@@ -241,12 +272,42 @@ impl Augment {
             self.interpolation,
         )?;
         let luts: Vec<[f32; 256]> = (0..c).map(|ch| self.lut(ch)).collect();
-        to_planes(scratch, o, &luts, params.flip, out);
+        let mut flip = params.flip;
+        if let Some((ra, fill)) = &self.rand_augment {
+            if flip {
+                mirror_rows(scratch, o, c);
+                flip = false;
+            }
+            let drawn = ra.draw(&mut self.rng(epoch, index ^ RAND_AUGMENT_STREAM));
+            RandAugment::apply(&drawn, scratch, (o, o, c), fill, &mut Vec::new());
+        }
+        to_planes(scratch, o, &luts, flip, out);
         Ok(params)
     }
 }
 
+/// Keys RandAugment's draws of a sample apart from its crop's.
+const RAND_AUGMENT_STREAM: u64 = 0x5241_4e44_4155_4700;
+
+/// Mirrors each row of an `o × o × c` HWC image.
+fn mirror_rows(hwc: &mut [u8], o: usize, c: usize) {
+    for row in hwc.chunks_exact_mut(o * c) {
+        for x in 0..o / 2 {
+            for ch in 0..c {
+                row.swap(x * c + ch, (o - 1 - x) * c + ch);
+            }
+        }
+    }
+}
+
 impl Augment {
+    /// The random draws of sample `index` of `epoch`: keyed by `(seed, epoch, index)` alone.
+    fn rng(&self, epoch: u64, index: u64) -> rand_chacha::ChaCha8Rng {
+        rand_chacha::ChaCha8Rng::seed_from_u64(mix(mix(self.seed)
+            ^ mix(epoch.wrapping_add(0x1234_5678))
+            ^ index))
+    }
+
     /// Channel `ch`'s normalization of every byte value: `v / (255 std) − mean / std`.
     fn lut(&self, ch: usize) -> [f32; 256] {
         let scale = 1.0 / (255.0 * self.std[ch]);
@@ -352,12 +413,18 @@ pub fn random_resized_crop(
     ((width - w) / 2, (height - h) / 2, w, h)
 }
 
+/// The side the evaluation transform resizes the shorter side to before its centre crop of `out`:
+/// `int(out / crop_pct)` (`util/datasets.py`), 256 for 224 at 0.875.
+pub fn eval_resize(out: usize, crop_pct: f64) -> usize {
+    (out as f64 / crop_pct) as usize
+}
+
 /// The evaluation transform of `util/datasets.py` on a `width × height` image, as a region of the
 /// source: `Resize(int(out / crop_pct))` (shorter side to that, the longer side
 /// `int(size · long / short)`, torchvision's rule) then `CenterCrop(out)` (offsets
 /// `int(round((side - out) / 2))`), mapped back through the resize's scale per axis.
 pub fn eval_crop(width: usize, height: usize, out: usize, crop_pct: f64) -> CropBox {
-    let size = (out as f64 / crop_pct) as usize;
+    let size = eval_resize(out, crop_pct);
     let (short, long) = (width.min(height), width.max(height));
     let resized_long = (size as f64 * long as f64 / short as f64) as usize;
     let (rw, rh) = if width <= height {
@@ -496,6 +563,112 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn the_eval_crop_is_the_official_one_at_every_size() {
+        // util/datasets.py: crop_pct 224/256 up to 224 px, 1.0 above
+        for (size, pct, resize) in [
+            (28, 0.875, 32),
+            (224, 0.875, 256),
+            (225, 1.0, 225),
+            (448, 1.0, 448),
+        ] {
+            assert_eq!(
+                Transform::eval_for(size),
+                Transform::Eval { crop_pct: pct },
+                "{size}"
+            );
+            assert_eq!(eval_resize(size, pct), resize, "{size}");
+        }
+        // 28 px: Resize(32) then CenterCrop(28) cuts 2 resized pixels (1.75 source pixels) a side
+        let c = eval_crop(28, 28, 28, 0.875);
+        assert!(
+            (c.left - 1.75).abs() < 1e-12 && (c.width - 24.5).abs() < 1e-12,
+            "{c:?}"
+        );
+    }
+
+    #[test]
+    fn rand_augment_runs_on_the_flipped_crop_before_normalization() {
+        let ra: RandAugment = "rand-m9-mstd0.5-inc1-p1".parse().expect("spec");
+        let (mean, std) = (IMAGENET_MEAN, IMAGENET_STD);
+        let plain = Augment::new(Transform::pretrain(), 12, &mean, &std, 5).expect("valid");
+        let a = plain.clone().with_rand_augment(ra.clone()).expect("rgb");
+        assert_eq!(
+            a.rand_augment.as_ref().map(|r| r.1.clone()),
+            Some(vec![124, 116, 104])
+        );
+        let pixels: Vec<u8> = (0..20 * 16 * 3).map(|v| (v * 29 % 251) as u8).collect();
+        let mut r = Resizer::new();
+        let mut changed = 0;
+        for index in 0..16 {
+            let mut out = vec![0f32; 3 * 144];
+            let p = a
+                .apply(
+                    &mut r,
+                    &mut Vec::new(),
+                    &pixels,
+                    (20, 16),
+                    2,
+                    index,
+                    &mut out,
+                )
+                .expect("fits");
+            // by hand: the crop, mirrored, then the ops drawn for this sample, then the planes
+            let mut hwc = vec![0u8; 144 * 3];
+            resize_crop_into(
+                &mut r,
+                &pixels,
+                20,
+                16,
+                3,
+                p.crop,
+                &mut hwc,
+                12,
+                12,
+                a.interpolation,
+            )
+            .expect("crop");
+            if p.flip {
+                mirror_rows(&mut hwc, 12, 3);
+            }
+            let mut before = vec![0f32; 3 * 144];
+            let luts: Vec<[f32; 256]> = (0..3).map(|ch| a.lut(ch)).collect();
+            to_planes(&hwc, 12, &luts, false, &mut before);
+            let drawn = ra.draw(&mut a.rng(2, index ^ RAND_AUGMENT_STREAM));
+            RandAugment::apply(
+                &drawn,
+                &mut hwc,
+                (12, 12, 3),
+                &[124, 116, 104],
+                &mut Vec::new(),
+            );
+            let mut want = vec![0f32; 3 * 144];
+            to_planes(&hwc, 12, &luts, false, &mut want);
+            assert_eq!(out, want, "sample {index}");
+            changed += (out != before) as usize;
+            // the crop and flip are the plain augmentation's
+            let mut plain_out = vec![0f32; 3 * 144];
+            let q = plain
+                .apply(
+                    &mut r,
+                    &mut Vec::new(),
+                    &pixels,
+                    (20, 16),
+                    2,
+                    index,
+                    &mut plain_out,
+                )
+                .expect("fits");
+            assert_eq!(p, q);
+        }
+        assert!(changed >= 12, "{changed} of 16 samples changed");
+        let eval =
+            Augment::new(Transform::Eval { crop_pct: 1.0 }, 8, &mean, &std, 0).expect("eval");
+        assert!(eval.with_rand_augment(ra.clone()).is_err());
+        let two = Augment::new(Transform::pretrain(), 8, &[0.5; 2], &[0.5; 2], 0).expect("2 ch");
+        assert!(two.with_rand_augment(ra).is_err());
     }
 
     #[test]

@@ -18,6 +18,7 @@ pub mod outdir;
 pub mod png;
 pub mod prepare;
 pub mod preview;
+pub mod randaugment;
 pub mod resize;
 mod verify;
 mod walk;

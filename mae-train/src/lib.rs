@@ -18,8 +18,8 @@ pub mod viz;
 pub use eval::{classify, feature_set, features, knn, linprobe, probe};
 pub use run::{device, rundir, runlog};
 pub use train::{
-    amp, bench, checkpoint, config, engine, finetune, lars, optim, optimizer, pretrain, probing,
-    schedule, step,
+    amp, bench, checkpoint, clip, config, engine, finetune, lars, optim, optimizer, pretrain,
+    probing, schedule, step,
 };
 pub use viz::{plot, reconstruct};
 

@@ -12,7 +12,7 @@ use mae_data::{Dataset, Split};
 use crate::checkpoint;
 use crate::device::{dispatch, Job, RunDevice};
 use crate::error::TrainError;
-use crate::features::{check_channels, for_each_eval_batch};
+use crate::features::{check_channels, for_each_eval_batch_in, shard_range};
 use crate::knn::{topk_hits, Accuracy};
 
 /// Top-1/top-5 of a classifier on a split (evaluation transform, no randomness).
@@ -22,22 +22,65 @@ pub fn evaluate<P: MaePreset, D: MaeDevice>(
     manifest: &mae_data::Manifest,
     batch: usize,
 ) -> Result<Accuracy, TrainError> {
+    let [top1, top5, n] = hits(model, split, manifest, batch, 0..split.len())?;
+    Ok(accuracy(top1, top5, n))
+}
+
+/// [`evaluate`] with the split shared out over the ranks of `comm` (`main_finetune.py
+/// --dist_eval`): each rank classifies its contiguous share and the hit counts are summed, so
+/// every image counts once (no padding duplicates as with a `DistributedSampler`). Collective.
+pub fn evaluate_sharded<P: MaePreset, D: MaeDevice>(
+    model: &Classifier<P, D>,
+    split: &Split,
+    manifest: &mae_data::Manifest,
+    batch: usize,
+    comm: &crate::dist::Comm,
+) -> Result<Accuracy, TrainError> {
+    let range = shard_range(split.len(), comm.world_size(), comm.rank());
+    let mine = hits(model, split, manifest, batch, range)?;
+    // counts as f32: exact below 2^24 images
+    let send = mine.map(|v| v as f32);
+    let mut all = [0f32; 3];
+    comm.all_reduce_sum(&send, &mut all)?;
+    let [top1, top5, n] = all.map(|v| v as usize);
+    Ok(accuracy(top1, top5, n))
+}
+
+/// Top-1 and top-5 hits and the number of images of the samples `range` of `split`.
+fn hits<P: MaePreset, D: MaeDevice>(
+    model: &Classifier<P, D>,
+    split: &Split,
+    manifest: &mae_data::Manifest,
+    batch: usize,
+    range: std::ops::Range<usize>,
+) -> Result<[usize; 3], TrainError> {
     check_channels::<P>(manifest)?;
     let classes = model.num_classes();
     let (mut top1, mut top5, mut n) = (0usize, 0usize, 0usize);
-    for_each_eval_batch(split, manifest, P::IMG_SIZE, batch, |images, labels| {
-        let logits = model.forward(images, &[], NoneTape)?.as_vec();
-        let (a, b) = topk_hits(&logits, labels, classes);
-        top1 += a;
-        top5 += b;
-        n += labels.len();
-        Ok(())
-    })?;
+    for_each_eval_batch_in(
+        split,
+        manifest,
+        P::IMG_SIZE,
+        batch,
+        range,
+        |images, labels| {
+            let logits = model.forward(images, &[], NoneTape)?.as_vec();
+            let (a, b) = topk_hits(&logits, labels, classes);
+            top1 += a;
+            top5 += b;
+            n += labels.len();
+            Ok(())
+        },
+    )?;
+    Ok([top1, top5, n])
+}
+
+fn accuracy(top1: usize, top5: usize, n: usize) -> Accuracy {
     let n = n.max(1) as f64;
-    Ok(Accuracy {
+    Accuracy {
         top1: 100.0 * top1 as f64 / n,
         top5: 100.0 * top5 as f64 / n,
-    })
+    }
 }
 
 /// The classifier in `file` (opened from `path`), with the head it has: its class count and its

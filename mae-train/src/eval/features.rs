@@ -80,9 +80,28 @@ pub fn for_each_eval_batch(
     batch: usize,
     f: impl FnMut(&[f32], &[i64]) -> Result<(), TrainError>,
 ) -> Result<(), TrainError> {
+    for_each_eval_batch_in(split, manifest, size, batch, 0..split.len(), f)
+}
+
+/// [`for_each_eval_batch`] over the samples `range` of the split only (one rank's shard).
+pub fn for_each_eval_batch_in(
+    split: &Split,
+    manifest: &mae_data::Manifest,
+    size: usize,
+    batch: usize,
+    range: std::ops::Range<usize>,
+    f: impl FnMut(&[f32], &[i64]) -> Result<(), TrainError>,
+) -> Result<(), TrainError> {
     let (mean, std) = normalization(manifest, false);
     let eval = Augment::new(Transform::eval_for(size), size, &mean, &std, 0)?;
-    for_each_batch(split, manifest, &eval, 0, batch, f)
+    for_each_batch_in(split, manifest, &eval, 0, batch, range, f)
+}
+
+/// Rank `rank`'s contiguous share of `n` samples over `world` ranks (the last ones may be
+/// shorter or empty).
+pub fn shard_range(n: usize, world: usize, rank: usize) -> std::ops::Range<usize> {
+    let per_rank = n.div_ceil(world.max(1));
+    (rank * per_rank).min(n)..((rank + 1) * per_rank).min(n)
 }
 
 /// Checks that the data's channels fit preset `P`.
@@ -133,8 +152,13 @@ pub fn extract_sharded<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
     }
     let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
     let per_rank = n.div_ceil(world);
-    let range_of = |r: usize| (r * per_rank).min(n)..((r + 1) * per_rank).min(n);
-    let mine = extract_range(encoder, split, manifest, batch, range_of(comm.rank()))?;
+    let mine = extract_range(
+        encoder,
+        split,
+        manifest,
+        batch,
+        shard_range(n, world, comm.rank()),
+    )?;
     // one buffer per rank, padded to the largest shard: cls rows, avg rows, labels (as f32:
     // class indices are far below 2^24)
     let width = per_rank * (2 * dim + 1);
@@ -147,7 +171,7 @@ pub fn extract_sharded<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
     let all = comm.all_gather_f32(&send)?;
     let mut out = Features::with_capacity(dim, n);
     for (r, buf) in all.chunks_exact(width).enumerate() {
-        let count = range_of(r).len();
+        let count = shard_range(n, world, r).len();
         out.cls.extend_from_slice(&buf[..count * dim]);
         out.avg
             .extend_from_slice(&buf[per_rank * dim..][..count * dim]);
@@ -251,7 +275,7 @@ pub fn for_each_file_batch<P: MaePreset>(
     let eval = Augment::new(transform, s, &mean, &std, 0)?;
     // decode at the side the evaluation crop expects (256 for 224), as a prepared dataset is
     let side = match transform {
-        Transform::Eval { crop_pct } => (s as f64 / crop_pct).round() as usize,
+        Transform::Eval { crop_pct } => mae_data::augment::eval_resize(s, crop_pct),
         Transform::Pretrain { .. } => s,
     };
     let (mut resizer, mut scratch) = (Resizer::new(), Vec::new());

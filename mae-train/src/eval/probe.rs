@@ -191,7 +191,20 @@ impl ProbeConfig {
         check_count("batch-size", self.batch_size, 1, MAX_BATCH)?;
         check_float("blr", self.blr, true)?;
         check_float("warmup-epochs", self.warmup_epochs, false)?;
+        if self.warmup_epochs > 0.0 && self.warmup_epochs >= self.epochs as f64 {
+            return Err(TrainError::Config(format!(
+                "--warmup-epochs {} is not shorter than --epochs {}: the whole run would be \
+                 warmup and the learning rate would never reach its peak (the official probe \
+                 warms up for 10 of 90 epochs; leave --warmup-epochs out to get that ratio)",
+                self.warmup_epochs, self.epochs
+            )));
+        }
         check_float("weight-decay", self.weight_decay as f64, false)
+    }
+
+    /// The warmup of a run of `epochs` when none is given: the official ratio, 10 of 90 epochs.
+    pub fn default_warmup(epochs: usize) -> f64 {
+        epochs as f64 / 9.0
     }
 }
 

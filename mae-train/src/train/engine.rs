@@ -497,6 +497,9 @@ impl Engine<'_> {
             looping.log.line(state.step, frac, loss, lr)?;
         }
         looping.log.position(state.step);
+        if epoch_done {
+            task.epoch_end_collective(model, state)?;
+        }
         if epoch_done && main {
             task.epoch_end(model, state, &mut looping.log)?;
         }

@@ -6,11 +6,12 @@
 //! ([`crate::optim::param_groups_lrd`]: layer-wise lr decay; no weight decay on 1-D parameters,
 //! `pos_embed` and `cls_token`), per-iteration warmup + half-cycle cosine with `lr_scale` per
 //! group, drop path linearly up to `--drop-path` over the blocks, RandomResizedCrop + flip +
-//! random erasing, mixup and cutmix with label smoothing folded into soft targets
+//! RandAugment (`--aa`, [`mae_data::randaugment`]) + random erasing, mixup and cutmix with label smoothing folded into soft targets
 //! (SoftTargetCrossEntropy), evaluation (top-1/top-5, [`crate::classify`]) on the validation split
-//! after every epoch, the best model kept. The loop is the [`crate::engine`]'s.
+//! after every epoch (on rank 0, or shared out over the ranks with `--dist-eval`), the best model
+//! kept. The loop is the [`crate::engine`]'s.
 //!
-//! Not here: RandAugment (`--aa rand-m9-mstd0.5-inc1`), and `dist_eval`. Checkpoints and
+//! `--clip-grad` clips the total gradient norm before each step ([`crate::clip`]). Checkpoints and
 //! resumption work as in pretraining (model + optimizer state, position in the epoch).
 
 use std::collections::BTreeMap;
@@ -33,7 +34,8 @@ use mae_data::{Dataset, SplitName};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::TrainState;
-use crate::classify::evaluate;
+use crate::classify::{evaluate, evaluate_sharded};
+use crate::clip::{clip_coef, grad_norm};
 use crate::device::{dispatch, Job, RunDevice};
 use crate::dist::{all_reduce_with_head, Comm, GradSync, StepScalars};
 use crate::engine::{loop_settings, BatchChange, LoopSettings, RunConfig, RunInputs};
@@ -171,6 +173,14 @@ impl<P: MaePreset, D: RunDevice> TrainModel<D> for Classifier<P, D> {
         grads: &mut Gradients<f32, D>,
         lr: f64,
     ) -> Result<(), TrainError> {
+        if let Some(max_norm) = opt.clip_grad {
+            let head = [
+                grads.get(&self.head.weight).as_vec(),
+                grads.get(&self.head.bias).as_vec(),
+            ];
+            let norm = grad_norm(&mut self.vit, grads, &[&head[0], &head[1]])?;
+            opt.grad_scale = clip_coef(norm, max_norm);
+        }
         opt.update(&mut self.vit, grads, lr)?;
         step_host_tensor(opt, "head.weight", &mut self.head.weight, grads, lr)?;
         step_host_tensor(opt, "head.bias", &mut self.head.bias, grads, lr)
@@ -190,6 +200,9 @@ struct Mixed {
 struct Finetuning<'a, P> {
     cfg: &'a FinetuneConfig,
     data: &'a Dataset,
+    comm: &'a Comm,
+    /// This epoch's accuracy from the ranks' shared evaluation (`--dist-eval`).
+    shared_eval: Option<Accuracy>,
     rank: usize,
     mixup: Mixup,
     /// timm: `dpr = linspace(0, drop_path_rate, depth)`.
@@ -282,6 +295,26 @@ impl<P: MaePreset, D: RunDevice> Task<D> for Finetuning<'_, P> {
         lines
     }
 
+    /// `--dist-eval` with several ranks: each classifies its share of the validation split.
+    fn epoch_end_collective(
+        &mut self,
+        model: &Self::Model,
+        _state: &TrainState,
+    ) -> Result<(), TrainError> {
+        if self.cfg.dist_eval && self.comm.world_size() > 1 {
+            let m = self.data.manifest();
+            let batch = self.cfg.eval_batch_size;
+            self.shared_eval = Some(evaluate_sharded(
+                model,
+                self.data.val(),
+                m,
+                batch,
+                self.comm,
+            )?);
+        }
+        Ok(())
+    }
+
     fn epoch_end(
         &mut self,
         model: &Self::Model,
@@ -290,7 +323,10 @@ impl<P: MaePreset, D: RunDevice> Task<D> for Finetuning<'_, P> {
     ) -> Result<(), TrainError> {
         let cfg = self.cfg;
         let m = self.data.manifest();
-        let acc = evaluate(model, self.data.val(), m, cfg.eval_batch_size)?;
+        let acc = match self.shared_eval.take() {
+            Some(acc) => acc,
+            None => evaluate(model, self.data.val(), m, cfg.eval_batch_size)?,
+        };
         if self.best.is_none_or(|(b, _)| acc.top1 > b) {
             self.best = Some((acc.top1, state.epoch));
             let meta = BTreeMap::from([
@@ -367,10 +403,12 @@ fn optimizer<P: MaePreset, D: RunDevice>(
     let mut opt = AdamW::new(cfg.weight_decay, decayed);
     opt.betas = (0.9, 0.999);
     opt.lr_scale = lr_scale;
+    opt.clip_grad = cfg.clip_grad;
     Ok(opt)
 }
 
-/// The training batches: RandomResizedCrop from `--min-crop-scale` + flip, whole batches only.
+/// The training batches: RandomResizedCrop from `--min-crop-scale` + flip, then RandAugment
+/// (`--aa`), whole batches only.
 fn train_loader<P: MaePreset>(
     cfg: &FinetuneConfig,
     data: &Arc<Dataset>,
@@ -385,7 +423,10 @@ fn train_loader<P: MaePreset>(
         },
         other => other,
     };
-    let augment = Augment::new(transform, P::IMG_SIZE, &mean, &std, cfg.seed)?;
+    let mut augment = Augment::new(transform, P::IMG_SIZE, &mean, &std, cfg.seed)?;
+    if let Some(aa) = &cfg.aa {
+        augment = augment.with_rand_augment(aa.parse()?)?;
+    }
     Ok(Loader::new(
         Arc::clone(data),
         SplitName::Train,
@@ -408,7 +449,15 @@ impl Job for Run<'_> {
     /// The data against the preset, before the device opens.
     fn check<P: MaePreset>(&self) -> Result<(), TrainError> {
         self.inputs
-            .check_data::<P>(&self.cfg.data, Some("fine-tuning"))
+            .check_data::<P>(&self.cfg.data, Some("fine-tuning"))?;
+        let classes = self.inputs.data.manifest().classes.len();
+        match self.cfg.nb_classes {
+            Some(n) if n != classes => Err(TrainError::Config(format!(
+                "--nb-classes {n}: {} has {classes} classes",
+                self.cfg.data.display()
+            ))),
+            _ => Ok(()),
+        }
     }
 
     /// The run on device `D`: the classifier, its optimizer and its batches, then the engine;
@@ -443,6 +492,8 @@ impl Job for Run<'_> {
         let mut task = Finetuning::<P> {
             cfg,
             data,
+            comm,
+            shared_eval: None,
             rank: comm.rank(),
             mixup: Mixup {
                 mixup_alpha: cfg.mixup,

@@ -64,6 +64,12 @@ pub struct AdamW {
     /// Learning-rate multipliers by parameter name (layer-wise decay in fine-tuning, as
     /// `param_group["lr_scale"]`); 1 for names not listed.
     pub lr_scale: BTreeMap<String, f64>,
+    /// The factor every gradient is multiplied by as the step reads it (1, or the
+    /// `clip_grad_norm_` coefficient of [`crate::clip`] for this step).
+    pub grad_scale: f32,
+    /// `--clip-grad`: the largest total L2 norm of the gradients; a task that sets it computes
+    /// [`AdamW::grad_scale`] from it before each step.
+    pub clip_grad: Option<f64>,
     /// The moments on the device, when the steps run there.
     on_device: Option<Box<dyn DeviceMoments>>,
 }
@@ -138,6 +144,8 @@ impl AdamW {
             decayed,
             state: BTreeMap::new(),
             lr_scale: BTreeMap::new(),
+            grad_scale: 1.0,
+            clip_grad: None,
             on_device: None,
         }
     }
@@ -205,6 +213,7 @@ impl AdamW {
         let sc = self.scalars(name, lr);
         let (b1, b2, step_size, bc2_sqrt, eps, decay) =
             (sc.b1, sc.b2, sc.step_size, sc.bc2_sqrt, sc.eps, sc.decay);
+        let gs = self.grad_scale;
         let m = self
             .state
             .entry(name.to_string())
@@ -223,7 +232,7 @@ impl AdamW {
             )
             .for_each(|((p, g), (m1, m2))| {
                 for i in 0..p.len() {
-                    let g = g[i];
+                    let g = g[i] * gs;
                     p[i] *= decay;
                     m1[i] = m1[i] * b1 + g * (1.0 - b1);
                     m2[i] = m2[i] * b2 + g * g * (1.0 - b2);
@@ -271,7 +280,10 @@ impl AdamW {
                 ],
             },
         };
-        let g = grad.try_reshape_like(&(n,)).map_err(device_err)?;
+        let mut g = grad.try_reshape_like(&(n,)).map_err(device_err)?;
+        if self.grad_scale != 1.0 {
+            g = g.try_mul(self.grad_scale).map_err(device_err)?;
+        }
         let m = m
             .try_mul(sc.b1)
             .and_then(|m| m.try_add(g.clone().try_mul(1.0 - sc.b1)?))
@@ -449,6 +461,38 @@ pub fn param_groups_lrd(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn grad_scale_steps_as_if_the_gradients_were_scaled() {
+        // the clip coefficient is applied as the step reads each gradient: the same weights and
+        // moments as stepping on gradients multiplied beforehand (host and device paths)
+        let grad = [0.5f32, -2.0, 3.0, 0.25];
+        let scaled: Vec<f32> = grad.iter().map(|g| g * 0.375).collect();
+        let run = |g: &[f32], scale: f32| {
+            let mut opt = AdamW::new(0.05, ["w".to_string()].into());
+            opt.grad_scale = scale;
+            let mut p = vec![1.0f32, 2.0, -1.0, 0.5];
+            for _ in 0..3 {
+                opt.step += 1;
+                opt.update_named("w", &mut p, g, 1e-2).expect("fits");
+            }
+            (p, opt.state["w"].clone())
+        };
+        assert_eq!(run(&grad, 0.375), run(&scaled, 1.0));
+        assert_ne!(run(&grad, 0.375), run(&grad, 1.0));
+
+        let dev = Cpu::default();
+        let on_device = |g: &[f32], scale: f32| {
+            let mut opt = AdamW::new(0.05, ["w".to_string()].into());
+            opt.grad_scale = scale;
+            let mut p = dev.tensor_from_vec(vec![1.0f32, 2.0, -1.0, 0.5], (4,));
+            let g = dev.tensor_from_vec(g.to_vec(), (4,));
+            opt.step = 1;
+            opt.apply_on_device("w", &mut p, g, 1e-2).expect("step");
+            p.as_vec()
+        };
+        assert_eq!(on_device(&grad, 0.375), on_device(&scaled, 1.0));
+    }
 
     fn t(name: &str, shape: &[usize]) -> NamedTensor {
         NamedTensor {

@@ -87,6 +87,15 @@ pub trait Task<D: RunDevice> {
     fn start_messages(&self, _plan: &StepPlan, _resumed: &Resumed) -> Vec<String> {
         Vec::new()
     }
+    /// After the last step of an epoch, on every rank, before [`Task::epoch_end`]: where
+    /// the ranks work together at the epoch's end (the sharded evaluation of `--dist-eval`).
+    fn epoch_end_collective(
+        &mut self,
+        _model: &Self::Model,
+        _state: &TrainState,
+    ) -> Result<(), TrainError> {
+        Ok(())
+    }
     /// After the last step of an epoch (`state.epoch` epochs done), on rank 0.
     fn epoch_end(
         &mut self,

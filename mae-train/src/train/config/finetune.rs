@@ -54,6 +54,18 @@ pub struct FinetuneConfig {
     /// `norm`.
     #[serde(default = "yes")]
     pub global_pool: bool,
+    /// The number of classes the run expects (the official `--nb_classes`); `None` takes the
+    /// dataset's. A dataset with another number is refused.
+    #[serde(default)]
+    pub nb_classes: Option<usize>,
+    /// Evaluate with the validation split shared out over the ranks (the official
+    /// `--dist_eval`); otherwise rank 0 evaluates it alone.
+    #[serde(default)]
+    pub dist_eval: bool,
+    /// Largest total L2 norm of the gradients (`clip_grad_norm_`); `None` (the official default)
+    /// does not clip.
+    #[serde(default)]
+    pub clip_grad: Option<f64>,
     /// Label smoothing.
     pub smoothing: f64,
     /// Mixup α (0 = off).
@@ -66,6 +78,10 @@ pub struct FinetuneConfig {
     pub mixup_switch_prob: f64,
     /// Random erasing probability.
     pub reprob: f64,
+    /// RandAugment of the training crops as timm's `--aa` string (`rand-m9-mstd0.5-inc1`, the
+    /// official default); `None` for none (what runs before it existed did: the serde default).
+    #[serde(default)]
+    pub aa: Option<String>,
     /// Smallest RandomResizedCrop area fraction.
     pub min_crop_scale: f64,
     /// Seed of the head, data order, augmentation, mixup and drop path.
@@ -105,6 +121,9 @@ impl FinetuneConfig {
     /// Images per evaluation forward unless given.
     pub const EVAL_BATCH_SIZE: usize = 256;
 
+    /// The official `--aa`: RandAugment, 2 ops at magnitude 9 (std 0.5), the increasing ops.
+    pub const RAND_AUGMENT: &'static str = "rand-m9-mstd0.5-inc1";
+
     /// The recipe's settings for `data`, `out` and `preset`, `lr` from `blr` 1e-3 at batch 64.
     pub fn new(data: PathBuf, out: PathBuf, preset: Preset) -> Self {
         let (batch_size, blr) = (64, 1e-3);
@@ -125,12 +144,16 @@ impl FinetuneConfig {
             layer_decay: 0.75,
             drop_path: 0.1,
             global_pool: true,
+            clip_grad: None,
+            nb_classes: None,
+            dist_eval: false,
             smoothing: 0.1,
             mixup: 0.8,
             cutmix: 1.0,
             mixup_prob: 1.0,
             mixup_switch_prob: 0.5,
             reprob: 0.25,
+            aa: Some(Self::RAND_AUGMENT.to_string()),
             min_crop_scale: 0.08,
             seed: 0,
             workers: std::thread::available_parallelism().map_or(2, |n| n.get()),
@@ -204,6 +227,13 @@ impl FinetuneConfig {
             ));
         }
         check_float("lr", self.lr, true)?;
+        if let Some(c) = self.clip_grad {
+            check_float("clip-grad", c, true)?;
+        }
+        if let Some(aa) = &self.aa {
+            aa.parse::<mae_data::randaugment::RandAugment>()
+                .map_err(|e| TrainError::Config(e.to_string()))?;
+        }
         for (flag, v) in [
             ("blr", self.blr),
             ("min-lr", self.min_lr),
@@ -239,9 +269,24 @@ pub struct FinetuneOverrides {
     pub from_scratch: bool,
     /// Classify the cls token after the final `norm` instead of the global pool of the patch
     /// tokens with `fc_norm` (the official `--cls_token`, models_vit `global_pool=False`).
-    #[cfg_attr(feature = "clap", arg(long))]
+    #[cfg_attr(feature = "clap", arg(long, conflicts_with = "global_pool"))]
     #[serde(default)]
     pub cls_token: bool,
+    /// Classify the global pool of the patch tokens with `fc_norm` (the default; the official
+    /// `--global_pool`).
+    #[cfg_attr(feature = "clap", arg(long))]
+    #[serde(default)]
+    pub global_pool: bool,
+    /// Image side the run expects (the official `--input_size`): must be the preset's.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub input_size: Option<usize>,
+    /// Number of classes the run expects (the official `--nb_classes`): must be the dataset's.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub nb_classes: Option<usize>,
+    /// Share the evaluation out over the ranks of an MPI run (the official `--dist_eval`).
+    #[cfg_attr(feature = "clap", arg(long))]
+    #[serde(default)]
+    pub dist_eval: bool,
     /// Prepared dataset: trains on train, evaluates on val after every epoch.
     #[cfg_attr(feature = "clap", arg(long))]
     pub data: Option<PathBuf>,
@@ -281,6 +326,10 @@ pub struct FinetuneOverrides {
     /// Drop path (stochastic depth) rate of the last block.
     #[cfg_attr(feature = "clap", arg(long))]
     pub drop_path: Option<f64>,
+    /// Clip the gradients to this total L2 norm before each step (off unless given, as the
+    /// official `--clip_grad`).
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub clip_grad: Option<f64>,
     /// Label smoothing.
     #[cfg_attr(feature = "clap", arg(long))]
     pub smoothing: Option<f64>,
@@ -299,6 +348,10 @@ pub struct FinetuneOverrides {
     /// Random erasing probability.
     #[cfg_attr(feature = "clap", arg(long))]
     pub reprob: Option<f64>,
+    /// RandAugment of the training crops, timm's `--aa` syntax (`rand-mM-nN-mstdS-incB`);
+    /// `none` turns it off.
+    #[cfg_attr(feature = "clap", arg(long))]
+    pub aa: Option<String>,
     /// Smallest crop area fraction of RandomResizedCrop.
     #[cfg_attr(feature = "clap", arg(long))]
     pub min_crop_scale: Option<f64>,
@@ -335,7 +388,11 @@ overrides!(FinetuneOverrides {
     data,
     out,
     max_steps,
-    lr
+    lr,
+    clip_grad,
+    aa,
+    input_size,
+    nb_classes
 } => FinetuneConfig {
     epochs,
     batch_size,
@@ -361,7 +418,7 @@ overrides!(FinetuneOverrides {
     eval_batch_size,
     device,
     precision
-}; from_scratch; cls_token);
+}; from_scratch; cls_token; global_pool; dist_eval);
 
 impl FinetuneConfig {
     /// Fills the defaults ([`FinetuneConfig::new`]) and checks the settings for a run over
@@ -393,7 +450,37 @@ impl FinetuneConfig {
         given.fill(&mut cfg);
         cfg.checkpoint = given.checkpoint;
         cfg.max_steps = given.max_steps;
+        cfg.clip_grad = given.clip_grad;
+        if let Some(aa) = given.aa {
+            cfg.aa = match aa.as_str() {
+                "" | "none" => None,
+                _ => Some(aa),
+            };
+        }
+        if given.cls_token && given.global_pool {
+            return bad("--cls-token and --global-pool exclude each other");
+        }
         cfg.global_pool = !given.cls_token;
+        cfg.nb_classes = given.nb_classes;
+        cfg.dist_eval = given.dist_eval;
+        if let Some(size) = given.input_size {
+            let native = cfg.preset.dims().img_size;
+            if size != native {
+                let same_encoder: Vec<&str> = Preset::ALL
+                    .iter()
+                    .filter(|p| p.dims().img_size == size)
+                    .map(|p| p.name())
+                    .collect();
+                return Err(TrainError::Config(format!(
+                    "--input-size {size}: preset {} takes {native}-px images{}",
+                    cfg.preset,
+                    match same_encoder.is_empty() {
+                        true => String::new(),
+                        false => format!("; presets at {size} px: {}", same_encoder.join(", ")),
+                    }
+                )));
+            }
+        }
         cfg.world_size = world_size;
         cfg.lr = given
             .lr
