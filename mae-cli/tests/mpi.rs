@@ -227,7 +227,7 @@ fn a_shared_evaluation_counts_every_image_once() {
         std::fs::create_dir_all(src.join(class)).unwrap();
         for i in 0..10u8 {
             let img = image::GrayImage::from_fn(28, 28, |x, y| {
-                image::Luma([shade.wrapping_add(((x * y) as u8 + 7 * i) % 31)])
+                image::Luma([shade.wrapping_add(((x * y + 7 * i as u32) % 31) as u8)])
             });
             img.save(src.join(class).join(format!("{i}.png"))).unwrap();
         }
