@@ -16,8 +16,8 @@ probe() {
   echo "$top1  $*"
 }
 for epochs in ${EPOCHS:-10 90}; do
-  for blr in 0.1 1 3 6.4 10 20 40; do probe --epochs "$epochs" --optimizer lars --blr "$blr"; done
-  for blr in 1e-4 3e-4 1e-3 3e-3 1e-2; do probe --epochs "$epochs" --optimizer adamw --blr "$blr"; done
+  for blr in 0.1 1 3 6.4 10 20 40 80; do probe --epochs "$epochs" --optimizer lars --blr "$blr"; done
+  for blr in 1e-4 3e-4 1e-3 3e-3 1e-2 3e-2; do probe --epochs "$epochs" --optimizer adamw --blr "$blr"; done
 done
 # the official recipe's batch (16,384, lr 6.4): the cached probe takes it in one batch
 probe --epochs 90 --optimizer lars --blr 0.1 --batch-size 16384

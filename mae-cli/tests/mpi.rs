@@ -116,6 +116,8 @@ fn two_ranks_match_one_process_in_pretraining_resume_and_the_probe() {
         "2",
         "--blr",
         "10",
+        "--optimizer",
+        "lars",
         "--json",
     ];
     let single: serde_json::Value = serde_json::from_str(run_ok(&probe).trim()).unwrap();
@@ -222,33 +224,8 @@ fn two_ranks_match_one_process_in_fine_tuning() {
 #[test]
 fn a_shared_evaluation_counts_every_image_once() {
     let s = Scratch::new();
-    let src = s.sub("shades");
-    for (class, shade) in [("dark", 30u8), ("mid", 120u8), ("light", 220u8)] {
-        std::fs::create_dir_all(src.join(class)).unwrap();
-        for i in 0..10u8 {
-            let img = image::GrayImage::from_fn(28, 28, |x, y| {
-                image::Luma([shade.wrapping_add(((x * y + 7 * i as u32) % 31) as u8)])
-            });
-            img.save(src.join(class).join(format!("{i}.png"))).unwrap();
-        }
-    }
-    let data = s.sub("prepared").join("shades");
+    let data = shades_dataset(&s, &[("dark", 30), ("mid", 120), ("light", 220)], 10);
     let d = data.to_str().unwrap();
-    run_ok(&[
-        "data",
-        "prepare",
-        "--from",
-        "imagefolder",
-        src.to_str().unwrap(),
-        "--out",
-        d,
-        "--size",
-        "28",
-        "--channels",
-        "1",
-        "--val-fraction",
-        "0.25",
-    ]);
     let manifest: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(data.join("manifest.json")).unwrap())
             .unwrap();

@@ -649,33 +649,8 @@ fn cuda_asked_of_a_cpu_build_says_how_to_get_one() {
 #[test]
 fn the_augmented_probe_keeps_a_run_folder_and_json_alone_on_stdout() {
     let scratch = Scratch::new();
-    let src = scratch.sub("shades");
-    for (class, shade) in [("dark", 30u8), ("light", 220u8)] {
-        std::fs::create_dir_all(src.join(class)).unwrap();
-        for i in 0..16u8 {
-            let img = image::GrayImage::from_fn(28, 28, |x, y| {
-                image::Luma([shade.wrapping_add(((x + y) as u8 + i) % 9)])
-            });
-            img.save(src.join(class).join(format!("{i}.png"))).unwrap();
-        }
-    }
-    let data = scratch.sub("prepared").join("shades");
+    let data = shades_dataset(&scratch, &[("dark", 30), ("light", 220)], 16);
     let d = data.to_str().unwrap();
-    run_ok(&[
-        "data",
-        "prepare",
-        "--from",
-        "imagefolder",
-        src.to_str().unwrap(),
-        "--out",
-        d,
-        "--size",
-        "28",
-        "--channels",
-        "1",
-        "--val-fraction",
-        "0.25",
-    ]);
     let ckpt = scratch.sub("enc").join("init.safetensors");
     let c = ckpt.to_str().unwrap();
     run_ok(&["init", "--preset", "tiny", "--out", c]);
@@ -694,6 +669,8 @@ fn the_augmented_probe_keeps_a_run_folder_and_json_alone_on_stdout() {
             "8",
             "--blr",
             "40",
+            "--optimizer",
+            "lars",
             "--warmup-epochs",
             "1",
             "--json",

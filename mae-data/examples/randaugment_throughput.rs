@@ -35,10 +35,27 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             img.clear();
             img.extend_from_slice(src);
             let drawn = ra.draw(&mut rng);
-            RandAugment::apply(&drawn, &mut img, (224, 224, 3), &fill, &mut scratch);
+            RandAugment::apply(&drawn, &mut img, (224, 224, 3), &fill, &mut scratch)?;
             checksum = checksum.wrapping_add(img[per / 2] as u64);
         }
         times.push(t.elapsed().as_secs_f64());
+    }
+    if std::env::var_os("PER_OP").is_some() {
+        // each op alone at magnitude 9 over every image: where the time goes
+        for op in mae_data::randaugment::Op::RAND_INCREASING {
+            let t = Instant::now();
+            for src in &images {
+                let view = mae_data::randaugment::View {
+                    pixels: src,
+                    width: 224,
+                    height: 224,
+                    channels: 3,
+                };
+                mae_data::randaugment::apply_op(op, op.arg(9.0, false), view, &fill, &mut scratch)?;
+            }
+            let ms = t.elapsed().as_secs_f64() * 1e3 / images.len() as f64;
+            eprintln!("{op:?}: {ms:.3} ms/image");
+        }
     }
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);

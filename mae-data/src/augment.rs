@@ -279,7 +279,7 @@ impl Augment {
                 flip = false;
             }
             let drawn = ra.draw(&mut self.rng(epoch, index ^ RAND_AUGMENT_STREAM));
-            RandAugment::apply(&drawn, scratch, (o, o, c), fill, &mut Vec::new());
+            RandAugment::apply(&drawn, scratch, (o, o, c), fill, &mut Vec::new())?;
         }
         to_planes(scratch, o, &luts, flip, out);
         Ok(params)
@@ -643,7 +643,8 @@ mod tests {
                 (12, 12, 3),
                 &[124, 116, 104],
                 &mut Vec::new(),
-            );
+            )
+            .expect("fits");
             let mut want = vec![0f32; 3 * 144];
             to_planes(&hwc, 12, &luts, false, &mut want);
             assert_eq!(out, want, "sample {index}");

@@ -2,7 +2,8 @@
 //!
 //! Modules: [`format`] (the on-disk layout, also in `FORMAT.md`), [`dataset`] (reading),
 //! [`writer`] (writing), [`prepare`] (image folders, idx, CIFAR-10 → shards), [`resize`],
-//! [`augment`] (the paper's transforms), [`mixup`] (mixup, cutmix, random erasing for fine-tuning),
+//! [`augment`] (the paper's transforms), [`randaugment`] (timm's RandAugment), [`mixup`] (mixup,
+//! cutmix, random erasing for fine-tuning),
 //! [`loader`] (batches), [`preview`] (a grid of samples), [`png`] (pictures that name their
 //! writer), [`integrity`] (is an image file whole?); [`outdir`] (where `prepare` may write;
 //! path resolution for such checks); `walk` holds the rules of what `prepare` reads.

@@ -149,8 +149,31 @@ pub struct View<'a> {
 }
 
 /// Applies `op` with argument `arg` ([`Op::arg`]) to `img`, writing the result into `out`
-/// (resized to fit); `fill` (one byte per channel) colours what a geometric op uncovers.
-pub fn apply_op(op: Op, arg: f64, img: View<'_>, fill: &[u8], out: &mut Vec<u8>) {
+/// (resized to fit); `fill` (one byte per channel) colours what a geometric op uncovers. An empty
+/// image, one whose bytes do not fit its size, or one of other than 1 to 4 channels is an error.
+pub fn apply_op(
+    op: Op,
+    arg: f64,
+    img: View<'_>,
+    fill: &[u8],
+    out: &mut Vec<u8>,
+) -> Result<(), DataError> {
+    let fits = img
+        .width
+        .checked_mul(img.height)
+        .and_then(|n| n.checked_mul(img.channels))
+        == Some(img.pixels.len());
+    let empty = img.width == 0 || img.height == 0;
+    if !fits || empty || !(1..=4).contains(&img.channels) || fill.len() < img.channels {
+        return Err(DataError::Option(format!(
+            "RandAugment: {} bytes with a fill of {} for a {}×{}×{} image (1 to 4 channels)",
+            img.pixels.len(),
+            fill.len(),
+            img.width,
+            img.height,
+            img.channels
+        )));
+    }
     out.clear();
     out.extend_from_slice(img.pixels);
     match op {
@@ -211,6 +234,7 @@ pub fn apply_op(op: Op, arg: f64, img: View<'_>, fill: &[u8], out: &mut Vec<u8>)
             affine(img, [1.0, 0.0, 0.0, 0.0, 1.0, pixels], fill, out)
         }
     }
+    Ok(())
 }
 
 fn lut(out: &mut [u8], f: impl Fn(u8) -> u8) {
@@ -302,7 +326,7 @@ fn blend(a: &[u8], b: &[u8], alpha: f64, out: &mut [u8]) {
 }
 
 /// `ImageFilter.SMOOTH` (3×3 kernel 1 1 1 / 1 5 1 / 1 1 1 over 13), as `ImagingFilter3x3`: f32
-/// sums row by row, rounded; the outermost rows and columns copied.
+/// sums row by row (the row below first), rounded; the outermost rows and columns copied.
 fn smooth3x3(img: View<'_>) -> Vec<u8> {
     let (w, h, c) = (img.width, img.height, img.channels);
     let mut out = img.pixels.to_vec();
@@ -310,19 +334,21 @@ fn smooth3x3(img: View<'_>) -> Vec<u8> {
         return out;
     }
     let (k1, k5) = (1.0f32 / 13.0, 5.0f32 / 13.0);
-    let px = |x: usize, y: usize, ch: usize| img.pixels[(y * w + x) * c + ch] as f32;
+    let line = w * c;
     for y in 1..h - 1 {
-        for x in 1..w - 1 {
-            for ch in 0..c {
-                let row = |yy: usize, mid: f32| {
-                    px(x - 1, yy, ch) * k1 + px(x, yy, ch) * mid + px(x + 1, yy, ch) * k1
-                };
-                let mut ss = 0.0f32;
-                ss += row(y + 1, k1);
-                ss += row(y, k5);
-                ss += row(y - 1, k1);
-                out[(y * w + x) * c + ch] = clip8(ss);
-            }
+        let up = &img.pixels[(y - 1) * line..y * line];
+        let mid = &img.pixels[y * line..(y + 1) * line];
+        let down = &img.pixels[(y + 1) * line..(y + 2) * line];
+        let o = &mut out[y * line..(y + 1) * line];
+        for i in c..line - c {
+            let row = |r: &[u8], centre: f32| {
+                r[i - c] as f32 * k1 + r[i] as f32 * centre + r[i + c] as f32 * k1
+            };
+            let mut ss = 0.0f32;
+            ss += row(down, k1);
+            ss += row(mid, k5);
+            ss += row(up, k1);
+            o[i] = clip8(ss);
         }
     }
     out
@@ -359,21 +385,62 @@ fn rotate(img: View<'_>, degrees: f64, fill: &[u8], out: &mut [u8]) {
 }
 
 /// `Image.transform(size, AFFINE, m, BICUBIC, fillcolor=fill)`: output pixel `(x, y)` samples the
-/// source at `(m0·(x+½) + m1·(y+½) + m2, m3·(x+½) + m4·(y+½) + m5)`; outside the source, `fill`.
+/// source at `(m0·(x+½) + m1·(y+½) + m2, m3·(x+½) + m4·(y+½) + m5)` with Pillow's
+/// `bicubic_filter8/32RGB` (the 4×4 neighbourhood clamped to the edges, each channel truncated to
+/// a byte); outside the source, `fill`.
 fn affine(img: View<'_>, m: [f64; 6], fill: &[u8], out: &mut [u8]) {
     let (w, h, c) = (img.width, img.height, img.channels);
+    let (wf, hf) = (w as f64, h as f64);
+    let (x_last, y_last) = (w as isize - 1, h as isize - 1);
     for y in 0..h {
+        let yo = y as f64 + 0.5;
         for x in 0..w {
-            let (xo, yo) = (x as f64 + 0.5, y as f64 + 0.5);
+            let xo = x as f64 + 0.5;
             let xin = m[0] * xo + m[1] * yo + m[2];
             let yin = m[3] * xo + m[4] * yo + m[5];
-            let at = (y * w + x) * c;
-            if !(xin >= 0.0 && xin < w as f64 && yin >= 0.0 && yin < h as f64) {
-                out[at..at + c].copy_from_slice(&fill[..c]);
+            let o = &mut out[(y * w + x) * c..][..c];
+            if !(xin >= 0.0 && xin < wf && yin >= 0.0 && yin < hf) {
+                o.copy_from_slice(&fill[..c]);
                 continue;
             }
-            for ch in 0..c {
-                out[at + ch] = bicubic(img, xin, yin, ch);
+            let (xs, ys) = (xin - 0.5, yin - 0.5);
+            let (fx, fy) = (xs.floor(), ys.floor());
+            let (dx, dy) = (xs - fx, ys - fy);
+            let (x0, y0) = (fx as isize - 1, fy as isize - 1);
+            let cols: [usize; 4] =
+                std::array::from_fn(|i| (x0 + i as isize).clamp(0, x_last) as usize * c);
+            let rows: [usize; 4] =
+                std::array::from_fn(|i| (y0 + i as isize).clamp(0, y_last) as usize * w * c);
+            // the cubic at d = 0 is its second value exactly: a shear or translation along one
+            // axis samples whole rows or columns, and skips three of the four cubics
+            // the horizontal cubic of each of the 4 rows, every channel (at most 4)
+            let mut across = [[0f64; 4]; 4];
+            for (k, &r) in rows.iter().enumerate() {
+                if dy == 0.0 && k != 1 {
+                    continue;
+                }
+                let line = &img.pixels[r..r + w * c];
+                for (ch, a) in across[k].iter_mut().take(c).enumerate() {
+                    let v = |i: usize| line[cols[i] + ch] as f64;
+                    *a = match dx == 0.0 {
+                        true => v(1),
+                        false => cubic(v(0), v(1), v(2), v(3), dx),
+                    };
+                }
+            }
+            for (ch, o) in o.iter_mut().enumerate() {
+                let a = |k: usize| across[k][ch];
+                let v = match dy == 0.0 {
+                    true => a(1),
+                    false => cubic(a(0), a(1), a(2), a(3), dy),
+                };
+                *o = if v <= 0.0 {
+                    0
+                } else if v >= 255.0 {
+                    255
+                } else {
+                    v as u8
+                };
             }
         }
     }
@@ -386,29 +453,6 @@ fn cubic(v1: f64, v2: f64, v3: f64, v4: f64, d: f64) -> f64 {
     let p3 = 2.0 * (v1 - v2) + v3 - v4;
     let p4 = -v1 + v2 - v3 + v4;
     p1 + d * (p2 + d * (p3 + d * p4))
-}
-
-/// `bicubic_filter8/32RGB` of Pillow's Geometry.c at source point `(xin, yin)`, channel `ch`:
-/// the 4×4 neighbourhood clamped to the edges, truncated to a byte.
-fn bicubic(img: View<'_>, xin: f64, yin: f64, ch: usize) -> u8 {
-    let (w, h, c) = (img.width as isize, img.height as isize, img.channels);
-    let (xin, yin) = (xin - 0.5, yin - 0.5);
-    let (x, y) = (xin.floor(), yin.floor());
-    let (dx, dy) = (xin - x, yin - y);
-    let (x, y) = (x as isize - 1, y as isize - 1);
-    let at = |xx: isize, yy: isize| {
-        let (xx, yy) = (xx.clamp(0, w - 1) as usize, yy.clamp(0, h - 1) as usize);
-        img.pixels[(yy * img.width + xx) * c + ch] as f64
-    };
-    let row = |yy: isize| cubic(at(x, yy), at(x + 1, yy), at(x + 2, yy), at(x + 3, yy), dx);
-    let v = cubic(row(y), row(y + 1), row(y + 2), row(y + 3), dy);
-    if v <= 0.0 {
-        0
-    } else if v >= 255.0 {
-        255
-    } else {
-        v as u8
-    }
 }
 
 /// A RandAugment policy: `num_layers` ops a sample, each applied with probability `prob` at a
@@ -540,14 +584,14 @@ impl RandAugment {
     }
 
     /// Applies the ops `drawn` to the `width × height × channels` image in `pixels` (in place;
-    /// `scratch` is reused), filling uncovered pixels with `fill`.
+    /// `scratch` is reused), filling uncovered pixels with `fill` ([`apply_op`]'s errors).
     pub fn apply(
         drawn: &[Drawn],
         pixels: &mut Vec<u8>,
         (width, height, channels): (usize, usize, usize),
         fill: &[u8],
         scratch: &mut Vec<u8>,
-    ) {
+    ) -> Result<(), DataError> {
         for d in drawn.iter().filter(|d| d.applied) {
             let img = View {
                 pixels,
@@ -555,9 +599,10 @@ impl RandAugment {
                 height,
                 channels,
             };
-            apply_op(d.op, d.op.arg(d.magnitude, d.negative), img, fill, scratch);
+            apply_op(d.op, d.op.arg(d.magnitude, d.negative), img, fill, scratch)?;
             std::mem::swap(pixels, scratch);
         }
+        Ok(())
     }
 }
 
@@ -630,6 +675,35 @@ mod tests {
         assert!((clamped - 0.0228).abs() < 0.006, "{clamped}");
         let neg = neg as f64 / signed as f64;
         assert!((neg - 0.5).abs() < 0.03, "{neg}");
+    }
+
+    #[test]
+    fn images_that_do_not_fit_are_errors() {
+        let mut out = Vec::new();
+        let view = |pixels: &'static [u8], width, height, channels| View {
+            pixels,
+            width,
+            height,
+            channels,
+        };
+        let fill = [0u8; 5];
+        for bad in [
+            view(&[0; 11], 2, 2, 3),
+            view(&[0; 10], 1, 2, 5),
+            view(&[0; 0], 0, usize::MAX, 3),
+        ] {
+            assert!(apply_op(Op::Rotate, 9.0, bad, &fill, &mut out).is_err());
+        }
+        assert!(apply_op(
+            Op::Rotate,
+            9.0,
+            view(&[0; 12], 2, 2, 3),
+            &fill[..2],
+            &mut out
+        )
+        .is_err());
+        assert!(apply_op(Op::Rotate, 9.0, view(&[7; 12], 2, 2, 3), &fill, &mut out).is_ok());
+        assert_eq!(out.len(), 12);
     }
 
     #[test]

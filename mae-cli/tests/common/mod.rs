@@ -67,6 +67,39 @@ impl Scratch {
     }
 }
 
+/// A small labeled dataset prepared into `scratch`: `per_class` 28×28 grey images of each
+/// `(class, shade)` (the shade plus a faint pattern), a quarter of each class held out for val.
+/// Returns the prepared folder.
+pub fn shades_dataset(scratch: &Scratch, classes: &[(&str, u8)], per_class: u8) -> PathBuf {
+    let src = scratch.sub("shades");
+    for &(class, shade) in classes {
+        std::fs::create_dir_all(src.join(class)).unwrap();
+        for i in 0..per_class {
+            let img = image::GrayImage::from_fn(28, 28, |x, y| {
+                image::Luma([shade.wrapping_add(((x + y) as u8 + i) % 9)])
+            });
+            img.save(src.join(class).join(format!("{i}.png"))).unwrap();
+        }
+    }
+    let data = scratch.sub("prepared").join("shades");
+    run_ok(&[
+        "data",
+        "prepare",
+        "--from",
+        "imagefolder",
+        src.to_str().unwrap(),
+        "--out",
+        data.to_str().unwrap(),
+        "--size",
+        "28",
+        "--channels",
+        "1",
+        "--val-fraction",
+        "0.25",
+    ]);
+    data
+}
+
 pub fn train_args<'a>(data: &'a str, out: &'a str, max_steps: &'a str) -> Vec<&'a str> {
     vec![
         "pretrain",
