@@ -554,6 +554,9 @@ impl RandAugment {
     /// The draws of one sample, in timm's order: the ops, then for each the coin, the magnitude
     /// (`gauss(m, mstd)` or `uniform(0, m)`, clamped to `[0, mmax]`) and the sign.
     pub fn draw(&self, rng: &mut impl Rng) -> Vec<Drawn> {
+        if self.ops.is_empty() {
+            return Vec::new();
+        }
         let picks: Vec<Op> = (0..self.num_layers)
             .map(|_| self.ops[rng.gen_range(0..self.ops.len())])
             .collect();
@@ -675,6 +678,12 @@ mod tests {
         assert!((clamped - 0.0228).abs() < 0.006, "{clamped}");
         let neg = neg as f64 / signed as f64;
         assert!((neg - 0.5).abs() < 0.03, "{neg}");
+        // no ops to draw from: nothing drawn, no panic
+        let none = RandAugment {
+            ops: Vec::new(),
+            ..ra
+        };
+        assert!(none.draw(&mut rng).is_empty());
     }
 
     #[test]
