@@ -71,19 +71,9 @@ pub fn for_each_batch_in(
     Ok(())
 }
 
-/// [`for_each_batch`] with the evaluation transform for images of side `size` (resize, centre
-/// crop, normalize as in training; no randomness).
-pub fn for_each_eval_batch(
-    split: &Split,
-    manifest: &mae_data::Manifest,
-    size: usize,
-    batch: usize,
-    f: impl FnMut(&[f32], &[i64]) -> Result<(), TrainError>,
-) -> Result<(), TrainError> {
-    for_each_eval_batch_in(split, manifest, size, batch, 0..split.len(), f)
-}
-
-/// [`for_each_eval_batch`] over the samples `range` of the split only (one rank's shard).
+/// [`for_each_batch_in`] over the samples `range` of the split (all of it, or one rank's shard)
+/// with the evaluation transform for images of side `size` (resize, centre crop, normalize as in
+/// training; no randomness).
 pub fn for_each_eval_batch_in(
     split: &Split,
     manifest: &mae_data::Manifest,
