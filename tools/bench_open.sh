@@ -49,7 +49,7 @@ t0 = time.perf_counter()
 p = subprocess.Popen(sys.argv[1:], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 first = None
 for line in p.stdout:
-    if first is None and line.startswith("step "):
+    if first is None and " step " in f" {line}":
         first = time.perf_counter() - t0
 p.wait()
 end = time.perf_counter() - t0

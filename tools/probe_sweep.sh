@@ -17,7 +17,10 @@ probe() {
 }
 for epochs in ${EPOCHS:-10 90}; do
   for blr in 0.1 1 3 6.4 10 20 40 80; do probe --epochs "$epochs" --optimizer lars --blr "$blr"; done
-  for blr in 1e-4 3e-4 1e-3 3e-3 1e-2 3e-2; do probe --epochs "$epochs" --optimizer adamw --blr "$blr"; done
+  for blr in 1e-4 3e-4 1e-3 3e-3 1e-2 3e-2 0.1 0.3; do probe --epochs "$epochs" --optimizer adamw --blr "$blr"; done
+  probe --epochs "$epochs"   # the defaults (AdamW, blr 0.1, warmup epochs/9)
 done
-# the official recipe's batch (16,384, lr 6.4): the cached probe takes it in one batch
+# the official recipe's batch (16,384, lr 6.4): in one batch, and as LINPROBE.md's 512 per GPU on
+# 32 GPUs (--accum-iter 32: BatchNorm statistics per 512, as each GPU has them)
 probe --epochs 90 --optimizer lars --blr 0.1 --batch-size 16384
+probe --epochs 90 --optimizer lars --blr 0.1 --batch-size 512 --accum-iter 32 --warmup-epochs 10

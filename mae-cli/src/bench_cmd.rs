@@ -42,7 +42,29 @@ pub struct BenchArgs {
 }
 
 /// `mae presets`.
-pub fn run_presets() -> Result<()> {
+pub fn run_presets(a: PresetsArgs) -> Result<()> {
+    if a.json {
+        let all: Vec<serde_json::Value> = Preset::ALL
+            .iter()
+            .map(|&p| {
+                let d = p.dims();
+                serde_json::json!({
+                    "name": p.name(),
+                    "img_size": d.img_size,
+                    "in_chans": d.in_chans,
+                    "patch_size": d.patch_size,
+                    "embed_dim": d.embed_dim,
+                    "depth": d.depth,
+                    "num_heads": d.num_heads,
+                    "decoder_embed_dim": d.decoder_embed_dim,
+                    "decoder_depth": d.decoder_depth,
+                    "decoder_num_heads": d.decoder_num_heads,
+                })
+            })
+            .collect();
+        say!("{}", serde_json::Value::from(all));
+        return Ok(());
+    }
     say!("preset       image chans patch | encoder dim/depth/heads | decoder dim/depth/heads");
     for &p in Preset::ALL {
         let d = p.dims();
@@ -61,6 +83,14 @@ pub fn run_presets() -> Result<()> {
         );
     }
     Ok(())
+}
+
+/// `mae presets` arguments.
+#[derive(clap::Args)]
+pub struct PresetsArgs {
+    /// One JSON array (a field per dimension, the names of `models_mae.py`'s arguments).
+    #[arg(long)]
+    json: bool,
 }
 
 /// `mae bench`.

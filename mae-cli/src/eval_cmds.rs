@@ -10,7 +10,10 @@ use mae_train::amp::Precision;
 use mae_train::device::DeviceKind;
 
 use crate::outputs::{self, input_files, Kind};
-use crate::train;
+use mae_train::progress::Reporter;
+
+use crate::progress::{Console, Stream};
+use crate::train::{self, Ended};
 
 /// `mae knn` arguments.
 #[derive(Args)]
@@ -56,11 +59,15 @@ pub struct LinprobeArgs {
     /// Epochs.
     #[arg(long, default_value_t = 90)]
     epochs: usize,
-    /// Batch size.
+    /// Batch size (per rank).
     #[arg(long, default_value_t = 256)]
     batch_size: usize,
-    /// Base learning rate (lr = blr · batch · ranks / 256): 0.1 for both optimizers (AdamW's best
-    /// in the sweep of RESULTS.md; the official LARS recipe's).
+    /// Batches whose gradients are averaged into one step: the effective batch is batch ·
+    /// accum-iter · ranks (the official 16,384 as `--batch-size 512 --accum-iter 32`).
+    #[arg(long, default_value_t = 1)]
+    accum_iter: usize,
+    /// Base learning rate (lr = blr · batch · accum-iter · ranks / 256): 0.1 for both optimizers
+    /// (AdamW's best in the sweep of RESULTS.md; the official LARS recipe's).
     #[arg(long, default_value_t = 0.1)]
     blr: f64,
     /// Warmup epochs [default: epochs / 9, the official 10 of 90]; must be shorter than the run.
@@ -72,7 +79,8 @@ pub struct LinprobeArgs {
     /// `adamw`, or `lars` (the official recipe's). AdamW by default: LARS at blr 0.1 is tuned for
     /// the official batch of 16,384 and barely moves at 256 (Fashion-MNIST, 90 epochs: 73.8%
     /// against AdamW's 82.4%, the best of a sweep of both; RESULTS.md). The official recipe:
-    /// `--aug --optimizer lars --blr 0.1 --batch-size 16384 --epochs 90 --warmup-epochs 10`.
+    /// `--aug --optimizer lars --blr 0.1 --batch-size 512 --accum-iter 32 --epochs 90
+    /// --warmup-epochs 10 --weight-decay 0` (16,384 images per step on one process).
     #[arg(long, default_value = "adamw")]
     optimizer: String,
     /// Cached features, no augmentation (default for images under 32×32 and for --features).
@@ -92,6 +100,11 @@ pub struct LinprobeArgs {
     /// `auto` (newest loadable checkpoint of --out, if any) or a checkpoint file.
     #[arg(long, requires = "out")]
     resume: Option<String>,
+    /// TensorBoard event files in the augmented probe's run folder (`--tensorboard false`:
+    /// none).
+    #[arg(long, num_args = 0..=1, default_missing_value = "true", default_value_t = true,
+          action = clap::ArgAction::Set)]
+    tensorboard: bool,
     /// One JSON object instead of text.
     #[arg(long)]
     json: bool,
@@ -127,6 +140,10 @@ pub struct EmbedArgs {
     /// file counts as such: it cannot say who wrote it).
     #[arg(long)]
     force: bool,
+    /// One JSON object instead of text: the files written, the samples of each split, the
+    /// feature width.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Where `mae knn` / `mae linprobe` get features: an encoder over a dataset, or `mae embed` output.
@@ -164,6 +181,7 @@ impl FeatureArgs {
                 batch: self.eval_batch_size,
                 device: self.device,
                 precision: self.precision,
+                reporter: Reporter(Console::new(Stream::Stderr)),
             })),
             _ => bail!("give --checkpoint C --data DIR, or --features FILE"),
         }
@@ -223,7 +241,7 @@ pub fn run_knn(a: KnnArgs) -> Result<()> {
 }
 
 /// `mae linprobe`: the settings, then the probe.
-pub fn run_linprobe(a: LinprobeArgs) -> Result<()> {
+pub fn run_linprobe(a: LinprobeArgs) -> Result<Ended> {
     let input = a.source.source()?;
     if let (Some(want), Some(c)) = (a.preset, &a.source.checkpoint) {
         let is = mae_train::checkpoint::preset_of(c)?;
@@ -240,6 +258,7 @@ pub fn run_linprobe(a: LinprobeArgs) -> Result<()> {
     let cfg = mae_train::probe::ProbeConfig {
         epochs: a.epochs,
         batch_size: a.batch_size,
+        accum_iter: a.accum_iter,
         blr: a.blr,
         warmup_epochs: a
             .warmup_epochs
@@ -252,10 +271,14 @@ pub fn run_linprobe(a: LinprobeArgs) -> Result<()> {
     let mut place = mae_train::linprobe::ProbeRunPlace {
         out: a.out.clone(),
         resume: train::parse_resume(a.resume.as_deref()),
+        tensorboard: a.tensorboard,
         ..Default::default()
     };
+    // stdout is the probe's result: progress goes to stderr
     if place.out.is_some() {
-        place.stop = train::stop_on_signal()?;
+        place.hooks = train::training_hooks(Stream::Stderr)?;
+    } else {
+        place.hooks.observer = Console::new(Stream::Stderr);
     }
     let feature = if a.global_pool {
         "avg"
@@ -274,7 +297,7 @@ fn probe(
     cfg: &mae_train::probe::ProbeConfig,
     place: &mae_train::linprobe::ProbeRunPlace,
     (json, force): (bool, bool),
-) -> Result<()> {
+) -> Result<Ended> {
     let optimizer = cfg.optimizer.name();
     let beside = source
         .anchor()
@@ -292,8 +315,9 @@ fn probe(
         &comm,
         mae_train::linprobe::linprobe(input, feature.parse()?, cfg, place, &comm),
     )?;
+    let ended = Ended::of_name(&result.outcome);
     if !comm.is_main() {
-        return Ok(());
+        return Ok(ended);
     }
     let mut value = serde_json::to_value(&result)?;
     value["written_by"] = "mae linprobe".into();
@@ -319,7 +343,7 @@ fn probe(
             beside.display()
         );
     }
-    Ok(())
+    Ok(ended)
 }
 
 /// `mae embed`.
@@ -332,6 +356,7 @@ pub fn run_embed(a: EmbedArgs) -> Result<()> {
         batch_size,
         device,
         force,
+        json,
     } = a;
     let split_names: &[&str] = if data.is_some() {
         &["train", "val"]
@@ -361,6 +386,7 @@ pub fn run_embed(a: EmbedArgs) -> Result<()> {
                 batch: batch_size,
                 device,
                 precision: Precision::F32,
+                reporter: Reporter(Console::new(Stream::Stderr)),
             };
             let (train, val, classes) =
                 train::on_every_rank(&comm, mae_train::features::extract_dataset(&input, &comm))?;
@@ -384,6 +410,21 @@ pub fn run_embed(a: EmbedArgs) -> Result<()> {
     let refs: Vec<(&str, &mae_train::feature_set::Features)> =
         splits.iter().map(|(n, f)| (*n, f)).collect();
     let files = mae_train::feature_set::write_features(&out, &refs, classes)?;
+    if json {
+        let counts: serde_json::Map<String, serde_json::Value> = splits
+            .iter()
+            .map(|(n, f)| (n.to_string(), f.len().into()))
+            .collect();
+        let value = serde_json::json!({
+            "files": files,
+            "samples": counts,
+            "dim": splits[0].1.dim,
+            "classes": classes,
+            "written_by": "mae embed",
+        });
+        say!("{value}");
+        return Ok(());
+    }
     let counts: Vec<String> = splits
         .iter()
         .map(|(n, f)| format!("{} {n}", f.len()))

@@ -5,6 +5,8 @@
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
+use train::Ended;
+
 /// One line on stdout; a closed or full stdout is an error (`writing to stdout: ...`), not a
 /// panic. For commands whose output is their result.
 macro_rules! say {
@@ -19,6 +21,7 @@ mod eval_cmds;
 mod model_cmds;
 mod official;
 mod outputs;
+mod progress;
 mod train;
 
 /// What `say!` calls.
@@ -73,7 +76,14 @@ enum Command {
     #[command(subcommand)]
     Data(data::DataCommand),
     /// List the model presets and their dimensions.
-    Presets,
+    Presets(bench_cmd::PresetsArgs),
+    /// Print a shell completion script: `mae completions bash > ~/.local/share/bash-completion/completions/mae`
+    /// (also zsh, fish, elvish, powershell).
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
     /// Write a freshly initialized model of a preset as safetensors (official names).
     Init(model_cmds::InitArgs),
     /// Check that a weights file loads into a preset (strict: names, shapes, values).
@@ -101,11 +111,30 @@ fn keep_freed_memory() {
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
 fn keep_freed_memory() {}
 
+/// The whole command line: ours, the defaults in the help, the official spellings, and the
+/// version with the commit built from.
+fn command() -> clap::Command {
+    official::accept_official_spellings(train::with_defaults_in_help(
+        <Cli as clap::CommandFactory>::command(),
+    ))
+    .version(mae_train::build::describe())
+}
+
+/// `mae completions SHELL`: the script on stdout (written whole: a closed stdout is an error
+/// line, not a panic).
+fn completions(shell: clap_complete::Shell) -> Result<()> {
+    let mut script = Vec::new();
+    clap_complete::generate(shell, &mut command(), "mae", &mut script);
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    out.write_all(&script)
+        .and_then(|()| out.flush())
+        .context("writing to stdout")
+}
+
 fn main() -> std::process::ExitCode {
     keep_freed_memory();
-    let command = official::accept_official_spellings(train::with_defaults_in_help(
-        <Cli as clap::CommandFactory>::command(),
-    ));
+    let command = command();
     let parsed = command
         .try_get_matches()
         .and_then(|m| <Cli as clap::FromArgMatches>::from_arg_matches(&m));
@@ -114,7 +143,8 @@ fn main() -> std::process::ExitCode {
         Err(e) => return clap_exit(&e),
     };
     match run(cli) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+        Ok(Ended::Done) => std::process::ExitCode::SUCCESS,
+        Ok(Ended::Interrupted) => std::process::ExitCode::from(train::EXIT_INTERRUPTED),
         Err(e) => {
             use std::io::Write;
             // stderr itself may be closed or full: nothing more can be said then
@@ -151,11 +181,13 @@ fn error_line(e: &anyhow::Error) -> String {
     line
 }
 
-fn run(cli: Cli) -> Result<()> {
-    match cli.command {
+/// Runs the command; training runs say whether they were interrupted (their exit status).
+fn run(cli: Cli) -> Result<Ended> {
+    let done = match cli.command {
+        Command::Pretrain(args) => return train::pretrain(*args),
+        Command::Finetune(args) => return train::finetune(*args),
+        Command::Linprobe(args) => return eval_cmds::run_linprobe(*args),
         Command::Data(command) => data::run(command),
-        Command::Pretrain(args) => train::pretrain(*args),
-        Command::Finetune(args) => train::finetune(*args),
         Command::Reconstruct(args) => model_cmds::run_reconstruct(args),
         Command::Plot(args) => model_cmds::run_plot(args),
         Command::Info(args) => model_cmds::run_info(args),
@@ -164,12 +196,13 @@ fn run(cli: Cli) -> Result<()> {
         Command::Init(args) => model_cmds::run_init(args),
         Command::Check(args) => model_cmds::run_check(args),
         Command::Knn(args) => eval_cmds::run_knn(args),
-        Command::Linprobe(args) => eval_cmds::run_linprobe(*args),
         Command::Embed(args) => eval_cmds::run_embed(args),
         Command::Classify(args) => eval_cmds::run_classify(args),
-        Command::Presets => bench_cmd::run_presets(),
+        Command::Presets(args) => bench_cmd::run_presets(args),
+        Command::Completions { shell } => completions(shell),
         Command::Bench(args) => bench_cmd::run_bench(args),
-    }
+    };
+    done.map(|()| Ended::Done)
 }
 
 #[cfg(test)]

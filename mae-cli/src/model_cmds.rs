@@ -43,6 +43,9 @@ pub struct ReconstructArgs {
     /// Replace an existing --out that is not an earlier `mae reconstruct` picture.
     #[arg(long)]
     force: bool,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// Writes the Figure-2 grid.
@@ -67,6 +70,17 @@ pub fn run_reconstruct(a: ReconstructArgs) -> Result<()> {
         count: a.count,
         device: a.device,
     })?;
+    if a.json {
+        let value = serde_json::json!({
+            "out": a.out,
+            "count": summary.count,
+            "loss": summary.loss,
+            "norm_pix_loss": summary.norm_pix,
+            "written_by": "mae reconstruct",
+        });
+        say!("{value}");
+        return Ok(());
+    }
     say!(
         "wrote {} ({} images, loss {:.4}{})",
         a.out.display(),
@@ -89,6 +103,37 @@ pub fn run_info(a: InfoArgs) -> Result<()> {
     let meta = file.metadata()?;
     let (preset, how_chosen) = preset_of_file(&path, &file, None)?;
     let kind = weights_kind(preset, &file)?;
+    if a.json {
+        let (encoder, decoder, classes) = match &kind {
+            WeightsKind::Full { encoder, decoder } => (*encoder, Some(*decoder), None),
+            WeightsKind::EncoderOnly { encoder } => (*encoder, None, None),
+            WeightsKind::Classifier { layout, params } => (*params, None, Some(layout.num_classes)),
+        };
+        let config = meta
+            .get("config")
+            .and_then(|c| serde_json::from_str::<serde_json::Value>(c).ok());
+        let number = |key: &str| meta.get(key).and_then(|v| v.parse::<u64>().ok());
+        let value = serde_json::json!({
+            "file": path,
+            "container": describe_container(&file)?,
+            "naming": naming.to_string(),
+            "preset": preset.name(),
+            "kind": match kind {
+                WeightsKind::Full { .. } => "full",
+                WeightsKind::EncoderOnly { .. } => "encoder",
+                WeightsKind::Classifier { .. } => "classifier",
+            },
+            "encoder_params": encoder,
+            "decoder_params": decoder,
+            "num_classes": classes,
+            "step": number("step"),
+            "epoch": number("epoch"),
+            "seed": number("seed"),
+            "config": config,
+        });
+        say!("{value}");
+        return Ok(());
+    }
     say!("{}", path.display());
     say!("  {}, {naming}", describe_container(&file)?);
     say!("  preset {preset}{how_chosen}");
@@ -235,23 +280,48 @@ fn choose_preset(from: &std::path::Path, file: &TensorFile) -> Result<(Preset, S
 /// `mae plot` arguments.
 #[derive(Args)]
 pub struct PlotArgs {
-    /// Run directory.
-    run_dir: PathBuf,
-    /// Output PNG (default RUN_DIR/loss.png); an existing file that is not an earlier plot
-    /// needs --force.
+    /// Run folders: each run's curves in a colour of its own, named after its folder.
+    #[arg(required = true, num_args = 1..)]
+    run_dirs: Vec<PathBuf>,
+    /// Output: a PNG, or an SVG when the name ends in `.svg` (default FIRST_RUN/loss.png); an
+    /// existing file that is not an earlier plot needs --force.
     #[arg(long)]
     out: Option<PathBuf>,
+    /// TensorBoard's smoothing weight for the loss (its default; 0 draws the raw curve alone).
+    #[arg(long, default_value_t = 0.6)]
+    smoothing: f64,
+    /// A logarithmic loss axis.
+    #[arg(long)]
+    log_loss: bool,
     /// Replace an existing --out that is not an earlier plot.
     #[arg(long)]
     force: bool,
 }
 
-/// `mae plot`: a run's curves to a PNG.
+/// `mae plot`: runs' curves to a PNG or an SVG.
 pub fn run_plot(a: PlotArgs) -> Result<()> {
-    let out = a.out.unwrap_or_else(|| a.run_dir.join("loss.png"));
-    let inputs = input_files(&[&a.run_dir.join("metrics.jsonl")], &[]);
-    crate::outputs::check("--out", &out, Kind::Png("mae plot"), &inputs, a.force)?;
-    let n = mae_train::plot::plot_run(&a.run_dir, &out)?;
+    let out = a.out.unwrap_or_else(|| a.run_dirs[0].join("loss.png"));
+    let metrics: Vec<PathBuf> = a
+        .run_dirs
+        .iter()
+        .flat_map(|d| [d.join("metrics.jsonl"), d.join("eval.jsonl")])
+        .collect();
+    let refs: Vec<&std::path::Path> = metrics.iter().map(PathBuf::as_path).collect();
+    let inputs = input_files(&refs, &[]);
+    let svg = out
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("svg"));
+    let kind = if svg {
+        Kind::Svg("mae plot")
+    } else {
+        Kind::Png("mae plot")
+    };
+    crate::outputs::check("--out", &out, kind, &inputs, a.force)?;
+    let opts = mae_train::plot::PlotOptions {
+        smoothing: a.smoothing,
+        log_loss: a.log_loss,
+    };
+    let n = mae_train::plot::plot_runs(&a.run_dirs, &out, opts)?;
     say!("wrote {} ({n} points)", out.display());
     Ok(())
 }
@@ -261,6 +331,9 @@ pub fn run_plot(a: PlotArgs) -> Result<()> {
 pub struct InfoArgs {
     /// Model checkpoint or weights file.
     checkpoint: PathBuf,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `mae import` arguments.
@@ -317,6 +390,9 @@ pub struct CheckArgs {
     /// Prefix of the tensor names in the file (e.g. `model.`).
     #[arg(long, default_value = "")]
     prefix: String,
+    /// One JSON object instead of text.
+    #[arg(long)]
+    json: bool,
 }
 
 /// `mae init`: a freshly initialized model.
@@ -349,6 +425,11 @@ pub fn run_check(a: CheckArgs) -> Result<()> {
     } else {
         check_file(preset, &file, a.encoder_only, &a.prefix)?
     };
+    if a.json {
+        let value = serde_json::json!({"file": path, "preset": preset.name(), "params": params});
+        say!("{value}");
+        return Ok(());
+    }
     say!("{path}: loads into preset {preset} ({params} trainable parameters)");
     Ok(())
 }

@@ -23,6 +23,8 @@ pub enum Kind {
     Png(&'static str),
     /// A JSON object with this `written_by`.
     Json(&'static str),
+    /// An SVG with the plot's mark (`mae_train::plot::SVG_MARK`).
+    Svg(&'static str),
     /// A file that cannot say who wrote it (`.npy`): never taken as the command's own.
     Unmarked,
 }
@@ -31,7 +33,7 @@ impl Kind {
     fn writer(self) -> &'static str {
         match self {
             Kind::Weights(w) | Kind::Json(w) => w,
-            Kind::Png(w) => w,
+            Kind::Png(w) | Kind::Svg(w) => w,
             Kind::Unmarked => "this command",
         }
     }
@@ -46,6 +48,8 @@ impl Kind {
                 .ok()
                 .and_then(|b| serde_json::from_slice::<serde_json::Value>(&b).ok())
                 .is_some_and(|v| v.get("written_by").and_then(|x| x.as_str()) == Some(w)),
+            Kind::Svg(_) => std::fs::read_to_string(path)
+                .is_ok_and(|t| t.lines().take(3).any(|l| l == mae_train::plot::SVG_MARK)),
             Kind::Unmarked => false,
         }
     }

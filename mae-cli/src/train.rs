@@ -9,7 +9,10 @@ use clap::Args;
 use mae_core::Preset;
 use mae_train::config::{FinetuneConfig, FinetuneOverrides};
 use mae_train::dist::Comm;
+use mae_train::progress::Hooks;
 use mae_train::{Outcome, PretrainConfig, PretrainOverrides, Resume};
+
+use crate::progress::{Console, Stream};
 use serde_json::Value;
 
 /// `mae pretrain` arguments: the settings (also readable from `--config`) plus resume.
@@ -23,6 +26,9 @@ pub struct PretrainArgs {
     /// `auto` (newest loadable checkpoint of --out, if any) or a checkpoint file.
     #[arg(long)]
     resume: Option<String>,
+    /// The run's summary as one JSON object (the last line of the output).
+    #[arg(long)]
+    json: bool,
 }
 
 pub(crate) fn parse_resume(arg: Option<&str>) -> Resume {
@@ -101,6 +107,44 @@ fn annotate(cmd: clap::Command, sub: &str, defaults: Result<Value, String>) -> c
     })
 }
 
+/// How a command ended, for its exit status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ended {
+    /// Done (finished, or `--max-steps` reached): exit status 0.
+    Done,
+    /// Stopped by SIGINT/SIGTERM after writing a checkpoint: [`EXIT_INTERRUPTED`].
+    Interrupted,
+}
+
+impl Ended {
+    /// [`Ended::Interrupted`] where `outcome` is.
+    pub fn of(outcome: &Outcome) -> Self {
+        match outcome {
+            Outcome::Interrupted => Ended::Interrupted,
+            Outcome::Finished | Outcome::MaxSteps => Ended::Done,
+        }
+    }
+    /// The same of an outcome as a summary writes it (`Interrupted`, `Finished`, ...).
+    pub fn of_name(outcome: &str) -> Self {
+        match outcome == format!("{:?}", Outcome::Interrupted) {
+            true => Ended::Interrupted,
+            false => Ended::Done,
+        }
+    }
+}
+
+/// The exit status of a training run stopped by SIGINT/SIGTERM once its checkpoint is written:
+/// 75, `EX_TEMPFAIL` of `sysexits.h` ("try again later"), so that a scheduler's script can tell
+/// a preempted run (requeue it; `--resume auto` continues it) from a finished one (0) and a
+/// failed one (1). A second signal exits at once with 130, without a checkpoint.
+pub const EXIT_INTERRUPTED: u8 = 75;
+
+/// What a training run is handed: the stop flag of SIGINT/SIGTERM ([`stop_on_signal`]) and the
+/// console's rendering of its progress, plain lines on `log`.
+pub(crate) fn training_hooks(log: Stream) -> Result<Hooks> {
+    Ok(Hooks::new(stop_on_signal()?, Console::new(log)))
+}
+
 /// A flag set by the first SIGINT/SIGTERM (the run then saves and stops); a second one exits.
 pub(crate) fn stop_on_signal() -> Result<Arc<AtomicBool>> {
     let stop = Arc::new(AtomicBool::new(false));
@@ -131,8 +175,9 @@ pub(crate) fn on_every_rank<T>(comm: &Comm, result: Result<T, mae_train::TrainEr
     }
 }
 
-/// Runs pretraining until done, `--max-steps`, or SIGINT/SIGTERM (which save and exit 0).
-pub fn pretrain(args: PretrainArgs) -> Result<()> {
+/// Runs pretraining until done, `--max-steps`, or SIGINT/SIGTERM (which save and end
+/// [`Ended::Interrupted`]).
+pub fn pretrain(args: PretrainArgs) -> Result<Ended> {
     let mut given = PretrainOverrides::default();
     if let Some(path) = &args.config {
         given = PretrainOverrides::from_toml_file(path)?;
@@ -140,10 +185,26 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
     let comm = Comm::from_env()?;
     let config = PretrainConfig::resolve_for(given.merged(args.settings), comm.world_size())?;
     let resume = parse_resume(args.resume.as_deref());
-    let stop = stop_on_signal()?;
-    let summary = on_every_rank(&comm, mae_train::pretrain(&config, &resume, stop, &comm))?;
+    let hooks = training_hooks(Stream::Stdout)?;
+    let summary = on_every_rank(&comm, mae_train::pretrain(&config, &resume, hooks, &comm))?;
+    let ended = Ended::of(&summary.outcome);
     if !comm.is_main() {
-        return Ok(());
+        return Ok(ended);
+    }
+    if args.json {
+        let value = serde_json::json!({
+            "outcome": format!("{:?}", summary.outcome),
+            "step": summary.step,
+            "checkpoint": summary.checkpoint,
+            "last_loss": summary.last_loss,
+            "resumed_from": summary.resumed_from.as_ref().map(|r| &r.0),
+            "skipped_checkpoints": summary.resumed_from.as_ref().map(|r| &r.1),
+            "initialized_from": summary.initialized_from.as_ref().map(|r| &r.0),
+            "out": config.out,
+            mae_train::rundir::BUILD_KEY: mae_train::rundir::build_json(),
+        });
+        say!("{value}");
+        return Ok(ended);
     }
     if let Some((path, failures)) = &summary.resumed_from {
         for f in failures {
@@ -170,7 +231,7 @@ pub fn pretrain(args: PretrainArgs) -> Result<()> {
         Outcome::MaxSteps => say!("reached --max-steps at step {}{loss}; checkpoint {where_}", summary.step),
         Outcome::Finished => say!("finished at step {}{loss}; checkpoint {where_}", summary.step),
     }
-    Ok(())
+    Ok(ended)
 }
 
 /// `mae finetune` arguments: the settings (also readable from `--config`; defaults:
@@ -228,29 +289,31 @@ fn evaluate(given: FinetuneOverrides, resume: Option<&str>, json: bool) -> Resul
 }
 
 /// Runs fine-tuning; prints the best and last top-1 and writes `results.json`.
-pub fn finetune(a: FinetuneArgs) -> Result<()> {
+pub fn finetune(a: FinetuneArgs) -> Result<Ended> {
     let mut given = FinetuneOverrides::default();
     if let Some(path) = &a.config {
         given = FinetuneOverrides::from_toml_file(path)?;
     }
     let given = given.merged(a.settings);
     if a.eval {
-        return evaluate(given, a.resume.as_deref(), a.json);
+        evaluate(given, a.resume.as_deref(), a.json)?;
+        return Ok(Ended::Done);
     }
     let comm = Comm::from_env()?;
     let cfg = FinetuneConfig::resolve_for(given, comm.world_size())?;
-    let stop = stop_on_signal()?;
+    let hooks = training_hooks(Stream::Stdout)?;
     let resume = parse_resume(a.resume.as_deref());
     let summary = on_every_rank(
         &comm,
-        mae_train::finetune::finetune(&cfg, &resume, stop, &comm),
+        mae_train::finetune::finetune(&cfg, &resume, hooks, &comm),
     )?;
+    let ended = Ended::of_name(&summary.outcome);
     if !comm.is_main() {
-        return Ok(());
+        return Ok(ended);
     }
     if a.json {
         say!("{}", serde_json::to_string(&summary)?);
-        return Ok(());
+        return Ok(ended);
     }
     let pct = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}%"));
     say!(
@@ -267,5 +330,5 @@ pub fn finetune(a: FinetuneArgs) -> Result<()> {
             .map_or("none".into(), |p| p.display().to_string()),
         cfg.out.join("results.json").display()
     );
-    Ok(())
+    Ok(ended)
 }

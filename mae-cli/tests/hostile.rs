@@ -304,18 +304,36 @@ fn outputs_never_overwrite_inputs_or_other_files() {
     }
     run_ok(&["plot", s(&run), "--out", p, "--force"]);
     assert_ne!(std::fs::read(&photo).unwrap(), photo_before);
+    // an SVG: someone else's is kept, ours (two runs on one plot) is replaced
+    let svg = dir.join("curves.svg");
+    std::fs::write(&svg, "<svg xmlns=\"http://www.w3.org/2000/svg\"></svg>\n").unwrap();
+    refused(
+        &mae(&["plot", s(&run), s(&run), "--out", s(&svg)]),
+        &["--force"],
+    );
+    run_ok(&["plot", s(&run), s(&run), "--out", s(&svg), "--force"]);
+    run_ok(&["plot", s(&run), s(&run), "--out", s(&svg), "--log-loss"]);
+    refused(
+        &mae(&["plot", s(&run), "--out", s(&svg), "--smoothing", "1.5"]),
+        &["--smoothing"],
+    );
 }
 
 /// Logging never kills a run: stdout closed (a pipe whose reader is gone) or full.
 #[test]
 fn a_closed_or_full_stdout_never_panics() {
-    for arg in ["presets", "--help"] {
+    for args in [
+        &["presets"][..],
+        &["presets", "--json"],
+        &["--help"],
+        &["completions", "bash"],
+    ] {
         let full = std::fs::OpenOptions::new()
             .write(true)
             .open("/dev/full")
             .unwrap();
         let r = Command::new(env!("CARGO_BIN_EXE_mae"))
-            .arg(arg)
+            .args(args)
             .stdout(full)
             .output()
             .unwrap();
@@ -451,6 +469,10 @@ fn absurd_numbers_and_nan_are_refused_naming_the_flag() {
         (
             [&["linprobe", "--batch-size", "0"][..], &feats].concat(),
             "--batch-size",
+        ),
+        (
+            [&["linprobe", "--accum-iter", "0"][..], &feats].concat(),
+            "--accum-iter",
         ),
         (
             with_flag(finetune_args(d, o, "1"), "--mixup", "NaN"),

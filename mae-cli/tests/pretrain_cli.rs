@@ -26,10 +26,30 @@ fn resume_is_exact_after_a_stop_and_after_sigkill() {
     assert!(!straight.join("checkpoint-2.safetensors").exists());
     assert!(straight.join("checkpoint-4.safetensors").exists());
 
-    // 3 steps, stop, resume to 6
+    // TensorBoard: one train_loss and lr per step, equal to metrics.jsonl's (as f32)
+    let losses = tensorboard_scalars(&straight, "train_loss");
+    let lines: Vec<(u64, f32)> = metrics
+        .lines()
+        .map(|l| {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            (
+                v["step"].as_u64().unwrap(),
+                v["loss"].as_f64().unwrap() as f32,
+            )
+        })
+        .collect();
+    assert_eq!(losses, lines);
+    assert_eq!(tensorboard_scalars(&straight, "lr").len(), 6);
+
+    // 3 steps without TensorBoard, stop, resume to 6 with it
     let split = scratch.sub("split");
     let p = split.to_str().unwrap();
-    run_ok(&train_args(scratch.data(), p, "3"));
+    run_ok(&with_flag(
+        train_args(scratch.data(), p, "3"),
+        "--tensorboard",
+        "false",
+    ));
+    assert!(tensorboard_scalars(&split, "train_loss").is_empty());
     let mut args = train_args(scratch.data(), p, "6");
     args.extend(["--resume", "auto"]);
     let stdout = run_ok(&args);
@@ -37,6 +57,7 @@ fn resume_is_exact_after_a_stop_and_after_sigkill() {
         stdout.contains("resumed from") && stdout.contains("checkpoint-3"),
         "{stdout}"
     );
+    assert_eq!(tensorboard_scalars(&split, "train_loss"), lines[3..]);
     assert_same_checkpoint(
         &straight.join("checkpoint-6.safetensors"),
         &split.join("checkpoint-6.safetensors"),
@@ -61,6 +82,18 @@ fn resume_is_exact_after_a_stop_and_after_sigkill() {
         &straight.join("checkpoint-6.safetensors"),
         &killed.join("checkpoint-6.safetensors"),
     );
+    // the killed run's points past its checkpoint are dropped: one curve, the straight one's
+    assert_eq!(tensorboard_scalars(&killed, "train_loss"), losses);
+}
+
+/// `(step, value)` of `tag` in the TensorBoard event files of `run`, as TensorBoard shows them.
+fn tensorboard_scalars(run: &std::path::Path, tag: &str) -> Vec<(u64, f32)> {
+    mae_train::run::tensorboard::read::scalars(run)
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.tag == tag)
+        .map(|s| (s.step, s.value))
+        .collect()
 }
 
 #[test]
@@ -90,47 +123,48 @@ fn a_corrupt_newest_checkpoint_is_reported_and_the_previous_one_used() {
     assert!(run.join("checkpoint-5.safetensors").exists());
 }
 
+/// SIGINT and SIGTERM finish the step, write a checkpoint and exit with 75 (`EX_TEMPFAIL`): a
+/// scheduler's script tells a preempted run from a finished one (0) or a failed one (1).
 #[test]
-fn sigint_finishes_the_step_saves_and_exits_zero() {
+fn a_signal_finishes_the_step_saves_and_exits_75() {
     let scratch = Scratch::new();
-    let run = scratch.sub("sigint");
-    let r = run.to_str().unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_mae"))
-        .args(train_args(scratch.data(), r, "100000"))
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let start = Instant::now();
-    while !run.join("metrics.jsonl").exists()
-        || std::fs::read_to_string(run.join("metrics.jsonl"))
-            .unwrap()
-            .lines()
-            .count()
+    for signal in ["-INT", "-TERM"] {
+        let run = scratch.sub(&format!("signal{signal}"));
+        let r = run.to_str().unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_mae"))
+            .args(train_args(scratch.data(), r, "100000"))
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let start = Instant::now();
+        while std::fs::read_to_string(run.join("metrics.jsonl")).map_or(0, |t| t.lines().count())
             < 1
-    {
-        assert!(
-            start.elapsed() < Duration::from_secs(120),
-            "training did not start"
+        {
+            assert!(
+                start.elapsed() < Duration::from_secs(120),
+                "training did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let status = Command::new("kill")
+            .args([signal, &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(75),
+            "{signal}: {stdout} {}",
+            String::from_utf8_lossy(&out.stderr)
         );
-        std::thread::sleep(Duration::from_millis(20));
+        assert!(stdout.contains("--resume auto"), "{stdout}");
+        assert!(!mae_train::checkpoint::list_checkpoints(&run)
+            .unwrap()
+            .is_empty());
     }
-    let status = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let out = child.wait_with_output().unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout} {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(stdout.contains("--resume auto"), "{stdout}");
-    assert!(!mae_train::checkpoint::list_checkpoints(&run)
-        .unwrap()
-        .is_empty());
 }
 
 #[test]
@@ -592,9 +626,8 @@ fn a_build_without_mpi_started_as_one_of_several_ranks_says_so() {
 fn cuda_asked_of_a_cpu_build_says_how_to_get_one() {
     let scratch = Scratch::new();
     let dir = scratch.sub("cuda");
-    let ckpt = dir.join("init.safetensors");
+    let ckpt = init_tiny(&dir);
     let ckpt = ckpt.to_str().unwrap();
-    run_ok(&["init", "--preset", "tiny", "--out", ckpt]);
     let (data, ft, emb) = (scratch.data(), dir.join("ft"), dir.join("emb.safetensors"));
     let png = dir.join("grid.png");
     let source = ["--checkpoint", ckpt, "--data", data, "--device", "cuda"];
@@ -651,9 +684,8 @@ fn the_augmented_probe_keeps_a_run_folder_and_json_alone_on_stdout() {
     let scratch = Scratch::new();
     let data = shades_dataset(&scratch, &[("dark", 30), ("light", 220)], 16);
     let d = data.to_str().unwrap();
-    let ckpt = scratch.sub("enc").join("init.safetensors");
+    let ckpt = init_tiny(&scratch.sub("enc"));
     let c = ckpt.to_str().unwrap();
-    run_ok(&["init", "--preset", "tiny", "--out", c]);
     let run = scratch.sub("probe");
     let probe = |extra: &[&str]| {
         let mut args = vec![
@@ -714,4 +746,93 @@ fn the_augmented_probe_keeps_a_run_folder_and_json_alone_on_stdout() {
         !refused.status.success() && err.contains("--resume auto"),
         "{err}"
     );
+    // LINPROBE.md's --accum_iter: 3 batches of 8 make one optimizer step an epoch
+    std::fs::remove_dir_all(&run).unwrap();
+    let accum = parse(&probe(&["--accum_iter", "3"]));
+    assert_eq!(accum["step"], 2, "{accum}");
+    assert_eq!(accum["config"]["accum_iter"], 3, "{accum}");
+    let metrics = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    // lr = blr 40 · 8 · 3 / 256 = 3.75 at its peak; epoch 1 starts at the end of the warmup
+    assert!(metrics.contains("\"lr\":3.75"), "{metrics}");
+}
+
+/// `--json` on the commands that report (each output parses, with the fields a script reads),
+/// `mae --version` with the commit, the same build recorded in a run's `config.json`, and shell
+/// completions.
+#[test]
+fn reports_parse_as_json_and_runs_record_the_build() {
+    let scratch = Scratch::new();
+    let dir = scratch.sub("json");
+    let ckpt = init_tiny(&dir);
+    let c = ckpt.to_str().unwrap();
+    let json = |args: &[&str]| -> serde_json::Value {
+        let out = run_ok(args);
+        let last = out.trim().lines().last().unwrap_or_default();
+        serde_json::from_str(last).unwrap_or_else(|e| panic!("mae {}: {e}: {out}", args.join(" ")))
+    };
+    let presets = json(&["presets", "--json"]);
+    let tiny = presets
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["name"] == "tiny")
+        .unwrap();
+    assert_eq!(tiny["embed_dim"], 192, "{tiny}");
+    let info = json(&["info", c, "--json"]);
+    assert_eq!(
+        (&info["preset"], &info["kind"]),
+        (&"tiny".into(), &"full".into())
+    );
+    assert!(info["encoder_params"].as_u64().unwrap() > 0, "{info}");
+    let check = json(&["check", "--preset", "tiny", c, "--json"]);
+    assert_eq!(
+        check["params"],
+        info["encoder_params"].as_u64().unwrap() + info["decoder_params"].as_u64().unwrap()
+    );
+    let png = dir.join("rec.png");
+    let rec = json(&[
+        "reconstruct",
+        "--checkpoint",
+        c,
+        "--data",
+        scratch.data(),
+        "--out",
+        png.to_str().unwrap(),
+        "--count",
+        "2",
+        "--json",
+    ]);
+    assert_eq!(rec["count"], 2, "{rec}");
+    let run = dir.join("run");
+    let mut args = train_args(scratch.data(), run.to_str().unwrap(), "2");
+    args.push("--json");
+    let summary = json(&args);
+    assert_eq!(
+        (&summary["outcome"], &summary["step"]),
+        (&"MaxSteps".into(), &2.into())
+    );
+
+    // the build: `mae --version` names the commit that config.json and the summary record
+    let version = run_ok(&["--version"]);
+    let commit = summary["mae_rs"]["commit"].as_str().unwrap().to_string();
+    assert!(
+        !commit.is_empty() && version.contains(&format!("(commit {commit})")),
+        "{version}"
+    );
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(run.join("config.json")).unwrap()).unwrap();
+    assert_eq!(config["mae_rs"]["commit"], commit.as_str());
+    // and the run still resumes with it there
+    let mut more = train_args(scratch.data(), run.to_str().unwrap(), "3");
+    more.extend(["--resume", "auto"]);
+    run_ok(&more);
+
+    let bash = run_ok(&["completions", "bash"]);
+    assert!(bash.contains("_mae()") && bash.contains("pretrain") && bash.contains("--mask-ratio"));
+    for shell in ["zsh", "fish"] {
+        assert!(
+            run_ok(&["completions", shell]).contains("linprobe"),
+            "{shell}"
+        );
+    }
 }

@@ -31,6 +31,32 @@ pub fn draw_text(img: &mut RgbImage, x0: u32, y0: u32, text: &str, max_chars: us
     }
 }
 
+/// `text` broken at spaces into lines of at most `max_chars` characters (a word longer than a
+/// line is cut into pieces): what [`draw_text`] draws whole, one line under the other.
+pub fn wrap(text: &str, max_chars: usize) -> Vec<String> {
+    let max = max_chars.max(1);
+    let mut lines: Vec<String> = Vec::new();
+    let mut line = String::new();
+    for word in text.split_whitespace() {
+        let chars: Vec<char> = word.chars().collect();
+        for piece in chars.chunks(max) {
+            let piece: String = piece.iter().collect();
+            let len = line.chars().count();
+            if len > 0 && len + 1 + piece.chars().count() > max {
+                lines.push(std::mem::take(&mut line));
+            }
+            if !line.is_empty() {
+                line.push(' ');
+            }
+            line.push_str(&piece);
+        }
+    }
+    if !line.is_empty() {
+        lines.push(line);
+    }
+    lines
+}
+
 /// The most pixels a picture drawn here may have (64 Mi: 192 MiB of RGB).
 pub const MAX_PIXELS: u64 = 1 << 26;
 
@@ -108,4 +134,27 @@ pub fn grid(
         draw_text(&mut img, cx, cy + cell + 2, &name, (cell / GLYPH) as usize);
     }
     Ok((img, n))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wrap;
+
+    #[test]
+    fn wrapped_lines_fit_and_keep_every_word_in_order() {
+        let text = "norm-pix: predictions un-normalized with the true patch mean/var";
+        for max in [1, 5, 12, 20, 58, 200] {
+            let lines = wrap(text, max);
+            assert!(
+                lines.iter().all(|l| l.chars().count() <= max),
+                "{max}: {lines:?}"
+            );
+            let joined: String = lines.concat().split_whitespace().collect();
+            let want: String = text.split_whitespace().collect();
+            assert_eq!(joined, want, "{max}");
+        }
+        assert_eq!(wrap(text, 200), vec![text.to_string()]);
+        assert_eq!(wrap("abcdefgh ij", 3), vec!["abc", "def", "gh", "ij"]);
+        assert!(wrap("   ", 4).is_empty());
+    }
 }

@@ -16,7 +16,7 @@ pub mod train;
 pub mod viz;
 
 pub use eval::{classify, feature_set, features, knn, linprobe, probe};
-pub use run::{device, rundir, runlog};
+pub use run::{device, progress, rundir, runlog, tensorboard};
 pub use train::{
     amp, bench, checkpoint, clip, config, engine, finetune, lars, optim, optimizer, pretrain,
     probing, schedule, step,
@@ -27,3 +27,19 @@ pub use config::{FinetuneConfig, FinetuneOverrides, PretrainConfig, PretrainOver
 pub use error::TrainError;
 pub use pretrain::pretrain;
 pub use run::{Outcome, Resume, RunSummary};
+
+/// The mae-rs build: the crates' version and the git commit they were built from (recorded in
+/// every run's `config.json` and `results.json`, in checkpoints' `config`, and by
+/// `mae --version`).
+pub mod build {
+    /// The crates' version (`Cargo.toml`).
+    pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+    /// The git commit the crate was built from (12 hex digits; `unknown` outside a git
+    /// checkout; a build with uncommitted changes says the commit it started from).
+    pub const COMMIT: &str = env!("MAE_GIT_COMMIT");
+
+    /// `0.1.0 (commit 566ae2d7c1a0)`.
+    pub fn describe() -> String {
+        format!("{VERSION} (commit {COMMIT})")
+    }
+}

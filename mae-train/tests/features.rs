@@ -181,7 +181,8 @@ fn the_augmented_probe_checkpoints_resumes_bit_exactly_and_refuses_misuse() {
     let place = |out: &str, resume: Resume, stop: bool| ProbeRunPlace {
         out: Some(dir.join(out)),
         resume,
-        stop: Arc::new(AtomicBool::new(stop)),
+        hooks: mae_train::progress::Hooks::stop_only(Arc::new(AtomicBool::new(stop))),
+        tensorboard: true,
     };
     let run = |place: &ProbeRunPlace, cfg: &ProbeConfig| {
         linprobe(&source, FeatureKind::Cls, cfg, place, &comm)

@@ -6,7 +6,6 @@
 mod common;
 
 use std::collections::BTreeMap;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use mae_core::dfdx::prelude::*;
@@ -17,6 +16,7 @@ use mae_train::features::FeatureSource;
 use mae_train::finetune::finetune;
 use mae_train::linprobe::linprobe;
 use mae_train::probe::ProbeConfig;
+use mae_train::progress::{Hooks, Recorder};
 use mae_train::FinetuneConfig;
 use mae_train::Resume;
 
@@ -40,12 +40,28 @@ fn finetuning_learns_keeps_the_best_model_and_resumes_bitwise() {
     common::two_colour_dataset(&data, 48, 16);
     let ckpt = dir.join("mae.safetensors");
     common::random_parity_mae(&ckpt, 5);
-    let stop = || Arc::new(AtomicBool::new(false));
+    let stop = Hooks::default;
 
-    // uninterrupted: 3 epochs of 6 steps, mixup/cutmix/erasing/drop path on
+    // uninterrupted: 3 epochs of 6 steps, mixup/cutmix/erasing/drop path on; its progress is
+    // reported to the observer given (the library prints nothing)
     let full = config(&data, &dir.join("full"), &ckpt);
-    let summary = finetune(&full, &Resume::No, stop(), &mae_train::dist::Comm::single()).unwrap();
+    let recorder = Arc::new(Recorder::default());
+    let hooks = Hooks::new(Hooks::default().stop, recorder.clone());
+    let summary = finetune(&full, &Resume::No, hooks, &mae_train::dist::Comm::single()).unwrap();
     assert_eq!((summary.outcome.as_str(), summary.step), ("Finished", 18));
+    let events = recorder.events();
+    assert!(
+        events[0].starts_with("Started { what: \"fine-tuning\", total: 18, done: 0"),
+        "{events:?}"
+    );
+    let count = |prefix: &str| events.iter().filter(|e| e.starts_with(prefix)).count();
+    // a metrics line at the last step (log_every 1000), 18 positions, 3 evaluations, a checkpoint
+    // at each epoch's end
+    assert_eq!(count("Metrics(MetricsLine { step: 18"), 1, "{events:?}");
+    assert_eq!(count("Progress"), 18);
+    assert_eq!(count("Eval { epoch: "), 3);
+    assert_eq!(count("Checkpoint"), 3);
+    assert_eq!(events.last().map(String::as_str), Some("Finished"));
     let best = summary.best_top1.unwrap();
     assert!(best >= 90.0, "two colours are easy: {summary:?}");
     let results: serde_json::Value =
@@ -176,7 +192,7 @@ fn pretraining_with_eval_every_logs_knn_per_epoch() {
     mae_train::pretrain(
         &cfg,
         &Resume::No,
-        Arc::new(AtomicBool::new(false)),
+        Hooks::default(),
         &mae_train::dist::Comm::single(),
     )
     .unwrap();

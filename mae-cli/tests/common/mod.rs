@@ -18,6 +18,13 @@ pub fn bundled() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/fashion-mnist")
 }
 
+/// A fresh `tiny` MAE (`mae init`) written to `dir/init.safetensors`; its path.
+pub fn init_tiny(dir: &Path) -> PathBuf {
+    let ckpt = dir.join("init.safetensors");
+    run_ok(&["init", "--preset", "tiny", "--out", ckpt.to_str().unwrap()]);
+    ckpt
+}
+
 /// `mae data prepare --from idx BUNDLED --out OUT EXTRA...`
 pub fn prepare_bundled(out: &Path, extra: &[&str]) -> Output {
     let src = bundled();

@@ -17,6 +17,7 @@ use crate::amp::{to_half, Precision};
 use crate::device::{dispatch, Job, RunDevice};
 use crate::error::TrainError;
 use crate::feature_set::{read_features, Features};
+use crate::run::progress::{Observer, Pass, Reporter};
 
 /// Calls `f(images, labels)` for consecutive batches of `batch` images of `split` in order,
 /// transformed by `augment` at `epoch` (deterministic per `(seed, epoch, index)`).
@@ -116,7 +117,7 @@ pub fn extract<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
     manifest: &mae_data::Manifest,
     batch: usize,
 ) -> Result<Features, TrainError> {
-    extract_range(encoder, split, manifest, batch, 0..split.len())
+    extract_range(encoder, split, manifest, batch, 0..split.len(), None)
 }
 
 /// The evaluation transform of preset `P` for data described by `manifest`.
@@ -128,17 +129,19 @@ fn eval_augment<P: MaePreset>(manifest: &mae_data::Manifest) -> Result<Augment, 
 
 /// [`extract`] shared out over the ranks of `comm`: each rank runs the encoder over its
 /// contiguous shard of the split and every rank gets the whole split's features back, in order
-/// (an all-gather). With one rank it is [`extract`].
+/// (an all-gather). With one rank it is [`extract`]. Rank 0 reports its pass to `report` (an
+/// observer and the pass's name).
 pub fn extract_sharded<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
     encoder: &Encoder<P, E, D>,
     split: &Split,
     manifest: &mae_data::Manifest,
     batch: usize,
-    comm: &crate::dist::Comm,
+    (comm, report): (&crate::dist::Comm, Option<(&dyn Observer, &str)>),
 ) -> Result<Features, TrainError> {
     let (n, world) = (split.len(), comm.world_size());
+    let report = report.filter(|_| comm.is_main());
     if world == 1 {
-        return extract(encoder, split, manifest, batch);
+        return extract_range(encoder, split, manifest, batch, 0..n, report);
     }
     let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
     let per_rank = n.div_ceil(world);
@@ -148,6 +151,7 @@ pub fn extract_sharded<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
         manifest,
         batch,
         shard_range(n, world, comm.rank()),
+        report,
     )?;
     // one buffer per rank, padded to the largest shard: cls rows, avg rows, labels (as f32:
     // class indices are far below 2^24)
@@ -171,22 +175,29 @@ pub fn extract_sharded<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
     Ok(out)
 }
 
-/// [`extract`] over the samples `range` of the split only (one rank's shard).
+/// [`extract`] over the samples `range` of the split only (one rank's shard), the pass reported
+/// to `report`'s observer under its name.
 fn extract_range<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
     encoder: &Encoder<P, E, D>,
     split: &Split,
     manifest: &mae_data::Manifest,
     batch: usize,
     range: std::ops::Range<usize>,
+    report: Option<(&dyn Observer, &str)>,
 ) -> Result<Features, TrainError> {
     check_channels::<P>(manifest)?;
     let eval = eval_augment::<P>(manifest)?;
     let dim = <P::Encoder as mae_core::TransformerDims>::DIM;
     let n = range.len();
     let mut out = Features::with_capacity(dim, n);
+    let mut pass = report.map(|(observer, what)| Pass::start(observer, what, n));
     for_each_batch_in(split, manifest, &eval, 0, batch, range, |images, labels| {
         out.labels.extend_from_slice(labels);
-        push_encoded(encoder, images, labels.len(), &mut out)
+        push_encoded(encoder, images, labels.len(), &mut out)?;
+        if let Some(pass) = &mut pass {
+            pass.add(labels.len());
+        }
+        Ok(())
     })?;
     Ok(out)
 }
@@ -350,6 +361,8 @@ pub struct EvalInput {
     /// The encoder's precision: `amp-f16` runs it in half precision (as the official linear
     /// probe runs under `autocast`).
     pub precision: Precision,
+    /// Receives the progress of the encoder's passes (`features train`, `features val`).
+    pub reporter: Reporter,
 }
 
 impl EvalInput {
@@ -382,9 +395,10 @@ impl Job for Extract<'_> {
             &dev,
         )?;
         let data = mae_data::Dataset::open(&input.data)?;
+        let (batch, report) = (input.batch, input.reporter.0.as_ref());
         match input.precision {
-            Precision::F32 => extract_splits(&encoder, &data, input.batch, comm),
-            Precision::AmpF16 => extract_splits(&to_half(&encoder)?, &data, input.batch, comm),
+            Precision::F32 => extract_splits(&encoder, &data, batch, (comm, report)),
+            Precision::AmpF16 => extract_splits(&to_half(&encoder)?, &data, batch, (comm, report)),
         }
     }
 }
@@ -394,11 +408,13 @@ fn extract_splits<P: MaePreset, E: MaeDtype, D: MaeDevice<E>>(
     encoder: &Encoder<P, E, D>,
     data: &mae_data::Dataset,
     batch: usize,
-    comm: &crate::dist::Comm,
+    (comm, report): (&crate::dist::Comm, &dyn Observer),
 ) -> Result<(Features, Features, usize), TrainError> {
     let m = data.manifest();
-    let train = extract_sharded(encoder, data.train(), m, batch, comm)?;
-    let val = extract_sharded(encoder, data.val(), m, batch, comm)?;
+    let pass =
+        |split, what| extract_sharded(encoder, split, m, batch, (comm, Some((report, what))));
+    let train = pass(data.train(), "features train")?;
+    let val = pass(data.val(), "features val")?;
     Ok((train, val, m.classes.len()))
 }
 

@@ -4,9 +4,8 @@
 //! PyTorch counterpart: `main_linprobe.py` (RandomResizedCrop + flip of the training images, the
 //! encoder under `torch.no_grad()`); the head and its optimizers are [`crate::probe`].
 
+use crate::run::progress::Hooks;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use serde::Serialize;
 
@@ -62,24 +61,28 @@ pub struct ProbeResult {
 
 /// Where an augmented probe runs: its run folder (checkpoints of the head, `metrics.jsonl`,
 /// `results.json`; a temporary folder, removed after, when there is none), where it resumes
-/// from, and the flag that stops it (set from a signal handler: it saves and stops).
+/// from, the flag that stops it (set from a signal handler: it saves and stops) and the observer
+/// of its progress.
 #[derive(Debug, Clone)]
 pub struct ProbeRunPlace {
     /// `--out`.
     pub out: Option<PathBuf>,
     /// `--resume`.
     pub resume: Resume,
-    /// Polled after every optimizer step.
-    pub stop: Arc<AtomicBool>,
+    /// The stop flag (polled after every optimizer step) and the observer of the run.
+    pub hooks: Hooks,
+    /// TensorBoard event files in the run folder (`--tensorboard false` turns them off).
+    pub tensorboard: bool,
 }
 
 impl Default for ProbeRunPlace {
-    /// No folder of its own, a fresh run, never stopped.
+    /// No folder of its own, a fresh run, never stopped, TensorBoard files written.
     fn default() -> Self {
         ProbeRunPlace {
             out: None,
             resume: Resume::No,
-            stop: Arc::new(AtomicBool::new(false)),
+            hooks: Hooks::default(),
+            tensorboard: true,
         }
     }
 }
@@ -120,7 +123,8 @@ pub fn linprobe(
         classes,
         cfg,
     )?;
-    let steps = train.len().div_ceil(cfg.batch_size) as u64 * cfg.epochs as u64;
+    let groups = train.len().div_ceil(cfg.batch_size) / cfg.accum_iter;
+    let steps = groups as u64 * cfg.epochs as u64;
     let run = (String::from("Finished"), steps, None);
     result(&probe, &val, feature, cfg, train.len(), run)
 }
@@ -159,9 +163,9 @@ fn augmented(
         device: model.device,
         precision: model.precision,
         world_size: comm.world_size(),
+        tensorboard: place.tensorboard,
     };
-    let stop = Arc::clone(&place.stop);
-    let run = train_linprobe(&config, &place.resume, stop, comm)?;
+    let run = train_linprobe(&config, &place.resume, place.hooks.clone(), comm)?;
     let s = &run.summary;
     let outcome = (format!("{:?}", s.outcome), s.step, s.checkpoint.clone());
     let result = result(
@@ -219,6 +223,7 @@ mod tests {
                 batch: 8,
                 device: crate::device::DeviceKind::Cpu,
                 precision: Precision::F32,
+                reporter: Default::default(),
             })
         };
         for (size, expected) in [(28, false), (32, true)] {

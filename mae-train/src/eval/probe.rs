@@ -164,9 +164,15 @@ impl BatchNorm {
 pub struct ProbeConfig {
     /// Epochs over the cached features.
     pub epochs: usize,
-    /// Batch size.
+    /// Batch size (per rank).
     pub batch_size: usize,
-    /// Base learning rate (`lr = blr · batch / 256`).
+    /// Batches whose gradients are averaged into one optimizer step (`--accum_iter`), so the
+    /// effective batch is `batch_size · accum_iter` (· ranks): the official probe's 16,384 on a
+    /// machine that cannot hold it. A partial group at the end of an epoch is dropped, as
+    /// `main_linprobe.py` drops it.
+    #[serde(default = "one")]
+    pub accum_iter: usize,
+    /// Base learning rate (`lr = blr · batch · accum_iter / 256`).
     pub blr: f64,
     /// Warmup epochs.
     pub warmup_epochs: f64,
@@ -189,6 +195,7 @@ impl ProbeConfig {
         use crate::config::{check_count, check_float, MAX_BATCH, MAX_EPOCHS};
         check_count("epochs", self.epochs, 1, MAX_EPOCHS)?;
         check_count("batch-size", self.batch_size, 1, MAX_BATCH)?;
+        check_count("accum-iter", self.accum_iter, 1, MAX_BATCH)?;
         check_float("blr", self.blr, true)?;
         check_float("warmup-epochs", self.warmup_epochs, false)?;
         if self.warmup_epochs > 0.0 && self.warmup_epochs >= self.epochs as f64 {
@@ -206,6 +213,16 @@ impl ProbeConfig {
     pub fn default_warmup(epochs: usize) -> f64 {
         epochs as f64 / 9.0
     }
+
+    /// The peak learning rate on `world_size` ranks: `blr · batch_size · accum_iter · ranks /
+    /// 256` (`main_linprobe.py`'s `eff_batch_size`).
+    pub fn peak_lr(&self, world_size: usize) -> f64 {
+        crate::schedule::absolute_lr(self.blr, self.batch_size, self.accum_iter, world_size)
+    }
+}
+
+fn one() -> usize {
+    1
 }
 
 /// The probe's optimizer.
@@ -248,6 +265,7 @@ impl Default for ProbeConfig {
         ProbeConfig {
             epochs: 90,
             batch_size: 256,
+            accum_iter: 1,
             blr: 0.1,
             warmup_epochs: 10.0,
             weight_decay: 0.0,
@@ -352,9 +370,9 @@ impl LinearProbe {
 impl ProbeTrainer {
     /// A fresh head (trunc-normal 0.01 weight, zero bias) for `dim` features and `classes`.
     pub fn new(dim: usize, classes: usize, cfg: &ProbeConfig) -> Result<Self, TrainError> {
-        if cfg.batch_size == 0 || cfg.epochs == 0 {
+        if cfg.batch_size == 0 || cfg.epochs == 0 || cfg.accum_iter == 0 {
             return Err(TrainError::Config(
-                "probe: batch size and epochs must be at least 1".into(),
+                "probe: batch size, accum-iter and epochs must be at least 1".into(),
             ));
         }
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -382,54 +400,87 @@ impl ProbeTrainer {
             )));
         }
         let cfg = self.cfg;
-        let lr_peak = cfg.blr * cfg.batch_size as f64 / 256.0;
-        let steps_per_epoch = n.div_ceil(cfg.batch_size);
+        let lr_peak = cfg.peak_lr(1);
+        let batches = n.div_ceil(cfg.batch_size);
+        if batches < cfg.accum_iter {
+            return Err(TrainError::Config(format!(
+                "probe: {n} training samples make {batches} batches of --batch-size {}, fewer \
+                 than --accum-iter {}: no optimizer step would be taken",
+                cfg.batch_size, cfg.accum_iter
+            )));
+        }
         let mut order: Vec<usize> = (0..n).collect();
         order.shuffle(&mut self.rng);
-        let (mut x, mut logits) = (Vec::new(), Vec::new());
-        for (step, chunk) in order.chunks(cfg.batch_size).enumerate() {
-            let lr = lr_at(
-                epoch as f64 + step as f64 / steps_per_epoch as f64,
-                lr_peak,
-                0.0,
-                cfg.warmup_epochs,
-                cfg.epochs as f64,
-            );
-            x.clear();
-            for &i in chunk {
-                x.extend_from_slice(&train[i * dim..(i + 1) * dim]);
-            }
-            self.probe.bn.forward(&mut x, true);
-            self.probe.logits(&x, &mut logits);
-            // softmax cross-entropy gradient, averaged over the batch
-            let b = chunk.len() as f32;
-            let (mut gw, mut gb) = (vec![0f32; classes * dim], vec![0f32; classes]);
-            for ((row, xr), &i) in logits
-                .chunks_exact_mut(classes)
-                .zip(x.chunks_exact(dim))
-                .zip(chunk)
-            {
-                let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
-                let sum: f32 = row
-                    .iter_mut()
-                    .map(|v| {
-                        *v = (*v - max).exp();
-                        *v
-                    })
-                    .sum();
-                for (c, v) in row.iter_mut().enumerate() {
-                    let grad = (*v / sum - (labels[i] as usize == c) as u8 as f32) / b;
-                    gb[c] += grad;
-                    for (g, xv) in gw[c * dim..(c + 1) * dim].iter_mut().zip(xr) {
-                        *g += grad * xv;
-                    }
+        let mut grads = (vec![0f32; classes * dim], vec![0f32; classes]);
+        for (k, chunk) in order.chunks(cfg.batch_size).enumerate() {
+            // main_linprobe.py: the lr is set at the first batch of each accumulation group,
+            // from the fractional epoch; a group left partial at the epoch's end is dropped
+            if k % cfg.accum_iter == 0 {
+                if k + cfg.accum_iter > batches {
+                    break;
                 }
+                grads.0.fill(0.0);
+                grads.1.fill(0.0);
             }
-            let p = &mut self.probe;
-            self.opt
-                .step((&mut p.weight, &gw), (&mut p.bias, &gb), lr)?;
+            let scale = 1.0 / (chunk.len() * cfg.accum_iter) as f32;
+            self.accumulate(chunk, train, labels, scale, &mut grads);
+            if (k + 1) % cfg.accum_iter == 0 {
+                let group = k + 1 - cfg.accum_iter;
+                let lr = lr_at(
+                    epoch as f64 + group as f64 / batches as f64,
+                    lr_peak,
+                    0.0,
+                    cfg.warmup_epochs,
+                    cfg.epochs as f64,
+                );
+                let p = &mut self.probe;
+                self.opt
+                    .step((&mut p.weight, &grads.0), (&mut p.bias, &grads.1), lr)?;
+            }
         }
         Ok(())
+    }
+
+    /// Adds the softmax cross-entropy gradient of the rows `chunk` of `train`, each weighted by
+    /// `scale`, to `(weight, bias)` gradients; the BatchNorm normalizes the chunk with its own
+    /// statistics, as one micro-batch of the official loop.
+    fn accumulate(
+        &mut self,
+        chunk: &[usize],
+        train: &[f32],
+        labels: &[i64],
+        scale: f32,
+        (gw, gb): &mut (Vec<f32>, Vec<f32>),
+    ) {
+        let (dim, classes) = (self.probe.dim, self.probe.classes);
+        let mut x = Vec::with_capacity(chunk.len() * dim);
+        for &i in chunk {
+            x.extend_from_slice(&train[i * dim..(i + 1) * dim]);
+        }
+        self.probe.bn.forward(&mut x, true);
+        let mut logits = Vec::new();
+        self.probe.logits(&x, &mut logits);
+        for ((row, xr), &i) in logits
+            .chunks_exact_mut(classes)
+            .zip(x.chunks_exact(dim))
+            .zip(chunk)
+        {
+            let max = row.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f32 = row
+                .iter_mut()
+                .map(|v| {
+                    *v = (*v - max).exp();
+                    *v
+                })
+                .sum();
+            for (c, v) in row.iter_mut().enumerate() {
+                let grad = (*v / sum - (labels[i] as usize == c) as u8 as f32) * scale;
+                gb[c] += grad;
+                for (g, xv) in gw[c * dim..(c + 1) * dim].iter_mut().zip(xr) {
+                    *g += grad * xv;
+                }
+            }
+        }
     }
 
     /// The trained probe.
@@ -498,5 +549,111 @@ mod tests {
         let acc = probe.evaluate(&x, &y);
         assert!(acc.top1 > 95.0, "{acc:?}");
         assert!(train_probe(&x, &y, dim, 2, &cfg).is_err());
+    }
+
+    /// `accum_iter` batches make one step at the lr of their whole batch; a partial group at the
+    /// end of an epoch is dropped, and a training set of fewer batches than a group is refused.
+    #[test]
+    fn accumulated_batches_make_one_step_and_the_lr_scales_with_them() {
+        let (dim, classes, n) = (4, 2, 100);
+        let x: Vec<f32> = (0..n * dim).map(|i| ((i * 7) % 11) as f32).collect();
+        let y: Vec<i64> = (0..n).map(|i| (i % classes) as i64).collect();
+        let cfg = ProbeConfig {
+            epochs: 3,
+            batch_size: 32,
+            accum_iter: 3,
+            warmup_epochs: 0.0,
+            optimizer: ProbeOptimizer::AdamW,
+            ..ProbeConfig::default()
+        };
+        assert_eq!(cfg.peak_lr(2), 0.1 * 32.0 * 3.0 * 2.0 / 256.0);
+        let steps = |cfg: &ProbeConfig| {
+            let mut t = ProbeTrainer::new(dim, classes, cfg).expect("valid");
+            for epoch in 0..cfg.epochs {
+                t.epoch(epoch, &x, &y).expect("trains");
+            }
+            match t.opt {
+                ProbeOpt::AdamW(o) => o.step,
+                ProbeOpt::Lars(o) => o.step,
+            }
+        };
+        // 100 samples = 4 batches of 32: one group of 3 an epoch, the 4th batch dropped
+        assert_eq!(steps(&cfg), 3);
+        assert_eq!(
+            steps(&ProbeConfig {
+                accum_iter: 2,
+                ..cfg
+            }),
+            6
+        );
+        assert_eq!(
+            steps(&ProbeConfig {
+                accum_iter: 1,
+                ..cfg
+            }),
+            12
+        );
+        let mut t = ProbeTrainer::new(
+            dim,
+            classes,
+            &ProbeConfig {
+                accum_iter: 5,
+                ..cfg
+            },
+        )
+        .expect("valid");
+        let err = t.epoch(0, &x, &y).expect_err("refused").to_string();
+        assert!(err.contains("--accum-iter 5"), "{err}");
+        assert!(ProbeConfig {
+            accum_iter: 0,
+            ..cfg
+        }
+        .validate()
+        .is_err());
+    }
+
+    /// Accumulating two halves of a batch whose halves hold the same rows gives the step of the
+    /// whole batch: the gradient is the mean over the group, not the sum.
+    #[test]
+    fn two_equal_halves_accumulated_step_as_the_whole_batch() {
+        let (dim, classes) = (3, 3);
+        let half: Vec<f32> = vec![1.0, 0.0, 2.0, 0.5, 3.0, 1.0, 2.0, 1.0, 0.0, 0.2, 0.1, 0.9];
+        let half_y = vec![0i64, 1, 2, 1];
+        let x = [half.clone(), half].concat();
+        let y = [half_y.clone(), half_y].concat();
+        let base = ProbeConfig {
+            epochs: 1,
+            batch_size: 8,
+            warmup_epochs: 0.0,
+            optimizer: ProbeOptimizer::AdamW,
+            ..ProbeConfig::default()
+        };
+        let step = |cfg: &ProbeConfig, order: Vec<usize>| {
+            let mut t = ProbeTrainer::new(dim, classes, cfg).expect("valid");
+            let mut grads = (vec![0f32; dim * classes], vec![0f32; classes]);
+            let k = cfg.accum_iter;
+            for chunk in order.chunks(cfg.batch_size) {
+                t.accumulate(chunk, &x, &y, 1.0 / (chunk.len() * k) as f32, &mut grads);
+            }
+            grads
+        };
+        let whole = step(&base, (0..8).collect());
+        let halves = step(
+            &ProbeConfig {
+                batch_size: 4,
+                accum_iter: 2,
+                ..base
+            },
+            (0..8).collect(),
+        );
+        for (a, b) in whole
+            .0
+            .iter()
+            .chain(&whole.1)
+            .zip(halves.0.iter().chain(&halves.1))
+        {
+            assert!((a - b).abs() < 1e-6, "{a} vs {b}");
+        }
+        assert!(whole.0.iter().any(|g| g.abs() > 1e-3));
     }
 }

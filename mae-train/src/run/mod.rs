@@ -6,8 +6,10 @@
 //! `main_pretrain.py` / `main_finetune.py`) and the `--device` / `--output_dir` handling.
 
 pub mod device;
+pub mod progress;
 pub mod rundir;
 pub mod runlog;
+pub mod tensorboard;
 
 use std::path::{Path, PathBuf};
 

@@ -51,7 +51,8 @@ pub enum RunKind {
 }
 
 impl RunKind {
-    fn name(self) -> &'static str {
+    /// What the kind is called in messages (`pretraining`, `fine-tuning`, `linear-probe`).
+    pub fn name(self) -> &'static str {
         match self {
             RunKind::Pretrain => "pretraining",
             RunKind::Finetune => "fine-tuning",
@@ -61,13 +62,18 @@ impl RunKind {
 
     /// Whether `json` is this kind's configuration.
     fn parses(self, json: &[u8]) -> Result<(), String> {
+        let mut value: serde_json::Value =
+            serde_json::from_slice(json).map_err(|e| e.to_string())?;
+        if let Some(map) = value.as_object_mut() {
+            map.remove(BUILD_KEY);
+        }
         let r = match self {
-            RunKind::Pretrain => serde_json::from_slice::<crate::PretrainConfig>(json).map(|_| ()),
+            RunKind::Pretrain => serde_json::from_value::<crate::PretrainConfig>(value).map(|_| ()),
             RunKind::Finetune => {
-                serde_json::from_slice::<crate::config::FinetuneConfig>(json).map(|_| ())
+                serde_json::from_value::<crate::config::FinetuneConfig>(value).map(|_| ())
             }
             RunKind::Linprobe => {
-                serde_json::from_slice::<crate::probing::LinprobeConfig>(json).map(|_| ())
+                serde_json::from_value::<crate::probing::LinprobeConfig>(value).map(|_| ())
             }
         };
         r.map_err(|e| e.to_string())
@@ -166,7 +172,24 @@ pub struct RunDir {
 
 /// The configuration a run writes to its folder (`config.json`) and into its checkpoints.
 pub fn config_json(config: &impl serde::Serialize) -> Result<String, TrainError> {
-    serde_json::to_string_pretty(config).map_err(|e| TrainError::Config(e.to_string()))
+    let bad = |e: serde_json::Error| TrainError::Config(e.to_string());
+    let mut value = serde_json::to_value(config).map_err(bad)?;
+    if let Some(map) = value.as_object_mut() {
+        map.insert(BUILD_KEY.into(), build_json());
+    }
+    serde_json::to_string_pretty(&value).map_err(bad)
+}
+
+/// The key of a run's JSON files (`config.json`, `results.json`) that records the build that
+/// wrote them: `{"version": "0.1.0", "commit": "566ae2d7c1a0"}`.
+pub const BUILD_KEY: &str = "mae_rs";
+
+/// The value of [`BUILD_KEY`]: this build's version and commit.
+pub fn build_json() -> serde_json::Value {
+    serde_json::json!({
+        "version": crate::build::VERSION,
+        "commit": crate::build::COMMIT,
+    })
 }
 
 /// Writes a run's summary to `out/results.json` (atomically).

@@ -1,28 +1,25 @@
-//! What a training run shows and records while it runs: `metrics.jsonl` lines, a progress bar on
-//! a terminal or plain log lines otherwise. Shared by pretraining and fine-tuning.
+//! What a training run records while it runs: `metrics.jsonl` lines, TensorBoard scalars
+//! ([`crate::run::tensorboard`]), and the events its caller's [`Observer`] receives (the
+//! library prints nothing). Shared by every training run.
 //!
-//! PyTorch counterpart: `util/misc.MetricLogger` printing and the `log.txt` JSON lines that
-//! `main_pretrain.py` / `main_finetune.py` write.
+//! PyTorch counterpart: `util/misc.MetricLogger`, the `log.txt` JSON lines and the
+//! `SummaryWriter` scalars that `main_pretrain.py` / `main_finetune.py` write.
 //!
-//! Logging never stops a run: a closed or full stdout (`mae pretrain ... | head -1`, `> /dev/full`)
-//! is ignored, and a metrics or eval line that cannot be written (a full disk) is reported once on
-//! stderr and the run goes on; the checkpoint, which the run cannot do without, is where a full
-//! disk stops it.
+//! Logging never stops a run: a metrics or eval line or an event file that cannot be written (a
+//! full disk) is reported once as a warning event and the run goes on; the checkpoint, which the
+//! run cannot do without, is where a full disk stops it.
 
 use std::fs::{File, OpenOptions};
-use std::io::{IsTerminal, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Instant;
 
 use serde::Serialize;
 
-/// One line on stdout; a closed or full stdout is ignored (logging never stops a run).
-fn say(text: &str, to_stderr: bool) {
-    let _ = match to_stderr {
-        true => writeln!(std::io::stderr().lock(), "{text}"),
-        false => writeln!(std::io::stdout().lock(), "{text}"),
-    };
-}
+use crate::error::TrainError;
+use crate::run::progress::{Event, Observer};
+use crate::run::tensorboard::{is_event_file, EventWriter};
 
 /// Appends one JSON line to `path`.
 fn append_json_line(path: &Path, value: &impl Serialize) -> std::io::Result<()> {
@@ -31,10 +28,8 @@ fn append_json_line(path: &Path, value: &impl Serialize) -> std::io::Result<()> 
     writeln!(f, "{text}")
 }
 
-use crate::error::TrainError;
-
 /// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, serde::Deserialize)]
 pub struct MetricsLine {
     /// Optimizer step.
     pub step: u64,
@@ -50,31 +45,42 @@ pub struct MetricsLine {
     pub elapsed_s: f64,
 }
 
-/// The metrics file, the progress display and the throughput window of one run.
+/// The metrics file, the event file, the observer and the throughput window of one run.
 pub struct RunLog {
-    /// `None` on ranks other than 0, which write and print nothing.
+    /// `None` on ranks other than 0, which write and report nothing.
     metrics: Option<(File, PathBuf)>,
-    bar: indicatif::ProgressBar,
-    interactive: bool,
+    observer: Arc<dyn Observer>,
     start: Instant,
     window: (Instant, usize),
-    total_steps: u64,
+    /// The run's TensorBoard event file (rank 0, unless turned off).
+    events: Option<EventWriter>,
     /// Files whose write failed (each is reported once).
     failed: Vec<PathBuf>,
-    to_stderr: bool,
+}
+
+/// Where a run's log goes: which rank it is, whether it writes TensorBoard event files, and
+/// what it is (the [`Event::Started`] name).
+#[derive(Debug, Clone, Copy)]
+pub struct LogPlace<'a> {
+    /// Rank 0 (the others write and report nothing).
+    pub main: bool,
+    /// TensorBoard event files in the run folder.
+    pub tensorboard: bool,
+    /// `pretrain`, `finetune`, `linprobe`.
+    pub what: &'a str,
 }
 
 impl RunLog {
-    /// Appends to `run_dir/metrics.jsonl`; shows a bar of `total_steps` at `step` on a terminal,
-    /// or lines on stdout (on stderr with `to_stderr`). With `main` false (a data-parallel rank
-    /// other than 0) it writes and shows nothing.
+    /// Appends to `run_dir/metrics.jsonl` and (with `place.tensorboard`) a new event file, and
+    /// tells `observer` a run of `total_steps` starts at `step`. With `main` false (a
+    /// data-parallel rank other than 0) it writes and reports nothing.
     pub fn open(
         run_dir: &Path,
-        total_steps: u64,
-        step: u64,
-        (main, to_stderr): (bool, bool),
+        (total_steps, step): (u64, u64),
+        place: LogPlace<'_>,
+        observer: Arc<dyn Observer>,
     ) -> Result<Self, TrainError> {
-        let metrics = if main {
+        let metrics = if place.main {
             let metrics_path = run_dir.join("metrics.jsonl");
             let file = OpenOptions::new()
                 .create(true)
@@ -85,33 +91,70 @@ impl RunLog {
         } else {
             None
         };
-        let interactive = main
-            && match to_stderr {
-                true => std::io::stderr().is_terminal(),
-                false => std::io::stdout().is_terminal(),
-            };
-        let bar = if interactive {
-            let bar = indicatif::ProgressBar::new(total_steps);
-            if let Ok(style) =
-                indicatif::ProgressStyle::with_template("{bar:30} step {pos}/{len} {msg} ETA {eta}")
-            {
-                bar.set_style(style);
-            }
-            bar.set_position(step);
-            bar
-        } else {
-            indicatif::ProgressBar::hidden()
-        };
-        Ok(RunLog {
+        let mut log = RunLog {
             metrics,
-            bar,
-            interactive,
-            to_stderr,
+            observer,
             start: Instant::now(),
             window: (Instant::now(), 0),
-            total_steps,
+            events: None,
             failed: Vec::new(),
-        })
+        };
+        if place.main {
+            log.observer.event(&Event::Started {
+                what: place.what,
+                total: total_steps,
+                done: step,
+                unit: "steps",
+            });
+        }
+        if place.main && place.tensorboard {
+            log.open_events(run_dir, step);
+        }
+        Ok(log)
+    }
+
+    /// A new event file in `run_dir`; where earlier ones are (a resumed run, whose
+    /// `metrics.jsonl` kept the lines up to `step`), it tells TensorBoard to drop their points
+    /// after `step`. A file that cannot be made is reported and the run goes on without.
+    fn open_events(&mut self, run_dir: &Path, step: u64) {
+        let earlier = std::fs::read_dir(run_dir).is_ok_and(|mut d| {
+            d.any(|e| e.is_ok_and(|e| is_event_file(&e.file_name().to_string_lossy())))
+        });
+        let purge = earlier.then_some(step.saturating_add(1));
+        match EventWriter::create(run_dir, purge) {
+            Ok(w) => self.events = Some(w),
+            Err(e) => self.write_failed(&run_dir.join("events.out.tfevents.*"), &e),
+        }
+    }
+
+    /// Adds TensorBoard scalars at optimizer `step` and writes them out; a failure is reported
+    /// once and the run goes on.
+    pub fn scalars(&mut self, step: u64, values: &[(&str, f64)]) {
+        let Some(w) = &mut self.events else {
+            return;
+        };
+        let written = values
+            .iter()
+            .try_for_each(|(tag, v)| w.scalar(tag, step, *v))
+            .and_then(|()| w.flush());
+        if let Err(e) = written {
+            let path = w.path().to_path_buf();
+            self.events = None;
+            self.write_failed(&path, &e);
+        }
+    }
+
+    /// An evaluation at an epoch's end: its values as TensorBoard scalars (their names are the
+    /// tags: `perf/test_acc1`, `knn/top1`, ...) and an [`Event::Eval`].
+    pub fn eval(&mut self, epoch: u64, step: u64, values: &[(&str, f64)]) {
+        self.scalars(step, values);
+        if self.metrics.is_some() {
+            self.observer.event(&Event::Eval {
+                epoch,
+                step,
+                values,
+            });
+        }
     }
 
     /// Counts images toward the throughput of the next line.
@@ -119,12 +162,14 @@ impl RunLog {
         self.window.1 += n;
     }
 
-    /// Moves the bar.
+    /// Reports `step` optimizer steps done.
     pub fn position(&self, step: u64) {
-        self.bar.set_position(step);
+        if self.metrics.is_some() {
+            self.observer.event(&Event::Progress { done: step });
+        }
     }
 
-    /// Writes a metrics line (and shows it) for optimizer `step`.
+    /// Writes a metrics line (and reports it) for optimizer `step`.
     pub fn line(&mut self, step: u64, epoch: f64, loss: f64, lr: f64) -> Result<(), TrainError> {
         let secs = self.window.0.elapsed().as_secs_f64();
         let line = MetricsLine {
@@ -136,6 +181,15 @@ impl RunLog {
             elapsed_s: self.start.elapsed().as_secs_f64(),
         };
         self.window = (Instant::now(), 0);
+        self.scalars(
+            step,
+            &[
+                ("train_loss", loss),
+                ("lr", lr),
+                ("epoch", epoch),
+                ("images_per_s", line.images_per_s),
+            ],
+        );
         let Some((metrics, metrics_path)) = &mut self.metrics else {
             return Ok(());
         };
@@ -145,18 +199,7 @@ impl RunLog {
             let path = metrics_path.clone();
             self.write_failed(&path, &e);
         }
-        if self.interactive {
-            self.bar.set_message(format!(
-                "loss {:.4} lr {:.2e} {:.0} img/s",
-                line.loss, line.lr, line.images_per_s
-            ));
-        } else {
-            let text = format!(
-                "step {}/{} epoch {:.2} loss {:.4} lr {:.3e} {:.1} img/s",
-                line.step, self.total_steps, line.epoch, line.loss, line.lr, line.images_per_s
-            );
-            say(&text, self.to_stderr);
-        }
+        self.observer.event(&Event::Metrics(&line));
         Ok(())
     }
 
@@ -173,27 +216,31 @@ impl RunLog {
             return;
         }
         self.failed.push(path.to_path_buf());
-        let _ = writeln!(
-            std::io::stderr(),
-            "warning: {}: {e}; the run goes on without these lines",
+        let text = format!(
+            "{}: {e}; the run goes on without these lines",
             path.display()
         );
+        self.observer.event(&Event::Warning(&text));
     }
 
-    /// Prints a message above the bar (or as a plain line).
+    /// Reports a message (rank 0 only).
     pub fn message(&self, text: &str) {
-        if self.metrics.is_none() {
-            return;
-        }
-        if self.interactive {
-            self.bar.println(text);
-        } else {
-            say(text, self.to_stderr);
+        if self.metrics.is_some() {
+            self.observer.event(&Event::Message(text));
         }
     }
 
-    /// Clears the bar.
+    /// Reports a checkpoint written.
+    pub fn checkpoint(&self, path: &Path) {
+        if self.metrics.is_some() {
+            self.observer.event(&Event::Checkpoint(path));
+        }
+    }
+
+    /// Reports the run's end.
     pub fn finish(&self) {
-        self.bar.finish_and_clear();
+        if self.metrics.is_some() {
+            self.observer.event(&Event::Finished);
+        }
     }
 }

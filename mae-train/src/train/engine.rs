@@ -27,6 +27,7 @@ use crate::device::RunDevice;
 use crate::dist::{check_in_sync, Comm, GradSync};
 use crate::error::TrainError;
 use crate::optimizer::Optimizer;
+use crate::run::progress::{Hooks, Observer};
 use crate::run::{self, Outcome, Resume, Resumed, RunSummary};
 use crate::runlog::RunLog;
 use crate::schedule::{lr_at, StepPlan};
@@ -74,9 +75,8 @@ pub struct LoopSettings {
     pub save_each_epoch: bool,
     /// What a resume with another global micro-batch does.
     pub batch_change: BatchChange,
-    /// Log lines to stderr rather than stdout (a command whose stdout is its result, such as
-    /// `mae linprobe --json`).
-    pub log_to_stderr: bool,
+    /// TensorBoard event files in the run folder.
+    pub tensorboard: bool,
 }
 
 /// The [`LoopSettings`] of a task's configuration `$cfg`, whose fields of the same names give the
@@ -97,7 +97,7 @@ macro_rules! loop_settings {
             save_every: $cfg.save_every,
             keep_last: $cfg.keep_last,
             precision: $cfg.precision,
-            log_to_stderr: false,
+            tensorboard: $cfg.tensorboard,
             $($field: $value),*
         }
     };
@@ -135,12 +135,12 @@ pub trait RunConfig: serde::Serialize {
 }
 
 /// What a training run is given from outside, the same for every task: where to resume from, the
-/// stop flag, the ranks, the dataset and the configuration as JSON.
+/// stop flag and the observer ([`Hooks`]), the ranks, the dataset and the configuration as JSON.
 pub struct RunInputs<'a> {
     /// Where to resume from.
     pub resume: &'a Resume,
-    /// Set from a signal handler to save and stop.
-    pub stop: Arc<AtomicBool>,
+    /// The stop flag (set from a signal handler to save and stop) and the observer.
+    pub hooks: Hooks,
     /// The ranks.
     pub comm: &'a Comm,
     /// The dataset, open.
@@ -155,14 +155,14 @@ impl<'a> RunInputs<'a> {
     pub fn open<C: RunConfig>(
         config: &C,
         resume: &'a Resume,
-        stop: Arc<AtomicBool>,
+        hooks: Hooks,
         comm: &'a Comm,
     ) -> Result<Self, TrainError> {
         comm.check_world_size(config.world_size())?;
         crate::rundir::check(config.out(), C::KIND, resume, config.data())?;
         Ok(RunInputs {
             resume,
-            stop,
+            hooks,
             comm,
             data: Arc::new(Dataset::open(config.data())?),
             config_json: crate::rundir::config_json(config)?,
@@ -209,7 +209,9 @@ impl<'a> RunInputs<'a> {
             settings: config.loop_settings(),
             out: config.out(),
             resume: self.resume,
-            stop: &self.stop,
+            stop: &self.hooks.stop,
+            observer: &self.hooks.observer,
+            what: C::KIND.name(),
             comm: self.comm,
             config_json: &self.config_json,
         }
@@ -226,6 +228,10 @@ pub struct Engine<'a> {
     pub resume: &'a Resume,
     /// Polled after every optimizer step (set from a signal handler).
     pub stop: &'a AtomicBool,
+    /// Receives the run's events.
+    pub observer: &'a Arc<dyn Observer>,
+    /// What runs (the [`Event`](crate::run::progress::Event)'s name).
+    pub what: &'static str,
     /// The ranks.
     pub comm: &'a Comm,
     /// The configuration written to the run folder and into checkpoints.
@@ -308,12 +314,13 @@ impl Engine<'_> {
         let moved = self.place(&mut state, &plan)?;
         let main = self.comm.is_main();
         let run_dir = crate::rundir::begin(self.out, state.step, self.config_json, main)?;
-        let log = RunLog::open(
-            self.out,
-            plan.total_steps,
-            state.step,
-            (main, s.log_to_stderr),
-        )?;
+        let place = crate::runlog::LogPlace {
+            main,
+            tensorboard: s.tensorboard,
+            what: self.what,
+        };
+        let observer = Arc::clone(self.observer);
+        let log = RunLog::open(self.out, (plan.total_steps, state.step), place, observer)?;
         for note in &run_dir.notes {
             log.message(note);
         }
@@ -508,7 +515,9 @@ impl Engine<'_> {
             || done
             || stop;
         if main && save_now {
-            looping.last_checkpoint = Some(self.save(model, opt, state)?);
+            let path = self.save(model, opt, state)?;
+            looping.log.checkpoint(&path);
+            looping.last_checkpoint = Some(path);
         }
         Ok(if stop {
             After::Stop(Outcome::Interrupted)

@@ -14,9 +14,9 @@
 //! `--clip-grad` clips the total gradient norm before each step ([`crate::clip`]). Checkpoints and
 //! resumption work as in pretraining (model + optimizer state, position in the epoch).
 
+use crate::run::progress::Hooks;
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use mae_core::device::MaeDevice;
@@ -92,15 +92,16 @@ pub struct FinetuneSummary {
 /// [`crate::pretrain::pretrain`]: each rank trains on its slice of every global batch (with its
 /// own mixup/cutmix, erasing and drop path draws, as under DDP), gradients are averaged once per
 /// step; rank 0 alone evaluates, keeps the best model and writes checkpoints, metrics and
-/// `results.json`. `stop` is polled after every optimizer step.
+/// `results.json`; progress goes to `hooks.observer`. `hooks.stop` is polled after every
+/// optimizer step.
 pub fn finetune(
     config: &FinetuneConfig,
     resume: &Resume,
-    stop: Arc<AtomicBool>,
+    hooks: Hooks,
     comm: &Comm,
 ) -> Result<FinetuneSummary, TrainError> {
     config.validate()?;
-    let inputs = RunInputs::open(config, resume, stop, comm)?;
+    let inputs = RunInputs::open(config, resume, hooks, comm)?;
     let job = Run {
         cfg: config,
         inputs,
@@ -350,6 +351,9 @@ impl<P: MaePreset, D: RunDevice> Task<D> for Finetuning<'_, P> {
             best_top1: self.best.map_or(acc.top1, |b| b.0),
         };
         log.append(&cfg.out.join("eval.jsonl"), &line);
+        // main_finetune.py's tags
+        let top = [("perf/test_acc1", acc.top1), ("perf/test_acc5", acc.top5)];
+        log.eval(state.epoch, state.step, &top);
         log.message(&format!(
             "epoch {}: val top-1 {:.2}%, top-5 {:.2}% (best {:.2}%)",
             state.epoch, acc.top1, acc.top5, line.best_top1

@@ -5,7 +5,7 @@
 //! norms), RandomResizedCrop + flip, a fresh mask per image and step; the loop itself is the
 //! [`crate::engine`]'s. With `--eval-every N`, a kNN evaluation of the encoder every N epochs.
 
-use std::sync::atomic::AtomicBool;
+use crate::run::progress::Hooks;
 use std::sync::Arc;
 
 use mae_core::dfdx::prelude::*;
@@ -30,16 +30,16 @@ use crate::step::{Half, Loss, Task, TrainModel};
 /// `config.world_size` must be `comm.world_size()`): each rank takes its slice of every global
 /// batch, gradients are averaged over the ranks once per optimizer step, and every rank applies
 /// the same AdamW step. Rank 0 alone writes the configuration, metrics, progress and
-/// checkpoints. `stop` is polled after every optimizer step (set it from a signal handler): a
-/// stop asked on any rank stops all of them after the same step, with a checkpoint, and the run
-/// returns [`crate::Outcome::Interrupted`].
+/// checkpoints, and reports its progress to `hooks.observer`. `hooks.stop` is polled after every
+/// optimizer step (set it from a signal handler): a stop asked on any rank stops all of them
+/// after the same step, with a checkpoint, and the run returns [`crate::Outcome::Interrupted`].
 pub fn pretrain(
     config: &PretrainConfig,
     resume: &Resume,
-    stop: Arc<AtomicBool>,
+    hooks: Hooks,
     comm: &Comm,
 ) -> Result<RunSummary, TrainError> {
-    let inputs = RunInputs::open(config, resume, stop, comm)?;
+    let inputs = RunInputs::open(config, resume, hooks, comm)?;
     let job = Run { config, inputs };
     dispatch(config.model.preset, config.device, config.seed, job)
 }
@@ -217,6 +217,8 @@ impl<P: MaePreset, D: RunDevice> Task<D> for Pretraining<'_, P> {
             line.epoch, line.knn_top1, line.knn_top5
         ));
         log.append(&self.config.out.join("eval.jsonl"), &line);
+        let top = [("knn/top1", line.knn_top1), ("knn/top5", line.knn_top5)];
+        log.eval(state.epoch, state.step, &top);
         Ok(())
     }
 }

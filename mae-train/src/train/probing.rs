@@ -12,9 +12,9 @@
 //! encoder the configuration names. The BatchNorm's running statistics are each rank's own (the
 //! official DDP broadcasts rank 0's): rank 0's are saved and evaluated.
 
+use crate::run::progress::Hooks;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
 use mae_core::dfdx::prelude::*;
@@ -72,6 +72,9 @@ pub struct LinprobeConfig {
     pub precision: Precision,
     /// The ranks it was resolved for.
     pub world_size: usize,
+    /// TensorBoard event files in the run folder.
+    #[serde(default = "crate::config::yes")]
+    pub tensorboard: bool,
 }
 
 impl RunConfig for LinprobeConfig {
@@ -83,9 +86,9 @@ impl RunConfig for LinprobeConfig {
             epochs: p.epochs,
             max_steps: None,
             batch_size: p.batch_size,
-            accum_iter: 1,
+            accum_iter: p.accum_iter,
             // main_linprobe.py: eff_batch_size = batch_size · accum_iter · world_size
-            lr: p.blr * (p.batch_size * self.world_size) as f64 / 256.0,
+            lr: p.peak_lr(self.world_size),
             min_lr: 0.0,
             warmup_epochs: p.warmup_epochs,
             seed: p.seed,
@@ -96,8 +99,7 @@ impl RunConfig for LinprobeConfig {
             check_sync_every: None,
             save_each_epoch: true,
             batch_change: BatchChange::Rescale,
-            // stdout is the probe's result (`--json`)
-            log_to_stderr: true,
+            tensorboard: self.tensorboard,
         }
     }
 }
@@ -368,7 +370,7 @@ pub struct ProbeRun {
 pub fn train_linprobe(
     cfg: &LinprobeConfig,
     resume: &Resume,
-    stop: Arc<AtomicBool>,
+    hooks: Hooks,
     comm: &Comm,
 ) -> Result<ProbeRun, TrainError> {
     cfg.probe.validate()?;
@@ -379,7 +381,7 @@ pub fn train_linprobe(
         crate::config::MAX_BATCH,
     )?;
     let preset = crate::checkpoint::preset_of(&cfg.checkpoint)?;
-    let inputs = RunInputs::open(cfg, resume, stop, comm)?;
+    let inputs = RunInputs::open(cfg, resume, hooks, comm)?;
     dispatch(preset, cfg.device, cfg.probe.seed, Run { cfg, inputs })
 }
 
@@ -441,7 +443,8 @@ impl Run<'_> {
             dev, &mut task, &mut model, &mut opt, &loader, state, resumed, what,
         )?;
         let batch = cfg.eval_batch_size;
-        let val = crate::features::extract_sharded(encoder, data.val(), m, batch, comm)?;
+        let report = Some((self.inputs.hooks.observer.as_ref(), "features val"));
+        let val = crate::features::extract_sharded(encoder, data.val(), m, batch, (comm, report))?;
         Ok(ProbeRun {
             probe: model.probe(),
             val,

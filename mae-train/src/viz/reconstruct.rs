@@ -11,7 +11,7 @@ use image::{Rgb, RgbImage};
 use mae_core::dfdx::prelude::*;
 use mae_core::{Mae, MaePreset, Masking, PatchGeometry};
 use mae_data::augment::{normalization, Augment, Transform};
-use mae_data::preview::{draw_text, GLYPH};
+use mae_data::preview::{draw_text, wrap, GLYPH};
 use mae_data::resize::Resizer;
 use mae_data::Dataset;
 use rand::SeedableRng;
@@ -223,10 +223,17 @@ fn write_grid(
     let cell = (s * zoom) as u32;
     let gap = 4u32;
     let header = 2 * GLYPH + 4;
-    let footer = 2 * GLYPH + 4;
-    let width = columns.len() as u32 * (cell + gap) + gap;
+    let width = (columns.len() as u32 * (cell + gap) + gap).max(40 * GLYPH);
+    // the footer's lines, wrapped to the picture's width
+    let mut notes = vec![format!("mask ratio {:.0}%", mask_ratio * 100.0)];
+    if norm_pix {
+        notes.push("norm-pix: predictions un-normalized with the true patch mean/var".into());
+    }
+    let per_line = ((width - gap) / GLYPH) as usize;
+    let footer_lines: Vec<String> = notes.iter().flat_map(|n| wrap(n, per_line)).collect();
+    let footer = footer_lines.len() as u32 * (GLYPH + 1) + 4;
     let height = header + n as u32 * (cell + gap) + footer;
-    let mut img = RgbImage::from_pixel(width.max(62 * GLYPH), height, Rgb([24, 24, 24]));
+    let mut img = RgbImage::from_pixel(width, height, Rgb([24, 24, 24]));
     for (col, title) in titles.iter().enumerate() {
         draw_text(
             &mut img,
@@ -256,23 +263,9 @@ fn write_grid(
             }
         }
     }
-    let first = format!("mask ratio {:.0}%", mask_ratio * 100.0);
-    draw_text(
-        &mut img,
-        gap,
-        height - footer + 2,
-        &first,
-        (width / GLYPH) as usize,
-    );
-    if norm_pix {
-        let second = "norm-pix: predictions un-normalized with true patch mean/var";
-        draw_text(
-            &mut img,
-            gap,
-            height - footer + 2 + GLYPH + 1,
-            second,
-            (width / GLYPH) as usize,
-        );
+    for (k, line) in footer_lines.iter().enumerate() {
+        let y = height - footer + 2 + k as u32 * (GLYPH + 1);
+        draw_text(&mut img, gap, y, line, per_line);
     }
     let png = mae_data::png::encode(&img, "reconstruct")?;
     Ok(mae_core::weights::write_atomic(out, &png)?)

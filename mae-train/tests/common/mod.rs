@@ -121,5 +121,6 @@ pub fn cpu_eval_input(
         batch,
         device: mae_train::device::DeviceKind::Cpu,
         precision: mae_train::amp::Precision::F32,
+        reporter: Default::default(),
     }
 }

@@ -94,6 +94,9 @@ pub struct FinetuneConfig {
     pub keep_last: usize,
     /// Metrics line every this many steps.
     pub log_every: u64,
+    /// TensorBoard event files in the run folder.
+    #[serde(default = "yes")]
+    pub tensorboard: bool,
     /// Images per evaluation forward.
     pub eval_batch_size: usize,
     /// Ranks of a data-parallel run (`mpirun -np N`); `lr` is for the global batch
@@ -160,6 +163,7 @@ impl FinetuneConfig {
             save_every: u64::MAX,
             keep_last: 1,
             log_every: 20,
+            tensorboard: true,
             eval_batch_size: Self::EVAL_BATCH_SIZE,
             world_size: 1,
             device: crate::device::DeviceKind::Cpu,
@@ -370,6 +374,10 @@ pub struct FinetuneOverrides {
     /// Metrics line every this many steps.
     #[cfg_attr(feature = "clap", arg(long))]
     pub log_every: Option<u64>,
+    /// TensorBoard event files in the run folder (`tensorboard --logdir RUN`): on unless
+    /// `--tensorboard false`.
+    #[cfg_attr(feature = "clap", arg(long, num_args = 0..=1, default_missing_value = "true"))]
+    pub tensorboard: Option<bool>,
     /// Images per evaluation forward.
     #[cfg_attr(feature = "clap", arg(long))]
     pub eval_batch_size: Option<usize>,
@@ -415,6 +423,7 @@ overrides!(FinetuneOverrides {
     save_every,
     keep_last,
     log_every,
+    tensorboard,
     eval_batch_size,
     device,
     precision

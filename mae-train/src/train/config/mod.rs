@@ -93,7 +93,7 @@ pub fn read_toml_file<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, 
 }
 
 /// serde's default of a flag that is on unless said otherwise.
-fn yes() -> bool {
+pub(crate) fn yes() -> bool {
     true
 }
 

@@ -83,6 +83,10 @@ pub struct PretrainOverrides {
     /// Write a metrics line every this many optimizer steps.
     #[cfg_attr(feature = "clap", arg(long))]
     pub log_every: Option<u64>,
+    /// TensorBoard event files in the run folder (`tensorboard --logdir RUN`): on unless
+    /// `--tensorboard false`.
+    #[cfg_attr(feature = "clap", arg(long, num_args = 0..=1, default_missing_value = "true"))]
+    pub tensorboard: Option<bool>,
     /// Image side; must be the preset's.
     #[cfg_attr(feature = "clap", arg(long))]
     pub input_size: Option<usize>,
@@ -132,6 +136,7 @@ overrides!(PretrainOverrides {
     keep_last,
     workers,
     log_every,
+    tensorboard,
     input_size,
     eval_every,
     check_sync_every,
@@ -179,6 +184,9 @@ pub struct PretrainConfig {
     pub workers: usize,
     /// Metrics interval in optimizer steps.
     pub log_every: u64,
+    /// TensorBoard event files in the run folder.
+    #[serde(default = "super::yes")]
+    pub tensorboard: bool,
     /// kNN evaluation interval in epochs.
     #[serde(default)]
     pub eval_every: Option<usize>,
@@ -251,6 +259,7 @@ impl PretrainConfig {
                 .workers
                 .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
             log_every: given.log_every.unwrap_or(10),
+            tensorboard: given.tensorboard.unwrap_or(true),
             eval_every: given.eval_every,
             world_size,
             check_sync_every: given.check_sync_every,
