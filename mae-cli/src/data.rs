@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use anyhow::{bail, Result};
 use clap::{Args, Subcommand};
-use mae_data::{prepare, Dataset, PrepareOptions, SourceKind, SplitName, Verify};
+use mae_data::{prepare_with, Dataset, PrepareOptions, SourceKind, SplitName, Verify};
 
 /// Dataset commands.
 #[derive(Subcommand)]
@@ -101,6 +101,24 @@ pub struct PrepareArgs {
     shard_samples: Option<usize>,
 }
 
+/// [`mae_data::prepare`] with its progress drawn on stderr (a bar on a terminal, else timestamped
+/// lines with an ETA).
+fn prepare_reported(opts: &PrepareOptions) -> Result<mae_data::PrepareSummary> {
+    let console = crate::progress::Console::new(crate::progress::Stream::Stderr);
+    let observer: &dyn mae_train::progress::Observer = &*console;
+    let mut pass: Option<mae_train::progress::Pass<'_>> = None;
+    let mut last = 0u64;
+    let summary = prepare_with(opts, &mut |p| {
+        let pass = pass.get_or_insert_with(|| {
+            mae_train::progress::Pass::start(observer, "prepare", p.total as usize)
+        });
+        pass.add(p.done.saturating_sub(last) as usize);
+        last = p.done;
+    });
+    drop(pass);
+    Ok(summary?)
+}
+
 /// Runs one data command.
 pub fn run(command: DataCommand) -> Result<()> {
     match command {
@@ -120,8 +138,7 @@ pub fn run(command: DataCommand) -> Result<()> {
             opts.max_pixels = a.max_pixels;
             opts.class_names = a.class_names;
             opts.shard_samples = a.shard_samples;
-            opts.progress = true;
-            let summary = prepare(&opts)?;
+            let summary = prepare_reported(&opts)?;
             say!("{}: {summary}", a.out.display());
         }
         DataCommand::Info { dir, json } => {

@@ -126,8 +126,9 @@ pub struct EmbedArgs {
     /// Image files instead (written as split `images`, labels −1, in the order given).
     #[arg(long, num_args = 1..)]
     image: Vec<PathBuf>,
-    /// Output: `.safetensors` (`train.cls`, `train.avg`, `train.labels`, `val.*`) or `.npy`
-    /// (one file per array: `STEM.train.cls.npy`, ...).
+    /// Output: `.safetensors` (`train.cls`, `train.avg` f32, `train.labels` int64, `val.*`;
+    /// the class names, the dataset or image paths and the checkpoint in its metadata) or `.npy`
+    /// (one file per array: `STEM.train.cls.npy`, ..., and those in `STEM.meta.json`).
     #[arg(long)]
     out: PathBuf,
     /// Images per encoder forward.
@@ -378,8 +379,21 @@ pub fn run_embed(a: EmbedArgs) -> Result<()> {
     // under mpirun the ranks share the encoder's passes over a dataset; image files are
     // few, rank 0 embeds them alone
     let comm = mae_train::dist::Comm::from_env()?;
+    let shown = |p: &std::path::Path| {
+        std::fs::canonicalize(p)
+            .unwrap_or_else(|_| p.to_path_buf())
+            .display()
+            .to_string()
+    };
+    let mut provenance = mae_train::feature_set::Provenance {
+        checkpoint: Some(shown(&checkpoint)),
+        paths: image.iter().map(|p| shown(p)).collect(),
+        ..Default::default()
+    };
     let (splits, classes) = match data {
         Some(data) => {
+            provenance.dataset = Some(shown(&data));
+            provenance.class_names = mae_data::dataset::read_manifest(&data)?.classes;
             let input = mae_train::features::EvalInput {
                 checkpoint,
                 data,
@@ -409,7 +423,8 @@ pub fn run_embed(a: EmbedArgs) -> Result<()> {
     }
     let refs: Vec<(&str, &mae_train::feature_set::Features)> =
         splits.iter().map(|(n, f)| (*n, f)).collect();
-    let files = mae_train::feature_set::write_features(&out, &refs, classes)?;
+    provenance.num_classes = classes;
+    let files = mae_train::feature_set::write_features(&out, &refs, &provenance)?;
     if json {
         let counts: serde_json::Map<String, serde_json::Value> = splits
             .iter()
@@ -420,6 +435,7 @@ pub fn run_embed(a: EmbedArgs) -> Result<()> {
             "samples": counts,
             "dim": splits[0].1.dim,
             "classes": classes,
+            "class_names": provenance.class_names,
             "written_by": "mae embed",
         });
         say!("{value}");

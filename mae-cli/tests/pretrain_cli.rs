@@ -757,7 +757,7 @@ fn the_augmented_probe_keeps_a_run_folder_and_json_alone_on_stdout() {
 }
 
 /// `--json` on the commands that report (each output parses, with the fields a script reads),
-/// `mae --version` with the commit, the same build recorded in a run's `config.json`, and shell
+/// `mae embed`'s labels and provenance, `mae --version` with the commit, the same build recorded in a run's `config.json`, and shell
 /// completions.
 #[test]
 fn reports_parse_as_json_and_runs_record_the_build() {
@@ -803,6 +803,71 @@ fn reports_parse_as_json_and_runs_record_the_build() {
         "--json",
     ]);
     assert_eq!(rec["count"], 2, "{rec}");
+    // embed: int64 labels, the class names and where each row came from recorded beside them
+    let shades = shades_dataset(&scratch, &[("dark", 30), ("light", 220)], 4);
+    let feats = dir.join("feats.safetensors");
+    let emb = json(&[
+        "embed",
+        "--checkpoint",
+        c,
+        "--data",
+        shades.to_str().unwrap(),
+        "--out",
+        feats.to_str().unwrap(),
+        "--json",
+    ]);
+    assert_eq!(
+        (&emb["dim"], &emb["classes"], &emb["class_names"]),
+        (
+            &192.into(),
+            &2.into(),
+            &serde_json::json!(["dark", "light"])
+        ),
+        "{emb}"
+    );
+    assert_eq!(
+        emb["samples"]["train"].as_u64().unwrap() + emb["samples"]["val"].as_u64().unwrap(),
+        8,
+        "{emb}"
+    );
+    let file = mae_core::TensorFile::open(&feats).unwrap();
+    let meta = file.metadata().unwrap();
+    assert_eq!(meta["class_names"], r#"["dark","light"]"#);
+    let labels = file.read_i64("train.labels").unwrap().unwrap().1;
+    assert!(labels.iter().all(|l| (0..2).contains(l)), "{labels:?}");
+    // image files: their paths in row order, in STEM.meta.json beside the .npy files
+    let photos = [("a.png", 10u8), ("b.png", 200)].map(|(name, v)| {
+        let p = dir.join(name);
+        image::GrayImage::from_pixel(40, 30, image::Luma([v]))
+            .save(&p)
+            .unwrap();
+        p
+    });
+    let npy = dir.join("photos.npy");
+    run_ok(&[
+        "embed",
+        "--checkpoint",
+        c,
+        "--image",
+        photos[1].to_str().unwrap(),
+        photos[0].to_str().unwrap(),
+        "--out",
+        npy.to_str().unwrap(),
+    ]);
+    let meta: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.join("photos.meta.json")).unwrap()).unwrap();
+    let paths: Vec<String> = meta["paths"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(paths.len(), 2, "{meta}");
+    assert!(
+        paths[0].ends_with("b.png") && paths[1].ends_with("a.png"),
+        "{meta}"
+    );
+    assert_eq!(meta["num_classes"], 0, "{meta}");
     let run = dir.join("run");
     let mut args = train_args(scratch.data(), run.to_str().unwrap(), "2");
     args.push("--json");

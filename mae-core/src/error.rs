@@ -122,6 +122,16 @@ pub enum MaeError {
         /// The preset being loaded.
         preset: Preset,
     },
+    /// A tensor read as integers (labels) that holds fractions or values past f32's exact range.
+    #[error("{}: tensor `{key}` ({dtype}) does not hold whole numbers; integer labels expected", path.display())]
+    NotIntegers {
+        /// The file.
+        path: PathBuf,
+        /// The key.
+        key: String,
+        /// Its dtype.
+        dtype: String,
+    },
     /// A tensor of an element type we cannot read.
     #[error("{}: tensor `{key}` has dtype {dtype}; F32, F16, BF16 or F64 expected", path.display())]
     Dtype {

@@ -31,7 +31,7 @@ pub use vit::{
     soft_target_cross_entropy, soft_target_cross_entropy_scaled, Classifier, ClassifierLayout,
     Head, Pooling, PretrainedLoad, VisionTransformer,
 };
-pub use weights::{HostTensor, NamedTensor, TensorFile};
+pub use weights::{HostTensor, IndexTensor, NamedTensor, TensorFile};
 
 /// dfdx, re-exported so that users name the same version.
 pub use dfdx;

@@ -348,6 +348,50 @@ impl TensorFile {
             data,
         }))
     }
+
+    /// The values of `name` as integers, with its shape: I64 and I32 exactly; a float tensor
+    /// (F32, F16, BF16, F64: how older files stored labels) when every value is a whole number
+    /// of at most 2^24, else a [`MaeError::NotIntegers`] error.
+    pub fn read_i64(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<i64>)>, MaeError> {
+        let st = self.parse()?;
+        let Ok(view) = st.tensor(name) else {
+            return Ok(None);
+        };
+        let b = view.data();
+        let data = match view.dtype() {
+            StDtype::I64 => Some(
+                b.chunks_exact(8)
+                    .map(|c| {
+                        let mut a = [0u8; 8];
+                        a.copy_from_slice(c);
+                        i64::from_le_bytes(a)
+                    })
+                    .collect(),
+            ),
+            StDtype::I32 => Some(
+                b.chunks_exact(4)
+                    .map(|c| i32::from_le_bytes([c[0], c[1], c[2], c[3]]) as i64)
+                    .collect(),
+            ),
+            _ => {
+                let v = to_f32(&view).ok_or_else(|| MaeError::Dtype {
+                    path: self.path.clone(),
+                    key: name.to_string(),
+                    dtype: format!("{:?}", view.dtype()),
+                })?;
+                const EXACT: f32 = (1u32 << 24) as f32;
+                v.iter()
+                    .map(|&x| (x.fract() == 0.0 && x.abs() <= EXACT).then_some(x as i64))
+                    .collect()
+            }
+        };
+        let data = data.ok_or_else(|| MaeError::NotIntegers {
+            path: self.path.clone(),
+            key: name.to_string(),
+            dtype: format!("{:?}", view.dtype()),
+        })?;
+        Ok(Some((view.shape().to_vec(), data)))
+    }
 }
 
 fn to_f32(view: &TensorView<'_>) -> Option<Vec<f32>> {
@@ -664,31 +708,69 @@ pub fn safetensors_bytes(
     tensors: &[NamedTensor],
     metadata: &BTreeMap<String, String>,
 ) -> Result<Vec<u8>, MaeError> {
-    let bytes: Vec<Vec<u8>> = tensors
+    safetensors_bytes_with_indices(path, tensors, &[], metadata)
+}
+
+/// Named integer tensors (labels, indices), written as safetensors `I64` beside f32 ones.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IndexTensor {
+    /// The name.
+    pub name: String,
+    /// The shape.
+    pub shape: Vec<usize>,
+    /// Values, row-major.
+    pub data: Vec<i64>,
+}
+
+/// [`write_safetensors`] with integer tensors too (as `I64`, what `torch.save` of labels and
+/// `numpy.int64` hold).
+pub fn write_safetensors_with_indices(
+    path: &Path,
+    tensors: &[NamedTensor],
+    indices: &[IndexTensor],
+    metadata: &BTreeMap<String, String>,
+) -> Result<(), MaeError> {
+    write_atomic(
+        path,
+        &safetensors_bytes_with_indices(path, tensors, indices, metadata)?,
+    )
+}
+
+/// The bytes [`write_safetensors_with_indices`] writes; `path` names the file in errors.
+pub fn safetensors_bytes_with_indices(
+    path: &Path,
+    tensors: &[NamedTensor],
+    indices: &[IndexTensor],
+    metadata: &BTreeMap<String, String>,
+) -> Result<Vec<u8>, MaeError> {
+    let mut entries: Vec<(&str, StDtype, &[usize], Vec<u8>)> = tensors
         .iter()
-        .map(|t| t.data.iter().flat_map(|v| v.to_le_bytes()).collect())
+        .map(|t| {
+            let bytes = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+            (t.name.as_str(), StDtype::F32, t.shape.as_slice(), bytes)
+        })
         .collect();
-    let views = tensors
+    entries.extend(indices.iter().map(|t| {
+        let bytes = t.data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        (t.name.as_str(), StDtype::I64, t.shape.as_slice(), bytes)
+    }));
+    entries.sort_by(|a, b| a.0.cmp(b.0));
+    let views = entries
         .iter()
-        .zip(&bytes)
-        .map(|(t, b)| {
-            TensorView::new(StDtype::F32, t.shape.clone(), b)
-                .map(|v| (t.name.clone(), v))
+        .map(|(name, dtype, shape, b)| {
+            TensorView::new(*dtype, shape.to_vec(), b)
+                .map(|v| (name.to_string(), v))
                 .map_err(|e| MaeError::Format {
                     path: path.to_path_buf(),
-                    message: format!("tensor `{}`: {e}", t.name),
+                    message: format!("tensor `{name}`: {e}"),
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
     let mut meta: HashMap<String, String> = metadata.clone().into_iter().collect();
-    let mut order: Vec<(&str, &[usize], &[u8])> = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|(t, b)| (t.name.as_str(), t.shape.as_slice(), b.as_slice()))
-        .collect();
-    order.sort_by(|a, b| a.0.cmp(b.0));
     let checksum = content_checksum(
-        order.into_iter().map(|(n, s, b)| (n, StDtype::F32, s, b)),
+        entries
+            .iter()
+            .map(|(n, dtype, s, b)| (*n, *dtype, *s, b.as_slice())),
         &meta,
     );
     meta.insert(CHECKSUM_KEY.to_string(), checksum);

@@ -487,3 +487,55 @@ fn folders_and_devices_are_not_weights_files() {
     assert!(err.contains("not a regular file"), "{err}");
     assert!(parent.is_dir());
 }
+
+/// Integer tensors are written as I64 and read back exactly (beyond f32's 2^24), checksummed like
+/// the rest; float labels of older files read as integers, fractional ones are an error.
+#[test]
+fn integer_tensors_are_i64_and_read_back_exactly() {
+    use mae_core::weights::{write_safetensors_with_indices, IndexTensor};
+    let path = tmp("labels.safetensors");
+    let big = (1i64 << 40) + 1;
+    let floats = [NamedTensor {
+        name: "x".into(),
+        shape: vec![2],
+        data: vec![0.5, 3.0],
+        trainable: false,
+    }];
+    let ints = [IndexTensor {
+        name: "labels".into(),
+        shape: vec![3],
+        data: vec![-1, 7, big],
+    }];
+    write_safetensors_with_indices(&path, &floats, &ints, &BTreeMap::new()).unwrap();
+    let bytes = std::fs::read(&path).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    assert_eq!(
+        st.tensor("labels").unwrap().dtype(),
+        safetensors::Dtype::I64
+    );
+    let file = TensorFile::open(&path).unwrap();
+    assert_eq!(
+        file.read_i64("labels").unwrap(),
+        Some((vec![3], vec![-1, 7, big]))
+    );
+    assert_eq!(file.read_i64("missing").unwrap(), None);
+    // a float tensor of whole numbers reads as integers; 0.5 is not one
+    let err = file.read_i64("x").unwrap_err().to_string();
+    assert!(
+        err.contains("labels.safetensors") && err.contains("`x`"),
+        "{err}"
+    );
+    let whole = tmp("old.safetensors");
+    let old = [NamedTensor {
+        data: vec![2.0, -1.0],
+        ..floats[0].clone()
+    }];
+    write_safetensors(&whole, &old, &BTreeMap::new()).unwrap();
+    let file = TensorFile::open(&whole).unwrap();
+    assert_eq!(file.read_i64("x").unwrap(), Some((vec![2], vec![2, -1])));
+    // a flipped label byte fails the checksum
+    let mut flipped = bytes.clone();
+    let at = flipped.len() - 1;
+    flipped[at] ^= 1;
+    assert!(TensorFile::from_bytes(path.to_path_buf(), flipped).is_err());
+}

@@ -28,4 +28,6 @@ pub mod writer;
 pub use dataset::{Dataset, Sample, Split, SplitName, Verify};
 pub use error::DataError;
 pub use format::Manifest;
-pub use prepare::{prepare, PrepareOptions, PrepareSummary, SourceKind};
+pub use prepare::{
+    prepare, prepare_with, PrepareOptions, PrepareProgress, PrepareSummary, SourceKind,
+};

@@ -6,7 +6,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use image::{DynamicImage, GrayImage, ImageBuffer, Luma, Rgb, RgbImage, Rgba, RgbaImage};
-use mae_data::{prepare, DataError, Dataset, PrepareOptions, SourceKind, SplitName, Verify};
+use mae_data::{
+    prepare, prepare_with, DataError, Dataset, PrepareOptions, SourceKind, SplitName, Verify,
+};
 
 /// A fresh directory `name` inside the test's scratch directory (which is removed when the test
 /// ends, pass or fail).
@@ -35,8 +37,15 @@ fn bundled_fashion_mnist_prepares_exactly() {
     let mut opts = PrepareOptions::new(SourceKind::Idx, bundled(), &out);
     opts.val_fraction = Some(0.0);
     opts.shard_samples = Some(3000); // several shards, to exercise the index lookup
-    let summary = prepare(&opts).unwrap();
+                                     // progress is reported to the caller: from 0 when listed, rising, to every image
+    let mut seen = Vec::new();
+    let summary = prepare_with(&opts, &mut |p| seen.push(p)).unwrap();
     assert_eq!(summary.manifest.count, 10_000);
+    assert!(seen.iter().all(|p| p.total == 10_000), "{seen:?}");
+    assert_eq!(seen.first().map(|p| p.done), Some(0));
+    assert_eq!(seen.last().map(|p| p.done), Some(10_000));
+    assert!(seen.windows(2).all(|w| w[0].done < w[1].done), "{seen:?}");
+    assert!(seen.len() > 2, "reported in chunks: {seen:?}");
     assert_eq!(summary.manifest.train.shards.len(), 4);
     assert_eq!(summary.manifest.classes[0], "T-shirt/top");
 

@@ -4,7 +4,9 @@
 
 mod common;
 
-use mae_train::feature_set::{read_features, write_features, FeatureKind};
+use mae_train::feature_set::{
+    read_features, read_provenance, write_features, FeatureKind, Provenance,
+};
 use mae_train::features::{extract_dataset, EvalInput, FeatureSource};
 use mae_train::knn::knn_eval;
 use mae_train::linprobe::linprobe;
@@ -100,9 +102,51 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
     assert_eq!((probe.top1, probe.train), (100.0, 30), "{probe:?}");
 
     let out = dir.join("features.safetensors");
-    write_features(&out, &[("train", &train), ("val", &val)], 2).unwrap();
+    let provenance = Provenance {
+        num_classes: 2,
+        class_names: vec!["zero".into(), "one \"quoted\"".into()],
+        dataset: Some("/data/prepared".into()),
+        paths: vec![],
+        checkpoint: Some("ck.safetensors".into()),
+    };
+    write_features(&out, &[("train", &train), ("val", &val)], &provenance).unwrap();
     let (train2, val2, classes2) = read_features(&out).unwrap();
     assert_eq!((&train2, &val2, classes2), (&train, &val, 2));
+    assert_eq!(read_provenance(&out).unwrap(), provenance);
+    // labels are int64, as in the `.npy` files and as PyTorch holds them
+    let bytes = std::fs::read(&out).unwrap();
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
+    let header: serde_json::Value = serde_json::from_slice(&bytes[8..8 + header_len]).unwrap();
+    assert_eq!(header["val.labels"]["dtype"], "I64", "{header}");
+    assert_eq!(header["train.cls"]["dtype"], "F32", "{header}");
+    // a file of an older version (labels as f32, no provenance) still reads
+    let old = dir.join("old.safetensors");
+    let f32_labels: Vec<mae_core::NamedTensor> = [("train", &train), ("val", &val)]
+        .iter()
+        .flat_map(|(name, f)| {
+            let t = |kind: &str, shape: Vec<usize>, data: Vec<f32>| mae_core::NamedTensor {
+                name: format!("{name}.{kind}"),
+                shape,
+                data,
+                trainable: false,
+            };
+            [
+                t("cls", vec![f.len(), f.dim], f.cls.clone()),
+                t("avg", vec![f.len(), f.dim], f.avg.clone()),
+                t(
+                    "labels",
+                    vec![f.len()],
+                    f.labels.iter().map(|&l| l as f32).collect(),
+                ),
+            ]
+        })
+        .collect();
+    mae_core::weights::write_safetensors(&old, &f32_labels, &Default::default()).unwrap();
+    assert_eq!(
+        read_features(&old).unwrap(),
+        (train.clone(), val.clone(), 2)
+    );
+    assert_eq!(read_provenance(&old).unwrap(), Provenance::default());
     // probes and kNN run on the written features as on the model
     let from_file = FeatureSource::Features(out.clone());
     assert_eq!(
@@ -128,8 +172,10 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
         "no images to augment"
     );
     // NumPy files: one per array, with a valid header
-    let npy = write_features(&dir.join("f.npy"), &[("val", &val)], 2).unwrap();
-    assert_eq!(npy.len(), 3);
+    let npy = write_features(&dir.join("f.npy"), &[("val", &val)], &provenance).unwrap();
+    assert_eq!(npy.len(), 4);
+    assert_eq!(npy[3], dir.join("f.meta.json"));
+    assert_eq!(read_provenance(&dir.join("f.npy")).unwrap(), provenance);
     let bytes = std::fs::read(dir.join("f.val.cls.npy")).unwrap();
     assert_eq!(&bytes[..6], b"\x93NUMPY");
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
@@ -147,8 +193,8 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
     let file = mae_core::TensorFile::open(&out).unwrap();
     assert_eq!(file.shape("val.avg").unwrap(), Some(vec![10, 48]));
     assert_eq!(
-        file.read("train.labels").unwrap().unwrap().data[..4],
-        [0.0, 1.0, 0.0, 1.0]
+        file.read_i64("train.labels").unwrap().unwrap().1[..4],
+        [0, 1, 0, 1]
     );
 }
 

@@ -118,8 +118,6 @@ pub struct PrepareOptions {
     pub strict: bool,
     /// Images with more pixels are skipped as decompression bombs.
     pub max_pixels: u64,
-    /// Show a progress bar on stderr.
-    pub progress: bool,
     /// Samples per shard (default: shards of at most 256 MiB).
     pub shard_samples: Option<usize>,
     /// Class names, one per line, overriding the source's (for idx files without `classes.txt`).
@@ -142,7 +140,6 @@ impl PrepareOptions {
             force: false,
             strict: false,
             max_pixels: DEFAULT_MAX_PIXELS,
-            progress: false,
             shard_samples: None,
             class_names: None,
         }
@@ -286,6 +283,24 @@ impl PrepareOptions {
 /// the source and the output folder have passed their checks: `--out` apart from the source, and
 /// replaced (with `force`) only when it is a prepared dataset with nothing else in it.
 pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary, DataError> {
+    prepare_with(opts, &mut |_| {})
+}
+
+/// How far [`prepare_with`] is: `done` of `total` source images converted (written or skipped).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrepareProgress {
+    /// Images converted so far.
+    pub done: u64,
+    /// Images listed in the source.
+    pub total: u64,
+}
+
+/// [`prepare`], telling `progress` how far it is: once when the source is listed (`done` 0),
+/// then after each chunk of images. The library prints nothing; the caller draws a bar or logs.
+pub fn prepare_with(
+    opts: &PrepareOptions,
+    progress: &mut (dyn FnMut(PrepareProgress) + Send),
+) -> Result<PrepareSummary, DataError> {
     let start = Instant::now();
     opts.check()?;
     if fs::metadata(&opts.source).is_err() {
@@ -344,7 +359,12 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary, DataError> {
         writer = writer.with_shard_samples(n);
     }
     let total = (train.len() + val.len()) as u64;
-    let bar = progress_bar(opts.progress, total);
+    let mut done = 0u64;
+    progress(PrepareProgress { done, total });
+    let mut report = |n: usize| {
+        done += n as u64;
+        progress(PrepareProgress { done, total });
+    };
     let mut skipped = listing.skipped;
     // the records are encoded as the writer will label them
     let (encoding, quality) = writer.encoding();
@@ -356,9 +376,15 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary, DataError> {
         quality,
     };
     for (split, items) in [(SplitName::Train, train), (SplitName::Val, val)] {
-        write_pipelined(&convert, &items, &mut writer, split, &mut skipped, &bar)?;
+        write_pipelined(
+            &convert,
+            &items,
+            &mut writer,
+            split,
+            &mut skipped,
+            &mut report,
+        )?;
     }
-    bar.finish_and_clear();
     let written = writer.count(SplitName::Train) + writer.count(SplitName::Val);
     if written == 0 {
         return Err(DataError::NothingRead {
@@ -386,19 +412,6 @@ pub fn prepare(opts: &PrepareOptions) -> Result<PrepareSummary, DataError> {
     })
 }
 
-fn progress_bar(show: bool, total: u64) -> indicatif::ProgressBar {
-    if !show {
-        return indicatif::ProgressBar::hidden();
-    }
-    let bar = indicatif::ProgressBar::new(total);
-    if let Ok(style) =
-        indicatif::ProgressStyle::with_template("{bar:40} {pos}/{len} images, {per_sec}, ETA {eta}")
-    {
-        bar.set_style(style);
-    }
-    bar
-}
-
 /// A chunk of items and what each became.
 type Converted<'a> = (&'a [Item], Vec<Result<Record, String>>);
 
@@ -413,7 +426,7 @@ fn write_pipelined(
     writer: &mut DatasetWriter,
     split: SplitName,
     skipped: &mut Vec<Skipped>,
-    bar: &indicatif::ProgressBar,
+    report: &mut (dyn FnMut(usize) + Send),
 ) -> Result<(), DataError> {
     let run = |chunk: &[Item]| -> Vec<Result<Record, String>> {
         chunk
@@ -437,7 +450,7 @@ fn write_pipelined(
                             }),
                         }
                     }
-                    bar.inc(chunk.len() as u64);
+                    report(chunk.len());
                 }
                 Ok(())
             },

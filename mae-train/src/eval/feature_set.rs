@@ -81,19 +81,76 @@ impl std::str::FromStr for FeatureKind {
     }
 }
 
-/// Writes train and val features with labels as safetensors: `{split}.cls`, `{split}.avg`
-/// (`[n, dim]` f32) and `{split}.labels` (`[n]`, f32 holding the integer labels), metadata
-/// `num_classes`. A path ending in `.npy` writes one NumPy file per array instead, named
-/// `{stem}.{split}.{cls|avg|labels}.npy` (labels as int64).
+/// What features were computed from, recorded beside them (safetensors metadata, or the
+/// `STEM.meta.json` beside `.npy` files): so that a row can be traced to its image and a label to
+/// its class name.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Provenance {
+    /// Classes of the labels (0 for unlabeled images).
+    pub num_classes: usize,
+    /// Class names, label `k` is `class_names[k]` (empty when the source has none).
+    #[serde(default)]
+    pub class_names: Vec<String>,
+    /// The prepared dataset: row `i` of split `S` is its split `S`'s sample `i`.
+    #[serde(default)]
+    pub dataset: Option<String>,
+    /// The image files, row `i` of the `images` split is `paths[i]`.
+    #[serde(default)]
+    pub paths: Vec<String>,
+    /// The encoder's checkpoint.
+    #[serde(default)]
+    pub checkpoint: Option<String>,
+}
+
+/// Metadata keys of [`Provenance`] in a safetensors features file (values: JSON for the lists).
+const CLASS_NAMES_KEY: &str = "class_names";
+const DATASET_KEY: &str = "dataset";
+const PATHS_KEY: &str = "paths";
+const CHECKPOINT_KEY: &str = "checkpoint";
+
+impl Provenance {
+    fn metadata(&self) -> std::collections::BTreeMap<String, String> {
+        let mut meta = std::collections::BTreeMap::from([
+            ("num_classes".to_string(), self.num_classes.to_string()),
+            (
+                mae_core::weights::WRITTEN_BY_KEY.to_string(),
+                "mae embed".to_string(),
+            ),
+        ]);
+        let json = |v: &Vec<String>| serde_json::to_string(v).unwrap_or_default();
+        if !self.class_names.is_empty() {
+            meta.insert(CLASS_NAMES_KEY.into(), json(&self.class_names));
+        }
+        if !self.paths.is_empty() {
+            meta.insert(PATHS_KEY.into(), json(&self.paths));
+        }
+        for (key, value) in [
+            (DATASET_KEY, &self.dataset),
+            (CHECKPOINT_KEY, &self.checkpoint),
+        ] {
+            if let Some(v) = value {
+                meta.insert(key.into(), v.clone());
+            }
+        }
+        meta
+    }
+}
+
+/// Writes features with labels as safetensors: `{split}.cls`, `{split}.avg` (`[n, dim]` f32)
+/// and `{split}.labels` (`[n]` int64), with the [`Provenance`] in the metadata (`num_classes`,
+/// `class_names` and `paths` as JSON lists, `dataset`, `checkpoint`). A path ending in `.npy`
+/// writes one NumPy file per array instead, named `{stem}.{split}.{cls|avg|labels}.npy` (labels
+/// as int64), and the provenance as `{stem}.meta.json`.
 pub fn write_features(
     path: &Path,
     splits: &[(&str, &Features)],
-    num_classes: usize,
+    provenance: &Provenance,
 ) -> Result<Vec<std::path::PathBuf>, TrainError> {
     if path.extension().is_some_and(|e| e == "npy") {
-        return write_npy_files(path, splits);
+        return write_npy_files(path, splits, provenance);
     }
     let mut tensors = Vec::new();
+    let mut labels = Vec::new();
     for (name, f) in splits {
         let n = f.len();
         for (kind, data) in [("cls", &f.cls), ("avg", &f.avg)] {
@@ -104,40 +161,72 @@ pub fn write_features(
                 trainable: false,
             });
         }
-        tensors.push(mae_core::NamedTensor {
+        labels.push(mae_core::IndexTensor {
             name: format!("{name}.labels"),
             shape: vec![n],
-            data: f.labels.iter().map(|&l| l as f32).collect(),
-            trainable: false,
+            data: f.labels.clone(),
         });
     }
-    let meta = std::collections::BTreeMap::from([
-        ("num_classes".to_string(), num_classes.to_string()),
-        (
-            mae_core::weights::WRITTEN_BY_KEY.to_string(),
-            "mae embed".to_string(),
-        ),
-    ]);
-    mae_core::weights::write_safetensors(path, &tensors, &meta)?;
+    mae_core::weights::write_safetensors_with_indices(
+        path,
+        &tensors,
+        &labels,
+        &provenance.metadata(),
+    )?;
     Ok(vec![path.to_path_buf()])
 }
 
+/// The [`Provenance`] recorded in a features file written by [`write_features`]: a safetensors
+/// file's metadata, or the `STEM.meta.json` beside `STEM.*.npy` files (for `path` = `STEM.npy`).
+pub fn read_provenance(path: &Path) -> Result<Provenance, TrainError> {
+    let bad = |m: String| TrainError::Config(format!("{}: {m}", path.display()));
+    if path.extension().is_some_and(|e| e == "npy") {
+        let meta = meta_json_path(path);
+        let bytes = std::fs::read(&meta).map_err(|e| bad(format!("{}: {e}", meta.display())))?;
+        return serde_json::from_slice(&bytes).map_err(|e| bad(format!("{}: {e}", meta.display())));
+    }
+    let meta = mae_core::TensorFile::open(path)?.metadata()?;
+    let list = |key: &str| -> Result<Vec<String>, TrainError> {
+        meta.get(key).map_or(Ok(Vec::new()), |v| {
+            serde_json::from_str(v).map_err(|e| bad(format!("metadata `{key}`: {e}")))
+        })
+    };
+    Ok(Provenance {
+        num_classes: meta
+            .get("num_classes")
+            .and_then(|c| c.parse().ok())
+            .unwrap_or(0),
+        class_names: list(CLASS_NAMES_KEY)?,
+        dataset: meta.get(DATASET_KEY).cloned(),
+        paths: list(PATHS_KEY)?,
+        checkpoint: meta.get(CHECKPOINT_KEY).cloned(),
+    })
+}
+
+fn npy_stem(path: &Path) -> String {
+    path.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "features".into())
+}
+
+fn meta_json_path(path: &Path) -> std::path::PathBuf {
+    path.with_file_name(format!("{}.meta.json", npy_stem(path)))
+}
+
 /// The files [`write_features`] writes for `path` and splits named `splits`: `path` itself, or
-/// for a `.npy` path `STEM.SPLIT.{cls,avg,labels}.npy` beside it.
+/// for a `.npy` path `STEM.SPLIT.{cls,avg,labels}.npy` beside it and `STEM.meta.json` last.
 pub fn feature_files(path: &Path, splits: &[&str]) -> Vec<std::path::PathBuf> {
     if path.extension().is_none_or(|e| e != "npy") {
         return vec![path.to_path_buf()];
     }
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "features".into());
+    let stem = npy_stem(path);
     splits
         .iter()
         .flat_map(|name| {
             ["cls", "avg", "labels"]
                 .map(|kind| path.with_file_name(format!("{stem}.{name}.{kind}.npy")))
         })
+        .chain([meta_json_path(path)])
         .collect()
 }
 
@@ -168,6 +257,7 @@ fn npy_bytes(descr: &str, shape: &[usize], data: Vec<u8>) -> Vec<u8> {
 fn write_npy_files(
     path: &Path,
     splits: &[(&str, &Features)],
+    provenance: &Provenance,
 ) -> Result<Vec<std::path::PathBuf>, TrainError> {
     let names: Vec<&str> = splits.iter().map(|(n, _)| *n).collect();
     let files = feature_files(path, &names);
@@ -180,6 +270,16 @@ fn write_npy_files(
         let bytes = f.labels.iter().flat_map(|v| v.to_le_bytes()).collect();
         mae_core::weights::write_atomic(&paths[2], &npy_bytes("<i8", &[n], bytes))?;
     }
+    let meta = serde_json::json!({
+        "num_classes": provenance.num_classes,
+        "class_names": provenance.class_names,
+        "dataset": provenance.dataset,
+        "paths": provenance.paths,
+        "checkpoint": provenance.checkpoint,
+        "written_by": "mae embed",
+    });
+    let text = serde_json::to_string_pretty(&meta).unwrap_or_default() + "\n";
+    mae_core::weights::write_atomic(&meta_json_path(path), text.as_bytes())?;
     Ok(files)
 }
 
@@ -196,8 +296,12 @@ pub fn read_features(path: &Path) -> Result<(Features, Features, usize), TrainEr
             file.read(&format!("{name}.{kind}"))?
                 .ok_or_else(|| bad(format!("no `{name}.{kind}` (not written by `mae embed`?)")))
         };
-        let (cls, avg, labels) = (get("cls")?, get("avg")?, get("labels")?);
-        let n = labels.data.len();
+        let (cls, avg) = (get("cls")?, get("avg")?);
+        // int64 labels; older files hold them as f32
+        let (_, labels) = file
+            .read_i64(&format!("{name}.labels"))?
+            .ok_or_else(|| bad(format!("no `{name}.labels` (not written by `mae embed`?)")))?;
+        let n = labels.len();
         let dim = cls.shape.get(1).copied().unwrap_or(0);
         if cls.shape != [n, dim] || avg.shape != [n, dim] || dim == 0 {
             return Err(bad(format!(
@@ -209,7 +313,7 @@ pub fn read_features(path: &Path) -> Result<(Features, Features, usize), TrainEr
             dim,
             cls: cls.data,
             avg: avg.data,
-            labels: labels.data.iter().map(|&l| l as i64).collect(),
+            labels,
         })
     };
     let (train, val) = (split("train")?, split("val")?);
