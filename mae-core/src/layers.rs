@@ -58,6 +58,36 @@ pub trait MaeDevice<E: MaeDtype = f32>: Device<E> + ZerosTensor<usize> + CopySli
     fn keeps_host_memory() -> bool {
         false
     }
+
+    /// A tensor's values, row-major, borrowed in place from its storage where the device keeps
+    /// it in host memory (`Cpu`) and it is contiguous; `None` elsewhere (callers copy).
+    fn tensor_host_slice<S: Shape, T>(_t: &Tensor<S, E, Self, T>) -> Option<&[E]> {
+        None
+    }
+
+    /// [`MaeDevice::tensor_host_slice`], writable in place (copy-on-write when the storage is
+    /// shared with a clone of the tensor).
+    fn tensor_host_slice_mut<S: Shape, T>(_t: &mut Tensor<S, E, Self, T>) -> Option<&mut [E]> {
+        None
+    }
+}
+
+/// [`MaeDevice::tensor_host_slice`] for a device in host memory (the patched dfdx's
+/// `host_data`): the storage when it holds exactly the tensor's elements in row-major order.
+pub(crate) fn cpu_slice<S: Shape, E: Unit, T>(t: &Tensor<S, E, Cpu, T>) -> Option<&[E]> {
+    let n = t.shape().num_elements();
+    (t.is_contiguous() && t.host_data().len() == n).then(|| t.host_data())
+}
+
+/// [`cpu_slice`], writable.
+pub(crate) fn cpu_slice_mut<S: Shape, E: Unit, T>(
+    t: &mut Tensor<S, E, Cpu, T>,
+) -> Option<&mut [E]> {
+    let n = t.shape().num_elements();
+    if !t.is_contiguous() || t.host_data().len() != n {
+        return None;
+    }
+    Some(t.host_data_mut())
 }
 
 /// `y = x·Wᵀ + b` with `W: [O, I]` (PyTorch's layout) and `b: [O]`.

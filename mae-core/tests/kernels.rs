@@ -5,7 +5,7 @@
 #![allow(clippy::unwrap_used)]
 
 use mae_core::dfdx::prelude::*;
-use mae_core::layers::{Block, BranchScales};
+use mae_core::layers::{Block, BranchScales, MaeDevice};
 use mae_core::patch::PatchGeometry;
 use mae_core::preset::Dims;
 use mae_core::presets::Parity;
@@ -99,4 +99,55 @@ fn a_wrong_number_of_scales_is_an_error_not_a_panic() {
         mlp: vec![1.0; 3],
     };
     assert!(block.forward_scaled(x, Some(&scales)).is_err());
+}
+
+/// The patched dfdx's storage access (vendor/dfdx/PATCHES.md, change 1): a contiguous tensor's
+/// values borrowed in place, written in place when it is the only holder and copied on write when
+/// a clone shares the storage; a broadcast (non-contiguous) tensor is not handed out.
+#[test]
+fn storage_is_read_and_written_in_place() {
+    let dev = Cpu::default();
+    let mut a = dev.tensor([[1.0f32, 2.0, 3.0], [4.0, 5.0, 6.0]]);
+    assert_eq!(
+        <Cpu as MaeDevice>::tensor_host_slice(&a),
+        Some(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0][..])
+    );
+    let shared = a.clone();
+    let p = <Cpu as MaeDevice>::tensor_host_slice_mut(&mut a).unwrap();
+    p[0] = 10.0;
+    let ptr = p.as_ptr();
+    // the clone kept its values (copy on write); the write landed in `a`
+    assert_eq!(shared.as_vec(), [1.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    assert_eq!(a.as_vec(), [10.0, 2.0, 3.0, 4.0, 5.0, 6.0]);
+    drop(shared);
+    // now the only holder: in place, the same buffer
+    let q = <Cpu as MaeDevice>::tensor_host_slice_mut(&mut a).unwrap();
+    q[5] = 60.0;
+    assert_eq!(q.as_ptr(), ptr);
+    assert_eq!(a.as_vec(), [10.0, 2.0, 3.0, 4.0, 5.0, 60.0]);
+    // a broadcast view shares one row's storage: not row-major, not handed out
+    let row = dev.tensor([1.0f32, 2.0, 3.0]);
+    let wide: Tensor<Rank2<2, 3>, f32, Cpu> = row.broadcast();
+    assert!(!wide.is_contiguous());
+    assert_eq!(<Cpu as MaeDevice>::tensor_host_slice(&wide), None);
+}
+
+/// The patched dfdx's `accurate_gelu` backward (vendor/dfdx/PATCHES.md, change 2) is the exact
+/// derivative Φ(x) + x·φ(x), computed here in f64.
+#[test]
+fn dfdx_accurate_gelu_gradient_is_the_exact_one() {
+    let dev = Cpu::default();
+    let xs = [-3.0f32, -2.0, -1.0, -0.5, 0.0, 0.25, 1.0, 2.0, 3.0];
+    let x = dev.tensor(xs);
+    let g = x.leaky_trace().accurate_gelu().sum().backward();
+    let erf = |v: f64| libm::erf(v);
+    for (&x0, &got) in xs.iter().zip(&g.get(&x).as_vec()) {
+        let v = x0 as f64;
+        let phi = (-v * v / 2.0).exp() / (2.0 * std::f64::consts::PI).sqrt();
+        let exact = 0.5 * (1.0 + erf(v / std::f64::consts::SQRT_2)) + v * phi;
+        assert!(
+            (got as f64 - exact).abs() < 1e-5,
+            "x {x0}: gradient {got}, exact {exact}"
+        );
+    }
 }

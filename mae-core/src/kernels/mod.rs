@@ -50,7 +50,7 @@ fn view(s: &Option<BranchScales>) -> Option<Scales<'_>> {
     })
 }
 
-/// Host copies of a block's parameters.
+/// Host copies of a block's parameters (the fallback of [`with_params`]).
 fn host_params<Tr: TransformerDims>(
     blk: &Block<Tr, f32, Cpu>,
 ) -> Result<BlockTensors<Vec<f32>>, MaeError> {
@@ -68,6 +68,38 @@ fn host_params<Tr: TransformerDims>(
         fc2_weight: host_vec(&blk.mlp.fc2.weight)?,
         fc2_bias: host_vec(&blk.mlp.fc2.bias)?,
     })
+}
+
+/// A block's parameters borrowed from their storage (the patched dfdx's `host_data`), when every
+/// one is laid out row-major, as parameters are.
+fn borrowed_params<Tr: TransformerDims>(blk: &Block<Tr, f32, Cpu>) -> Option<BlockTensors<&[f32]>> {
+    use crate::layers::cpu_slice;
+    Some(BlockTensors {
+        norm1_weight: cpu_slice(&blk.norm1.weight)?,
+        norm1_bias: cpu_slice(&blk.norm1.bias)?,
+        qkv_weight: cpu_slice(&blk.attn.qkv.weight)?,
+        qkv_bias: cpu_slice(&blk.attn.qkv.bias)?,
+        proj_weight: cpu_slice(&blk.attn.proj.weight)?,
+        proj_bias: cpu_slice(&blk.attn.proj.bias)?,
+        norm2_weight: cpu_slice(&blk.norm2.weight)?,
+        norm2_bias: cpu_slice(&blk.norm2.bias)?,
+        fc1_weight: cpu_slice(&blk.mlp.fc1.weight)?,
+        fc1_bias: cpu_slice(&blk.mlp.fc1.bias)?,
+        fc2_weight: cpu_slice(&blk.mlp.fc2.weight)?,
+        fc2_bias: cpu_slice(&blk.mlp.fc2.bias)?,
+    })
+}
+
+/// Calls `f` with the block's parameters as host slices: borrowed in place, else copied.
+fn with_params<Tr: TransformerDims, R>(
+    blk: &Block<Tr, f32, Cpu>,
+    f: impl FnOnce(&BlockTensors<&[f32]>) -> R,
+) -> Result<R, MaeError> {
+    if let Some(p) = borrowed_params(blk) {
+        return Ok(f(&p));
+    }
+    let params = host_params(blk)?;
+    Ok(f(&params.as_ref().map(|v| v.as_slice())))
 }
 
 fn take_grad<S: Shape>(
@@ -144,12 +176,17 @@ pub(crate) fn block_cpu<Tr: TransformerDims, T: Tape<f32, Cpu>>(
         hidden: <Tr::Mlp as ConstDim>::SIZE,
     };
     let scales = scales.cloned();
-    let (y, saved) = {
-        let params = host_params(blk)?;
-        let input = host_vec(&x)?;
-        let p = params.as_ref().map(|v| v.as_slice());
-        block_forward(&dims, &p, &input, view(&scales), T::OWNS_TAPE)
+    let copied;
+    let input = match crate::layers::cpu_slice(&x) {
+        Some(input) => input,
+        None => {
+            copied = host_vec(&x)?;
+            &copied[..]
+        }
     };
+    let (y, saved) = with_params(blk, |p| {
+        block_forward(&dims, p, input, view(&scales), T::OWNS_TAPE)
+    })?;
     let out = host_tensor(x.device(), &y, shape)?;
     drop(y);
     if let Some(saved) = saved {
@@ -159,22 +196,22 @@ pub(crate) fn block_cpu<Tr: TransformerDims, T: Tape<f32, Cpu>>(
             grads.try_alloc_for(&out_id)?;
             // borrowed out of the gradient map for the duration (no copy), then put back
             let dy = std::mem::take(&mut **grads.get_or_alloc_mut(&out_id)?);
-            // read again rather than kept from the forward pass: only one block's copy is alive
-            // at a time (the parameters do not change between the two passes)
-            // (making a parameter contiguous can only fail to allocate on Cpu)
-            let params = host_params(&blk).map_err(|_| dfdx::tensor::CpuError::OutOfMemory)?;
-            let p = params.as_ref().map(|v| v.as_slice());
             // the parameters' gradients are taken out of the map (no copy), accumulated into in
             // place by the kernel, and put back
             let mut g = take_grads(grads, &blk)?;
-            let dx = block_backward(
-                &dims,
-                &p,
-                &saved,
-                view(&scales),
-                &dy,
-                &mut g.as_mut().map(|v| v.as_mut_slice()),
-            );
+            // the parameters borrowed in place (they do not change between the two passes)
+            // (copying a parameter, the fallback, can only fail to allocate on Cpu)
+            let dx = with_params(&blk, |p| {
+                block_backward(
+                    &dims,
+                    p,
+                    &saved,
+                    view(&scales),
+                    &dy,
+                    &mut g.as_mut().map(|v| v.as_mut_slice()),
+                )
+            })
+            .map_err(|_| dfdx::tensor::CpuError::OutOfMemory)?;
             put_grads(grads, &blk, g)?;
             **grads.get_or_alloc_mut(&out_id)? = dy;
             add_into(grads.get_or_alloc_mut(&x)?, &dx);
@@ -194,23 +231,43 @@ impl MaeDevice for Cpu {
         true
     }
 
+    fn tensor_host_slice<S: Shape, T>(t: &Tensor<S, f32, Self, T>) -> Option<&[f32]> {
+        crate::layers::cpu_slice(t)
+    }
+
+    fn tensor_host_slice_mut<S: Shape, T>(t: &mut Tensor<S, f32, Self, T>) -> Option<&mut [f32]> {
+        crate::layers::cpu_slice_mut(t)
+    }
+
     fn gelu<S: Shape, T: Tape<f32, Self>>(
         x: Tensor<S, f32, Self, T>,
     ) -> Result<Tensor<S, f32, Self, T>, MaeError> {
         let x = x.try_contiguous().map_err(dev_err)?;
         let (x, mut tape) = x.split_tape();
-        let input = x.as_vec();
-        let value: Vec<f32> = input.iter().map(|&v| gelu_value(v)).collect();
+        // the input is read in place; the backward keeps the tensor (shared storage, no copy)
+        let value: Vec<f32> = match crate::layers::cpu_slice(&x) {
+            Some(input) => input.iter().map(|&v| gelu_value(v)).collect(),
+            None => x.as_vec().iter().map(|&v| gelu_value(v)).collect(),
+        };
         let out = host_tensor(x.device(), &value, *x.shape())?;
         if T::OWNS_TAPE {
             let out_id = out.clone();
             tape.add_backward_op(move |grads| {
-                grads.try_alloc_for(&out_id)?;
-                let grad_out = grads.get(&out_id).as_vec();
+                // the output's gradient borrowed out of the map (no copy), then put back
+                let grad_out = std::mem::take(&mut **grads.get_or_alloc_mut(&out_id)?);
+                let input_copy;
+                let input = match crate::layers::cpu_slice(&x) {
+                    Some(input) => input,
+                    None => {
+                        input_copy = x.as_vec();
+                        &input_copy[..]
+                    }
+                };
                 let grad_in = grads.get_or_alloc_mut(&x)?;
-                for ((g, &v), &go) in grad_in.iter_mut().zip(&input).zip(&grad_out) {
+                for ((g, &v), &go) in grad_in.iter_mut().zip(input).zip(&grad_out) {
                     *g += gelu_derivative(v) * go;
                 }
+                **grads.get_or_alloc_mut(&out_id)? = grad_out;
                 Ok(())
             });
         }

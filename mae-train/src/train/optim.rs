@@ -388,8 +388,13 @@ impl<D: MaeDevice> TensorVisitor<f32, D> for Step<'_, D> {
         if !self.on_device {
             let grad = self.grads.get_or_alloc_mut(param).map_err(device_err)?;
             if let Some(grad) = D::host_slice_mut(grad) {
-                // the gradient where it lies (Cpu); the parameter: one memcpy out of its storage
-                // and one back (dfdx keeps storage private)
+                // the gradient and the parameter where they lie (Cpu, the patched dfdx's storage
+                // access): no copy
+                if let Some(p) = D::tensor_host_slice_mut(param) {
+                    self.opt.apply(&name, p, grad, self.lr);
+                    return Ok(None);
+                }
+                // a parameter not laid out row-major: one memcpy out and one back
                 let n = param.shape().num_elements();
                 if self.param_buffer.len() < n {
                     self.param_buffer.resize(n, 0.0);
