@@ -833,7 +833,7 @@ fn reports_parse_as_json_and_runs_record_the_build() {
     let file = mae_core::TensorFile::open(&feats).unwrap();
     let meta = file.metadata().unwrap();
     assert_eq!(meta["class_names"], r#"["dark","light"]"#);
-    let labels = file.read_i64("train.labels").unwrap().unwrap().1;
+    let labels = file.read_i64("train.labels").unwrap().unwrap().data;
     assert!(labels.iter().all(|l| (0..2).contains(l)), "{labels:?}");
     // image files: their paths in row order, in STEM.meta.json beside the .npy files
     let photos = [("a.png", 10u8), ("b.png", 200)].map(|(name, v)| {

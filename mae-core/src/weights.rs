@@ -349,10 +349,10 @@ impl TensorFile {
         }))
     }
 
-    /// The values of `name` as integers, with its shape: I64 and I32 exactly; a float tensor
+    /// The values of `name` as integers, with its name and shape: I64 and I32 exactly; a float tensor
     /// (F32, F16, BF16, F64: how older files stored labels) when every value is a whole number
     /// of at most 2^24, else a [`MaeError::NotIntegers`] error.
-    pub fn read_i64(&self, name: &str) -> Result<Option<(Vec<usize>, Vec<i64>)>, MaeError> {
+    pub fn read_i64(&self, name: &str) -> Result<Option<IndexTensor>, MaeError> {
         let st = self.parse()?;
         let Ok(view) = st.tensor(name) else {
             return Ok(None);
@@ -390,7 +390,11 @@ impl TensorFile {
             key: name.to_string(),
             dtype: format!("{:?}", view.dtype()),
         })?;
-        Ok(Some((view.shape().to_vec(), data)))
+        Ok(Some(IndexTensor {
+            name: name.to_string(),
+            shape: view.shape().to_vec(),
+            data,
+        }))
     }
 }
 

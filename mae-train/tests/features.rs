@@ -193,7 +193,7 @@ fn knn_separates_two_easy_classes_and_features_are_written() {
     let file = mae_core::TensorFile::open(&out).unwrap();
     assert_eq!(file.shape("val.avg").unwrap(), Some(vec![10, 48]));
     assert_eq!(
-        file.read_i64("train.labels").unwrap().unwrap().1[..4],
+        file.read_i64("train.labels").unwrap().unwrap().data[..4],
         [0, 1, 0, 1]
     );
 }

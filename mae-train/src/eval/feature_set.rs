@@ -298,9 +298,10 @@ pub fn read_features(path: &Path) -> Result<(Features, Features, usize), TrainEr
         };
         let (cls, avg) = (get("cls")?, get("avg")?);
         // int64 labels; older files hold them as f32
-        let (_, labels) = file
+        let labels = file
             .read_i64(&format!("{name}.labels"))?
-            .ok_or_else(|| bad(format!("no `{name}.labels` (not written by `mae embed`?)")))?;
+            .ok_or_else(|| bad(format!("no `{name}.labels` (not written by `mae embed`?)")))?
+            .data;
         let n = labels.len();
         let dim = cls.shape.get(1).copied().unwrap_or(0);
         if cls.shape != [n, dim] || avg.shape != [n, dim] || dim == 0 {
