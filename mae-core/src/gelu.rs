@@ -1,8 +1,8 @@
-//! Exact (erf) GELU: the scalar math our CPU kernels use, and its composition from dfdx ops with
-//! a corrected gradient for every other device.
+//! Exact (erf) GELU: the scalar math our CPU kernels use, and dfdx's op for every other device.
 //!
-//! PyTorch counterpart: `nn.GELU()` (approximate='none'). dfdx 0.13's `accurate_gelu` has the right
-//! value and a gradient wrong by up to a factor sqrt(2) (`NOTES.md`); [`gelu_composed`] fixes it.
+//! PyTorch counterpart: `nn.GELU()` (approximate='none'). Published dfdx 0.13's `accurate_gelu`
+//! has the right value and a gradient wrong by up to a factor sqrt(2) (`NOTES.md`); the vendored
+//! dfdx fixes it, and [`gelu_composed`] is that op.
 
 use dfdx::prelude::*;
 
@@ -45,40 +45,14 @@ pub fn gelu_derivative(x: f32) -> f32 {
     cdf + x * pdf
 }
 
-/// GELU through dfdx ops on any device, computed where the tensor lies (no copy to the host).
-///
-/// dfdx's `accurate_gelu` has the exact forward value but its backward is
-/// `Φ(x) + x·e^{-x²/2}/√π` where the derivative is `Φ(x) + x·e^{-x²/2}/√(2π)`: too large by
-/// `c(x) = x·e^{-x²/2}·(1 − 1/√2)/√π`. With `x₀` the same values off the tape,
-/// `y = accurate_gelu(x) − (x·c(x₀) − x₀·c(x₀))` has exactly `accurate_gelu`'s value (the
-/// bracket is zero) and the gradient `accurate_gelu'(x) − c(x) = gelu'(x)`.
+/// GELU through dfdx ops on any device, computed where the tensor lies (no copy to the host):
+/// dfdx's `accurate_gelu`, whose gradient the vendored dfdx fixes (published dfdx 0.13's
+/// backward is `Φ(x) + x·e^{-x²/2}/√π` where the derivative is `Φ(x) + x·e^{-x²/2}/√(2π)`;
+/// `vendor/dfdx/PATCHES.md`, change 2).
 pub fn gelu_composed<S: Shape, E: MaeDtype, D: Device<E>, T: Tape<E, D>>(
     x: Tensor<S, E, D, T>,
 ) -> Result<Tensor<S, E, D, T>, MaeError> {
-    if !T::OWNS_TAPE {
-        return x.try_accurate_gelu().map_err(dev_err);
-    }
-    let detached = x.retaped::<NoneTape>();
-    let excess = (1.0 - std::f64::consts::FRAC_1_SQRT_2) / std::f64::consts::PI.sqrt();
-    let correction = detached
-        .clone()
-        .try_square()
-        .and_then(|t| t.try_mul(E::of_f64(-0.5)))
-        .and_then(|t| t.try_exp())
-        .and_then(|t| t.try_mul(detached.clone()))
-        .and_then(|t| t.try_mul(E::of_f64(excess)))
-        .map_err(dev_err)?;
-    // `x·c − x₀·c`: two products of the same values by the same kernel, so exactly zero (a
-    // difference `x − x₀` cannot be taken directly: `x₀` shares `x`'s id in the gradient map)
-    let off_tape = detached.try_mul(correction.clone()).map_err(dev_err)?;
-    let zero = x
-        .with_empty_tape()
-        .try_mul(correction)
-        .and_then(|t| t.try_sub(off_tape))
-        .map_err(dev_err)?;
-    x.try_accurate_gelu()
-        .and_then(|t| t.try_sub(zero))
-        .map_err(dev_err)
+    x.try_accurate_gelu().map_err(dev_err)
 }
 
 #[cfg(test)]
